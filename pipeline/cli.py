@@ -1,0 +1,72 @@
+"""`lstm-pipeline <stage> <experiment>`: load config, run one stage, map errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.config import CONF_DIR, PARAMS_FILE, compose, load_config
+from pipeline.errors import PipelineError
+
+
+def _stage(name: str) -> Callable:
+    # Imported on demand: `compose` should not pay for torch and Lightning.
+    if name == "prepare":
+        from pipeline.data.prepare import prepare as fn
+    elif name == "train":
+        from pipeline.training.train import train as fn
+    elif name == "export":
+        from pipeline.export.onnx_export import export as fn
+    else:
+        from pipeline.export.validate import validate as fn
+    return fn
+
+
+def _compose(args: argparse.Namespace) -> None:
+    text = compose(args.overrides, Path(args.conf))
+    if args.check:
+        current = Path(args.params).read_text() if Path(args.params).exists() else ""
+        if current != text:
+            raise PipelineError(f"{args.params} differs from the composition of {args.conf}")
+        return
+    from pipeline.io import atomic_file
+
+    with atomic_file(args.params) as tmp:
+        tmp.write_text(text)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lstm-pipeline", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compose", help="write params.yaml from conf/ (Hydra overrides allowed)")
+    c.add_argument("overrides", nargs="*", help="e.g. trainer.max_epochs=3")
+    c.add_argument("--conf", default=str(CONF_DIR))
+    c.add_argument("--check", action="store_true", help="fail if params.yaml is not up to date")
+    c.add_argument("--params", default=PARAMS_FILE)
+    for stage in ("prepare", "train", "export", "validate"):
+        s = sub.add_parser(stage, help=f"run the {stage} stage for one experiment")
+        s.add_argument("experiment", help="a key of experiments in params.yaml")
+        s.add_argument("--params", default=PARAMS_FILE)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    for var, value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1")):
+        os.environ.setdefault(var, value)
+    try:
+        if args.command == "compose":
+            _compose(args)
+        else:
+            _stage(args.command)(load_config(args.params), args.experiment)
+    except PipelineError as err:
+        print(f"lstm-pipeline {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

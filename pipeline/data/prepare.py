@@ -1,0 +1,165 @@
+"""prepare stage: source -> scaled arrays + meta.json under data/prepared/<exp>/.
+
+Classification: x_{split}.npy [n, seq, features] float32 and y_{split}.npy int64.
+Forecast: series.npy [time, features] float32 (all series end to end, scaled) and
+starts_{split}.npy, window start offsets into it; windows are strided views (see windows.py).
+Scaling statistics are fit on the train split only and stored in meta.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from pipeline.config import Experiment, PipelineConfig, TableData, UcrData
+from pipeline.data.sources import Labelled, Series, load_airline, load_table, load_ucr
+from pipeline.data.windows import min_length, split_starts
+from pipeline.errors import DataError
+from pipeline.io import atomic_dir, write_json
+
+SPLITS = ("train", "val", "test")
+
+
+def prepared_dir(exp: str) -> Path:
+    return Path("data/prepared") / exp
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _scaler(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    flat = train.reshape(-1, train.shape[-1])
+    std = flat.std(axis=0)
+    return flat.mean(axis=0), np.where(std > 0, std, 1.0)
+
+
+def _source_name(exp: Experiment) -> str:
+    d = exp.data
+    return d.name if isinstance(d, UcrData) else getattr(d, "path", d.source)
+
+
+def _classification(exp: Experiment, data: Labelled) -> tuple[dict, dict]:
+    cfg = exp.data
+    classes = sorted(set(data.y.tolist()))
+    if len(classes) < 2:
+        column = f"column {cfg.label!r}" if isinstance(cfg, TableData) else "labels"
+        raise DataError(
+            f"{_source_name(exp)}: {column} has a single class {classes[0]!r}; "
+            "classification needs at least 2"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[c] for c in data.y], dtype=np.int64)
+
+    def stratified(x, y, fraction, what):
+        try:
+            return train_test_split(x, y, test_size=fraction, stratify=y, random_state=cfg.split_seed)
+        except ValueError as err:
+            raise DataError(
+                f"{_source_name(exp)}: cannot carve a stratified {what}: {err}"
+            ) from None
+
+    if data.test is None:
+        x_tr, x_te, y_tr, y_te = stratified(data.x, y, cfg.test_fraction, "test split")
+    else:
+        unknown = sorted(set(data.test[1].tolist()) - set(classes))
+        if unknown:
+            raise DataError(f"{_source_name(exp)}: test labels {unknown} never occur in train")
+        x_tr, y_tr = data.x, y
+        x_te, y_te = data.test[0], np.array([index[c] for c in data.test[1]], dtype=np.int64)
+    x_tr, x_va, y_tr, y_va = stratified(x_tr, y_tr, cfg.val_fraction, "validation split")
+
+    mean, std = _scaler(x_tr)
+    arrays = {}
+    for split, (x, yy) in zip(SPLITS, [(x_tr, y_tr), (x_va, y_va), (x_te, y_te)], strict=True):
+        arrays[f"x_{split}"] = ((x - mean) / std).astype(np.float32)
+        arrays[f"y_{split}"] = yy
+    meta = {
+        "labels": classes,
+        "input_shape": list(data.x.shape[1:]),
+        "features": data.features,
+        "scaler": {"mean": mean.tolist(), "std": std.tolist()},
+        "sizes": {s: len(arrays[f"y_{s}"]) for s in SPLITS},
+        "content_sha256": _digest(data.x, *(data.test or ())),
+    }
+    return arrays, meta
+
+
+def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
+    cfg = exp.data
+    targets = list(getattr(cfg, "targets", None) or data.features)
+    need = min_length(cfg.window, cfg.horizon, cfg.val_size, cfg.test_size)
+    for sid, values in zip(data.ids, data.values, strict=True):
+        if len(values) < need:
+            raise DataError(
+                f"{_source_name(exp)}: series {sid!r} has {len(values)} time steps; window "
+                f"({cfg.window}) + horizon ({cfg.horizon}) + val_size ({cfg.val_size}) + "
+                f"test_size ({cfg.test_size}) need at least {need}"
+            )
+        if cfg.transform == "log" and (values <= 0).any():
+            raise DataError(
+                f"{_source_name(exp)}: series {sid!r}: transform 'log' needs values > 0"
+            )
+
+    raw = [np.log(v) if cfg.transform == "log" else v for v in data.values]
+    train_part = np.concatenate([v[: len(v) - cfg.val_size - cfg.test_size] for v in raw])
+    mean, std = _scaler(train_part)
+
+    starts = {s: [] for s in SPLITS}
+    offset = 0
+    for v in raw:
+        for split, s in split_starts(
+            len(v), cfg.window, cfg.horizon, cfg.val_size, cfg.test_size
+        ).items():
+            starts[split].append(s + offset)
+        offset += len(v)
+    arrays = {"series": ((np.concatenate(raw) - mean) / std).astype(np.float32)}
+    arrays.update({f"starts_{s}": np.concatenate(starts[s]).astype(np.int64) for s in SPLITS})
+    meta = {
+        "input_shape": [cfg.window, len(data.features)],
+        "features": data.features,
+        "targets": targets,
+        "target_index": [data.features.index(t) for t in targets],
+        "transform": cfg.transform,
+        "season": cfg.season,
+        "scaler": {"mean": mean.tolist(), "std": std.tolist()},
+        "series_ids": data.ids,
+        "sizes": {s: len(arrays[f"starts_{s}"]) for s in SPLITS},
+        "content_sha256": _digest(*data.values),
+    }
+    return arrays, meta
+
+
+def prepare(cfg: PipelineConfig, exp_name: str) -> Path:
+    """Run the prepare stage for one experiment; returns the output folder."""
+    exp = cfg.experiment(exp_name)
+    d = exp.data
+    if d.source == "ucr":
+        arrays, meta = _classification(exp, load_ucr(d.name))
+    elif d.source == "airline":
+        arrays, meta = _forecast(exp, load_airline(d))
+    else:
+        loaded = load_table(d)
+        if isinstance(loaded, Labelled):
+            arrays, meta = _classification(exp, loaded)
+        else:
+            arrays, meta = _forecast(exp, loaded)
+
+    meta.update(task=exp.task, source=d.source, dataset=_source_name(exp))
+    if exp.task == "forecast":
+        meta.update(window=d.window, horizon=d.horizon)
+    else:
+        meta.update(window=meta["input_shape"][0], horizon=None)
+
+    out = prepared_dir(exp_name)
+    with atomic_dir(out) as tmp:
+        for name, arr in arrays.items():
+            np.save(tmp / f"{name}.npy", arr)
+        write_json(tmp / "meta.json", meta)
+    return out

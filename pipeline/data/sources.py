@@ -1,0 +1,145 @@
+"""Data sources: raw arrays from sktime's shipped sets or the user's long-format file.
+
+Classification sources give `Labelled` sequences, forecasting sources give a list of series.
+Every check on the user's file raises one DataError naming the file, column and row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import AirlineData, TableData
+from pipeline.errors import DataError
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """Equal-length sequences [n, seq, features] with string labels; `test` is None if unsplit."""
+
+    x: np.ndarray
+    y: np.ndarray
+    features: list[str]
+    test: tuple[np.ndarray, np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class Series:
+    """One or more multivariate series, each [time, features], in the file's order of ids."""
+
+    values: list[np.ndarray]
+    ids: list[str]
+    features: list[str]
+
+
+def load_ucr(name: str) -> Labelled:
+    from sktime.datasets import load_UCR_UEA_dataset
+
+    def split(which: str) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            x, y = load_UCR_UEA_dataset(name, split=which, return_type="numpy3D")
+        except ValueError as err:  # unequal-length sets cannot form one array
+            raise DataError(f"UCR set {name!r}: {err}") from None
+        return np.ascontiguousarray(x.transpose(0, 2, 1), dtype=np.float32), y.astype(str)
+
+    x, y = split("train")
+    features = [f"dim_{i}" for i in range(x.shape[2])]
+    return Labelled(x, y, features, test=split("test"))
+
+
+def load_airline(_: AirlineData | None = None) -> Series:
+    from sktime.datasets import load_airline as sktime_airline
+
+    s = sktime_airline()
+    return Series([s.to_numpy(np.float64)[:, None]], ["airline"], ["passengers"])
+
+
+def _read_table(path: Path, source: str) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        frame = pd.read_csv(path) if source == "csv" else pd.read_parquet(path)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file is empty") from None
+    except (ValueError, OSError) as err:
+        raise DataError(f"{path}: cannot read as {source}: {err}") from None
+    if frame.empty:
+        raise DataError(f"{path}: file has a header but no rows")
+    return frame
+
+
+def _row_name(path: Path, index: int) -> str:
+    # CSV users look up lines in an editor: header is line 1, first data row line 2.
+    return f"line {index + 2}" if path.suffix.lower() == ".csv" else f"row {index}"
+
+
+def _numeric(frame: pd.DataFrame, columns: list[str], path: Path) -> np.ndarray:
+    out = np.empty((len(frame), len(columns)), dtype=np.float64)
+    for j, col in enumerate(columns):
+        raw = frame[col]
+        values = pd.to_numeric(raw, errors="coerce")
+        bad = values.isna() & raw.notna()
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"{path}: column {col!r} {_row_name(path, i)}: {raw.iloc[i]!r} is not a number"
+            )
+        arr = values.to_numpy(np.float64)
+        nonfinite = ~np.isfinite(arr)
+        if nonfinite.any():
+            i = int(np.flatnonzero(nonfinite)[0])
+            raise DataError(f"{path}: column {col!r} {_row_name(path, i)}: {arr[i]} (NaN/inf)")
+        out[:, j] = arr
+    return out
+
+
+def read_long_table(cfg: TableData) -> tuple[pd.DataFrame, np.ndarray, Path]:
+    """Read and check the user's file; rows sorted by (id, time), features as float64."""
+    path = Path(cfg.path)
+    frame = _read_table(path, cfg.source)
+    needed = [cfg.id_column, cfg.time_column, *cfg.features]
+    if cfg.task == "classification":
+        needed.append(cfg.label)
+    missing = [c for c in dict.fromkeys(needed) if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(map(repr, missing))}; "
+            f"found: {', '.join(map(str, frame.columns))}"
+        )
+    values = _numeric(frame, cfg.features, path)
+    dup = frame.duplicated([cfg.id_column, cfg.time_column])
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        sid, time = frame[cfg.id_column].iloc[i], frame[cfg.time_column].iloc[i]
+        raise DataError(
+            f"{path}: {_row_name(path, i)}: duplicate ({cfg.id_column}, {cfg.time_column}) = "
+            f"({sid}, {time})"
+        )
+    order = np.lexsort((frame[cfg.time_column].to_numpy(), frame[cfg.id_column].astype(str)))
+    return frame.iloc[order].reset_index(drop=True), values[order], path
+
+
+def load_table(cfg: TableData) -> Labelled | Series:
+    frame, values, path = read_long_table(cfg)
+    ids = frame[cfg.id_column].astype(str).to_numpy()
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    bounds = list(zip(starts, np.r_[starts[1:], len(ids)], strict=True))
+    if cfg.task == "forecast":
+        return Series([values[a:b] for a, b in bounds], [ids[a] for a, _ in bounds], cfg.features)
+
+    labels = frame[cfg.label].astype(str).to_numpy()
+    x, y = [], []
+    for a, b in bounds:
+        if (labels[a:b] != labels[a]).any():
+            raise DataError(f"{path}: series {ids[a]!r} has more than one {cfg.label!r} value")
+        if b - a < cfg.window:
+            raise DataError(
+                f"{path}: series {ids[a]!r} has {b - a} time steps, shorter than window "
+                f"({cfg.window})"
+            )
+        x.append(values[b - cfg.window : b])  # the last `window` steps of each series
+        y.append(labels[a])
+    return Labelled(np.stack(x).astype(np.float32), np.array(y), cfg.features)

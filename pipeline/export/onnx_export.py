@@ -1,0 +1,96 @@
+"""export stage: models/<exp>/model.ckpt -> models/<exp>/model.onnx with symbolic batch and seq.
+
+metadata_props carry what torch-free inference needs: task, family, scaler, labels, window...
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import PipelineError
+from pipeline.io import atomic_file
+from pipeline.training.module import SequenceModule
+from pipeline.training.train import model_dir
+
+DYNAMIC_DIMS = {0: "batch", 1: "seq"}
+
+
+class ExportError(PipelineError):
+    exit_code = 5
+
+
+def load_module(ckpt: str | Path) -> SequenceModule:
+    return SequenceModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+
+
+def onnx_metadata(meta: dict, family: str) -> dict[str, str]:
+    keys = (
+        "task",
+        "labels",
+        "features",
+        "targets",
+        "target_index",
+        "scaler",
+        "transform",
+        "window",
+        "horizon",
+        "season",
+        "input_shape",
+    )
+    props = {k: json.dumps(meta.get(k)) for k in keys}
+    props["family"] = json.dumps(family)
+    return props
+
+
+def symbolic_dims_or_raise(model: onnx.ModelProto) -> None:
+    """The exporter can silently fix a dim it was told is dynamic: refuse such a file."""
+    x = next(i for i in model.graph.input if i.name == "x")
+    dims = x.type.tensor_type.shape.dim
+    fixed = [
+        f"{name} (axis {axis}) = {dims[axis].dim_value}"
+        for axis, name in DYNAMIC_DIMS.items()
+        if not dims[axis].dim_param
+    ]
+    if fixed:
+        raise ExportError(f"ONNX input 'x' has fixed dims where dynamic ones are needed: {fixed}")
+
+
+def export_module(module: SequenceModule, path: Path, family: str) -> Path:
+    meta = module.meta
+    seq, features = meta["input_shape"]
+    example = torch.zeros(2, seq, features)  # batch 2: a size-1 example invites specialisation
+    dims = {"x": {axis: torch.export.Dim(name) for axis, name in DYNAMIC_DIMS.items()}}
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer deprecation chatter, not actionable by users
+        program = torch.onnx.export(
+            module.model,
+            (example,),
+            dynamo=True,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_shapes=dims,
+            verbose=False,
+        )
+    model = program.model_proto
+    symbolic_dims_or_raise(model)
+    for key, value in onnx_metadata(meta, family).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    with atomic_file(path) as tmp:
+        onnx.save(model, tmp)
+    return path
+
+
+def export(cfg: PipelineConfig, exp_name: str) -> Path:
+    exp = cfg.experiment(exp_name)
+    out = model_dir(exp_name)
+    module = load_module(out / "model.ckpt")
+    return export_module(module, out / "model.onnx", exp.model.name)

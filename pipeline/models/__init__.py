@@ -1,0 +1,21 @@
+"""Model families: nn.Module code only. `build_model` maps a model config to a module."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from pipeline.models.lstm import StackedLSTM
+
+REGISTRY: dict[str, type[nn.Module]] = {"lstm": StackedLSTM}
+
+
+def build_model(model_cfg: dict, meta: dict) -> nn.Module:
+    """Instantiate the module named by `model_cfg["name"]` for the data described by `meta`."""
+    cfg = dict(model_cfg)
+    cls = REGISTRY[cfg.pop("name")]
+    if meta["task"] == "classification":
+        output_shape = (len(meta["labels"]),)
+    else:
+        output_shape = (meta["horizon"], len(meta["targets"]))
+        cfg["target_index"] = tuple(meta["target_index"])
+    return cls(input_size=meta["input_shape"][-1], output_shape=output_shape, **cfg)

@@ -1,0 +1,92 @@
+"""Plot files: CSV for `dvc plots` and a PNG beside each, so they can be looked at offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.io import atomic_file
+
+
+def _png(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def _csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_file(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def _figure(**kw):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(**kw)
+
+
+def learning_curve(history: list[dict], out: Path) -> None:
+    frame = pd.DataFrame(history)
+    _csv(frame, out / "learning_curve.csv")
+    fig, ax = _figure(figsize=(6, 4))
+    for col in ("train_loss", "val_loss"):
+        ax.plot(frame["epoch"], frame[col], label=col)
+    ax.set(xlabel="epoch", ylabel="loss", yscale="log", title="Learning curve")
+    ax.legend()
+    _png(fig, out / "learning_curve.png")
+
+
+def confusion(actual: list[str], predicted: list[str], labels: list[str], out: Path) -> None:
+    _csv(pd.DataFrame({"actual": actual, "predicted": predicted}), out / "confusion.csv")
+    idx = {label: i for i, label in enumerate(labels)}
+    counts = np.zeros((len(labels), len(labels)), dtype=int)
+    for a, p in zip(actual, predicted, strict=True):
+        counts[idx[a], idx[p]] += 1
+    fig, ax = _figure(figsize=(4, 4))
+    ax.imshow(counts, cmap="Blues")
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, str(n), ha="center", va="center")
+    ax.set(
+        xticks=range(len(labels)),
+        yticks=range(len(labels)),
+        xticklabels=labels,
+        yticklabels=labels,
+        xlabel="predicted",
+        ylabel="actual",
+        title="Confusion matrix",
+    )
+    _png(fig, out / "confusion.png")
+
+
+def forecast(truth: np.ndarray, pred: np.ndarray, baseline: np.ndarray, out: Path) -> None:
+    """Test windows [n, horizon] of one target: a CSV row per (window, step), a PNG of a few."""
+    n, h = truth.shape
+    _csv(
+        pd.DataFrame(
+            {
+                "window": np.repeat(np.arange(n), h),
+                "step": np.tile(np.arange(1, h + 1), n),
+                "truth": truth.ravel(),
+                "forecast": pred.ravel(),
+                "baseline": baseline.ravel(),
+            }
+        ),
+        out / "forecast.csv",
+    )
+    shown = sorted({0, n // 2, n - 1})
+    fig, axes = _figure(nrows=len(shown), figsize=(6, 2.2 * len(shown)), squeeze=False)
+    for ax, i in zip(axes[:, 0], shown, strict=True):
+        ax.plot(truth[i], "k-", label="truth")
+        ax.plot(pred[i], "C0-", label="forecast")
+        ax.plot(baseline[i], "C1--", label="baseline")
+        ax.set_title(f"test window {i}", fontsize=9)
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    _png(fig, out / "forecast.png")

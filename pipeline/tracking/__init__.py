@@ -1,0 +1,55 @@
+"""MLflow: where runs go and what tags tie them to the code and data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else a SQLite file in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def file_sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def log_to_training_run(experiment_name: str, ckpt, metrics: dict, artifacts: list) -> str | None:
+    """Attach later stages' results to the MLflow run that produced this exact checkpoint.
+
+    The run is found by the checkpoint's hash (tag `ckpt_sha256`, set by train), so a report can
+    never land on another training's run. Returns the run id, or None if no such run exists
+    (e.g. MLFLOW_TRACKING_URI now points elsewhere).
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id], f"tags.ckpt_sha256 = '{file_sha256(ckpt)}'", max_results=1
+    )
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    for path in artifacts:
+        client.log_artifact(run_id, str(path))
+    return run_id

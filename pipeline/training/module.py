@@ -1,0 +1,99 @@
+"""The thin LightningModule: a model from the registry, a task loss, torchmetrics."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import (
+    MeanAbsoluteError,
+    MeanAbsolutePercentageError,
+    MeanSquaredError,
+    MetricCollection,
+)
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from pipeline.models import build_model
+
+# What the model and its metrics need to know of the data (a subset of prepare's meta.json).
+META_KEYS = (
+    "task",
+    "input_shape",
+    "labels",
+    "horizon",
+    "targets",
+    "target_index",
+    "transform",
+    "scaler",
+)
+
+
+def model_meta(meta: dict) -> dict:
+    return {k: meta[k] for k in META_KEYS if k in meta}
+
+
+def inverse_scale(z: torch.Tensor, meta: dict) -> torch.Tensor:
+    """Scaled forecast [..., targets] -> the original units (undo standard scaling, then log)."""
+    idx = meta["target_index"]
+    mean = z.new_tensor([meta["scaler"]["mean"][i] for i in idx])
+    std = z.new_tensor([meta["scaler"]["std"][i] for i in idx])
+    y = z * std + mean
+    return torch.exp(y) if meta["transform"] == "log" else y
+
+
+class SequenceModule(pl.LightningModule):
+    def __init__(self, model_cfg: dict, meta: dict, lr: float = 1e-3, weight_decay: float = 0.0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.meta = meta
+        self.model = build_model(model_cfg, meta)
+        self.classify = meta["task"] == "classification"
+        if self.classify:
+            k = len(meta["labels"])
+            metrics = {"acc": MulticlassAccuracy(k), "f1": MulticlassF1Score(k, average="macro")}
+        else:  # on the original scale
+            metrics = {
+                "mae": MeanAbsoluteError(),
+                "rmse": MeanSquaredError(squared=False),
+                "mape": MeanAbsolutePercentageError(),
+            }
+        collection = MetricCollection(metrics)
+        self.stage_metrics = torch.nn.ModuleDict(
+            {
+                "fit": collection.clone(prefix="train/"),
+                "val": collection.clone(prefix="val/"),
+                "test": collection.clone(prefix="test/"),
+            }
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        out = self.model(x)
+        # A ModuleDict key cannot be "train" (nn.Module.train): training metrics live under "fit".
+        metrics = self.stage_metrics["fit" if stage == "train" else stage]
+        if self.classify:
+            loss = F.cross_entropy(out, y)
+            metrics.update(out, y)
+        else:
+            loss = F.mse_loss(out, y)
+            metrics.update(inverse_scale(out, self.meta), inverse_scale(y, self.meta))
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(x))
+        self.log_dict(metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def training_step(self, batch, _):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, _):
+        self._step(batch, "val")
+
+    def test_step(self, batch, _):
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )

@@ -1,0 +1,135 @@
+"""train stage: prepared data -> models/<exp>/model.ckpt, metrics/<exp>/train.json, learning curve.
+
+One MLflow run per call: params, per-epoch metrics, the checkpoint and plots as artifacts.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.loggers import MLFlowLogger
+
+from pipeline import plots
+from pipeline.config import Experiment, PipelineConfig
+from pipeline.data.datamodule import Prepared, PreparedDataModule
+from pipeline.data.prepare import prepared_dir
+from pipeline.io import atomic_dir, atomic_file, write_json
+from pipeline.tracking import file_sha256, git_commit, tracking_uri
+from pipeline.training.module import SequenceModule, model_meta
+
+
+def model_dir(exp: str) -> Path:
+    return Path("models") / exp
+
+
+class History(Callback):
+    """Epoch-level losses for the learning-curve plot."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def on_train_epoch_end(self, trainer, _):
+        m = trainer.callback_metrics
+        if "val/loss" in m:
+            self.rows.append(
+                {
+                    "epoch": trainer.current_epoch,
+                    "train_loss": float(m["train/loss"]),
+                    "val_loss": float(m["val/loss"]),
+                }
+            )
+
+
+def build_trainer(cfg: PipelineConfig, exp: Experiment, ckpt_dir: Path, logger, callbacks=()):
+    t = cfg.trainer
+    callbacks = [
+        EarlyStopping("val/loss", patience=exp.fit.patience),
+        ModelCheckpoint(ckpt_dir, filename="best", monitor="val/loss", save_last=True),
+        *callbacks,
+    ]
+    if t.progress_bar:
+        callbacks.append(RichProgressBar())
+    return pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        precision=t.precision,
+        deterministic=t.deterministic,
+        max_epochs=min(exp.fit.max_epochs, t.max_epochs or exp.fit.max_epochs),
+        gradient_clip_val=exp.fit.gradient_clip_val or None,
+        callbacks=callbacks,
+        logger=logger,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=ckpt_dir,
+        log_every_n_steps=1,
+    )
+
+
+def slim_checkpoint(src: Path, dst: Path) -> None:
+    """Keep what loading needs; drop trainer state (absolute paths, optimizer) from model.ckpt."""
+    full = torch.load(src, map_location="cpu", weights_only=False)
+    keep = ("state_dict", "hyper_parameters", "epoch", "global_step", "pytorch-lightning_version")
+    with atomic_file(dst) as tmp:
+        torch.save({k: full[k] for k in keep}, tmp)
+
+
+def train(cfg: PipelineConfig, exp_name: str) -> Path:
+    exp = cfg.experiment(exp_name)
+    prepared = Prepared.load(prepared_dir(exp_name))
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    pl.seed_everything(cfg.seed, workers=True)
+    module = SequenceModule(
+        exp.model.model_dump(), model_meta(prepared.meta), exp.fit.lr, exp.fit.weight_decay
+    )
+    data = PreparedDataModule(prepared, exp.fit.batch_size, cfg.trainer.num_workers, cfg.seed)
+    tags = {"exp": exp_name, "stage": "train", "data_sha256": prepared.meta["content_sha256"]}
+    if commit := git_commit():
+        tags["git_commit"] = commit
+    logger = MLFlowLogger(
+        experiment_name=cfg.tracking.experiment_name,
+        tracking_uri=tracking_uri(),
+        run_name=exp_name,
+        tags=tags,
+    )
+    logger.log_hyperparams({"seed": cfg.seed, **exp.model_dump(by_alias=True)})
+    history = History()
+
+    with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt_dir:
+        trainer = build_trainer(cfg, exp, Path(ckpt_dir), logger, [history])
+        trainer.fit(module, datamodule=data)
+        best = trainer.checkpoint_callback
+        tested = trainer.test(
+            module, datamodule=data, ckpt_path=best.best_model_path, verbose=False
+        )
+        if not trainer.is_global_zero:
+            return model_dir(exp_name)
+        out = model_dir(exp_name)
+        out.mkdir(parents=True, exist_ok=True)
+        slim_checkpoint(Path(best.best_model_path), out / "model.ckpt")
+
+    best_epoch = min(history.rows, key=lambda r: r["val_loss"])["epoch"]
+    metrics = {
+        "best_epoch": best_epoch,
+        "epochs_run": len(history.rows),
+        "best_val_loss": float(best.best_model_score),
+        **{k: round(v, 8) for k, v in tested[0].items()},
+    }
+    metrics_dir = Path("metrics") / exp_name
+    write_json(metrics_dir / "train.json", metrics)
+    with atomic_dir(Path("plots") / exp_name / "train") as tmp:
+        plots.learning_curve(history.rows, tmp)
+
+    run_id = logger.run_id
+    client = logger.experiment
+    for key in ("best_epoch", "epochs_run", "best_val_loss"):
+        client.log_metric(run_id, key, metrics[key])
+    client.log_artifact(run_id, str(out / "model.ckpt"))
+    client.set_tag(run_id, "ckpt_sha256", file_sha256(out / "model.ckpt"))
+    client.log_artifacts(run_id, str(Path("plots") / exp_name / "train"), "plots")
+    return out

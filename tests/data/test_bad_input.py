@@ -1,0 +1,115 @@
+"""Each bad input: one clear error naming the culprit, a non-zero exit, nothing written."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.cli import main
+from tests.conftest import write_params
+
+
+def _frame(n_series=4, length=30):
+    t = np.arange(length)
+    return pd.DataFrame(
+        {
+            "series_id": np.repeat([f"s{i}" for i in range(n_series)], length),
+            "time": np.tile(t, n_series),
+            "value": np.tile(np.sin(t / 4), n_series) + 2,
+            "label": np.repeat(["a", "b"] * (n_series // 2), length),
+        }
+    )
+
+
+def _broken(kind: str) -> str | None:
+    frame = _frame()
+    if kind == "missing_column":
+        frame = frame.drop(columns="value")
+    elif kind == "non_numeric":
+        frame["value"] = frame["value"].astype(object)
+        frame.loc[7, "value"] = "12,5"
+    elif kind == "nan":
+        frame.loc[11, "value"] = np.nan
+    elif kind == "inf":
+        frame.loc[12, "value"] = np.inf
+    elif kind == "short_series":
+        frame = frame[~((frame.series_id == "s2") & (frame.time >= 10))]
+    elif kind == "one_class":
+        frame["label"] = "a"
+    elif kind == "duplicate":
+        frame = pd.concat([frame, frame.iloc[[5]]])
+    elif kind == "empty":
+        open("in.csv", "w").close()
+        return None
+    frame.to_csv("in.csv", index=False)
+    return None
+
+
+FORECAST = {
+    "source": "csv",
+    "path": "in.csv",
+    "task": "forecast",
+    "features": ["value"],
+    "window": 8,
+    "horizon": 2,
+    "val_size": 4,
+    "test_size": 4,
+}
+CLASSIFY = {
+    "source": "csv",
+    "path": "in.csv",
+    "task": "classification",
+    "features": ["value"],
+    "label": "label",
+    "window": 20,
+}
+
+
+@pytest.mark.parametrize(
+    "kind, data, expected",
+    [
+        ("missing_column", FORECAST, "in.csv: missing column(s) 'value'; found: series_id, time"),
+        ("non_numeric", FORECAST, "in.csv: column 'value' line 9: '12,5' is not a number"),
+        ("nan", FORECAST, "in.csv: column 'value' line 13: nan (NaN/inf)"),
+        ("inf", FORECAST, "in.csv: column 'value' line 14: inf (NaN/inf)"),
+        (
+            "short_series",
+            FORECAST,
+            "in.csv: series 's2' has 10 time steps; window (8) + horizon "
+            "(2) + val_size (4) + test_size (4) need at least 18",
+        ),
+        ("short_series", CLASSIFY, "in.csv: series 's2' has 10 time steps, shorter than window"),
+        ("one_class", CLASSIFY, "in.csv: column 'label' has a single class 'a'"),
+        ("duplicate", FORECAST, "in.csv: line 122: duplicate (series_id, time) = (s0, 5)"),
+        ("empty", FORECAST, "in.csv: file is empty"),
+    ],
+)
+def test_bad_csv(workdir, params, capsys, kind, data, expected):
+    _broken(kind)
+    params["experiments"]["lstm_airline"]["data"] = data
+    params["experiments"]["lstm_airline"]["model"]["level_norm"] = data["task"] == "forecast"
+    write_params(params)
+    assert main(["prepare", "lstm_airline"]) == 3
+    err = capsys.readouterr().err
+    assert expected in err, err
+    assert err.strip().count("\n") == 0
+    prepared = workdir / "data" / "prepared"
+    assert not prepared.exists() or not any(prepared.iterdir())  # not even a temp folder
+
+
+def test_missing_file(workdir, params, capsys):
+    params["experiments"]["lstm_airline"]["data"] = dict(FORECAST, path="nowhere.csv")
+    write_params(params)
+    assert main(["prepare", "lstm_airline"]) == 3
+    assert "nowhere.csv: file not found" in capsys.readouterr().err
+
+
+def test_failed_prepare_keeps_the_previous_output_intact(workdir, params):
+    _frame().to_csv("in.csv", index=False)
+    params["experiments"]["lstm_airline"]["data"] = FORECAST
+    write_params(params)
+    assert main(["prepare", "lstm_airline"]) == 0
+    before = sorted(p.name for p in (workdir / "data/prepared/lstm_airline").iterdir())
+    _broken("nan")
+    assert main(["prepare", "lstm_airline"]) == 3
+    assert sorted(p.name for p in (workdir / "data/prepared/lstm_airline").iterdir()) == before
+    assert [p.name for p in (workdir / "data/prepared").iterdir()] == ["lstm_airline"]

@@ -1,0 +1,110 @@
+import json
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import parse_config
+from pipeline.data.datamodule import Prepared
+from pipeline.data.prepare import prepare
+from tests.conftest import write_params
+
+
+def _cfg(params, name, data=None):
+    if data is not None:
+        params["experiments"][name]["data"] = data
+        params["experiments"][name]["model"]["level_norm"] = data.get("task") == "forecast"
+    return parse_config(params)
+
+
+def test_ucr_official_test_split_stratified_val_and_train_only_scaling(workdir, params):
+    out = prepare(_cfg(params, "lstm_italypowerdemand"), "lstm_italypowerdemand")
+    p = Prepared.load(out)
+    meta = p.meta
+    assert meta["task"] == "classification" and meta["labels"] == ["1", "2"]
+    assert meta["sizes"] == {"train": 53, "val": 14, "test": 1029}
+    x_train, y_train = p.arrays("train")
+    _, y_val = p.arrays("val")
+    assert x_train.shape == (53, 24, 1) and x_train.dtype == np.float32
+    np.testing.assert_allclose(x_train.mean(), 0, atol=1e-5)  # scaler fit on train only
+    np.testing.assert_allclose(x_train.std(), 1, atol=1e-4)
+    assert abs(np.bincount(y_val)[0] - np.bincount(y_val)[1]) <= 1  # stratified
+    assert len(meta["content_sha256"]) == 64
+
+
+def test_airline_forecast_windows(workdir, params):
+    out = prepare(_cfg(params, "lstm_airline"), "lstm_airline")
+    p = Prepared.load(out)
+    assert p.meta["sizes"] == {"train": 49, "val": 13, "test": 13}
+    x, y = p.arrays("test")
+    assert x.shape == (13, 36, 1) and y.shape == (13, 12, 1)
+    series = np.load(out / "series.npy")
+    # last test target is the last month; log + scaling inverts to 432 passengers (Dec 1960)
+    mean, std = p.meta["scaler"]["mean"][0], p.meta["scaler"]["std"][0]
+    np.testing.assert_allclose(np.exp(y[-1, -1, 0] * std + mean), 432, rtol=1e-5)
+    train_part = np.log(np.exp(series[:96, 0] * std + mean))
+    np.testing.assert_allclose([train_part.mean(), train_part.std()], [mean, std], rtol=1e-4)
+
+
+def _long_frame(n_series=6, length=40, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_series):
+        for t in range(length):
+            rows.append(
+                {
+                    "series_id": f"s{s}",
+                    "time": t,
+                    "a": np.sin(t / 3 + s) + rng.normal(0, 0.1),
+                    "b": rng.normal(),
+                    "label": "up" if s % 2 else "down",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_csv_forecast_multiple_series_windows_stay_within_a_series(workdir, params):
+    frame = _long_frame()
+    frame.sample(frac=1, random_state=0).to_csv("data.csv", index=False)  # order must not matter
+    data = {
+        "source": "csv",
+        "path": "data.csv",
+        "task": "forecast",
+        "features": ["a", "b"],
+        "targets": ["a"],
+        "window": 8,
+        "horizon": 4,
+        "val_size": 6,
+        "test_size": 6,
+    }
+    out = prepare(_cfg(params, "lstm_airline", data), "lstm_airline")
+    p = Prepared.load(out)
+    assert p.meta["target_index"] == [0] and p.meta["series_ids"] == [f"s{i}" for i in range(6)]
+    assert p.meta["sizes"] == {"train": 6 * 17, "val": 6 * 3, "test": 6 * 3}
+    starts = np.load(out / "starts_test.npy")
+    assert ((starts % 40) + 12 <= 40).all()  # no window crosses into the next series
+
+
+def test_parquet_classification_by_series(workdir, params):
+    _long_frame(n_series=20).to_parquet("data.parquet")
+    data = {
+        "source": "parquet",
+        "path": "data.parquet",
+        "task": "classification",
+        "features": ["a", "b"],
+        "label": "label",
+        "window": 30,
+        "val_fraction": 0.25,
+        "test_fraction": 0.2,
+    }
+    out = prepare(_cfg(params, "lstm_italypowerdemand", data), "lstm_italypowerdemand")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["labels"] == ["down", "up"] and meta["input_shape"] == [30, 2]
+    assert sum(meta["sizes"].values()) == 20
+
+
+def test_prepare_cli_writes_atomically(workdir, params):
+    from pipeline.cli import main
+
+    write_params(params)
+    assert main(["prepare", "lstm_airline"]) == 0
+    assert sorted(p.name for p in (workdir / "data/prepared").iterdir()) == ["lstm_airline"]

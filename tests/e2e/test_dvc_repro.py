@@ -1,0 +1,90 @@
+"""The real pipeline: `dvc exp run -S` (Hydra composition) and `dvc repro` in a temp git repo."""
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import copy_repo
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENTS = ("lstm_italypowerdemand", "lstm_airline")
+# Shrinks the default config through the same Hydra overrides a user would pass.
+SHRINK = [
+    "trainer.max_epochs=2",
+    "trainer.progress_bar=false",
+    "experiments.lstm_italypowerdemand.validate.min.accuracy=0",
+    "experiments.lstm_airline.validate.beat_baseline=false",
+]
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def metric_files(repo: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(repo)): p.read_bytes() for p in sorted(repo.glob("metrics/*/*.json"))}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("clone"))
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo}/mlflow.db"
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+    ):
+        run(cmd, repo)
+    dvc = str(Path(sys.executable).parent / "dvc")
+    run([dvc, "exp", "run", *[a for o in SHRINK for a in ("-S", o)]], repo)
+    yield repo
+    os.environ.pop("MLFLOW_TRACKING_URI")
+
+
+def test_exp_run_recomposes_params_and_runs_every_stage(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["trainer"]["max_epochs"] == 2
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    stages = {f"{s}@{e}" for s in ("prepare", "train", "export", "validate") for e in EXPERIMENTS}
+    assert stages <= set(lock["stages"])
+    for exp in EXPERIMENTS:
+        report = yaml.safe_load((repo / f"metrics/{exp}/validate.json").read_text())
+        assert report["passed"] and report["parity_max_abs_diff"] <= 1e-5
+        assert any(t != report["export_seq_len"] for _, t in report["parity_shapes"])
+        assert (repo / f"models/{exp}/model.onnx").exists()
+        assert (repo / f"plots/{exp}/train/learning_curve.png").exists()
+    assert (repo / "plots/lstm_italypowerdemand/validate/confusion.csv").exists()
+    assert {"mape", "seasonal_naive_mape"} <= set(
+        yaml.safe_load((repo / "metrics/lstm_airline/validate.json").read_text())
+    )
+
+
+def test_one_mlflow_run_per_train_stage(repo):
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        names = sorted(r[0] for r in db.execute("select name from runs"))
+    assert names == sorted(EXPERIMENTS)
+
+
+def test_second_repro_is_a_no_op(repo):
+    out = run([str(Path(sys.executable).parent / "dvc"), "repro"], repo).stdout
+    assert "Data and pipelines are up to date" in out
+    assert "Running stage" not in out
+
+
+def test_repro_from_scratch_gives_byte_identical_metrics(repo):
+    before = metric_files(repo)
+    for path in ("data/prepared", "models"):
+        shutil.rmtree(repo / path)
+    run([str(Path(sys.executable).parent / "dvc"), "repro", "-f"], repo)
+    assert metric_files(repo) == before

@@ -1,0 +1,65 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from pipeline.export.onnx_export import ExportError, export_module, symbolic_dims_or_raise
+from pipeline.export.validate import parity, session
+from pipeline.training.module import SequenceModule
+
+META = {
+    "task": "forecast",
+    "input_shape": [36, 2],
+    "horizon": 12,
+    "targets": ["y"],
+    "target_index": [1],
+    "transform": "log",
+    "window": 36,
+    "season": 12,
+    "features": ["x", "y"],
+    "scaler": {"mean": [0.0, 5.0], "std": [1.0, 0.3]},
+}
+
+
+@pytest.fixture(scope="module", params=["lstm", "gru"])
+def exported(request, tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = {
+        "name": "lstm",
+        "cell": request.param,
+        "hidden_size": 16,
+        "num_layers": 2,
+        "bidirectional": True,
+        "level_norm": True,
+    }
+    module = SequenceModule(cfg, META).eval()
+    path = export_module(module, tmp_path_factory.mktemp("onnx") / "model.onnx", "lstm")
+    return module, path
+
+
+def test_inputs_are_symbolic_and_metadata_is_carried(exported):
+    _, path = exported
+    model = onnx.load(path)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims[:2]] == ["batch", "seq"] and dims[2].dim_value == 2
+    props = {p.key: json.loads(p.value) for p in model.metadata_props}
+    assert props["task"] == "forecast" and props["family"] == "lstm"
+    assert props["scaler"] == META["scaler"] and props["horizon"] == 12
+
+
+def test_onnx_runtime_matches_torch_at_other_batch_and_sequence_lengths(exported):
+    module, path = exported
+    x = np.random.default_rng(0).normal(size=(5, 36, 2)).astype(np.float32)
+    worst, shapes = parity(session(path), module, x, [1, 3, 8])
+    assert worst <= 1e-5
+    assert {t for _, t in shapes} == {18, 36, 72}
+
+
+def test_fixed_dims_are_refused():
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 24, 1])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 24, 1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    with pytest.raises(ExportError, match=r"fixed dims .*seq \(axis 1\) = 24"):
+        symbolic_dims_or_raise(onnx.helper.make_model(graph))

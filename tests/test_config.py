@@ -1,0 +1,106 @@
+import copy
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import compose, parse_config
+from pipeline.errors import ConfigError
+from tests.conftest import REPO, write_params
+
+
+def test_params_yaml_is_the_composition_of_conf():
+    assert (REPO / "params.yaml").read_text() == compose()
+
+
+def test_compose_applies_overrides():
+    text = compose(["trainer.max_epochs=3", "experiments.lstm_airline.model.cell=gru"])
+    cfg = parse_config(__import__("yaml").safe_load(text))
+    assert cfg.trainer.max_epochs == 3
+    assert cfg.experiments["lstm_airline"].model.cell == "gru"
+
+
+def _error(raw) -> str:
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    "path, value, expected",
+    [
+        (
+            ("experiments", "lstm_airline", "model", "hidden_sise"),
+            3,
+            "experiments.lstm_airline.model.hidden_sise: unknown key",
+        ),
+        (
+            ("experiments", "lstm_airline", "model", "hidden_size"),
+            "big",
+            "experiments.lstm_airline.model.hidden_size: Input should be a valid integer",
+        ),
+        (
+            ("experiments", "lstm_airline", "model", "cell"),
+            "rnn",
+            "experiments.lstm_airline.model.cell: Input should be 'lstm' or 'gru'",
+        ),
+        (
+            ("experiments", "lstm_airline", "model", "name"),
+            "transformer",
+            "experiments.lstm_airline.model: Input tag 'transformer' found using 'name' does not "
+            "match any of the expected tags: 'lstm'",
+        ),
+        (
+            ("experiments", "lstm_italypowerdemand", "data", "name"),
+            "NoSuchSet",
+            "experiments.lstm_italypowerdemand.data.name: unknown UCR data set 'NoSuchSet'; "
+            "allowed: ",
+        ),
+        (
+            ("experiments", "lstm_airline", "data", "source"),
+            "s3",
+            "experiments.lstm_airline.data: Input tag 's3' found using 'source' does not match",
+        ),
+        (("trainer", "precision"), "fp8", "trainer.precision: Input should be '32-true'"),
+        (
+            ("experiments", "lstm_italypowerdemand", "model", "level_norm"),
+            True,
+            "experiments.lstm_italypowerdemand: model.level_norm applies to forecasting only",
+        ),
+    ],
+)
+def test_invalid_config_names_the_key(params, path, value, expected):
+    raw = copy.deepcopy(params)
+    node = raw
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    assert expected in _error(raw)
+
+
+def test_unknown_ucr_set_lists_the_shipped_ones(params):
+    params["experiments"]["lstm_italypowerdemand"]["data"]["name"] = "Nope"
+    message = _error(params)
+    assert "ItalyPowerDemand" in message and "GunPoint" in message
+
+
+def test_cli_exits_nonzero_with_one_line_naming_the_key(workdir, params, capsys):
+    params["experiments"]["lstm_airline"]["fit"]["lr"] = -1
+    write_params(params)
+    assert main(["prepare", "lstm_airline"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "experiments.lstm_airline.fit.lr: Input should be greater than 0" in err
+    assert not (workdir / "data").exists()
+
+
+def test_cli_unknown_experiment(workdir, params, capsys):
+    write_params(params)
+    assert main(["train", "lstm_nothing"]) == 2
+    assert "experiments.lstm_nothing: no such experiment" in capsys.readouterr().err
+
+
+def test_compose_check_detects_stale_params(workdir, capsys):
+    (workdir / "params.yaml").write_text("seed: 1\n")
+    assert main(["compose", "--check"]) == 1
+    assert main(["compose"]) == 0
+    assert main(["compose", "--check"]) == 0
