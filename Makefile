@@ -13,7 +13,7 @@ export DVC_NO_ANALYTICS ?= 1
 export ORT_DISABLE_TELEMETRY ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install repro test lint clean-outputs
+.PHONY: install repro test lint bench
 
 install: $(STAMP)
 
@@ -36,3 +36,6 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests benchmarks
 	$(BIN)/ruff format --check pipeline tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/repro.py

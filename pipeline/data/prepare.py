@@ -59,7 +59,9 @@ def _classification(exp: Experiment, data: Labelled) -> tuple[dict, dict]:
 
     def stratified(x, y, fraction, what):
         try:
-            return train_test_split(x, y, test_size=fraction, stratify=y, random_state=cfg.split_seed)
+            return train_test_split(
+                x, y, test_size=fraction, stratify=y, random_state=cfg.split_seed
+            )
         except ValueError as err:
             raise DataError(
                 f"{_source_name(exp)}: cannot carve a stratified {what}: {err}"

@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -70,10 +69,18 @@ def test_exp_run_recomposes_params_and_runs_every_stage(repo):
     )
 
 
-def test_one_mlflow_run_per_train_stage(repo):
-    with sqlite3.connect(repo / "mlflow.db") as db:
-        names = sorted(r[0] for r in db.execute("select name from runs"))
-    assert names == sorted(EXPERIMENTS)
+def test_one_mlflow_run_per_train_stage_with_metrics_artifacts_and_validation(repo):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("lstm-pipeline").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(EXPERIMENTS)
+    for run in runs:
+        assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2  # per epoch
+        assert "fit/max_epochs" in run.data.params and run.data.tags["data_sha256"]
+        assert run.data.metrics["onnx/parity_max_abs_diff"] <= 1e-5  # added by validate
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"model.ckpt", "model.onnx", "validate.json", "plots"} <= artifacts
 
 
 def test_second_repro_is_a_no_op(repo):
