@@ -145,7 +145,7 @@ def prepare(cfg: PipelineConfig, exp_name: str) -> Path:
     if d.source == "ucr":
         arrays, meta = _classification(exp, load_ucr(d.name))
     elif d.source == "airline":
-        arrays, meta = _forecast(exp, load_airline(d))
+        arrays, meta = _forecast(exp, load_airline())
     else:
         loaded = load_table(d)
         if isinstance(loaded, Labelled):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import AirlineData, TableData
+from pipeline.config import TableData
 from pipeline.errors import DataError
 
 
@@ -50,7 +50,7 @@ def load_ucr(name: str) -> Labelled:
     return Labelled(x, y, features, test=split("test"))
 
 
-def load_airline(_: AirlineData | None = None) -> Series:
+def load_airline() -> Series:
     from sktime.datasets import load_airline as sktime_airline
 
     s = sktime_airline()
