@@ -116,8 +116,7 @@ class TableData(ForecastWindows):
 DataConfig = Annotated[UcrData | AirlineData | TableData, Field(discriminator="source")]
 
 
-class LstmModel(Strict):
-    name: Literal["lstm"]
+class RecurrentModel(Strict):
     cell: Literal["lstm", "gru"] = "lstm"
     hidden_size: PositiveInt = 64
     num_layers: PositiveInt = 2
@@ -126,7 +125,16 @@ class LstmModel(Strict):
     level_norm: bool = False  # forecasting: model the change from the last observed step
 
 
-ModelConfig = Annotated[LstmModel, Field(discriminator="name")]
+class LstmModel(RecurrentModel):
+    name: Literal["lstm"]
+
+
+class AttentionLstmModel(RecurrentModel):
+    name: Literal["attention_lstm"]
+    attention_size: PositiveInt = 32
+
+
+ModelConfig = Annotated[LstmModel | AttentionLstmModel, Field(discriminator="name")]
 
 
 class Fit(Strict):
@@ -158,6 +166,14 @@ class Experiment(Strict):
 
     @model_validator(mode="after")
     def _model_fits_task(self) -> Experiment:
+        from pipeline.models import REGISTRY
+
+        tasks = REGISTRY[self.model.name].tasks
+        if self.task not in tasks:
+            raise ValueError(
+                f"model.name {self.model.name!r} does not support the {self.task!r} task of "
+                f"data.source {self.data.source!r}; it supports: {', '.join(tasks)}"
+            )
         if self.model.level_norm and self.task != "forecast":
             raise ValueError("model.level_norm applies to forecasting only")
         return self
@@ -193,11 +209,14 @@ class PipelineConfig(Strict):
         return self.experiments[name]
 
 
+UNION_TAGS = {"ucr", "airline", "csv", "parquet", "lstm", "attention_lstm"}
+
+
 def _format(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         # Drop the union tags pydantic puts in the path ("ucr", "lstm"...): users never write them.
-        loc = [str(p) for p in e["loc"] if p not in ("ucr", "airline", "csv", "parquet", "lstm")]
+        loc = [str(p) for p in e["loc"] if p not in UNION_TAGS]
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"

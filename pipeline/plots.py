@@ -90,3 +90,29 @@ def forecast(truth: np.ndarray, pred: np.ndarray, baseline: np.ndarray, out: Pat
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     _png(fig, out / "forecast.png")
+
+
+def attention(x: np.ndarray, weights: np.ndarray, out: Path, shown: int = 4) -> None:
+    """Attention weights over time for the first test examples, beside their first feature."""
+    n, t = weights[:shown].shape
+    _csv(
+        pd.DataFrame(
+            {
+                "example": np.repeat(np.arange(n), t),
+                "step": np.tile(np.arange(t), n),
+                "input": x[:shown].ravel(),
+                "attention": weights[:shown].ravel(),
+            }
+        ),
+        out / "attention.csv",
+    )
+    fig, axes = _figure(nrows=n, figsize=(6, 1.8 * n), squeeze=False)
+    for i, ax in enumerate(axes[:, 0]):
+        ax.plot(x[i], "k-", lw=1)
+        ax.set_ylabel("input", fontsize=8)
+        twin = ax.twinx()
+        twin.bar(np.arange(t), weights[i], color="C1", alpha=0.5)
+        twin.set_ylabel("attention", fontsize=8)
+        ax.set_title(f"test example {i}", fontsize=9)
+    fig.tight_layout()
+    _png(fig, out / "attention.png")

@@ -104,3 +104,14 @@ def test_compose_check_detects_stale_params(workdir, capsys):
     assert main(["compose", "--check"]) == 1
     assert main(["compose"]) == 0
     assert main(["compose", "--check"]) == 0
+
+
+def test_model_task_pairs_come_from_the_model_class(params, monkeypatch):
+    from pipeline.models import REGISTRY
+
+    monkeypatch.setattr(REGISTRY["attention_lstm"], "tasks", ("forecast",))
+    params["experiments"]["lstm_italypowerdemand"]["model"] = {"name": "attention_lstm"}
+    assert (
+        "experiments.lstm_italypowerdemand: model.name 'attention_lstm' does not support the "
+        "'classification' task of data.source 'ucr'; it supports: forecast"
+    ) in _error(params)

@@ -62,12 +62,24 @@ def symbolic_dims_or_raise(model: onnx.ModelProto) -> None:
         raise ExportError(f"ONNX input 'x' has fixed dims where dynamic ones are needed: {fixed}")
 
 
+def _forget_cached_rnn_kernels() -> None:
+    """torch.onnx swaps in a while_loop decomposition of aten.lstm/gru that keeps seq dynamic.
+    An op that already ran in this process keeps its old kernel in a dispatch cache and ignores
+    the swap; the unrolled default then fixes seq (the check below would refuse the file)."""
+    for op in (torch.ops.aten.lstm.input, torch.ops.aten.gru.input):
+        op._dispatch_cache.clear()
+
+
 def export_module(module: SequenceModule, path: Path, family: str) -> Path:
     meta = module.meta
     seq, features = meta["input_shape"]
-    example = torch.zeros(2, seq, features)  # batch 2: a size-1 example invites specialisation
-    dims = {"x": {axis: torch.export.Dim(name) for axis, name in DYNAMIC_DIMS.items()}}
+    example = torch.zeros(7, seq, features)
+    # min=2: otherwise torch.export guards "dim != 1" (0/1 specialisation), and torch.onnx
+    # resolves that guard by silently fixing seq. The ONNX graph itself runs at size 1 too
+    # (validate's parity check includes batch 1).
+    dims = {"x": {axis: torch.export.Dim(name, min=2) for axis, name in DYNAMIC_DIMS.items()}}
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    _forget_cached_rnn_kernels()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer deprecation chatter, not actionable by users
         program = torch.onnx.export(
@@ -75,7 +87,7 @@ def export_module(module: SequenceModule, path: Path, family: str) -> Path:
             (example,),
             dynamo=True,
             input_names=["x"],
-            output_names=["y"],
+            output_names=["y", *getattr(module.model, "extra_outputs", ())],
             dynamic_shapes=dims,
             verbose=False,
         )

@@ -30,10 +30,16 @@ def session(path: str | Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def run_onnx(sess: ort.InferenceSession, x: np.ndarray, chunk: int = 512) -> np.ndarray:
-    return np.concatenate(
-        [sess.run(["y"], {"x": x[i : i + chunk]})[0] for i in range(0, len(x), chunk)]
-    )
+def run_onnx(sess: ort.InferenceSession, x: np.ndarray, chunk: int = 512) -> list[np.ndarray]:
+    """Every output of the model (prediction first), run in chunks over the batch."""
+    parts = [sess.run(None, {"x": x[i : i + chunk]}) for i in range(0, len(x), chunk)]
+    return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+
+
+def run_torch(module, x: np.ndarray) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = module.model(torch.from_numpy(x))
+    return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
 def parity_inputs(x: np.ndarray, batch: int, seq: int) -> np.ndarray:
@@ -50,9 +56,8 @@ def parity(sess, module, x: np.ndarray, batch_sizes: list[int]) -> tuple[float, 
     for b in batch_sizes:
         for t in lengths:
             xb = parity_inputs(x, b, t)
-            with torch.no_grad():
-                expected = module(torch.from_numpy(xb)).numpy()
-            worst = max(worst, float(np.abs(run_onnx(sess, xb) - expected).max()))
+            for got, expected in zip(run_onnx(sess, xb), run_torch(module, xb), strict=True):
+                worst = max(worst, float(np.abs(got - expected).max()))
             shapes.append([b, t])
     return worst, shapes
 
@@ -140,9 +145,11 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
         "export_seq_len": meta["input_shape"][0],
         "test_size": len(x),
     }
-    out = run_onnx(sess, x)
+    out, *extra = run_onnx(sess, x)
     plot_dir = Path("plots") / exp_name / "validate"
     with atomic_dir(plot_dir) as tmp:
+        if extra:  # attention weights
+            plots.attention(x[:, :, 0], extra[0], tmp)
         if prepared.task == "classification":
             report.update(classification_report(out, y, meta, tmp))
         else:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from pipeline.models.attention_lstm import AttentionLSTM
 from pipeline.models.lstm import StackedLSTM
 
-REGISTRY: dict[str, type[nn.Module]] = {"lstm": StackedLSTM}
+# name -> class; each class declares `tasks` and optionally `extra_outputs` (names of outputs
+# after the prediction, e.g. attention weights), which export turns into extra ONNX outputs.
+REGISTRY: dict[str, type[nn.Module]] = {"lstm": StackedLSTM, "attention_lstm": AttentionLSTM}
 
 
 def build_model(model_cfg: dict, meta: dict) -> nn.Module:

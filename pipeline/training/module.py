@@ -67,11 +67,13 @@ class SequenceModule(pl.LightningModule):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        """The prediction alone (models with extra outputs return them after it)."""
+        out = self.model(x)
+        return out[0] if isinstance(out, tuple) else out
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
-        out = self.model(x)
+        out = self(x)
         # A ModuleDict key cannot be "train" (nn.Module.train): training metrics live under "fit".
         metrics = self.stage_metrics["fit" if stage == "train" else stage]
         if self.classify:

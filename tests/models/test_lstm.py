@@ -2,32 +2,24 @@ import pytest
 import torch
 
 from pipeline.models import build_model
-
-CLASSIFY = {"task": "classification", "input_shape": [24, 3], "labels": ["a", "b", "c"]}
-FORECAST = {
-    "task": "forecast",
-    "input_shape": [36, 2],
-    "horizon": 12,
-    "targets": ["y"],
-    "target_index": [1],
-}
+from tests.models.checker import CLASSIFY, FORECAST, check_all
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_output_shapes_at_any_length(cell, bidirectional):
+@pytest.mark.parametrize(
+    "cell, bidirectional, meta",
+    [("lstm", True, CLASSIFY), ("gru", False, FORECAST)],
+    ids=["bilstm-classify", "gru-forecast"],
+)
+def test_stacked_lstm_passes_the_model_checks(tmp_path, cell, bidirectional, meta):
     cfg = {
         "name": "lstm",
         "cell": cell,
-        "hidden_size": 8,
+        "hidden_size": 16,
         "num_layers": 2,
         "bidirectional": bidirectional,
+        "level_norm": meta["task"] == "forecast",
     }
-    clf = build_model(cfg, CLASSIFY)
-    fc = build_model(cfg, FORECAST)
-    for t in (5, 24, 60):
-        assert clf(torch.randn(4, t, 3)).shape == (4, 3)
-        assert fc(torch.randn(4, t, 2)).shape == (4, 12, 1)
+    check_all(cfg, meta, tmp_path)
 
 
 def test_level_norm_follows_a_shift_in_level():
@@ -36,11 +28,3 @@ def test_level_norm_follows_a_shift_in_level():
     shifted = x + torch.tensor([0.0, 5.0])
     with torch.no_grad():
         torch.testing.assert_close(model(shifted), model(x) + 5.0)
-
-
-def test_gradients_reach_every_parameter():
-    model = build_model(
-        {"name": "lstm", "hidden_size": 8, "num_layers": 2, "bidirectional": True}, CLASSIFY
-    )
-    model(torch.randn(4, 10, 3)).sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

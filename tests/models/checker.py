@@ -1,0 +1,120 @@
+"""The checks every model family must pass; each model's test file drives them."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import torch
+
+from pipeline.export.onnx_export import export_module
+from pipeline.export.validate import parity, session
+from pipeline.training.module import SequenceModule
+
+CLASSIFY = {
+    "task": "classification",
+    "input_shape": [24, 3],
+    "labels": ["a", "b", "c"],
+    "scaler": {"mean": [0.0] * 3, "std": [1.0] * 3},
+}
+FORECAST = {
+    "task": "forecast",
+    "input_shape": [36, 2],
+    "horizon": 12,
+    "targets": ["y"],
+    "target_index": [1],
+    "transform": "none",
+    "window": 36,
+    "season": None,
+    "features": ["x", "y"],
+    "scaler": {"mean": [0.0, 0.0], "std": [1.0, 1.0]},
+}
+
+
+def prediction(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def check_shapes(module: SequenceModule, batch: int = 4):
+    meta = module.meta
+    for t in (5, meta["input_shape"][0], 60):
+        out = module.model(torch.randn(batch, t, meta["input_shape"][1]))
+        expected = (
+            (batch, len(meta["labels"]))
+            if meta["task"] == "classification"
+            else (batch, meta["horizon"], len(meta["targets"]))
+        )
+        assert prediction(out).shape == expected
+        for extra in out[1:] if isinstance(out, tuple) else ():
+            assert extra.shape[:2] == (batch, t)
+
+
+def _batch(meta, n=8):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, meta["input_shape"][0], meta["input_shape"][1], generator=g)
+    if meta["task"] == "classification":
+        return x, torch.randint(0, len(meta["labels"]), (n,), generator=g)
+    return x, torch.randn(n, meta["horizon"], len(meta["targets"]), generator=g)
+
+
+def check_training_lowers_loss(module: SequenceModule, steps: int = 30):
+    torch.manual_seed(0)
+    batch = _batch(module.meta)
+    opt = torch.optim.Adam(module.parameters(), lr=1e-2)
+    module.train()
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = _loss(module, batch)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def _loss(module, batch):
+    x, y = batch
+    out = module(x)
+    if module.classify:
+        return torch.nn.functional.cross_entropy(out, y)
+    return torch.nn.functional.mse_loss(out, y)
+
+
+def check_gradients_reach_every_parameter(module: SequenceModule):
+    module.zero_grad()
+    _loss(module, _batch(module.meta)).backward()
+    dead = [n for n, p in module.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not dead, dead
+
+
+def check_state_dict_round_trip(module: SequenceModule):
+    clone = copy.deepcopy(module)
+    for p in clone.parameters():
+        torch.nn.init.normal_(p)
+    clone.load_state_dict(module.state_dict())
+    x = _batch(module.meta)[0]
+    module.eval(), clone.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(prediction(clone.model(x)), prediction(module.model(x)))
+
+
+def check_onnx_parity(module: SequenceModule, tmp_path):
+    module.eval()
+    path = export_module(module, tmp_path / "model.onnx", "test")
+    dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims[:2]] == ["batch", "seq"]
+    t = module.meta["input_shape"][0]
+    x = np.random.default_rng(0).normal(size=(3, t, module.meta["input_shape"][1]))
+    worst, shapes = parity(session(path), module, x.astype(np.float32), [1, 5])
+    assert worst <= 1e-5 and {s for _, s in shapes} == {t // 2, t, 2 * t}
+
+
+def check_all(model_cfg: dict, meta: dict, tmp_path):
+    torch.manual_seed(0)
+    module = SequenceModule(model_cfg, meta)
+    check_shapes(module)
+    check_gradients_reach_every_parameter(module)
+    check_state_dict_round_trip(module)
+    check_onnx_parity(module, tmp_path)
+    check_training_lowers_loss(module)
