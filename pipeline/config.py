@@ -113,11 +113,42 @@ class TableData(ForecastWindows):
         return self
 
 
-DataConfig = Annotated[UcrData | AirlineData | TableData, Field(discriminator="source")]
+class MovingDigitsData(Strict):
+    """Moving-MNIST-like sequences built from scikit-learn's 8x8 digits (see data/moving_digits)."""
+
+    source: Literal["moving_digits"]
+    frame_size: PositiveInt = 16
+    digit_size: PositiveInt = 8  # a multiple of 8: the 8x8 digits are upscaled by repetition
+    max_digits: Literal[1, 2] = 2
+    input_frames: PositiveInt = 8
+    output_frames: PositiveInt = 8
+    train_size: PositiveInt = 512
+    val_size: PositiveInt = 128
+    test_size: PositiveInt = 256
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _fits(self) -> MovingDigitsData:
+        if self.digit_size % 8:
+            raise ValueError(f"digit_size ({self.digit_size}) must be a multiple of 8")
+        if self.digit_size >= self.frame_size:
+            raise ValueError(
+                f"digit_size ({self.digit_size}) must be below frame_size ({self.frame_size})"
+            )
+        return self
+
+    @property
+    def task(self) -> str:
+        return "frames"
+
+
+DataConfig = Annotated[
+    UcrData | AirlineData | TableData | MovingDigitsData, Field(discriminator="source")
+]
 
 
 class RecurrentModel(Strict):
-    cell: Literal["lstm", "gru"] = "lstm"
+    cell: Literal["lstm", "gru", "peephole"] = "lstm"
     hidden_size: PositiveInt = 64
     num_layers: PositiveInt = 2
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
@@ -134,7 +165,22 @@ class AttentionLstmModel(RecurrentModel):
     attention_size: PositiveInt = 32
 
 
-ModelConfig = Annotated[LstmModel | AttentionLstmModel, Field(discriminator="name")]
+class ConvLstmModel(Strict):
+    name: Literal["conv_lstm"]
+    hidden_channels: PositiveInt = 16
+    num_layers: PositiveInt = 2
+    kernel_size: PositiveInt = 3
+    peephole: bool = False
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, k: int) -> int:
+        if k % 2 == 0:
+            raise ValueError(f"must be odd so that 'same' padding keeps the frame size (got {k})")
+        return k
+
+
+ModelConfig = Annotated[LstmModel | AttentionLstmModel | ConvLstmModel, Field(discriminator="name")]
 
 
 class Fit(Strict):
@@ -151,7 +197,7 @@ class Validate(Strict):
     parity_batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [1, 4, 16]
     min: dict[str, float] = {}  # metric -> lowest passing value, e.g. accuracy: 0.95
     max: dict[str, float] = {}  # metric -> highest passing value, e.g. mape: 10
-    beat_baseline: bool = False  # forecast: mape < seasonal-naive mape
+    beat_baseline: bool = False  # forecast: mape < (seasonal-)naive mape; frames: mse < copy-last
 
 
 class Experiment(Strict):
@@ -174,7 +220,7 @@ class Experiment(Strict):
                 f"model.name {self.model.name!r} does not support the {self.task!r} task of "
                 f"data.source {self.data.source!r}; it supports: {', '.join(tasks)}"
             )
-        if self.model.level_norm and self.task != "forecast":
+        if getattr(self.model, "level_norm", False) and self.task != "forecast":
             raise ValueError("model.level_norm applies to forecasting only")
         return self
 
@@ -209,7 +255,16 @@ class PipelineConfig(Strict):
         return self.experiments[name]
 
 
-UNION_TAGS = {"ucr", "airline", "csv", "parquet", "lstm", "attention_lstm"}
+UNION_TAGS = {
+    "ucr",
+    "airline",
+    "csv",
+    "parquet",
+    "moving_digits",
+    "lstm",
+    "attention_lstm",
+    "conv_lstm",
+}
 
 
 def _format(err: ValidationError) -> str:

@@ -116,3 +116,24 @@ def attention(x: np.ndarray, weights: np.ndarray, out: Path, shown: int = 4) -> 
         ax.set_title(f"test example {i}", fontsize=9)
     fig.tight_layout()
     _png(fig, out / "attention.png")
+
+
+def frames(inputs, pred, truth, mse, baseline_mse, out: Path) -> None:
+    """One test sequence as a strip (input / predicted / true rows) and per-step MSE as CSV."""
+    _csv(
+        pd.DataFrame(
+            {"step": np.arange(1, len(mse) + 1), "mse": mse, "baseline_mse": baseline_mse}
+        ),
+        out / "frame_mse.csv",
+    )
+    cols = max(len(inputs), len(pred))
+    fig, axes = _figure(nrows=3, ncols=cols, figsize=(1.1 * cols, 3.6), squeeze=False)
+    for row, (name, seq) in enumerate((("input", inputs), ("predicted", pred), ("true", truth))):
+        for j in range(cols):
+            ax = axes[row, j]
+            ax.axis("off")
+            if j < len(seq):
+                ax.imshow(seq[j, 0], cmap="gray", vmin=0, vmax=1)
+        axes[row, 0].set_title(name, fontsize=8, loc="left")
+    fig.tight_layout()
+    _png(fig, out / "frames.png")

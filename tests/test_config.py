@@ -41,7 +41,7 @@ def _error(raw) -> str:
         (
             ("experiments", "lstm_airline", "model", "cell"),
             "rnn",
-            "experiments.lstm_airline.model.cell: Input should be 'lstm' or 'gru'",
+            "experiments.lstm_airline.model.cell: Input should be 'lstm', 'gru' or 'peephole'",
         ),
         (
             ("experiments", "lstm_airline", "model", "name"),
@@ -75,6 +75,40 @@ def test_invalid_config_names_the_key(params, path, value, expected):
         node = node[key]
     node[path[-1]] = value
     assert expected in _error(raw)
+
+
+@pytest.mark.parametrize(
+    "exp, model, expected",
+    [
+        (
+            "lstm_airline",
+            {"name": "conv_lstm"},
+            "experiments.lstm_airline: model.name 'conv_lstm' does not support the 'forecast' task "
+            "of data.source 'airline'; it supports: frames",
+        ),
+        (
+            "conv_lstm_moving_digits",
+            {"name": "lstm"},
+            "experiments.conv_lstm_moving_digits: model.name 'lstm' does not support the 'frames' "
+            "task of data.source 'moving_digits'; it supports: classification, forecast",
+        ),
+        (
+            "conv_lstm_moving_digits",
+            {"name": "conv_lstm", "kernel_size": 4},
+            "experiments.conv_lstm_moving_digits.model.kernel_size: must be odd",
+        ),
+    ],
+)
+def test_model_must_fit_the_data(params, exp, model, expected):
+    params["experiments"][exp]["model"] = model
+    assert expected in _error(params)
+
+
+def test_frame_sizes_are_checked(params):
+    params["experiments"]["conv_lstm_moving_digits"]["data"]["digit_size"] = 12
+    assert "experiments.conv_lstm_moving_digits.data: digit_size (12) must be a multiple of 8" in (
+        _error(params)
+    )
 
 
 def test_unknown_ucr_set_lists_the_shipped_ones(params):

@@ -33,6 +33,8 @@ class Prepared:
     def dataset(self, split: str) -> Dataset:
         if self.task == "classification":
             return ArrayDataset(self._npy(f"x_{split}"), self._npy(f"y_{split}"))
+        if self.task == "frames":
+            return FramesDataset(self._npy(f"frames_{split}"), self.meta["window"])
         return WindowDataset(
             self._npy("series", mmap=True),
             self._npy(f"starts_{split}"),
@@ -59,6 +61,28 @@ class ArrayDataset(Dataset):
 
     def __getitem__(self, i: int):
         return torch.from_numpy(self.x[i]), torch.as_tensor(self.y[i])
+
+
+class FramesDataset(Dataset):
+    """uint8 sequences; sample i = (first `window` frames, the rest), scaled to [0, 1]."""
+
+    def __init__(self, frames: np.ndarray, window: int):
+        self.frames, self.window = frames, window
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i: int):
+        seq = torch.from_numpy(self.frames[i]).float().div_(255.0)
+        return seq[: self.window], seq[self.window :]
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.frames[:, : self.window].astype(np.float32) / 255.0
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.frames[:, self.window :].astype(np.float32) / 255.0
 
 
 class WindowDataset(Dataset):

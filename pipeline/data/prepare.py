@@ -3,6 +3,7 @@
 Classification: x_{split}.npy [n, seq, features] float32 and y_{split}.npy int64.
 Forecast: series.npy [time, features] float32 (all series end to end, scaled) and
 starts_{split}.npy, window start offsets into it; windows are strided views (see windows.py).
+Frames: frames_{split}.npy uint8 [n, input + output frames, channels, height, width].
 Scaling statistics are fit on the train split only and stored in meta.json.
 """
 
@@ -15,7 +16,14 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from pipeline.config import Experiment, PipelineConfig, TableData, UcrData
-from pipeline.data.sources import Labelled, Series, load_airline, load_table, load_ucr
+from pipeline.data.sources import (
+    Labelled,
+    Series,
+    load_airline,
+    load_moving_digits,
+    load_table,
+    load_ucr,
+)
 from pipeline.data.windows import min_length, split_starts
 from pipeline.errors import DataError
 from pipeline.io import atomic_dir, write_json
@@ -138,6 +146,22 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
     return arrays, meta
 
 
+def _frames(exp: Experiment) -> tuple[dict, dict]:
+    cfg = exp.data
+    splits = load_moving_digits(cfg)
+    arrays = {f"frames_{s}": splits[s] for s in SPLITS}
+    meta = {
+        "input_shape": [cfg.input_frames, *splits["train"].shape[2:]],
+        "features": ["intensity"],
+        "scaler": {"mean": [0.0], "std": [255.0]},  # uint8 frames -> [0, 1]
+        "sizes": {s: len(splits[s]) for s in SPLITS},
+        "content_sha256": _digest(*splits.values()),
+        "window": cfg.input_frames,
+        "horizon": cfg.output_frames,
+    }
+    return arrays, meta
+
+
 def prepare(cfg: PipelineConfig, exp_name: str) -> Path:
     """Run the prepare stage for one experiment; returns the output folder."""
     exp = cfg.experiment(exp_name)
@@ -146,6 +170,8 @@ def prepare(cfg: PipelineConfig, exp_name: str) -> Path:
         arrays, meta = _classification(exp, load_ucr(d.name))
     elif d.source == "airline":
         arrays, meta = _forecast(exp, load_airline())
+    elif d.source == "moving_digits":
+        arrays, meta = _frames(exp)
     else:
         loaded = load_table(d)
         if isinstance(loaded, Labelled):
@@ -156,7 +182,7 @@ def prepare(cfg: PipelineConfig, exp_name: str) -> Path:
     meta.update(task=exp.task, source=d.source, dataset=_source_name(exp))
     if exp.task == "forecast":
         meta.update(window=d.window, horizon=d.horizon)
-    else:
+    elif exp.task == "classification":
         meta.update(window=meta["input_shape"][0], horizon=None)
 
     out = prepared_dir(exp_name)

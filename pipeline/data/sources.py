@@ -143,3 +143,41 @@ def load_table(cfg: TableData) -> Labelled | Series:
         x.append(values[b - cfg.window : b])  # the last `window` steps of each series
         y.append(labels[a])
     return Labelled(np.stack(x).astype(np.float32), np.array(y), cfg.features)
+
+
+def _moving_sequences(digits: np.ndarray, n: int, cfg, rng: np.random.Generator) -> np.ndarray:
+    """n sequences [n, frames, 1, size, size] uint8: 1..max_digits digits bouncing off walls."""
+    frames, size, d = cfg.input_frames + cfg.output_frames, cfg.frame_size, cfg.digit_size
+    out = np.zeros((n, frames, 1, size, size), dtype=np.uint8)
+    for i in range(n):
+        for _ in range(rng.integers(1, cfg.max_digits + 1)):
+            image = digits[rng.integers(len(digits))]
+            pos = rng.uniform(0, size - d, 2)
+            angle = rng.uniform(0, 2 * np.pi)
+            vel = rng.uniform(1.0, 2.0) * np.array([np.cos(angle), np.sin(angle)])
+            for t in range(frames):
+                r, c = np.round(pos).astype(int)
+                view = out[i, t, 0, r : r + d, c : c + d]
+                np.maximum(view, image, out=view)  # overlapping digits: brighter pixel wins
+                pos += vel
+                for axis in (0, 1):  # bounce
+                    if not 0 <= pos[axis] <= size - d:
+                        vel[axis] = -vel[axis]
+                        pos[axis] = np.clip(pos[axis], 0, size - d)
+    return out
+
+
+def load_moving_digits(cfg) -> dict[str, np.ndarray]:
+    """Seeded Moving-MNIST-like splits, each drawing its digits from its own disjoint pool."""
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images  # [1797, 8, 8], values 0..16
+    scale = cfg.digit_size // 8
+    images = np.kron(images, np.ones((scale, scale))) * (255 / 16)
+    images = images.round().astype(np.uint8)
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(images))
+    a, b = int(0.7 * len(images)), int(0.8 * len(images))
+    pools = {"train": images[order[:a]], "val": images[order[a:b]], "test": images[order[b:]]}
+    sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
+    return {s: _moving_sequences(pools[s], sizes[s], cfg, rng) for s in ("train", "val", "test")}

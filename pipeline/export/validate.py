@@ -108,6 +108,31 @@ def forecast_report(out, x, y, meta, plot_dir: Path) -> dict:
     return {**_errors(pred, truth), **_errors(base, truth, f"{name}_")}
 
 
+def _frame_scores(pred: np.ndarray, truth: np.ndarray, prefix: str = "") -> dict:
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    per_step = ((pred - truth) ** 2).mean(axis=(0, 2, 3, 4))
+    score = ssim(
+        torch.from_numpy(pred).flatten(0, 1), torch.from_numpy(truth).flatten(0, 1), data_range=1.0
+    )
+    return {
+        f"{prefix}mse": float(per_step.mean()),
+        f"{prefix}ssim": float(score),
+        f"{prefix}mse_per_step": [float(v) for v in per_step],
+    }
+
+
+def frames_report(out, x, y, plot_dir: Path) -> dict:
+    """Per-frame MSE and SSIM on [0, 1] intensities, beside the copy-last-frame baseline."""
+    copy_last = np.repeat(x[:, -1:], y.shape[1], axis=1)
+    report = {**_frame_scores(out, y), **_frame_scores(copy_last, y, "baseline_")}
+    report["mse_ratio_to_baseline"] = report["mse"] / report["baseline_mse"]
+    plots.frames(
+        x[0], out[0], y[0], report["mse_per_step"], report["baseline_mse_per_step"], plot_dir
+    )
+    return report
+
+
 def gates(report: dict, exp: Experiment, parity_tol: float) -> list[str]:
     """Failed gates, each as a readable line; empty when everything passed."""
     v = exp.validate_
@@ -122,10 +147,14 @@ def gates(report: dict, exp: Experiment, parity_tol: float) -> list[str]:
             ok = report[metric] >= threshold if sign == ">=" else report[metric] <= threshold
             if not ok:
                 failed.append(f"{metric} {report[metric]:.6g} not {sign} {threshold:g}")
-    if v.beat_baseline and exp.task == "forecast":
-        base = next(k for k in report if k.endswith("naive_mape"))
-        if not report["mape"] < report[base]:
-            failed.append(f"mape {report['mape']:.6g} not below {base} {report[base]:.6g}")
+    if v.beat_baseline and exp.task != "classification":
+        metric, base = (
+            ("mape", next(k for k in report if k.endswith("naive_mape")))
+            if exp.task == "forecast"
+            else ("mse", "baseline_mse")
+        )
+        if not report[metric] < report[base]:
+            failed.append(f"{metric} {report[metric]:.6g} not below {base} {report[base]:.6g}")
     return failed
 
 
@@ -152,6 +181,8 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
             plots.attention(x[:, :, 0], extra[0], tmp)
         if prepared.task == "classification":
             report.update(classification_report(out, y, meta, tmp))
+        elif prepared.task == "frames":
+            report.update(frames_report(out, x, y, tmp))
         else:
             report.update(forecast_report(out, x, y, meta, tmp))
     failed = gates(report, exp, exp.validate_.parity_tol)

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from pipeline.models.lstm import RNN_CELLS
+
 
 class AttentionLSTM(nn.Module):
     """x [batch, seq, features] -> (prediction, attention weights [batch, seq]).
@@ -33,7 +35,7 @@ class AttentionLSTM(nn.Module):
         target_index: tuple[int, ...] = (),
     ):
         super().__init__()
-        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        rnn = RNN_CELLS[cell]
         self.rnn = rnn(
             input_size,
             hidden_size,

@@ -7,6 +7,11 @@ import math
 import torch
 from torch import nn
 
+from pipeline.models.peephole_lstm import PeepholeLSTM
+
+# nn.LSTM/GRU export to native ONNX LSTM/GRU ops; the peephole cell is ours (a Scan in ONNX).
+RNN_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "peephole": PeepholeLSTM}
+
 
 class StackedLSTM(nn.Module):
     """x [batch, seq, features] -> logits [batch, classes] or forecast [batch, horizon, targets].
@@ -31,7 +36,7 @@ class StackedLSTM(nn.Module):
         target_index: tuple[int, ...] = (),
     ):
         super().__init__()
-        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        rnn = RNN_CELLS[cell]
         self.rnn = rnn(
             input_size,
             hidden_size,

@@ -12,6 +12,7 @@ from torchmetrics import (
     MetricCollection,
 )
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.image import StructuralSimilarityIndexMeasure
 
 from pipeline.models import build_model
 
@@ -48,9 +49,15 @@ class SequenceModule(pl.LightningModule):
         self.meta = meta
         self.model = build_model(model_cfg, meta)
         self.classify = meta["task"] == "classification"
+        self.frames = meta["task"] == "frames"
         if self.classify:
             k = len(meta["labels"])
             metrics = {"acc": MulticlassAccuracy(k), "f1": MulticlassF1Score(k, average="macro")}
+        elif self.frames:  # on [0, 1] intensities, frame by frame
+            metrics = {
+                "mse": MeanSquaredError(),
+                "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
+            }
         else:  # on the original scale
             metrics = {
                 "mae": MeanAbsoluteError(),
@@ -79,6 +86,9 @@ class SequenceModule(pl.LightningModule):
         if self.classify:
             loss = F.cross_entropy(out, y)
             metrics.update(out, y)
+        elif self.frames:
+            loss = F.mse_loss(out, y)
+            metrics.update(out.flatten(0, 1), y.flatten(0, 1))
         else:
             loss = F.mse_loss(out, y)
             metrics.update(inverse_scale(out, self.meta), inverse_scale(y, self.meta))

@@ -1,0 +1,196 @@
+"""ConvLSTM encoder-forecaster (Shi et al. 2015) for next-frame prediction.
+
+x [batch, seq, C, H, W] in [0, 1] -> frames [batch, K, C, H, W] in [0, 1].
+
+Cell (∗ = 2-D convolution with `kernel_size // 2` padding, ∘ = Hadamard product):
+
+    i = σ(W_xi ∗ x + W_hi ∗ h + W_ci∘c + b_i)      f = σ(W_xf ∗ x + W_hf ∗ h + W_cf∘c + b_f)
+    g = tanh(W_xg ∗ x + W_hg ∗ h + b_g)            c' = f∘c + i∘g
+    o = σ(W_xo ∗ x + W_ho ∗ h + W_co∘c' + b_o)     h' = o∘tanh(c')
+
+The peephole terms (optional) have one weight per channel and pixel, [hidden, H, W], so the
+frame size is fixed at construction. The gate convolution over concat(x, h) is split into an
+input part and a hidden part (the same linear map), so the encoder can convolve every input
+frame of a layer in one batched call before stepping through time.
+
+The encoder runs the stacked layers over the seq input frames; the forecaster (own weights)
+starts from the encoder's final state of each layer and runs K steps, fed the previous frame
+(the last observed one first, then its own predictions); each output frame is
+σ(1x1 conv over the concat of all forecaster layers' hidden states).
+
+The encoder's time loop has two paths with the same math, chosen by `scan_for_export`: a plain
+Python loop (training; fast in eager) and `torch._higher_order_ops.scan` (export). torch.onnx
+unrolls a Python loop over seq, which silently fixes seq (or claims it dynamic and computes
+wrong numbers at other lengths); scan exports to an ONNX `Scan` node and keeps seq symbolic.
+The K forecaster steps are static, so a Python loop is right on both paths.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch._higher_order_ops.scan import scan
+
+State = tuple[torch.Tensor, torch.Tensor]
+
+
+class ConvLSTMCell(nn.Module):
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        kernel_size: int,
+        frame_size: tuple[int, int],
+        peephole: bool,
+    ):
+        super().__init__()
+        pad = kernel_size // 2
+        self.hidden_channels = hidden_channels
+        self.frame_size = tuple(frame_size)
+        self.conv_x = nn.Conv2d(in_channels, 4 * hidden_channels, kernel_size, padding=pad)
+        self.conv_h = nn.Conv2d(
+            hidden_channels, 4 * hidden_channels, kernel_size, padding=pad, bias=False
+        )
+        if peephole:
+            shape = (hidden_channels, *self.frame_size)
+            self.weight_ci = nn.Parameter(torch.zeros(shape))
+            self.weight_cf = nn.Parameter(torch.zeros(shape))
+            self.weight_co = nn.Parameter(torch.zeros(shape))
+        self.peephole = peephole
+        with torch.no_grad():  # forget-gate bias 1: remember by default early in training
+            self.conv_x.bias[hidden_channels : 2 * hidden_channels].fill_(1.0)
+
+    def zero_state(self, like: torch.Tensor) -> State:
+        h = like.new_zeros(like.shape[0], self.hidden_channels, *self.frame_size)
+        return h, torch.zeros_like(h)
+
+    def input_gates(self, x: torch.Tensor) -> torch.Tensor:
+        """W_x ∗ x + b for x [..., C, H, W] (any leading dims) -> [..., 4*hidden, H, W]."""
+        lead = x.shape[:-3]
+        gx = self.conv_x(x.reshape(-1, *x.shape[-3:]))
+        return gx.reshape(*lead, *gx.shape[-3:])
+
+    def step(self, gx: torch.Tensor, state: State) -> State:
+        """One step given the input part of the gates gx [batch, 4*hidden, H, W]."""
+        h, c = state
+        i, f, g, o = (gx + self.conv_h(h)).chunk(4, dim=1)
+        if self.peephole:
+            i = i + self.weight_ci * c
+            f = f + self.weight_cf * c
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        if self.peephole:
+            o = o + self.weight_co * c
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+
+class ConvLSTM(nn.Module):
+    """x [batch, seq, C, H, W] -> next K frames [batch, K, C, H, W]; seq >= 1, any length."""
+
+    tasks = ("frames",)
+
+    def __init__(
+        self,
+        input_size: int,
+        output_shape: tuple[int, ...],
+        hidden_channels: int = 16,
+        num_layers: int = 2,
+        kernel_size: int = 3,
+        peephole: bool = False,
+    ):
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(
+                f"kernel_size must be odd (so 'same' padding keeps the frame size); "
+                f"got {kernel_size}"
+            )
+        if len(output_shape) != 4:
+            raise ValueError(
+                f"output_shape must be (horizon, channels, height, width); got {output_shape}"
+            )
+        horizon, channels, height, width = (int(v) for v in output_shape)
+        if channels != input_size:
+            raise ValueError(
+                f"output_shape channels ({channels}) must equal input_size ({input_size})"
+            )
+        if horizon < 1 or num_layers < 1 or hidden_channels < 1:
+            raise ValueError(
+                "horizon, num_layers and hidden_channels must be >= 1; got "
+                f"{horizon}, {num_layers}, {hidden_channels}"
+            )
+        self.output_shape = (horizon, channels, height, width)
+        self.scan_for_export = False
+
+        def stack() -> nn.ModuleList:
+            return nn.ModuleList(
+                ConvLSTMCell(
+                    input_size if k == 0 else hidden_channels,
+                    hidden_channels,
+                    kernel_size,
+                    (height, width),
+                    peephole,
+                )
+                for k in range(num_layers)
+            )
+
+        self.encoder = stack()
+        self.forecaster = stack()
+        self.head = nn.Conv2d(num_layers * hidden_channels, channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5:
+            raise ValueError(
+                "ConvLSTM expects frames [batch, seq, channels, height, width]; "
+                f"got shape {tuple(x.shape)}"
+            )
+        expected = self.output_shape[1:]
+        if tuple(x.shape[2:]) != expected:
+            raise ValueError(
+                f"ConvLSTM was built for frames of shape {expected} (channels, height, width); "
+                f"got shape {tuple(x.shape)}"
+            )
+        states = self._encode(x)
+        frame = x[:, -1]
+        frames = []
+        for _ in range(self.output_shape[0]):
+            inp = frame
+            for k, cell in enumerate(self.forecaster):
+                states[k] = cell.step(cell.input_gates(inp), states[k])
+                inp = states[k][0]
+            frame = torch.sigmoid(self.head(torch.cat([h for h, _ in states], dim=1)))
+            frames.append(frame)
+        return torch.stack(frames, dim=1)
+
+    def _encode(self, x: torch.Tensor) -> list[State]:
+        """Final (h, c) of every encoder layer after the seq input frames."""
+        states = []
+        seq = x  # [batch, seq, ...] input sequence of the current layer
+        for k, cell in enumerate(self.encoder):
+            gx = cell.input_gates(seq)  # one batched conv over every frame
+            state = cell.zero_state(x)
+            last = k == len(self.encoder) - 1  # the top layer's outputs are never read
+            if self.scan_for_export:
+                state, seq = self._scan_layer(cell, gx, state)
+            else:
+                state, seq = self._loop_layer(cell, gx, state, keep=not last)
+            states.append(state)
+        return states
+
+    @staticmethod
+    def _loop_layer(cell: ConvLSTMCell, gx: torch.Tensor, state: State, keep: bool):
+        outs = []
+        for t in range(gx.shape[1]):
+            state = cell.step(gx[:, t], state)
+            if keep:
+                outs.append(state[0])
+        return state, torch.stack(outs, dim=1) if keep else None
+
+    @staticmethod
+    def _scan_layer(cell: ConvLSTMCell, gx: torch.Tensor, state: State):
+        # Always emits the per-step outputs, even for the top layer: a Scan with no scan outputs
+        # exports an empty attribute list that torch.onnx can only guess the type of.
+        def combine(carry, gx_t):
+            h, c = cell.step(gx_t, carry)
+            return (h, c), h.clone()  # scan forbids an output aliasing the carry
+
+        state, outs = scan(combine, state, gx.transpose(0, 1))  # time-major: outputs stack on 0
+        return state, outs.transpose(0, 1)
