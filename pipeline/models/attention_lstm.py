@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from pipeline.models.lstm import RNN_CELLS
+from pipeline.models.lstm import make_rnn
 
 
 class AttentionLSTM(nn.Module):
@@ -35,15 +35,7 @@ class AttentionLSTM(nn.Module):
         target_index: tuple[int, ...] = (),
     ):
         super().__init__()
-        rnn = RNN_CELLS[cell]
-        self.rnn = rnn(
-            input_size,
-            hidden_size,
-            num_layers=num_layers,
-            dropout=dropout if num_layers > 1 else 0.0,
-            bidirectional=bidirectional,
-            batch_first=True,
-        )
+        self.rnn = make_rnn(cell, input_size, hidden_size, num_layers, dropout, bidirectional)
         width = hidden_size * (2 if bidirectional else 1)
         self.score = nn.Sequential(
             nn.Linear(width, attention_size), nn.Tanh(), nn.Linear(attention_size, 1, bias=False)

@@ -13,6 +13,17 @@ from pipeline.models.peephole_lstm import PeepholeLSTM
 RNN_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "peephole": PeepholeLSTM}
 
 
+def make_rnn(cell, input_size, hidden_size, num_layers, dropout, bidirectional) -> nn.Module:
+    return RNN_CELLS[cell](
+        input_size,
+        hidden_size,
+        num_layers=num_layers,
+        dropout=dropout if num_layers > 1 else 0.0,  # between layers only
+        bidirectional=bidirectional,
+        batch_first=True,
+    )
+
+
 class StackedLSTM(nn.Module):
     """x [batch, seq, features] -> logits [batch, classes] or forecast [batch, horizon, targets].
 
@@ -36,15 +47,7 @@ class StackedLSTM(nn.Module):
         target_index: tuple[int, ...] = (),
     ):
         super().__init__()
-        rnn = RNN_CELLS[cell]
-        self.rnn = rnn(
-            input_size,
-            hidden_size,
-            num_layers=num_layers,
-            dropout=dropout if num_layers > 1 else 0.0,
-            bidirectional=bidirectional,
-            batch_first=True,
-        )
+        self.rnn = make_rnn(cell, input_size, hidden_size, num_layers, dropout, bidirectional)
         self.dropout = nn.Dropout(dropout)
         self.output_shape = tuple(output_shape)
         self.head = nn.Linear(
