@@ -163,6 +163,7 @@ class LstmModel(RecurrentModel):
 class AttentionLstmModel(RecurrentModel):
     name: Literal["attention_lstm"]
     attention_size: PositiveInt = 32
+    fcn_channels: list[PositiveInt] = []  # e.g. [128, 256, 128]: the ALSTM-FCN conv branch
 
 
 class ConvLstmModel(Strict):

@@ -52,7 +52,10 @@ class SequenceModule(pl.LightningModule):
         self.frames = meta["task"] == "frames"
         if self.classify:
             k = len(meta["labels"])
-            metrics = {"acc": MulticlassAccuracy(k), "f1": MulticlassF1Score(k, average="macro")}
+            metrics = {
+                "acc": MulticlassAccuracy(k, average="micro"),
+                "f1": MulticlassF1Score(k, average="macro"),
+            }
         elif self.frames:  # on [0, 1] intensities, frame by frame
             metrics = {
                 "mse": MeanSquaredError(),

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 EXPERIMENTS = (
     "lstm_italypowerdemand",
     "lstm_airline",
+    "attention_lstm_gunpoint",
     "attention_lstm_airline",
     "conv_lstm_moving_digits",
 )
@@ -27,6 +28,7 @@ SHRINK = [
     "trainer.progress_bar=false",
     "experiments.lstm_italypowerdemand.validate.min.accuracy=0",
     "experiments.lstm_airline.validate.beat_baseline=false",
+    "experiments.attention_lstm_gunpoint.validate.min.accuracy=0",
     "experiments.attention_lstm_airline.validate.beat_baseline=false",
     f"{DIGITS}.validate.max.mse_ratio_to_baseline=10",
     f"{DIGITS}.data.train_size=32",

@@ -5,8 +5,12 @@ from pipeline.models import build_model
 from tests.models.checker import CLASSIFY, FORECAST, check_all
 
 
-@pytest.mark.parametrize("meta", [CLASSIFY, FORECAST], ids=["classify", "forecast"])
-def test_attention_lstm_passes_the_model_checks(tmp_path, meta):
+@pytest.mark.parametrize(
+    "meta, fcn_channels",
+    [(CLASSIFY, [8, 16, 8]), (FORECAST, [])],
+    ids=["classify-with-fcn", "forecast"],
+)
+def test_attention_lstm_passes_the_model_checks(tmp_path, meta, fcn_channels):
     cfg = {
         "name": "attention_lstm",
         "cell": "gru",
@@ -14,6 +18,7 @@ def test_attention_lstm_passes_the_model_checks(tmp_path, meta):
         "num_layers": 2,
         "bidirectional": True,
         "attention_size": 8,
+        "fcn_channels": fcn_channels,
     }
     check_all(cfg, meta, tmp_path)
 
@@ -24,3 +29,9 @@ def test_attention_weights_are_a_distribution_over_time():
         _, alpha = model(torch.randn(3, 17, 3))
     assert alpha.shape == (3, 17) and (alpha >= 0).all()
     torch.testing.assert_close(alpha.sum(dim=1), torch.ones(3))
+
+
+def test_zero_length_sequence_is_refused_by_name():
+    model = build_model({"name": "attention_lstm", "hidden_size": 8}, CLASSIFY).eval()
+    with pytest.raises(ValueError, match=r"attention_lstm: .* no time steps \(seq = 0\)"):
+        model(torch.randn(2, 0, 3))
