@@ -1,15 +1,9 @@
-import copy
-import logging
-import warnings
-
-import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
 from pipeline.models.peephole_lstm import PeepholeLSTM
+from tests.models.checker import CLASSIFY, FORECAST, check_all
 
 F, HIDDEN, T = 3, 5, 6
 
@@ -42,32 +36,6 @@ class Everything(nn.Module):
     def forward(self, x):
         out, (h, c) = self.lstm(x)
         return out, h, c
-
-
-def export_onnx(model: nn.Module, example: torch.Tensor, path) -> onnx.ModelProto:
-    """The project's export recipe: symbolic batch and seq, scan path on."""
-    dims = {"x": {0: torch.export.Dim("batch", min=2), 1: torch.export.Dim("seq", min=2)}}
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    model.eval()
-    model.scan_for_export = True
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                model,
-                (example,),
-                dynamo=True,
-                input_names=["x"],
-                output_names=["y", "h_n", "c_n"],
-                dynamic_shapes=dims,
-                verbose=False,
-            )
-    finally:
-        model.scan_for_export = False
-    proto = program.model_proto
-    onnx.checker.check_model(proto)
-    onnx.save(proto, path)
-    return proto
 
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
@@ -154,65 +122,18 @@ def test_dropout_acts_between_layers_in_training_only():
     torch.testing.assert_close(single(x)[0], single(x)[0], rtol=0, atol=0)
 
 
-def test_gradient_reaches_every_parameter():
-    model = make()
-    out, (h, c) = model(series(4, T))
-    (out.square().mean() + c.square().mean()).backward()
-    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
-    assert not dead, dead
-    assert sum(".weight_c" in n for n, _ in model.named_parameters()) == 3 * 4
-
-
-def test_a_few_adam_steps_lower_the_loss():
-    model = make(dropout=0.0)
-    head = nn.Linear(2 * HIDDEN, 1)
-    x = series(8, T)
-    y = x.sum(dim=(1, 2)).unsqueeze(-1) / 4  # needs the whole sequence
-    opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=1e-2)
-    losses = []
-    for _ in range(40):
-        opt.zero_grad()
-        out, _ = model(x)
-        loss = nn.functional.mse_loss(head(out[:, -1]), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0], losses
-
-
-def test_state_dict_round_trip():
-    model = make().eval()
-    clone = copy.deepcopy(model)
-    for p in clone.parameters():
-        nn.init.normal_(p)
-    clone.load_state_dict(model.state_dict())
-    x = series(2, T)
-    with torch.no_grad():
-        torch.testing.assert_close(clone(x), model(x))
-
-
-def test_onnx_export_keeps_batch_and_seq_dynamic_and_matches_torch(tmp_path):
-    model = Everything(make())
-    path = tmp_path / "peephole_lstm.onnx"
-    proto = export_onnx(model, torch.zeros(7, T, F), path)
-    dims = proto.graph.input[0].type.tensor_type.shape.dim
-    assert [d.dim_param for d in dims[:2]] == ["batch", "seq"]
-    assert sum(n.op_type == "Scan" for n in proto.graph.node) == 4  # 2 layers x 2 directions
-    assert model.scan_for_export is False  # eager reference below is the training (loop) path
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    worst = 0.0
-    for batch in (1, 5):
-        for seq in (T // 2, T, 2 * T):
-            x = series(batch, seq, seed=batch * 100 + seq)
-            got = sess.run(None, {"x": x.numpy()})
-            with torch.no_grad():
-                expected = [t.numpy() for t in model(x)]
-            assert got[0].shape == (batch, seq, 2 * HIDDEN)
-            assert got[1].shape == got[2].shape == (4, batch, HIDDEN)
-            diffs = [float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True)]
-            worst = max(worst, *diffs)
-    assert worst <= 1e-5, worst
+@pytest.mark.parametrize(
+    "name, meta", [("lstm", FORECAST), ("attention_lstm", CLASSIFY)], ids=["lstm", "attention"]
+)
+def test_peephole_cell_passes_the_model_checks_in_both_families(tmp_path, name, meta):
+    cfg = {
+        "name": name,
+        "cell": "peephole",
+        "hidden_size": 16,
+        "num_layers": 2,
+        "bidirectional": True,
+    }
+    check_all(cfg, meta, tmp_path)
 
 
 def test_bad_arguments_are_refused():
