@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -256,16 +256,14 @@ class PipelineConfig(Strict):
         return self.experiments[name]
 
 
-UNION_TAGS = {
-    "ucr",
-    "airline",
-    "csv",
-    "parquet",
-    "moving_digits",
-    "lstm",
-    "attention_lstm",
-    "conv_lstm",
-}
+def _tags(union, field: str) -> set[str]:
+    """The Literal values that pick each member of a discriminated union (pydantic puts them in
+    error paths, where users never wrote them)."""
+    members = get_args(get_args(union)[0])
+    return {tag for m in members for tag in get_args(m.model_fields[field].annotation)}
+
+
+UNION_TAGS = _tags(DataConfig, "source") | _tags(ModelConfig, "name")
 
 
 def _format(err: ValidationError) -> str:

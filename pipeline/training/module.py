@@ -33,15 +33,6 @@ def model_meta(meta: dict) -> dict:
     return {k: meta[k] for k in META_KEYS if k in meta}
 
 
-def inverse_scale(z: torch.Tensor, meta: dict) -> torch.Tensor:
-    """Scaled forecast [..., targets] -> the original units (undo standard scaling, then log)."""
-    idx = meta["target_index"]
-    mean = z.new_tensor([meta["scaler"]["mean"][i] for i in idx])
-    std = z.new_tensor([meta["scaler"]["std"][i] for i in idx])
-    y = z * std + mean
-    return torch.exp(y) if meta["transform"] == "log" else y
-
-
 class SequenceModule(pl.LightningModule):
     def __init__(self, model_cfg: dict, meta: dict, lr: float = 1e-3, weight_decay: float = 0.0):
         super().__init__()
@@ -62,6 +53,10 @@ class SequenceModule(pl.LightningModule):
                 "ssim": StructuralSimilarityIndexMeasure(data_range=1.0),
             }
         else:  # on the original scale
+            idx = meta["target_index"]
+            for name in ("mean", "std"):  # built once, not on every step
+                stats = torch.tensor([meta["scaler"][name][i] for i in idx])
+                self.register_buffer(f"target_{name}", stats, persistent=False)
             metrics = {
                 "mae": MeanAbsoluteError(),
                 "rmse": MeanSquaredError(squared=False),
@@ -75,6 +70,12 @@ class SequenceModule(pl.LightningModule):
                 "test": collection.clone(prefix="test/"),
             }
         )
+
+    def to_original(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled forecast [..., targets] -> original units (undo standard scaling, then log).
+        validate.to_original is the numpy twin used on ONNX Runtime outputs."""
+        y = z * self.target_std + self.target_mean
+        return torch.exp(y) if self.meta["transform"] == "log" else y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The prediction alone (models with extra outputs return them after it)."""
@@ -94,7 +95,7 @@ class SequenceModule(pl.LightningModule):
             metrics.update(out.flatten(0, 1), y.flatten(0, 1))
         else:
             loss = F.mse_loss(out, y)
-            metrics.update(inverse_scale(out, self.meta), inverse_scale(y, self.meta))
+            metrics.update(self.to_original(out), self.to_original(y))
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(x))
         self.log_dict(metrics, on_step=False, on_epoch=True)
         return loss

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pipeline.models.conv_lstm import ConvLSTM
-from tests.models.checker import FRAMES, check_all
+from tests.models.checker import FRAMES, check_all, check_loop_and_scan_agree
 
 C, H, W = 2, 8, 8
 K = 3
@@ -34,15 +34,7 @@ def test_output_shape_and_range_at_several_lengths(seq):
 
 @pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
 def test_loop_and_scan_paths_agree(peephole):
-    model = make(peephole).eval()
-    for seq in (1, T):
-        x = frames(4, seq)
-        with torch.no_grad():
-            model.scan_for_export = False
-            loop = model(x)
-            model.scan_for_export = True
-            scanned = model(x)
-        torch.testing.assert_close(scanned, loop, rtol=0, atol=1e-6)
+    check_loop_and_scan_agree(make(peephole), frames, (1, T))
 
 
 @pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from pipeline.models.peephole_lstm import PeepholeLSTM
-from tests.models.checker import CLASSIFY, FORECAST, check_all
+from tests.models.checker import CLASSIFY, FORECAST, check_all, check_loop_and_scan_agree
 
 F, HIDDEN, T = 3, 5, 6
 
@@ -98,15 +98,7 @@ def test_setting_scan_for_export_reaches_every_layer_and_direction():
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 def test_loop_and_scan_paths_agree(bidirectional):
-    model = make(bidirectional=bidirectional).eval()
-    for seq in (1, T):
-        x = series(4, seq)
-        with torch.no_grad():
-            model.scan_for_export = False
-            loop = model(x)
-            model.scan_for_export = True
-            scanned = model(x)
-        torch.testing.assert_close(scanned, loop, rtol=0, atol=1e-6)
+    check_loop_and_scan_agree(make(bidirectional=bidirectional), series, (1, T))
 
 
 def test_dropout_acts_between_layers_in_training_only():
