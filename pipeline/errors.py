@@ -17,3 +17,9 @@ class GateError(PipelineError):
     """A validation gate failed; the report was written before this was raised."""
 
     exit_code = 4
+
+
+class TrackingError(PipelineError):
+    """The MLflow tracking server or registry cannot be used (unreachable, unknown model)."""
+
+    exit_code = 6

@@ -96,37 +96,48 @@ def _numeric(frame: pd.DataFrame, columns: list[str], path: Path) -> np.ndarray:
     return out
 
 
-def read_long_table(cfg: TableData) -> tuple[pd.DataFrame, np.ndarray, Path]:
-    """Read and check the user's file; rows sorted by (id, time), features as float64."""
-    path = Path(cfg.path)
-    frame = _read_table(path, cfg.source)
-    needed = [cfg.id_column, cfg.time_column, *cfg.features]
-    if cfg.task == "classification":
-        needed.append(cfg.label)
+def read_series_table(
+    path: Path, source: str, id_column: str, time_column: str, features: list[str], extra=()
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Read and check a long-format file; rows sorted by (id, time), features as float64.
+
+    Columns are matched by name, so their order in the file does not matter.
+    """
+    frame = _read_table(path, source)
+    needed = [id_column, time_column, *features, *extra]
     missing = [c for c in dict.fromkeys(needed) if c not in frame.columns]
     if missing:
         raise DataError(
             f"{path}: missing column(s) {', '.join(map(repr, missing))}; "
             f"found: {', '.join(map(str, frame.columns))}"
         )
-    values = _numeric(frame, cfg.features, path)
-    dup = frame.duplicated([cfg.id_column, cfg.time_column])
+    values = _numeric(frame, features, path)
+    dup = frame.duplicated([id_column, time_column])
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
-        sid, time = frame[cfg.id_column].iloc[i], frame[cfg.time_column].iloc[i]
+        sid, time = frame[id_column].iloc[i], frame[time_column].iloc[i]
         raise DataError(
-            f"{path}: {_row_name(path, i)}: duplicate ({cfg.id_column}, {cfg.time_column}) = "
+            f"{path}: {_row_name(path, i)}: duplicate ({id_column}, {time_column}) = "
             f"({sid}, {time})"
         )
-    order = np.lexsort((frame[cfg.time_column].to_numpy(), frame[cfg.id_column].astype(str)))
-    return frame.iloc[order].reset_index(drop=True), values[order], path
+    order = np.lexsort((frame[time_column].to_numpy(), frame[id_column].astype(str)))
+    return frame.iloc[order].reset_index(drop=True), values[order]
+
+
+def series_bounds(ids: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) row ranges of each series in an id-sorted column."""
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    return list(zip(starts, np.r_[starts[1:], len(ids)], strict=True))
 
 
 def load_table(cfg: TableData) -> Labelled | Series:
-    frame, values, path = read_long_table(cfg)
+    path = Path(cfg.path)
+    extra = [cfg.label] if cfg.task == "classification" else []
+    frame, values = read_series_table(
+        path, cfg.source, cfg.id_column, cfg.time_column, cfg.features, extra
+    )
     ids = frame[cfg.id_column].astype(str).to_numpy()
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    bounds = list(zip(starts, np.r_[starts[1:], len(ids)], strict=True))
+    bounds = series_bounds(ids)
     if cfg.task == "forecast":
         return Series([values[a:b] for a, b in bounds], [ids[a] for a, _ in bounds], cfg.features)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from pipeline import plots
@@ -18,22 +17,10 @@ from pipeline.data.datamodule import Prepared
 from pipeline.data.prepare import prepared_dir
 from pipeline.errors import ConfigError, GateError
 from pipeline.export.onnx_export import load_module
+from pipeline.inference import run_onnx, session, to_original
 from pipeline.io import atomic_dir, write_json
 from pipeline.tracking import log_to_training_run
 from pipeline.training.train import model_dir
-
-
-def session(path: str | Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1  # thread count changes float summation order: keep reports stable
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def run_onnx(sess: ort.InferenceSession, x: np.ndarray, chunk: int = 512) -> list[np.ndarray]:
-    """Every output of the model (prediction first), run in chunks over the batch."""
-    parts = [sess.run(None, {"x": x[i : i + chunk]}) for i in range(0, len(x), chunk)]
-    return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
 
 def run_torch(module, x: np.ndarray) -> list[np.ndarray]:
@@ -60,14 +47,6 @@ def parity(sess, module, x: np.ndarray, batch_sizes: list[int]) -> tuple[float, 
                 worst = max(worst, float(np.abs(got - expected).max()))
             shapes.append([b, t])
     return worst, shapes
-
-
-def to_original(z: np.ndarray, meta: dict) -> np.ndarray:
-    idx = meta["target_index"]
-    mean = np.asarray(meta["scaler"]["mean"])[idx]
-    std = np.asarray(meta["scaler"]["std"])[idx]
-    y = z.astype(np.float64) * std + mean
-    return np.exp(y) if meta["transform"] == "log" else y
 
 
 def _errors(pred: np.ndarray, truth: np.ndarray, prefix: str = "") -> dict[str, float]:

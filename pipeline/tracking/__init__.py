@@ -5,12 +5,28 @@ from __future__ import annotations
 import os
 import subprocess
 
+from pipeline.errors import TrackingError
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI if set, else a SQLite file in the working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def ensure_reachable(uri: str, timeout: float = 10.0) -> None:
+    """Fail fast with the URI in the message: MLflow's own client retries for minutes."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(f"MLflow tracking server {uri} is unreachable: {reason}") from None
 
 
 def git_commit() -> str | None:

@@ -16,12 +16,16 @@ from torchmetrics.image import StructuralSimilarityIndexMeasure
 
 from pipeline.models import build_model
 
-# What the model and its metrics need to know of the data (a subset of prepare's meta.json).
+# What the model, its metrics and torch-free inference need to know of the data (a subset of
+# prepare's meta.json, kept in the checkpoint and, by export, in the ONNX metadata_props).
 META_KEYS = (
     "task",
     "input_shape",
+    "features",
     "labels",
+    "window",
     "horizon",
+    "season",
     "targets",
     "target_index",
     "transform",

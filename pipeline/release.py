@@ -1,0 +1,201 @@
+"""release: a validated experiment's ONNX model -> the MLflow model registry, behind gates.
+
+Every gate is decided before anything is written, so a refused candidate leaves the registry as it
+was. A registered version gets the alias `challenger`; with `promote` it takes `champion` instead.
+Earlier versions are never deleted: a former champion stays reachable as `models:/<name>/<version>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from pipeline.config import PipelineConfig, Release
+from pipeline.errors import GateError, TrackingError
+from pipeline.io import read_json
+from pipeline.tracking import ensure_reachable, file_sha256, git_commit, tracking_uri
+
+HIGHER_IS_BETTER = {"accuracy", "f1_macro", "ssim"}
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    value: str
+    threshold: str
+    passed: bool
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def validated_report(exp: str) -> dict:
+    """metrics/<exp>/validate.json, only if dvc.lock says validate made it from this model.onnx."""
+    report_path = Path("metrics") / exp / "validate.json"
+    if not report_path.exists():
+        raise GateError(f"{exp}: never validated ({report_path} not found); run `dvc repro`")
+    report = read_json(report_path)
+    if not report["passed"]:
+        return report  # refused by the gates, with the reasons validate recorded
+    lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").exists() else {}
+    stage = (lock or {}).get("stages", {}).get(f"validate@{exp}")
+    if stage is None:
+        raise GateError(f"{exp}: dvc.lock has no stage validate@{exp}; run `dvc repro`")
+    recorded = {e["path"]: e.get("md5") for e in stage.get("deps", []) + stage.get("outs", [])}
+    for path in (Path("models") / exp / "model.onnx", report_path):
+        if not path.exists() or recorded.get(path.as_posix()) != _md5(path):
+            raise GateError(
+                f"{path} differs from what dvc.lock recorded for validate@{exp}; run `dvc repro`"
+            )
+    return report
+
+
+def release_gates(report: dict, rules: Release, champion: dict | None) -> list[Gate]:
+    """Each gate with value, threshold and verdict; `champion`: metric -> value, or None."""
+    failed = "; ".join(report.get("failed_gates", []))
+    gates = [
+        Gate(
+            "validate.json passed",
+            f"{report['passed']}" + (f" ({failed})" if failed else ""),
+            "true" if rules.require_passed else "not required",
+            bool(report["passed"]) or not rules.require_passed,
+        )
+    ]
+    for metric, low in rules.min.items():
+        if metric in report:
+            gates.append(
+                Gate(metric, f"{report[metric]:.6g}", f">= {low:g}", report[metric] >= low)
+            )
+    for metric, high in rules.max.items():
+        if metric in report:
+            gates.append(
+                Gate(metric, f"{report[metric]:.6g}", f"<= {high:g}", report[metric] <= high)
+            )
+    for metric, margin in rules.champion_margin.items():
+        if metric not in report:
+            continue
+        name, value = f"{metric} vs champion", report[metric]
+        if champion is None:
+            gates.append(Gate(name, f"{value:.6g}", "no champion yet", True))
+        elif metric not in champion:
+            gates.append(Gate(name, f"{value:.6g}", "champion has no such metric", False))
+        elif metric in HIGHER_IS_BETTER:
+            bound = champion[metric] - margin
+            gates.append(Gate(name, f"{value:.6g}", f">= {bound:.6g}", value >= bound))
+        else:
+            bound = champion[metric] + margin
+            gates.append(Gate(name, f"{value:.6g}", f"<= {bound:.6g}", value <= bound))
+    return gates
+
+
+def gate_table(gates: list[Gate]) -> str:
+    rows = [("gate", "value", "threshold", "verdict")]
+    rows += [(g.name, g.value, g.threshold, "pass" if g.passed else "FAIL") for g in gates]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines[:1] + ["  ".join("-" * w for w in widths)] + lines[1:])
+
+
+def _champion(client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_registered_model(name).aliases.get(CHAMPION)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise TrackingError(f"registry {tracking_uri()}: {err.message.splitlines()[0]}") from None
+    return client.get_model_version(name, version) if version else None
+
+
+def _signature(sess):
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    def spec(arg):
+        shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
+        return TensorSpec(np.dtype(np.float32), shape, arg.name)
+
+    return ModelSignature(
+        Schema([spec(a) for a in sess.get_inputs()]), Schema([spec(a) for a in sess.get_outputs()])
+    )
+
+
+def _register(cfg: PipelineConfig, exp: str, report: dict, name: str) -> str:
+    import mlflow
+    import onnx
+
+    from pipeline.data.datamodule import Prepared
+    from pipeline.data.prepare import prepared_dir
+    from pipeline.inference import onnx_meta, session
+
+    onnx_path = Path("models") / exp / "model.onnx"
+    sess = session(onnx_path)
+    x_test, _ = Prepared.load(prepared_dir(exp)).arrays("test")
+    tags = {
+        "exp": exp,
+        "stage": "release",
+        "task": onnx_meta(sess)["task"],
+        "onnx_sha256": file_sha256(onnx_path),
+        "dvc_lock_sha256": file_sha256("dvc.lock"),
+        "data_sha256": read_json(prepared_dir(exp) / "meta.json")["content_sha256"],
+    }
+    if commit := git_commit():
+        tags["git_commit"] = commit
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_experiment(cfg.tracking.experiment_name)
+    with mlflow.start_run(run_name=f"release-{exp}", tags=tags):
+        mlflow.log_metrics({k: v for k, v in report.items() if isinstance(v, float)})
+        mlflow.log_artifact(str(Path("metrics") / exp / "validate.json"), "validate")
+        mlflow.log_artifacts(str(Path("plots") / exp / "validate"), "validate/plots")
+        info = mlflow.onnx.log_model(
+            onnx.load(onnx_path),
+            name="model",
+            signature=_signature(sess),
+            input_example=np.ascontiguousarray(x_test[:2], dtype=np.float32),
+            registered_model_name=name,
+            onnx_execution_providers=["CPUExecutionProvider"],
+        )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient(tracking_uri())
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    return version
+
+
+def release(cfg: PipelineConfig, exp_name: str, promote: bool = False) -> str:
+    """Gate, register and alias the model of `exp_name`; returns the new version number."""
+    from mlflow import MlflowClient
+
+    cfg.experiment(exp_name)
+    uri = tracking_uri()
+    ensure_reachable(uri)
+    report = validated_report(exp_name)
+    client = MlflowClient(uri)
+    name = cfg.release.model_name.format(exp=exp_name)
+    champion = _champion(client, name)
+    champion_metrics = client.get_run(champion.run_id).data.metrics if champion else None
+    gates = release_gates(report, cfg.release, champion_metrics)
+    print(
+        f"release {name} ({uri})" + (f", champion: version {champion.version}" if champion else "")
+    )
+    print(gate_table(gates))
+    failed = [g.name for g in gates if not g.passed]
+    if failed:
+        raise GateError(f"{name}: release refused by {', '.join(failed)}; registry unchanged")
+
+    version = _register(cfg, exp_name, report, name)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    print(f"registered {name} version {version} as @{CHALLENGER}")
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        client.delete_registered_model_alias(name, CHALLENGER)
+        before = f" (previous: version {champion.version})" if champion else ""
+        print(f"promoted {name} version {version} to @{CHAMPION}{before}")
+    return version

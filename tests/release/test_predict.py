@@ -1,0 +1,198 @@
+"""`lstm-pipeline predict` on real exported models: same numbers as torch, torch-free, bad input."""
+
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.cli import main
+from pipeline.export.onnx_export import export_module
+from pipeline.training.module import SequenceModule
+
+CLASSIFY = {
+    "task": "classification",
+    "input_shape": [10, 2],
+    "features": ["a", "b"],
+    "labels": ["down", "up"],
+    "window": 10,
+    "scaler": {"mean": [1.0, -2.0], "std": [2.0, 0.5]},
+}
+FORECAST = {
+    "task": "forecast",
+    "input_shape": [12, 2],
+    "features": ["x", "y"],
+    "targets": ["y"],
+    "target_index": [1],
+    "window": 12,
+    "horizon": 4,
+    "season": None,
+    "transform": "log",
+    "scaler": {"mean": [0.5, 3.0], "std": [0.2, 0.4]},
+}
+FRAMES = {
+    "task": "frames",
+    "input_shape": [4, 1, 8, 8],
+    "features": ["intensity"],
+    "window": 4,
+    "horizon": 2,
+    "scaler": {"mean": [0.0], "std": [255.0]},
+}
+LSTM = {"name": "lstm", "hidden_size": 8, "num_layers": 1}
+CONV = {"name": "conv_lstm", "hidden_channels": 4, "num_layers": 1}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for name, cfg, meta in (
+        ("classify", LSTM, CLASSIFY),
+        ("forecast", LSTM, FORECAST),
+        ("frames", CONV, FRAMES),
+    ):
+        module = SequenceModule(cfg, meta).eval()
+        out[name] = module, export_module(module, root / f"{name}.onnx", cfg["name"])
+    return out
+
+
+def long_table(values: list[np.ndarray], features: list[str]) -> pd.DataFrame:
+    """Rows shuffled and columns in another order than the model's: predict matches by name."""
+    rows = [
+        {"series_id": f"s{i}", "time": t, **dict(zip(features, step, strict=True))}
+        for i, series in enumerate(values)
+        for t, step in enumerate(series)
+    ]
+    frame = pd.DataFrame(rows).sample(frac=1.0, random_state=0)
+    return frame[["time", *features[::-1], "series_id"]]
+
+
+def torch_out(module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        out = module.model(torch.from_numpy(x))
+    return (out[0] if isinstance(out, tuple) else out).numpy()
+
+
+def test_classification_matches_torch(models, tmp_path):
+    module, onnx_path = models["classify"]
+    rng = np.random.default_rng(0)
+    series = [rng.normal(size=(n, 2)) for n in (10, 14, 11)]  # longer ones: last window used
+    long_table(series, ["a", "b"]).to_csv(tmp_path / "in.csv", index=False)
+    assert main(["predict", str(onnx_path), str(tmp_path / "in.csv"), "-o", "out.csv"]) == 0
+
+    got = pd.read_csv("out.csv")
+    x = np.stack([s[-10:] for s in series]).astype(np.float32)
+    scaled = ((x - np.array([1.0, -2.0])) / np.array([2.0, 0.5])).astype(np.float32)
+    logits = torch_out(module, scaled)
+    probs = torch.softmax(torch.from_numpy(logits).double(), 1).numpy()
+    assert list(got.columns) == ["series_id", "label", "prob_down", "prob_up"]
+    assert list(got.series_id) == ["s0", "s1", "s2"]
+    np.testing.assert_allclose(got[["prob_down", "prob_up"]], probs, atol=1e-5)
+    assert list(got.label) == [["down", "up"][i] for i in logits.argmax(1)]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def test_forecast_on_original_scale(models, tmp_path):
+    module, onnx_path = models["forecast"]
+    rng = np.random.default_rng(1)
+    series = [np.exp(rng.normal([0.5, 3.0], 0.2, size=(n, 2))) for n in (12, 20)]
+    long_table(series, ["x", "y"]).to_parquet(tmp_path / "in.parquet")
+    assert main(["predict", str(onnx_path), str(tmp_path / "in.parquet"), "-o", "f.csv"]) == 0
+
+    got = pd.read_csv("f.csv")
+    x = np.stack([s[-12:] for s in series])
+    scaled = ((np.log(x) - np.array([0.5, 3.0])) / np.array([0.2, 0.4])).astype(np.float32)
+    expected = np.exp(torch_out(module, scaled)[..., 0].astype(np.float64) * 0.4 + 3.0)
+    assert list(got.columns) == ["series_id", "step", "y"]
+    assert list(got.step) == [1, 2, 3, 4] * 2
+    np.testing.assert_allclose(got.y.to_numpy().reshape(2, 4), expected, rtol=1e-5)
+
+
+def test_frames_npy(models, tmp_path):
+    module, onnx_path = models["frames"]
+    frames = np.random.default_rng(2).integers(0, 256, size=(3, 5, 1, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "in.npy", frames)
+    assert main(["predict", str(onnx_path), str(tmp_path / "in.npy"), "-o", "p.npy"]) == 0
+    expected = torch_out(module, frames.astype(np.float32) / np.float32(255.0)) * 255.0
+    np.testing.assert_allclose(np.load("p.npy"), expected, atol=1e-3)
+
+
+def test_predict_runs_where_torch_cannot_be_imported(models, tmp_path):
+    _, onnx_path = models["classify"]
+    series = [np.random.default_rng(3).normal(size=(10, 2)) for _ in range(4)]
+    long_table(series, ["a", "b"]).to_csv(tmp_path / "in.csv", index=False)
+    args = ["predict", str(onnx_path), str(tmp_path / "in.csv"), "-o", "no_torch.csv"]
+    blocked = (
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
+        "from pipeline.cli import main\n"
+        f"code = main({args!r})\n"
+        "assert sys.modules['torch'] is None\n"
+        "sys.exit(code)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert main([*args[:-1], "with_torch.csv"]) == 0
+    assert (tmp_path / "no_torch.csv").read_text() == (tmp_path / "with_torch.csv").read_text()
+
+
+def _write_csv(path, frame):
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def test_bad_input(models, tmp_path, capsys):
+    _, onnx_path = models["classify"]
+    good = long_table([np.ones((10, 2)), np.ones((10, 2))], ["a", "b"])
+    nan = good.copy()
+    nan.loc[nan.index[3], "b"] = np.nan
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"this is not a protobuf" * 10)
+    cases = {
+        "missing column": (
+            onnx_path,
+            _write_csv(tmp_path / "m.csv", good.drop(columns="b")),
+            ["m.csv: missing column(s) 'b'"],
+        ),
+        "nan": (onnx_path, _write_csv(tmp_path / "n.csv", nan), ["n.csv: column 'b' line 5"]),
+        "short series": (
+            onnx_path,
+            _write_csv(tmp_path / "s.csv", good.iloc[:15]),
+            ["series", "window of 10"],
+        ),
+        "corrupt model": (
+            corrupt,
+            _write_csv(tmp_path / "g.csv", good),
+            ["corrupt.onnx: not a loadable ONNX model"],
+        ),
+    }
+    for name, (model, data, expected) in cases.items():
+        code = main(["predict", str(model), data, "-o", "out.csv"])
+        err = capsys.readouterr().err
+        assert code == 3, name
+        assert err.count("\n") == 1 and all(e in err for e in expected), (name, err)
+        assert not list(tmp_path.glob("*out.csv*")), name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_tracking_server_fails_fast(monkeypatch, tmp_path, capsys):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    start = time.monotonic()
+    code = main(["predict", "models:/m@champion", __file__, "-o", "out.csv"])
+    assert code == 6 and uri in capsys.readouterr().err
+    assert time.monotonic() - start < 15
+    assert not (tmp_path / "out.csv").exists()

@@ -1,0 +1,190 @@
+"""Release against a real `mlflow server`: champion, refused worse candidate, promoted better one.
+
+Each candidate is trained, exported and validated by a real `dvc repro` in a temp git repo, with
+every MLflow run going to the server; `predict` then fetches `models:/...@champion` without torch.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import copy_repo
+from tests.release.test_predict import free_port
+
+pytestmark = pytest.mark.slow
+
+EXP = "lstm_italypowerdemand"
+NAME = f"lstm-pipeline-{EXP}"
+BASE = ["trainer.progress_bar=false", "release.min.accuracy=0"]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(  # the command the README gives (`make mlflow-server` runs it)
+        [BIN / "lstm-pipeline", "mlflow-server", "--port", str(port), "--root", root],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its uvicorn child shares the group: stopped together below
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, (root / "server.log").read_text()[-2000:]
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not answer /health in 60 s")
+        yield uri
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, f"{cmd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def candidate(repo: Path, *overrides: str, min_accuracy=0, check: bool = True) -> dict:
+    """Compose params.yaml with `overrides`, then train, export and validate through dvc.
+
+    Short trainings miss the experiment's accuracy gate, so it is lowered: the release gates decide.
+    """
+    gate = f"experiments.{EXP}.validate.min.accuracy={min_accuracy}"
+    sh(repo, "lstm-pipeline", "compose", *BASE, gate, *overrides)
+    sh(repo, "dvc", "repro", f"validate@{EXP}", check=check)
+    return json.loads((repo / f"metrics/{EXP}/validate.json").read_text())
+
+
+def registry_state(client: MlflowClient) -> tuple[list[str], dict]:
+    versions = sorted(v.version for v in client.search_model_versions(f"name='{NAME}'"))
+    return versions, dict(client.get_registered_model(NAME).aliases)
+
+
+def ucr_test_csv(path: Path) -> pd.Series:
+    """The ItalyPowerDemand test split in the long format; returns the true label per series."""
+    from sktime.datasets import load_UCR_UEA_dataset
+
+    x, y = load_UCR_UEA_dataset("ItalyPowerDemand", split="test", return_type="numpy3D")
+    n, _, t = x.shape
+    ids = [f"s{i:04d}" for i in range(n)]
+    pd.DataFrame(
+        {"series_id": np.repeat(ids, t), "time": np.tile(np.arange(t), n), "dim_0": x[:, 0].ravel()}
+    ).to_csv(path, index=False)
+    return pd.Series(y, index=ids)
+
+
+@pytest.fixture(scope="module")
+def story(server, tmp_path_factory):
+    """The whole release story, step by step; the tests below check what each step left."""
+    repo = copy_repo(tmp_path_factory.mktemp("repo"))
+    os.environ["MLFLOW_TRACKING_URI"] = server
+    for cmd in (("git", "init", "-q"), ("git", "add", "-A")):
+        sh(repo, *cmd)
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    client = MlflowClient(server)
+    release = ("lstm-pipeline", "release", "--exp", EXP)
+    s = {"repo": repo, "client": client}
+
+    s["first"] = candidate(repo, "trainer.max_epochs=10")
+    s["first_release"] = sh(repo, *release, "--promote")
+    s["after_first"] = registry_state(client)
+
+    s["worse"] = candidate(repo, "trainer.max_epochs=1", f"experiments.{EXP}.fit.lr=0.00001")
+    s["worse_release"] = sh(repo, *release, "--promote", check=False)
+    s["after_worse"] = registry_state(client)
+
+    s["better"] = candidate(repo, "trainer.max_epochs=30")  # the best epoch is 23
+    s["better_release"] = sh(repo, *release, "--promote")
+    s["after_better"] = registry_state(client)
+
+    s["challenger_release"] = sh(repo, *release)  # no --promote: challenger only
+    s["after_challenger"] = registry_state(client)
+
+    s["failed"] = candidate(repo, min_accuracy=0.999, check=False)
+    s["failed_release"] = sh(repo, *release, "--promote", check=False)
+    s["after_failed"] = registry_state(client)
+    yield s
+    os.environ.pop("MLFLOW_TRACKING_URI")
+
+
+def test_first_release_becomes_champion(story):
+    assert story["after_first"] == (["1"], {"champion": "1"})
+    assert "no champion yet" in story["first_release"].stdout
+    version = story["client"].get_model_version(NAME, "1")
+    assert {"git_commit", "dvc_lock_sha256", "onnx_sha256", "data_sha256"} <= set(version.tags)
+    run = story["client"].get_run(version.run_id)
+    assert run.data.metrics["accuracy"] == story["first"]["accuracy"]
+    artifacts = {a.path for a in story["client"].list_artifacts(version.run_id, "validate")}
+    assert "validate/validate.json" in artifacts
+
+
+def test_worse_candidate_is_refused_and_registry_unchanged(story):
+    assert story["worse"]["accuracy"] < story["first"]["accuracy"] - 0.005
+    proc = story["worse_release"]
+    assert proc.returncode == 4
+    assert "accuracy vs champion" in proc.stdout and "FAIL" in proc.stdout
+    assert "release refused by accuracy vs champion" in proc.stderr
+    assert story["after_worse"] == story["after_first"]
+
+
+def test_better_candidate_is_promoted_and_old_champion_stays_reachable(story, tmp_path):
+    assert story["better"]["accuracy"] >= story["first"]["accuracy"]
+    assert story["after_better"] == (["1", "2"], {"champion": "2"})
+    assert "previous: version 1" in story["better_release"].stdout
+    assert story["after_challenger"] == (["1", "2", "3"], {"champion": "2", "challenger": "3"})
+    import mlflow
+
+    old = mlflow.artifacts.download_artifacts(
+        f"models:/{NAME}/1", dst_path=str(tmp_path), tracking_uri=story["client"].tracking_uri
+    )
+    assert list(Path(old).rglob("*.onnx"))
+
+
+def test_failed_validation_is_refused(story):
+    assert story["failed"]["passed"] is False
+    proc = story["failed_release"]
+    assert proc.returncode == 4
+    assert "validate.json passed  False (accuracy" in proc.stdout
+    assert story["after_failed"] == story["after_challenger"]
+
+
+def test_predict_from_champion_without_torch_reproduces_validate(story, tmp_path):
+    truth = ucr_test_csv(tmp_path / "test.csv")
+    args = ["predict", f"models:/{NAME}@champion", str(tmp_path / "test.csv"), "-o", "pred.csv"]
+    blocked = (
+        "import sys; sys.modules['torch'] = None\n"
+        f"from pipeline.cli import main; sys.exit(main({args!r}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", blocked], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    pred = pd.read_csv(tmp_path / "pred.csv", dtype={"label": str}).set_index("series_id")
+    accuracy = (pred.label == truth.reindex(pred.index)).mean()
+    assert accuracy == story["better"]["accuracy"]

@@ -1,0 +1,74 @@
+"""Release gates as a pure function, and the refusals that happen before the registry is touched."""
+
+import time
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import Release
+from pipeline.release import gate_table, release_gates
+from tests.conftest import write_params
+from tests.release.test_predict import free_port
+
+RULES = Release(
+    min={"accuracy": 0.9}, max={"mape": 0.2}, champion_margin={"accuracy": 0.01, "mape": 0.01}
+)
+
+
+def verdicts(report, champion=None) -> dict[str, bool]:
+    return {g.name: g.passed for g in release_gates(report, RULES, champion)}
+
+
+def test_thresholds_apply_to_the_metrics_a_report_has():
+    assert verdicts({"passed": True, "accuracy": 0.95}) == {
+        "validate.json passed": True,
+        "accuracy": True,
+        "accuracy vs champion": True,  # no champion yet
+    }
+    forecast = {"passed": True, "mape": 0.25, "mae": 3.0}
+    assert verdicts(forecast) == {
+        "validate.json passed": True,
+        "mape": False,
+        "mape vs champion": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("metric", "candidate", "champion", "passed"),
+    [
+        ("accuracy", 0.951, 0.96, True),  # worse, within the margin
+        ("accuracy", 0.949, 0.96, False),
+        ("mape", 0.109, 0.10, True),  # lower is better for errors
+        ("mape", 0.111, 0.10, False),
+    ],
+)
+def test_champion_comparison_knows_the_direction(metric, candidate, champion, passed):
+    report = {"passed": True, metric: candidate}
+    assert verdicts(report, {metric: champion})[f"{metric} vs champion"] is passed
+
+
+def test_failed_validation_is_a_failed_gate_with_its_reasons():
+    report = {"passed": False, "failed_gates": ["accuracy 0.5 not >= 0.95"], "accuracy": 0.5}
+    gates = release_gates(report, RULES, None)
+    table = gate_table(gates)
+    assert "False (accuracy 0.5 not >= 0.95)" in table and "FAIL" in table
+    assert not gates[0].passed
+
+
+def test_never_validated_is_refused_before_anything_is_registered(workdir, params, capsys):
+    write_params(params)
+    assert main(["release", "--exp", "lstm_airline"]) == 4
+    assert (
+        "never validated (metrics/lstm_airline/validate.json not found)" in capsys.readouterr().err
+    )
+    assert not (workdir / "mlflow.db").exists()
+
+
+def test_unreachable_tracking_server_fails_fast(workdir, params, monkeypatch, capsys):
+    write_params(params)
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    start = time.monotonic()
+    assert main(["release", "--exp", "lstm_airline"]) == 6
+    assert f"MLflow tracking server {uri} is unreachable" in capsys.readouterr().err
+    assert time.monotonic() - start < 15
