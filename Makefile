@@ -37,5 +37,6 @@ lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests benchmarks
 	$(BIN)/ruff format --check pipeline tests benchmarks
 
+# ~11 min on 2 CPU cores: writes benchmarks/results.json and results.md (README "Performance")
 bench: $(STAMP)
-	$(BIN)/python benchmarks/repro.py
+	$(BIN)/python benchmarks/run_all.py
