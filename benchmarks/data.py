@@ -8,7 +8,7 @@ Two child processes, so each phase has its own peak RSS:
 Peak RSS is the child's ru_maxrss minus its RSS after imports, divided by the raw array's bytes
 (so the prepare figure includes the raw array itself; mapped file pages count, as RSS does).
 The model's consumption rate is a training step (forward, backward, AdamW) of the default
-airline LSTM (hidden 64) on the same batches, 1 intra-op thread on CPU.
+airline LSTM (hidden 64) on the same batches: 1 intra-op thread on CPU, or the GPU if there is one.
 
 Usage: python benchmarks/data.py [--steps N]   (prints one JSON object)
 """
@@ -99,18 +99,23 @@ def phase_load(folder: Path, model_steps: int) -> dict:
     load_s = time.perf_counter() - start
     peak = peak_increase(base)
 
+    from common import device, sync
+
     meta = {**Prepared.load(folder).meta, "input_shape": [WINDOW, 1]}
     module = SequenceModule({"name": "lstm", "hidden_size": 64, "num_layers": 1}, meta)
-    model, opt = module.model.train(), torch.optim.AdamW(module.parameters())
+    model = module.model.to(device()).train()
+    opt = torch.optim.AdamW(model.parameters())
     times = []
     for i, (x, y) in enumerate(loader):
         if i == model_steps + 1:
             break
         t = time.perf_counter()
+        x, y = x.to(device()), y.to(device())
         loss = torch.nn.functional.mse_loss(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sync()
         times.append(time.perf_counter() - t)
     return {
         "loaded_samples": n,

@@ -19,7 +19,7 @@ from pipeline import plots
 from pipeline.config import Experiment, PipelineConfig
 from pipeline.data.datamodule import Prepared
 from pipeline.data.prepare import prepared_dir
-from pipeline.errors import ConfigError, GateError
+from pipeline.errors import ConfigError, GateError, PipelineError
 from pipeline.export.onnx_export import load_module
 from pipeline.export.quantize import quantize_int8
 from pipeline.export.streaming import initial_state
@@ -70,9 +70,11 @@ def parity(sess, module, x: np.ndarray, batch_sizes: list[int]) -> tuple[float, 
 def streaming_report(folder: Path, module, x: np.ndarray) -> dict:
     """Feed test sequences step by step through the step model; compare with the full model
     (prediction, and attention weights rebuilt from the step scores) at half and full length."""
-    path = folder / "model_step.onnx"
+    path, unsupported = folder / "model_step.onnx", folder / "unsupported.json"
+    if not path.exists() and not unsupported.exists():
+        raise PipelineError(f"{folder}: no step model and no reason; run the export stage")
     if not path.exists():
-        reason = read_json(folder / "unsupported.json")["reason"]
+        reason = read_json(unsupported)["reason"]
         return {"stream_supported": False, "stream_unsupported_reason": reason}
     step = session(path)
     outputs = [o.name for o in step.get_outputs()]
