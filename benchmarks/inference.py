@@ -10,6 +10,8 @@ Settings, chosen deliberately and the same for both sides:
   ORT_SEQUENTIAL, graph_optimization_level=ORT_ENABLE_ALL (constant folding plus fusions).
 - int8: the validate stage's dynamic quantization (pipeline/export/quantize.py).
 - streaming: the step model (one step + state), batch 1, vs the torch step module.
+On a CUDA machine torch runs on the GPU and ONNX Runtime stays on the CPU (the project installs
+the CPU `onnxruntime` wheel), so the ratio there compares deployment targets, not kernels.
 
 Usage: python benchmarks/inference.py   (prints one JSON object)
 """

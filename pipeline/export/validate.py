@@ -259,6 +259,17 @@ def gates(report: dict, exp: Experiment, parity_tol: float) -> list[str]:
     return failed
 
 
+def deployable_files(folder: Path) -> list[tuple[Path, str | None]]:
+    """The ONNX files validate passed, as MLflow artifacts: the model, its step model and its
+    kept int8 version (in an `int8/` artifact folder, beside the float model.onnx)."""
+    files = [
+        (folder / "model.onnx", None),
+        (folder / "streaming/model_step.onnx", None),
+        (folder / "int8/model.onnx", "int8"),
+    ]
+    return [(path, where) for path, where in files if path.exists()]
+
+
 def validate(cfg: PipelineConfig, exp_name: str) -> dict:
     exp = cfg.experiment(exp_name)
     prepared = Prepared.load(prepared_dir(exp_name))
@@ -293,7 +304,7 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
         cfg.tracking.experiment_name,
         model_dir(exp_name) / "model.ckpt",
         {**onnx_metrics, **timings},
-        [report_path, model_dir(exp_name) / "model.onnx"],
+        [report_path, *deployable_files(model_dir(exp_name))],
     )
     if failed:
         raise GateError(f"{exp_name}: validation failed: " + "; ".join(failed))

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from mlflow import MlflowClient
 
 from pipeline.config import parse_config
 from pipeline.data.datamodule import Prepared
@@ -14,6 +15,7 @@ from pipeline.export.onnx_export import export_module, export_step
 from pipeline.export.quantize import quantize_int8
 from pipeline.export.streaming import streaming_unsupported
 from pipeline.export.validate import int8_report, run_onnx, session, streaming_report
+from pipeline.tracking import tracking_uri
 from pipeline.training.module import SequenceModule
 from tests.conftest import write_params
 
@@ -104,6 +106,12 @@ def test_validate_stage_checks_streaming_and_keeps_int8_within_the_bound(workdir
     assert saved["int8_kept"] and abs(saved["int8_metric_drop"]) <= 0.01
     assert Path("models/att/int8/model.onnx").exists()
     assert not any(isinstance(v, float) and "latency" in k for k, v in saved.items())
+    client = MlflowClient(tracking_uri())
+    run = client.search_runs([client.get_experiment_by_name("lstm-pipeline").experiment_id])[0]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model.onnx", "model_step.onnx", "int8"} <= artifacts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "int8")] == ["int8/model.onnx"]
+    assert run.data.metrics["int8/latency_ms_batch1"] > 0  # timings go to MLflow only
 
     # A float model scored perfect makes any int8 error a drop beyond the bound: the int8 file
     # is not kept, and the one kept before is removed.
