@@ -52,5 +52,6 @@ $(ACTIONLINT):
 mlflow-server: $(STAMP)
 	$(BIN)/lstm-pipeline mlflow-server --port $(MLFLOW_PORT)
 
+# ~11 min on 2 CPU cores: writes benchmarks/results.json and results.md (README "Performance")
 bench: $(STAMP)
-	$(BIN)/python benchmarks/repro.py
+	$(BIN)/python benchmarks/run_all.py

@@ -39,6 +39,12 @@ def _error(raw) -> str:
             "experiments.lstm_airline.model.hidden_size: Input should be a valid integer",
         ),
         (
+            ("experiments", "lstm_airline", "validate", "int8_max_drop"),
+            -0.1,
+            "experiments.lstm_airline.validate.int8_max_drop: Input should be greater than or "
+            "equal to 0",
+        ),
+        (
             ("experiments", "lstm_airline", "model", "cell"),
             "rnn",
             "experiments.lstm_airline.model.cell: Input should be 'lstm', 'gru' or 'peephole'",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.data.windows import window_view
 from pipeline.io import read_json
@@ -86,7 +86,12 @@ class FramesDataset(Dataset):
 
 
 class WindowDataset(Dataset):
-    """Sample i = (series[s : s+window], series[s+window : s+window+horizon, targets])."""
+    """Sample i = (series[s : s+window], series[s+window : s+window+horizon, targets]).
+
+    The DataLoader fetches a whole batch at once (`__getitems__`: one fancy index into the
+    strided view, one copy) and `pass_batch` skips collation, instead of one Python call and
+    one small tensor per window: ~10x the samples/s on 10M windows (benchmarks/data.py).
+    """
 
     def __init__(self, series, starts, window: int, horizon: int, target_index: list[int]):
         self.views = window_view(series, window, horizon)
@@ -101,6 +106,12 @@ class WindowDataset(Dataset):
         y = np.array(w[self.window :, self.target_index])
         return torch.from_numpy(x), torch.from_numpy(y)
 
+    def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.views[self.starts[np.asarray(indices)]]  # [batch, window + horizon, features]
+        x = np.ascontiguousarray(w[:, : self.window])
+        y = np.ascontiguousarray(w[:, self.window :, self.target_index])
+        return torch.from_numpy(x), torch.from_numpy(y)
+
     @property
     def x(self) -> np.ndarray:
         return np.asarray(self.views[self.starts, : self.window])
@@ -108,6 +119,47 @@ class WindowDataset(Dataset):
     @property
     def y(self) -> np.ndarray:
         return np.asarray(self.views[self.starts, self.window :][..., self.target_index])
+
+
+def pass_batch(batch):
+    """collate_fn for datasets whose __getitems__ already returns the batch."""
+    return batch
+
+
+class Shuffled(Sampler[int]):
+    """RandomSampler's order without its `randperm(n).tolist()`, a list of n Python ints
+    (~36 bytes per sample: 360 MB for 10M windows); this walks an int32 permutation instead.
+    RandomSampler draws a second permutation (sliced to nothing) at the end of every epoch; the
+    same draw here keeps the generator, and so every later epoch's order, identical to it."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.generator = n, generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        # int32 halves the permutation's memory; randperm gives the same order for both dtypes
+        dtype = torch.int32 if self.n < 2**31 else torch.int64
+        order = torch.randperm(self.n, generator=self.generator, dtype=dtype).numpy()
+        yield from order
+        del order
+        torch.randperm(self.n, generator=self.generator, dtype=dtype)
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0
+) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=Shuffled(len(dataset), generator) if shuffle else None,
+        collate_fn=pass_batch if hasattr(dataset, "__getitems__") else None,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        generator=generator,
+    )
 
 
 class PreparedDataModule(pl.LightningDataModule):
@@ -121,13 +173,8 @@ class PreparedDataModule(pl.LightningDataModule):
         )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.prepared.dataset(split),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        return make_loader(
+            self.prepared.dataset(split), self.batch_size, shuffle, self.num_workers, self.seed
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -12,7 +12,7 @@ def window_view(series: np.ndarray, window: int, horizon: int) -> np.ndarray:
 
 
 def split_starts(
-    length: int, window: int, horizon: int, val_size: int, test_size: int
+    length: int, window: int, horizon: int, val_size: int, test_size: int, dtype=np.int64
 ) -> dict[str, np.ndarray]:
     """Window start offsets per split for one series, time-ordered with no leakage.
 
@@ -24,9 +24,9 @@ def split_starts(
     val_end = length - test_size
     train_end = val_end - val_size
     return {
-        "train": np.arange(0, train_end - span + 1),
-        "val": np.arange(max(train_end - window, 0), val_end - span + 1),
-        "test": np.arange(max(val_end - window, 0), length - span + 1),
+        "train": np.arange(0, train_end - span + 1, dtype=dtype),
+        "val": np.arange(max(train_end - window, 0), val_end - span + 1, dtype=dtype),
+        "test": np.arange(max(val_end - window, 0), length - span + 1, dtype=dtype),
     }
 
 

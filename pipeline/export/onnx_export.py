@@ -16,7 +16,8 @@ import torch
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_file
+from pipeline.export.streaming import StepModel, initial_state, streaming_unsupported
+from pipeline.io import atomic_dir, atomic_file, write_json
 from pipeline.training.module import SequenceModule
 from pipeline.training.train import model_dir
 
@@ -117,8 +118,52 @@ def export_module(module: SequenceModule, path: Path, family: str) -> Path:
     return path
 
 
+def export_step(module: SequenceModule, path: Path, family: str) -> Path:
+    """The streaming variant (see streaming.py): one step + state in, prediction + state out."""
+    step = StepModel(module.model)
+    batch = 7
+    state = initial_state(module.model, batch)
+    example = (torch.zeros(batch, module.meta["input_shape"][1]), *state.values())
+    dim = torch.export.Dim("batch", min=2)
+    # h, c are [layers, batch, hidden]; x and the softmax state are [batch, ...]
+    dims = {"x": {0: dim}, "state": tuple({1 if n in ("h", "c") else 0: dim} for n in state)}
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    _forget_cached_rnn_kernels()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            step,
+            example,
+            dynamo=True,
+            input_names=["x", *state],
+            output_names=step.output_names,
+            dynamic_shapes=dims,
+            verbose=False,
+        )
+    proto = program.model_proto
+    x = proto.graph.input[0].type.tensor_type.shape.dim
+    if not x[0].dim_param:
+        raise ExportError(f"step model: input 'x' has a fixed batch ({x[0].dim_value})")
+    props = onnx_metadata(module.meta, family)
+    props["streaming_state"] = json.dumps(list(state))
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    with atomic_file(path) as tmp:
+        onnx.save(proto, tmp)
+    return path
+
+
 def export(cfg: PipelineConfig, exp_name: str) -> Path:
     exp = cfg.experiment(exp_name)
     out = model_dir(exp_name)
     module = load_module(out / "model.ckpt")
-    return export_module(module, out / "model.onnx", exp.model.name)
+    export_module(module, out / "model.onnx", exp.model.name)
+    # models/<exp>/streaming/ always exists (a DVC out): the step model, or why there is none.
+    with atomic_dir(out / "streaming") as tmp:
+        reason = streaming_unsupported(module.model)
+        if reason:
+            write_json(tmp / "unsupported.json", {"reason": reason})
+        else:
+            export_step(module, tmp / "model_step.onnx", exp.model.name)
+    return out / "model.onnx"

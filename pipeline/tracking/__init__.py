@@ -66,6 +66,7 @@ def log_to_training_run(experiment_name: str, ckpt, metrics: dict, artifacts: li
     run_id = runs[0].info.run_id
     for key, value in metrics.items():
         client.log_metric(run_id, key, value)
-    for path in artifacts:
-        client.log_artifact(run_id, str(path))
+    for item in artifacts:  # a path, or (path, artifact folder)
+        path, folder = item if isinstance(item, tuple) else (item, None)
+        client.log_artifact(run_id, str(path), folder)
     return run_id

@@ -66,6 +66,10 @@ def test_exp_run_recomposes_params_and_runs_every_stage(repo):
         assert any(t != report["export_seq_len"] for _, t in report["parity_shapes"])
         assert (repo / f"models/{exp}/model.onnx").exists()
         assert (repo / f"plots/{exp}/train/learning_curve.png").exists()
+        assert "int8_kept" in report and "stream_supported" in report
+    italy = yaml.safe_load((repo / "metrics/lstm_italypowerdemand/validate.json").read_text())
+    assert italy["stream_max_abs_diff"] <= 1e-5  # the GRU's step model, fed step by step
+    assert (repo / "models/lstm_italypowerdemand/streaming/model_step.onnx").exists()
     assert (repo / "plots/lstm_italypowerdemand/validate/confusion.csv").exists()
     assert (repo / "plots/attention_lstm_airline/validate/attention.png").exists()
     assert (repo / "plots/conv_lstm_moving_digits/validate/frames.png").exists()

@@ -1,0 +1,135 @@
+"""`make bench`: run every benchmark script, write benchmarks/results.json and results.md.
+
+results.md is the table for the README's Performance section: every figure with the command
+that made it and the machine it ran on.
+
+Usage: python benchmarks/run_all.py [--only train_overhead inference data repro]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = ("train_overhead", "inference", "data", "repro")
+
+
+def run(name: str) -> dict:
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(HERE / f"{name}.py")], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        sys.exit(f"benchmarks/{name}.py failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return result
+
+
+def rows(results: dict) -> list[tuple[str, str, str, str]]:
+    """(what, figure, target, script) per line of the table."""
+    out = []
+    if t := results.get("train_overhead"):
+        for case in ("lstm", "conv_lstm"):
+            r = t[case]
+            out.append(
+                (
+                    f"training, {case}, batch {r['batch_size']}, {r['precision']}: "
+                    "Lightning module / hand-written loop",
+                    f"{r['lightning_samples_per_s']} vs {r['plain_loop_samples_per_s']} "
+                    f"samples/s = **{r['ratio']}** ({r['clock']} time; wall {r['wall_ratio']})",
+                    ">= 0.97",
+                    "train_overhead",
+                )
+            )
+    if inf := results.get("inference"):
+        for family in ("lstm", "gru", "attention_lstm", "conv_lstm"):
+            for r in inf[family]["latency"]:
+                int8 = f", int8 {r['onnxruntime_int8_ms']} ms" if "onnxruntime_int8_ms" in r else ""
+                out.append(
+                    (
+                        f"inference, {family}, batch {r['batch']}, seq {r['seq']}: "
+                        "ONNX Runtime / torch eager",
+                        f"{r['onnxruntime_ms']} vs {r['torch_ms']} ms = **{r['ort_to_torch']}**"
+                        + int8,
+                        "<= 0.5 at batch 1" if r["batch"] == 1 else "",
+                        "inference",
+                    )
+                )
+            if s := inf[family].get("streaming"):
+                out.append(
+                    (
+                        f"streaming, {family}, one step, batch 1: ONNX Runtime / torch",
+                        f"{s['onnxruntime_step_ms']} vs {s['torch_step_ms']} ms per step",
+                        "",
+                        "inference",
+                    )
+                )
+    if d := results.get("data"):
+        mb = d["raw_bytes"] / 1e6
+        out += [
+            (
+                f"prepare, {d['series_steps']:,}-step series (raw float32 {mb:.0f} MB), "
+                f"window {d['window']}",
+                f"{d['prepare_s']} s, peak RSS **{d['prepare_peak_rss_to_raw']}x** raw",
+                "< 1.5x",
+                "data",
+            ),
+            (
+                f"one epoch of loading ({d['loaded_samples']:,} windows, batch {d['batch_size']})",
+                f"{d['load_epoch_s']} s, peak RSS **{d['load_peak_rss_to_raw']}x** raw; "
+                f"{d['loader_samples_per_s']:,} samples/s vs the LSTM's "
+                f"{d['model_samples_per_s']} = {d['loader_to_model_rate']}x",
+                "< 1.5x; loader faster than the model",
+                "data",
+            ),
+        ]
+    if r := results.get("repro"):
+        out += [
+            (
+                f"`dvc repro` from scratch ({r['timed']})",
+                f"{r['repro_from_scratch_s']} s",
+                "",
+                "repro",
+            ),
+            ("no-op `dvc repro`", f"{r['repro_noop_s']} s", "", "repro"),
+        ]
+    return out
+
+
+def markdown(results: dict) -> str:
+    machines = sorted({r["machine"] for r in results.values()})
+    lines = [
+        "| what | figure | target | command | machine |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for what, figure, target, script in rows(results):
+        cmd = f"`make bench` (`python benchmarks/{script}.py`)"
+        lines.append(f"| {what} | {figure} | {target} | {cmd} | {results[script]['machine']} |")
+    note = (
+        f"\nMachines: {'; '.join(machines)}. Another workload shared the cores while these ran: "
+        "figures are medians of repeated runs (see each script's docstring).\n"
+    )
+    return "\n".join(lines) + "\n" + note
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--only", nargs="*", default=list(SCRIPTS), choices=SCRIPTS)
+    args = p.parse_args()
+    path = HERE / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    for name in args.only:
+        results[name] = run(name)
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    (HERE / "results.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
