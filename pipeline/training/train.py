@@ -35,6 +35,13 @@ class History(Callback):
     def __init__(self):
         self.rows: list[dict] = []
 
+    # Kept in Lightning checkpoints, so that a resumed fit (Tune restore, PBT) has every epoch.
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = list(state["rows"])
+
     def on_train_epoch_end(self, trainer, _):
         m = trainer.callback_metrics
         if "val/loss" in m:
@@ -101,7 +108,11 @@ def slim_checkpoint(src: Path, dst: Path) -> None:
 
 
 def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -> Path:
-    """Fit, test the best checkpoint, write the stage outputs (rank zero only), log one MLflow run."""
+    """Fit, test the best checkpoint, write the outputs (rank zero only), log one MLflow run."""
+    if cfg.trainer.ray_workers and hooks is None:
+        from pipeline.training.ray_train import train_on_ray
+
+        return train_on_ray(cfg, exp_name)
     hooks = hooks or TrainHooks()
     exp = cfg.experiment(exp_name)
     prepared = Prepared.load(prepared_dir(exp_name))
@@ -157,5 +168,6 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
         client.log_metric(run_id, key, metrics[key])
     client.log_artifact(run_id, str(out / "model.ckpt"))
     client.set_tag(run_id, "ckpt_sha256", file_sha256(out / "model.ckpt"))
+    client.set_tag(run_id, "world_size", trainer.world_size)
     client.log_artifacts(run_id, str(Path("plots") / exp_name / "train"), "plots")
     return out

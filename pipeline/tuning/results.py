@@ -14,10 +14,6 @@ from pipeline.io import atomic_file
 from pipeline.tuning.trial import METRIC
 
 
-def trial_index(trial_id: str) -> int:
-    return int(trial_id.rsplit("_", 1)[-1])  # Ray's ids end in the trial's ordinal: 3f2a1_00007
-
-
 def flatten(params: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in params.items():
@@ -28,15 +24,15 @@ def flatten(params: dict, prefix: str = "") -> dict:
     return out
 
 
-def results_table(grid) -> tuple[pd.DataFrame, dict[int, dict]]:
-    """One row per (trial, epoch) reported: trial, epoch, val_loss, the trial's params; and
-    each trial's params as sampled."""
+def results_table(grid, numbers: dict[str, int]) -> tuple[pd.DataFrame, dict[int, dict]]:
+    """One row per (trial, epoch) reported: trial (its number in `numbers`, by trial id), epoch,
+    val_loss, the trial's params; and each trial's params as sampled."""
     frames, configs = [], {}
     for result in grid:
         df = result.metrics_dataframe
         if df is None or METRIC not in df:
             continue
-        trial = trial_index(result.metrics["trial_id"])
+        trial = numbers[result.metrics["trial_id"]]
         params = configs[trial] = flatten(result.config)
         frame = pd.DataFrame(
             {"trial": trial, "epoch": df["training_iteration"], "val_loss": df[METRIC]}

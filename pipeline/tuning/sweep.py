@@ -13,7 +13,12 @@ from pipeline.data.prepare import prepared_dir
 from pipeline.errors import ConfigError, DataError, PipelineError
 from pipeline.io import atomic_dir
 from pipeline.tracking import git_commit, tracking_uri
-from pipeline.tuning.cluster import check_resources, ray_session, resolve_address
+from pipeline.tuning.cluster import (
+    check_reachable,
+    check_resources,
+    ray_session,
+    resolve_address,
+)
 from pipeline.tuning.results import best_params, results_table, write_results
 from pipeline.tuning.spaces import pbt_mutations, search_space, to_ray
 from pipeline.tuning.trial import METRIC, run_trial
@@ -121,12 +126,25 @@ def _finish_parent(parent: str, out: Path, best: dict | None, status: str, error
     client.set_terminated(parent, status)
 
 
+def expected_trials(num_samples: int, ray_space: dict) -> int:
+    """num_samples, times the size of the grid when there are grid axes."""
+    n = num_samples
+    for keys in ray_space.values():
+        for domain in keys.values():
+            if isinstance(domain, dict) and "grid_search" in domain:
+                n *= len(domain["grid_search"])
+    return n
+
+
 def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
     from ray import tune as ray_tune
 
     exp, t = cfg.experiment(exp_name), cfg.tune
     space = search_space(exp, t)
     ray_space = to_ray(space, t.search)
+    address, key = resolve_address(t.address)
+    if address:  # fail fast, before anything starts
+        check_reachable(address, key)
     prepared = prepared_dir(exp_name).resolve()
     if not (prepared / "meta.json").exists():
         raise DataError(f"{prepared}: not prepared; run `dvc repro prepare@{exp_name}` first")
@@ -137,7 +155,6 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
         raise ConfigError(f"--resume: no sweep state to resume at {state} (tune.storage_path)")
     if not resume and state.exists():
         shutil.rmtree(state)
-    address, key = resolve_address(t.address)
     with ray_session(address, key):
         check_resources(t.resources_per_trial)
         parent = _parent_run(cfg, exp_name, state, resume, space)
@@ -169,6 +186,7 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
                     search_alg=_search_alg(cfg),
                     scheduler=_scheduler(cfg, ray_space),
                     max_concurrent_trials=t.max_concurrent_trials,
+                    reuse_actors=True,  # one Python + torch start per slot, not per trial
                 ),
                 run_config=ray_tune.RunConfig(
                     name=name,
@@ -179,14 +197,19 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
                 ),
             )
         grid = tuner.fit()
-    unfinished = [r for r in grid if r.error is None and not r.metrics.get("done")]
-    if unfinished:
+    # Tune returns normally after Ctrl+C: the saved trial states tell an interrupted sweep.
+    trials = ray_tune.ExperimentAnalysis(str(state)).trials
+    done = [tr for tr in trials if tr.status in ("TERMINATED", "ERROR")]
+    if len(done) < expected_trials(t.num_samples, ray_space):
         raise PipelineError(
-            f"sweep interrupted with {len(unfinished)} trial(s) unfinished; state kept in "
-            f"{state}; continue with `lstm-pipeline tune {exp_name} --resume`"
+            f"sweep interrupted: {len(done)} of {expected_trials(t.num_samples, ray_space)} "
+            f"trials done; state kept in {state}; continue with "
+            f"`lstm-pipeline tune {exp_name} --resume`"
         )
-    errored = {r.metrics.get("trial_id") for r in grid if r.error}
-    table, configs = results_table(grid)
+    errored = {tr.trial_id for tr in trials if tr.status == "ERROR"}
+    # Ray's trial number (the start of experiment_tag), shown in its progress table too.
+    numbers = {tr.trial_id: int(tr.experiment_tag.split("_", 1)[0]) for tr in trials}
+    table, configs = results_table(grid, numbers)
     out = tune_dir(exp_name)
     if table.empty:
         _finish_parent(parent, out, None, "FAILED", errored)
