@@ -98,7 +98,15 @@ def main() -> None:
         best = yaml.safe_load((work / "tune" / exp / "best_params.yaml").read_text())
         apply_cmd = ["lstm-pipeline", "tune-apply", exp]
         run(apply_cmd, work, env)
-        planned = run(["dvc", "repro", "--dry"], work, env)
+        frozen = run(
+            [
+                sys.executable,
+                "-c",
+                f"from dvc.repo import Repo; print(Repo().stage.collect('tune@{exp}')[0].frozen)",
+            ],
+            work,
+            env,
+        ).strip()
         run(["dvc", "repro", f"train@{exp}"], work, env)
         train = json.loads((work / "metrics" / exp / "train.json").read_text())
     print(
@@ -118,7 +126,7 @@ def main() -> None:
                 "apply_command": " ".join(apply_cmd) + f" && dvc repro train@{exp}",
                 "dvc_repro_best_val_loss": train["best_val_loss"],
                 "abs_diff": abs(train["best_val_loss"] - best["val_loss"]),
-                "default_repro_skips_frozen_tune": "tune@" not in planned,
+                "tune_stage_frozen": frozen == "True",
             }
         )
     )
