@@ -26,6 +26,10 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Ray sets a worker's process title to the actor it runs: a Tune trial is an ImplicitFunc.
+TRIAL_TITLES = ("ray::ImplicitFunc", "ray::run_trial")
+
+
 def proc_stat() -> tuple[int, int]:
     """(busy, total) jiffies of all CPUs since boot."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
@@ -36,6 +40,8 @@ def proc_stat() -> tuple[int, int]:
 def monitored(cmd: list[str], cwd: Path, env: dict) -> dict:
     """Run `cmd`; sum CPU time over its process tree, sampled until it exits."""
     cpu: dict[tuple[int, float], float] = {}  # (pid, create_time) -> last user+system seconds
+    samples = []  # (time, CPU seconds so far, a trial is running)
+    names = set()
     peak = 0
     busy0, total0 = proc_stat()
     start = time.perf_counter()
@@ -47,12 +53,17 @@ def monitored(cmd: list[str], cwd: Path, env: dict) -> dict:
         except psutil.NoSuchProcess:
             break
         peak = max(peak, len(tree))
+        trial_running = False
         for p in tree:
             try:
                 t = p.cpu_times()
                 cpu[(p.pid, p.create_time())] = t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
+                name = p.cmdline()[0] if p.cmdline() else p.name()
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+            names.add(name.split(" ")[0][:40])
+            trial_running |= name.startswith(TRIAL_TITLES)
+        samples.append((time.perf_counter(), sum(cpu.values()), trial_running))
         time.sleep(0.2)
     out = proc.stdout.read().decode(errors="replace")
     wall = time.perf_counter() - start
@@ -60,12 +71,22 @@ def monitored(cmd: list[str], cwd: Path, env: dict) -> dict:
     if proc.returncode:
         sys.exit(f"{cmd} failed:\n{out[-4000:]}")
     cores = os.cpu_count()
+    during = [(t, c) for t, c, running in samples if running]
+    trials = {}
+    if len(during) > 1:
+        (t0, c0), (t1, c1) = during[0], during[-1]
+        trials = {
+            "trials_phase_s": round(t1 - t0, 1),
+            "cpu_utilisation_own_processes_trials_phase": round((c1 - c0) / ((t1 - t0) * cores), 3),
+        }
     return {
         "wall_s": round(wall, 1),
         "cpu_s": round(sum(cpu.values()), 1),
         "cpu_utilisation_own_processes": round(sum(cpu.values()) / (wall * cores), 3),
         "cpu_utilisation_whole_machine": round((busy1 - busy0) / (total1 - total0), 3),
+        **trials,
         "processes_seen": len(cpu),
+        "process_titles": sorted(names),
         "peak_concurrent_processes": peak,
     }
 
