@@ -126,6 +126,36 @@ def _finish_parent(parent: str, out: Path, best: dict | None, status: str, error
     client.set_terminated(parent, status)
 
 
+def _tuner(cfg: PipelineConfig, trainable, ray_space: dict, state: Path, resume: bool):
+    from ray import tune as ray_tune
+
+    if resume:
+        return ray_tune.Tuner.restore(
+            str(state), trainable, resume_unfinished=True, resume_errored=True
+        )
+    t = cfg.tune
+    return ray_tune.Tuner(
+        trainable,
+        param_space=ray_space,
+        tune_config=ray_tune.TuneConfig(
+            metric=METRIC,
+            mode="min",
+            num_samples=t.num_samples,
+            search_alg=_search_alg(cfg),
+            scheduler=_scheduler(cfg, ray_space),
+            max_concurrent_trials=t.max_concurrent_trials,
+            reuse_actors=True,  # one Python + torch start per slot, not per trial
+        ),
+        run_config=ray_tune.RunConfig(
+            name=state.name,
+            storage_path=str(state.parent),
+            failure_config=ray_tune.FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+        ),
+    )
+
+
 def expected_trials(num_samples: int, ray_space: dict) -> int:
     """num_samples, times the size of the grid when there are grid axes."""
     n = num_samples
@@ -148,9 +178,7 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
     prepared = prepared_dir(exp_name).resolve()
     if not (prepared / "meta.json").exists():
         raise DataError(f"{prepared}: not prepared; run `dvc repro prepare@{exp_name}` first")
-    storage = Path(t.storage_path or ".ray_results").resolve()
-    name = f"tune-{exp_name}"
-    state = storage / name
+    state = Path(t.storage_path or ".ray_results").resolve() / f"tune-{exp_name}"
     if resume and not ray_tune.Tuner.can_restore(str(state)):
         raise ConfigError(f"--resume: no sweep state to resume at {state} (tune.storage_path)")
     if not resume and state.exists():
@@ -167,35 +195,11 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
                 prepared=str(prepared),
                 tracking_uri=absolute_tracking_uri(),
                 parent_run_id=parent,
-                ckpt_root=str(state / "best_ckpt"),
+                ckpt_root=str(state / "trial_checkpoints"),
             ),
             {"cpu": t.resources_per_trial.cpu, "gpu": t.resources_per_trial.gpu},
         )
-        if resume:
-            tuner = ray_tune.Tuner.restore(
-                str(state), trainable, resume_unfinished=True, resume_errored=True
-            )
-        else:
-            tuner = ray_tune.Tuner(
-                trainable,
-                param_space=ray_space,
-                tune_config=ray_tune.TuneConfig(
-                    metric=METRIC,
-                    mode="min",
-                    num_samples=t.num_samples,
-                    search_alg=_search_alg(cfg),
-                    scheduler=_scheduler(cfg, ray_space),
-                    max_concurrent_trials=t.max_concurrent_trials,
-                    reuse_actors=True,  # one Python + torch start per slot, not per trial
-                ),
-                run_config=ray_tune.RunConfig(
-                    name=name,
-                    storage_path=str(storage),
-                    failure_config=ray_tune.FailureConfig(max_failures=t.max_failures),
-                    checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
-                    verbose=1,
-                ),
-            )
+        tuner = _tuner(cfg, trainable, ray_space, state, resume)
         grid = tuner.fit()
     # Tune returns normally after Ctrl+C: the saved trial states tell an interrupted sweep.
     trials = ray_tune.ExperimentAnalysis(str(state)).trials
