@@ -74,7 +74,9 @@ def build_trainer(
     t = cfg.trainer
     hooks = hooks or TrainHooks()
     callbacks = [
-        EarlyStopping("val/loss", patience=exp.fit.patience),
+        # strict=False: a fit resumed from a checkpoint taken at validation end (Tune restore,
+        # PBT) reaches its first train-epoch end before val/loss is logged again.
+        EarlyStopping("val/loss", patience=exp.fit.patience, strict=False),
         ModelCheckpoint(ckpt_dir, filename="best", monitor="val/loss", save_last=True),
         *callbacks,
     ]
@@ -141,6 +143,10 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
         trainer = build_trainer(cfg, exp, Path(ckpt_dir), logger, callbacks, hooks)
         trainer.fit(module, datamodule=data, ckpt_path=hooks.resume_from)
         best = trainer.checkpoint_callback
+        if not best.best_model_path:  # a resumed fit with no epoch left: keep what it restored
+            best.best_model_path = str(Path(ckpt_dir) / "restored.ckpt")
+            trainer.save_checkpoint(best.best_model_path)
+            best.best_model_score = torch.tensor(min(r["val_loss"] for r in history.rows))
         tested = trainer.test(
             module, datamodule=data, ckpt_path=best.best_model_path, verbose=False
         )

@@ -32,10 +32,16 @@ def results_table(grid, numbers: dict[str, int]) -> tuple[pd.DataFrame, dict[int
         df = result.metrics_dataframe
         if df is None or METRIC not in df:
             continue
+        # Each row's own trial id: after a PBT exploit a trial's file also holds rows reported
+        # under the trial it was cloned from.
         trial = numbers[result.metrics["trial_id"]]
         params = configs[trial] = flatten(result.config)
         frame = pd.DataFrame(
-            {"trial": trial, "epoch": df["training_iteration"], "val_loss": df[METRIC]}
+            {
+                "trial": df["trial_id"].map(numbers),
+                "epoch": df["training_iteration"],
+                "val_loss": df[METRIC],
+            }
         )
         for key, value in params.items():
             frame[key] = json.dumps(value) if isinstance(value, list) else value

@@ -61,7 +61,6 @@ def _scheduler(cfg: PipelineConfig, ray_space: dict):
             time_attr="training_iteration",
             perturbation_interval=t.perturbation_interval,
             hyperparam_mutations=mutations,
-            seed=t.seed,
         )
     return FIFOScheduler()
 
@@ -150,10 +149,19 @@ def _tuner(cfg: PipelineConfig, trainable, ray_space: dict, state: Path, resume:
             name=state.name,
             storage_path=str(state.parent),
             failure_config=ray_tune.FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=1),
+            # PBT exploits other trials' checkpoints: keep them all (tiny models here).
+            checkpoint_config=ray_tune.CheckpointConfig(
+                num_to_keep=None if t.scheduler == "pbt" else 1
+            ),
             verbose=1,
         ),
     )
+
+
+def _set_status(run_id: str, status: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient(absolute_tracking_uri()).set_terminated(run_id, status)
 
 
 def expected_trials(num_samples: int, ray_space: dict) -> int:
@@ -199,8 +207,11 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
             ),
             {"cpu": t.resources_per_trial.cpu, "gpu": t.resources_per_trial.gpu},
         )
-        tuner = _tuner(cfg, trainable, ray_space, state, resume)
-        grid = tuner.fit()
+        try:
+            grid = _tuner(cfg, trainable, ray_space, state, resume).fit()
+        except Exception:
+            _set_status(parent, "FAILED")
+            raise
     # Tune returns normally after Ctrl+C: the saved trial states tell an interrupted sweep.
     trials = ray_tune.ExperimentAnalysis(str(state)).trials
     done = [tr for tr in trials if tr.status in ("TERMINATED", "ERROR")]
