@@ -39,3 +39,4 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/repro.py
+	$(BIN)/python benchmarks/tune_sweep.py

@@ -143,10 +143,6 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
         trainer = build_trainer(cfg, exp, Path(ckpt_dir), logger, callbacks, hooks)
         trainer.fit(module, datamodule=data, ckpt_path=hooks.resume_from)
         best = trainer.checkpoint_callback
-        if not best.best_model_path:  # a resumed fit with no epoch left: keep what it restored
-            best.best_model_path = str(Path(ckpt_dir) / "restored.ckpt")
-            trainer.save_checkpoint(best.best_model_path)
-            best.best_model_score = torch.tensor(min(r["val_loss"] for r in history.rows))
         tested = trainer.test(
             module, datamodule=data, ckpt_path=best.best_model_path, verbose=False
         )
