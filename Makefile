@@ -55,3 +55,4 @@ mlflow-server: $(STAMP)
 # ~11 min on 2 CPU cores: writes benchmarks/results.json and results.md (README "Performance")
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/tune_sweep.py

@@ -20,6 +20,8 @@ def _stage(name: str) -> Callable:
         from pipeline.training.train import train as fn
     elif name == "export":
         from pipeline.export.onnx_export import export as fn
+    elif name == "tune":
+        from pipeline.tuning.sweep import tune as fn
     else:
         from pipeline.export.validate import validate as fn
     return fn
@@ -36,6 +38,16 @@ def _compose(args: argparse.Namespace) -> None:
 
     with atomic_file(args.params) as tmp:
         tmp.write_text(text)
+
+
+def _tune_apply(args: argparse.Namespace) -> None:
+    from pipeline.tuning.apply import apply_best, dvc_exp_run_command
+
+    if args.print:
+        print(dvc_exp_run_command(args.experiment))
+        return
+    overrides = apply_best(args.experiment, args.params, args.overrides)
+    print(f"{args.params} composed with: {' '.join(overrides)}\nnow run: dvc repro")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,12 +75,27 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("mlflow-server", help="start a local MLflow tracking server")
     m.add_argument("--port", type=int, default=5000)
     m.add_argument("--root", default="mlflow-server", help="folder for its database and artifacts")
+    t = sub.add_parser("tune", help="Ray Tune sweep over one experiment -> tune/<exp>/")
+    t.add_argument("experiment")
+    t.add_argument("--params", default=PARAMS_FILE)
+    t.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    a = sub.add_parser(
+        "tune-apply", help="compose params.yaml with tune/<exp>/best_params.yaml (then dvc repro)"
+    )
+    a.add_argument("experiment")
+    a.add_argument("overrides", nargs="*", help="other Hydra overrides to keep")
+    a.add_argument("--params", default=PARAMS_FILE)
+    a.add_argument("--print", action="store_true", help="print the `dvc exp run -S ...` line")
     return p
 
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "compose":
         _compose(args)
+    elif args.command == "tune-apply":
+        _tune_apply(args)
+    elif args.command == "tune":
+        _stage("tune")(load_config(args.params), args.experiment, resume=args.resume)
     elif args.command == "predict":
         from pipeline.predict import predict
 

@@ -239,6 +239,56 @@ class Trainer(Strict):
     num_workers: Annotated[int, Field(ge=0)] = 0
     threads: PositiveInt | None = 1  # torch intra-op threads; None: torch's default (all cores)
     max_epochs: PositiveInt | None = None  # when set, caps every experiment's fit.max_epochs
+    # When set, train runs on a Ray cluster through Ray Train's TorchTrainer with this many
+    # workers (RayDDPStrategy); RAY_ADDRESS picks the cluster, else a local Ray starts.
+    ray_workers: PositiveInt | None = None
+
+
+SAMPLERS = ("choice", "grid", "uniform", "loguniform", "randint")
+
+
+class Resources(Strict):
+    cpu: Annotated[float, Field(gt=0)] = 1
+    gpu: Annotated[float, Field(ge=0)] = 0
+
+
+class Tune(Strict):
+    """A Ray Tune sweep over one experiment (`lstm-pipeline tune <exp>`); see pipeline/tuning."""
+
+    num_samples: PositiveInt = 8
+    max_epochs: PositiveInt = 5  # per trial (ASHA's max_t); applied with the best params
+    search: Literal["random", "grid", "optuna"] = "random"
+    scheduler: Literal["asha", "pbt", "fifo"] = "asha"
+    grace_period: PositiveInt = 1  # ASHA: epochs before a trial can be stopped
+    reduction_factor: Annotated[float, Field(gt=1)] = 2
+    perturbation_interval: PositiveInt = 2  # PBT: epochs between exploit/explore
+    resources_per_trial: Resources = Resources()
+    max_concurrent_trials: PositiveInt = 2
+    max_failures: Annotated[int, Field(ge=0)] = 1
+    address: str | None = None  # an existing cluster (host:port); else RAY_ADDRESS, else local
+    storage_path: str | None = None  # Ray's experiment storage (shared for multi-node)
+    seed: int = 0  # the search algorithm's seed
+    # Overrides the family's default space, key by key (null removes one):
+    #   model: {hidden_size: {choice: [16, 32, 64]}}, fit: {lr: {loguniform: [1e-4, 1e-2]}}
+    space: dict[Literal["model", "fit"], dict[str, dict[str, list] | None]] = {}
+
+    @field_validator("space")
+    @classmethod
+    def _samplers(cls, space: dict) -> dict:
+        for group, keys in space.items():
+            for key, spec in keys.items():
+                if spec is None:
+                    continue
+                if len(spec) != 1 or next(iter(spec)) not in SAMPLERS:
+                    raise ValueError(
+                        f"{group}.{key}: give one sampler of {', '.join(SAMPLERS)} (got {spec})"
+                    )
+                kind, values = next(iter(spec.items()))
+                if kind not in ("choice", "grid") and len(values) != 2:
+                    raise ValueError(f"{group}.{key}: {kind} takes [low, high] (got {values})")
+                if not values:
+                    raise ValueError(f"{group}.{key}: {kind} needs at least one value")
+        return space
 
 
 class Tracking(Strict):
@@ -264,6 +314,7 @@ class PipelineConfig(Strict):
     trainer: Trainer = Trainer()
     tracking: Tracking = Tracking()
     release: Release = Release()
+    tune: Tune = Tune()
     experiments: dict[Annotated[str, Field(pattern=r"^[a-z0-9_]+$")], Experiment]
 
     def experiment(self, name: str) -> Experiment:

@@ -23,6 +23,13 @@ class AttentionLSTM(nn.Module):
     """
 
     tasks = ("classification", "forecast")
+    # Default Ray Tune space over this family's config keys (pipeline/tuning; conf/tune overrides).
+    search_space = {
+        "cell": {"choice": ["lstm", "gru"]},
+        "hidden_size": {"choice": [32, 64, 128]},
+        "attention_size": {"choice": [16, 32, 64]},
+        "dropout": {"uniform": [0.0, 0.3]},
+    }
     extra_outputs = ("attention",)
 
     def __init__(

@@ -87,6 +87,12 @@ class ConvLSTM(nn.Module):
     """x [batch, seq, C, H, W] -> next K frames [batch, K, C, H, W]; seq >= 1, any length."""
 
     tasks = ("frames",)
+    # Default Ray Tune space over this family's config keys (pipeline/tuning; conf/tune overrides).
+    search_space = {
+        "hidden_channels": {"choice": [8, 16, 32]},
+        "num_layers": {"choice": [1, 2]},
+        "kernel_size": {"choice": [3, 5]},
+    }
 
     def __init__(
         self,

@@ -33,6 +33,13 @@ class StackedLSTM(nn.Module):
     """
 
     tasks = ("classification", "forecast")
+    # Default Ray Tune space over this family's config keys (pipeline/tuning; conf/tune overrides).
+    search_space = {
+        "cell": {"choice": ["lstm", "gru"]},
+        "hidden_size": {"choice": [16, 32, 64]},
+        "num_layers": {"choice": [1, 2]},
+        "dropout": {"uniform": [0.0, 0.5]},
+    }
 
     def __init__(
         self,

@@ -100,7 +100,11 @@ class SequenceModule(pl.LightningModule):
         else:
             loss = F.mse_loss(out, y)
             metrics.update(self.to_original(out), self.to_original(y))
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(x))
+        # sync_dist: under DDP every rank must see the same val/loss (early stopping, checkpoint);
+        # torchmetrics sync their own state.
+        self.log(
+            f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True
+        )
         return loss
 
     def _log_epoch_metrics(self, key: str) -> None:

@@ -6,7 +6,10 @@ One MLflow run per call: params, per-epoch metrics, the checkpoint and plots as 
 from __future__ import annotations
 
 import tempfile
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -32,6 +35,13 @@ class History(Callback):
     def __init__(self):
         self.rows: list[dict] = []
 
+    # Kept in Lightning checkpoints, so that a resumed fit (Tune restore, PBT) has every epoch.
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = list(state["rows"])
+
     def on_train_epoch_end(self, trainer, _):
         m = trainer.callback_metrics
         if "val/loss" in m:
@@ -44,19 +54,39 @@ class History(Callback):
             )
 
 
-def build_trainer(cfg: PipelineConfig, exp: Experiment, ckpt_dir: Path, logger, callbacks=()):
+@dataclass(frozen=True)
+class TrainHooks:
+    """What a caller other than the train stage adds: a Tune trial, a Ray Train worker."""
+
+    callbacks: tuple = ()
+    resume_from: str | None = None  # a Lightning checkpoint to continue from (Tune restore, PBT)
+    ckpt_dir: Path | None = None  # where ModelCheckpoint writes; None: a temporary folder
+    run_name: str | None = None  # MLflow run name (default: the experiment name)
+    tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags (mlflow.parentRunId)
+    strategy: Any = None  # replaces trainer.strategy (Ray Train's RayDDPStrategy)
+    plugins: tuple = ()
+    prepare: Any = None  # called on the pl.Trainer (ray.train.lightning.prepare_trainer)
+
+
+def build_trainer(
+    cfg: PipelineConfig, exp: Experiment, ckpt_dir: Path, logger, callbacks=(), hooks=None
+):
     t = cfg.trainer
+    hooks = hooks or TrainHooks()
     callbacks = [
-        EarlyStopping("val/loss", patience=exp.fit.patience),
+        # strict=False: a fit resumed from a checkpoint taken at validation end (Tune restore,
+        # PBT) reaches its first train-epoch end before val/loss is logged again.
+        EarlyStopping("val/loss", patience=exp.fit.patience, strict=False),
         ModelCheckpoint(ckpt_dir, filename="best", monitor="val/loss", save_last=True),
         *callbacks,
     ]
     if t.progress_bar:
         callbacks.append(RichProgressBar())
-    return pl.Trainer(
+    trainer = pl.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
-        strategy=t.strategy,
+        strategy=hooks.strategy or t.strategy,
+        plugins=list(hooks.plugins) or None,
         precision=t.precision,
         deterministic=t.deterministic,
         max_epochs=min(exp.fit.max_epochs, t.max_epochs or exp.fit.max_epochs),
@@ -68,6 +98,7 @@ def build_trainer(cfg: PipelineConfig, exp: Experiment, ckpt_dir: Path, logger, 
         default_root_dir=ckpt_dir,
         log_every_n_steps=1,
     )
+    return hooks.prepare(trainer) if hooks.prepare else trainer
 
 
 def slim_checkpoint(src: Path, dst: Path) -> None:
@@ -78,7 +109,13 @@ def slim_checkpoint(src: Path, dst: Path) -> None:
         torch.save({k: full[k] for k in keep}, tmp)
 
 
-def train(cfg: PipelineConfig, exp_name: str) -> Path:
+def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -> Path:
+    """Fit, test the best checkpoint, write the outputs (rank zero only), log one MLflow run."""
+    if cfg.trainer.ray_workers and hooks is None:
+        from pipeline.training.ray_train import train_on_ray
+
+        return train_on_ray(cfg, exp_name)
+    hooks = hooks or TrainHooks()
     exp = cfg.experiment(exp_name)
     prepared = Prepared.load(prepared_dir(exp_name))
     if cfg.trainer.threads:
@@ -94,15 +131,17 @@ def train(cfg: PipelineConfig, exp_name: str) -> Path:
     logger = MLFlowLogger(
         experiment_name=cfg.tracking.experiment_name,
         tracking_uri=tracking_uri(),
-        run_name=exp_name,
-        tags=tags,
+        run_name=hooks.run_name or exp_name,
+        tags={**tags, **hooks.tags},
     )
     logger.log_hyperparams({"seed": cfg.seed, **exp.model_dump(by_alias=True)})
     history = History()
 
-    with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt_dir:
-        trainer = build_trainer(cfg, exp, Path(ckpt_dir), logger, [history])
-        trainer.fit(module, datamodule=data)
+    keep_dir = nullcontext(hooks.ckpt_dir) if hooks.ckpt_dir else None
+    with keep_dir or tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt_dir:
+        callbacks = [history, *hooks.callbacks]
+        trainer = build_trainer(cfg, exp, Path(ckpt_dir), logger, callbacks, hooks)
+        trainer.fit(module, datamodule=data, ckpt_path=hooks.resume_from)
         best = trainer.checkpoint_callback
         tested = trainer.test(
             module, datamodule=data, ckpt_path=best.best_model_path, verbose=False
@@ -131,5 +170,6 @@ def train(cfg: PipelineConfig, exp_name: str) -> Path:
         client.log_metric(run_id, key, metrics[key])
     client.log_artifact(run_id, str(out / "model.ckpt"))
     client.set_tag(run_id, "ckpt_sha256", file_sha256(out / "model.ckpt"))
+    client.set_tag(run_id, "world_size", trainer.world_size)
     client.log_artifacts(run_id, str(Path("plots") / exp_name / "train"), "plots")
     return out

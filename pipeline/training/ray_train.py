@@ -1,0 +1,76 @@
+"""Multi-node data parallel: the train stage run by Ray Train's TorchTrainer.
+
+`trainer.ray_workers` workers each run `train` with RayDDPStrategy and RayLightningEnvironment;
+rank zero writes the stage outputs and the one MLflow run. The workers work in this directory,
+so on a multi-node cluster the repo must sit on shared storage (or at the same path).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import PipelineError
+from pipeline.tuning.cluster import ray_session, resolve_address
+
+
+def _worker(params: dict) -> None:
+    import ray.train
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+    from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero_only
+    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
+
+    from pipeline.config import parse_config
+    from pipeline.training.train import TrainHooks, train
+
+    os.chdir(params["root"])
+    os.environ["MLFLOW_TRACKING_URI"] = params["tracking_uri"]
+    # The MLflow logger is created before the Trainer sets ranks: only rank zero may log.
+    rank = ray.train.get_context().get_world_rank()
+    rank_zero_only.rank = utils_rank_zero_only.rank = rank
+    hooks = TrainHooks(
+        strategy=RayDDPStrategy(),
+        plugins=(RayLightningEnvironment(),),
+        prepare=prepare_trainer,
+        tags={"ray_train_workers": str(params["workers"])},
+    )
+    train(parse_config(params["raw"]), params["exp_name"], hooks)
+
+
+def train_on_ray(cfg: PipelineConfig, exp_name: str) -> Path:
+    from mlflow import MlflowClient
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.training.train import model_dir
+    from pipeline.tuning.sweep import absolute_tracking_uri
+
+    # Every worker's MLflow logger opens the store: create a new SQLite file's tables first,
+    # or the workers race to create them.
+    MlflowClient(absolute_tracking_uri())
+    raw = cfg.model_dump(by_alias=True)
+    raw["trainer"]["ray_workers"] = None  # each worker trains; it must not start Ray again
+    workers = cfg.trainer.ray_workers
+    address, key = resolve_address(None)
+    with ray_session(address, key or "RAY_ADDRESS"):
+        trainer = TorchTrainer(
+            _worker,
+            train_loop_config={
+                "raw": raw,
+                "exp_name": exp_name,
+                "root": str(Path.cwd()),
+                "tracking_uri": absolute_tracking_uri(),
+                "workers": workers,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=workers, use_gpu=cfg.trainer.accelerator == "gpu"
+            ),
+            run_config=RunConfig(
+                name=f"train-{exp_name}", storage_path=str(Path(".ray_results").resolve())
+            ),
+        )
+        result = trainer.fit()
+    if result.error:
+        raise PipelineError(f"Ray Train failed: {result.error}")
+    return model_dir(exp_name)

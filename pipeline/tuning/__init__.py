@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over the train stage: search spaces, cluster connection, best params."""

@@ -1,0 +1,77 @@
+"""Which Ray to run on: `tune.address` (or RAY_ADDRESS) joins an existing cluster, checked for
+reachability first so a wrong address fails fast; otherwise a private local Ray with its own
+temp dir (never the host's default one, which other Ray instances may share)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pipeline.config import Resources
+from pipeline.errors import ConfigError
+
+CONNECT_TIMEOUT_S = 10
+
+
+def resolve_address(address: str | None) -> tuple[str | None, str]:
+    """(address or None for a local Ray, the config key or variable it came from)."""
+    if address:
+        return address, "tune.address"
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    return None, ""
+
+
+def check_reachable(address: str, key: str) -> None:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{key}: {address!r} is not host:port (e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise ConfigError(
+            f"{key}: cannot reach a Ray cluster at {address} ({err.strerror or err}); "
+            "start one with `ray start --head` or fix the address"
+        ) from None
+
+
+@contextmanager
+def ray_session(address: str | None = None, key: str = "tune.address") -> Iterator[str | None]:
+    """ray.init on the cluster at `address` (checked first), else on a new local Ray; shut down
+    on exit. Yields the address used (None: local)."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    temp_dir = None
+    if address:
+        check_reachable(address, key)
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # A short path: Ray's Unix sockets live under it (about 107 characters at most).
+        temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+        ray.init(address="local", _temp_dir=temp_dir, include_dashboard=False, log_to_driver=False)
+    try:
+        yield address
+    finally:
+        ray.shutdown()
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def check_resources(per_trial: Resources) -> None:
+    """A trial must fit on one node; otherwise Tune would wait forever."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    for key, ray_key in (("cpu", "CPU"), ("gpu", "GPU")):
+        want = getattr(per_trial, key)
+        most = max((n.get(ray_key, 0) for n in nodes), default=0)
+        if want > most:
+            raise ConfigError(
+                f"tune.resources_per_trial.{key}: {want:g} exceeds the largest node of the "
+                f"cluster ({most:g} {ray_key}s)"
+            )

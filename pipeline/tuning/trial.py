@@ -1,0 +1,91 @@
+"""One Tune trial = one call of the train stage's `train` with the sampled params.
+
+The trial runs the same computation as `lstm-pipeline train` on the composed params with the
+best overrides applied (same seed, threads, data order), which is what lets `dvc repro`
+reproduce the best trial's val/loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+from pipeline.config import PipelineConfig, parse_config
+
+METRIC = "val/loss"
+
+
+def trial_config(raw: dict, exp_name: str, params: dict, max_epochs: int) -> PipelineConfig:
+    """The composed params with a trial's {"model": {...}, "fit": {...}} applied."""
+    raw = copy.deepcopy(raw)
+    exp = raw["experiments"][exp_name]
+    for group, values in params.items():
+        exp.setdefault(group, {}).update(values)
+    exp.setdefault("fit", {})["max_epochs"] = max_epochs
+    raw["trainer"]["progress_bar"] = False
+    # DDP inside a trial is fragile (Lightning would re-launch the Ray worker): one process.
+    raw["trainer"].update(ray_workers=None)
+    if raw["trainer"].get("devices") != 1:
+        raw["trainer"].update(devices=1, strategy="auto")
+    return parse_config(raw)
+
+
+class ApplyTrialHparams(pl.Callback):
+    """After a restore (PBT exploit), the optimizer state carries the old trial's lr and
+    weight decay: put this trial's values back."""
+
+    def on_train_start(self, trainer, pl_module):
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = pl_module.hparams.lr
+                group["weight_decay"] = pl_module.hparams.weight_decay
+
+
+def run_trial(
+    params: dict,
+    *,
+    raw: dict,
+    exp_name: str,
+    max_epochs: int,
+    prepared: str,
+    tracking_uri: str,
+    parent_run_id: str,
+    ckpt_root: str,
+) -> None:
+    import ray
+    from ray import tune
+    from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
+
+    from pipeline.data.prepare import prepared_dir
+    from pipeline.training.train import TrainHooks, train
+
+    cfg = trial_config(raw, exp_name, params, max_epochs)
+    trial_id = tune.get_context().get_trial_id()
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    # Ray runs the trial in its own working dir: the stage outputs land there, the data is linked.
+    link = prepared_dir(exp_name)
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(prepared, target_is_directory=True)
+    resume_from = None
+    if (checkpoint := tune.get_checkpoint()) is not None:
+        resume_from = str(Path(checkpoint.to_directory()) / "checkpoint")
+    hooks = TrainHooks(
+        callbacks=(
+            TuneReportCheckpointCallback({METRIC: METRIC}, filename="checkpoint"),
+            ApplyTrialHparams(),
+        ),
+        resume_from=resume_from,
+        ckpt_dir=Path(ckpt_root) / trial_id,
+        run_name=f"{exp_name}-{trial_id}",
+        tags={
+            "mlflow.parentRunId": parent_run_id,
+            "stage": "tune-trial",
+            "trial_id": trial_id,
+            "ray_node_id": ray.get_runtime_context().get_node_id(),
+        },
+    )
+    train(cfg, exp_name, hooks)

@@ -1,0 +1,175 @@
+"""A real two-node Ray cluster on loopback: `ray start --head` plus a second node joined with
+`ray start --address`, each with its own temp dir and ports; ended by PID in teardown."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.cli import main
+from tests.conftest import write_params
+from tests.tuning.conftest import EXP, sweep_params
+
+pytestmark = pytest.mark.slow
+RAY = str(Path(sys.executable).parent / "ray")
+CPUS_PER_NODE = 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_ports() -> list[str]:
+    """Every port a node would otherwise take at a fixed default (shared host)."""
+    names = (
+        "node-manager-port",
+        "object-manager-port",
+        "runtime-env-agent-port",
+        "dashboard-agent-grpc-port",
+        "dashboard-agent-listen-port",
+        "metrics-export-port",
+    )
+    return [f"--{name}={free_port()}" for name in names]
+
+
+def start_node(args: list[str], env: dict) -> subprocess.Popen:
+    # --block keeps `ray start` as the parent of the node's processes: they are its descendants
+    temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: Unix socket path limit
+    cmd = [
+        RAY, "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={CPUS_PER_NODE}",
+        f"--temp-dir={temp_dir}", *node_ports(), *args,
+    ]  # fmt: skip
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def end_by_pid(procs: list[subprocess.Popen]) -> None:
+    tree = []
+    for proc in procs:
+        try:
+            tree += [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for p in tree:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=5)
+    for p in alive:  # gcs_server may ignore SIGTERM
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+
+
+def alive_nodes(address: str, env: dict) -> int:
+    code = (
+        f"import ray; ray.init(address={address!r}, log_to_driver=False); "
+        "print(sum(n['Alive'] for n in ray.nodes()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    address = f"127.0.0.1:{free_port()}"
+    port = address.rsplit(":", 1)[1]
+    head_args = ["--head", f"--port={port}", "--include-dashboard=false"]
+    procs = [start_node(head_args, env)]
+    previous = os.environ.get("RAY_AUTH_MODE")
+    try:
+        deadline = time.monotonic() + 60
+        while alive_nodes(address, env) < 1:
+            assert time.monotonic() < deadline, "head node did not start"
+            time.sleep(1)
+        procs.append(start_node([f"--address={address}"], env))
+        while alive_nodes(address, env) < 2:
+            assert time.monotonic() < deadline, "second node did not join"
+            time.sleep(1)
+        os.environ["RAY_AUTH_MODE"] = "disabled"  # clients must match the cluster
+        yield address
+    finally:
+        end_by_pid(procs)
+        if previous is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = previous
+    assert not any(p.poll() is None for p in procs)
+
+
+def test_sweep_on_an_existing_cluster_uses_both_nodes(cluster, tune_workdir, params):
+    # A trial takes a whole node, so the two concurrent trials run on different nodes.
+    write_params(
+        sweep_params(
+            params, address=cluster, resources_per_trial={"cpu": CPUS_PER_NODE}, scheduler="fifo"
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "tune", EXP],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tune_workdir / "tune" / EXP / "best_params.yaml").exists()
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    trials = client.search_runs(
+        [client.get_experiment_by_name("lstm-pipeline").experiment_id],
+        "tags.stage = 'tune-trial'",
+    )
+    assert len(trials) == 2
+    assert len({t.data.tags["ray_node_id"] for t in trials}) == 2
+
+
+def test_trial_larger_than_any_node_is_refused(cluster, tune_workdir, params, capsys):
+    write_params(sweep_params(params, address=cluster, resources_per_trial={"cpu": 3}))
+    assert main(["tune", EXP]) == 2
+    assert "tune.resources_per_trial.cpu: 3 exceeds the largest node of the cluster (2 CPUs)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_ray_train_torch_trainer_with_two_cpu_workers(cluster, tune_workdir, params, monkeypatch):
+    import yaml
+
+    from pipeline.config import CONF_DIR
+
+    params = sweep_params(params)
+    params["trainer"] = yaml.safe_load((CONF_DIR / "trainer" / "ray_ddp.yaml").read_text())
+    params["trainer"]["max_epochs"] = 2
+    write_params(params)
+    env = {**os.environ, "RAY_ADDRESS": cluster}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "train", EXP],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tune_workdir / f"metrics/{EXP}/train.json").read_text())
+    assert metrics["epochs_run"] == 2
+    assert (tune_workdir / f"models/{EXP}/model.ckpt").exists()
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([client.get_experiment_by_name("lstm-pipeline").experiment_id])
+    assert run.data.tags["world_size"] == "2" and run.info.status == "FINISHED"

@@ -1,0 +1,104 @@
+"""Search spaces and the tune stage's bad input (no Ray cluster needed)."""
+
+import socket
+import time
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import parse_config
+from pipeline.errors import ConfigError
+from pipeline.models import REGISTRY
+from pipeline.tuning.spaces import FIT_SPACE, search_space, to_ray
+from tests.conftest import write_params
+from tests.tuning.conftest import EXP, sweep_params
+
+
+def cfg_with(params, **tune):
+    params["tune"].update(tune)
+    return parse_config(params)
+
+
+def test_default_space_is_the_family_space_plus_fit(params):
+    cfg = parse_config(params)
+    for exp_name in ("lstm_italypowerdemand", "attention_lstm_gunpoint", "conv_lstm_moving_digits"):
+        exp = cfg.experiment(exp_name)
+        space = search_space(exp, cfg.tune)
+        assert space["model"] == REGISTRY[exp.model.name].search_space
+        assert space["fit"] == FIT_SPACE
+
+
+def test_conf_tune_space_overrides_key_by_key(params):
+    cfg = cfg_with(
+        params,
+        space={"model": {"hidden_size": {"choice": [8]}, "cell": None}, "fit": {"lr": None}},
+    )
+    space = search_space(cfg.experiment(EXP), cfg.tune)
+    assert space["model"]["hidden_size"] == {"choice": [8]} and "cell" not in space["model"]
+    assert "lr" not in space["fit"] and space["fit"]["batch_size"] == FIT_SPACE["batch_size"]
+
+
+def test_grid_search_turns_choices_into_grid_axes(params):
+    from ray import tune
+
+    cfg = cfg_with(params, search="grid", space={"fit": {"lr": {"choice": [0.1, 0.01]}}})
+    space = search_space(cfg.experiment(EXP), cfg.tune)
+    with pytest.raises(ConfigError, match=r"tune\.space\.model\.dropout: grid search needs choice"):
+        to_ray(space, "grid")
+    only_choices = {"fit": {"lr": space["fit"]["lr"]}}
+    assert to_ray(only_choices, "grid") == {"fit": {"lr": tune.grid_search([0.1, 0.01])}}
+    assert isinstance(to_ray(space, "random")["fit"]["lr"], tune.search.sample.Categorical)
+
+
+@pytest.mark.parametrize(
+    ("tune", "message"),
+    [
+        ({"max_concurrent_trials": 0}, r"tune\.max_concurrent_trials: Input should be greater"),
+        ({"resources_per_trial": {"cpu": 0}}, r"tune\.resources_per_trial\.cpu"),
+        ({"space": {"fit": {"lr": {"normal": [0, 1]}}}}, r"tune\.space: .*fit\.lr: give one"),
+        ({"space": {"fit": {"lr": {"uniform": [1]}}}}, r"fit\.lr: uniform takes \[low, high\]"),
+        ({"scheduler": "hyperband"}, r"tune\.scheduler: Input should be"),
+    ],
+)
+def test_bad_tune_config_names_the_key(params, tune, message):
+    with pytest.raises(ConfigError, match=message):
+        cfg_with(params, **tune)
+
+
+def test_space_key_the_model_does_not_have(tune_workdir, params, capsys):
+    space = {"model": {"kernel_size": {"choice": [3, 5]}}}
+    write_params(sweep_params(params, space=space))
+    assert main(["tune", EXP]) == 2
+    err = capsys.readouterr().err
+    assert "tune.space.model.kernel_size: model of model 'lstm' has no key 'kernel_size'" in err
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("via", ["config", "env"])
+def test_unreachable_cluster_fails_fast_naming_the_address(
+    tune_workdir, params, capsys, monkeypatch, via
+):
+    address = f"127.0.0.1:{closed_port()}"
+    if via == "config":
+        write_params(sweep_params(params, address=address))
+    else:
+        write_params(sweep_params(params))
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    start = time.monotonic()
+    assert main(["tune", EXP]) == 2
+    assert time.monotonic() - start < 30
+    key = "tune.address" if via == "config" else "RAY_ADDRESS"
+    assert f"{key}: cannot reach a Ray cluster at {address}" in capsys.readouterr().err
+
+
+def test_resume_without_state_and_apply_without_sweep(tune_workdir, params, capsys):
+    write_params(sweep_params(params))
+    assert main(["tune", EXP, "--resume"]) == 2
+    assert "--resume: no sweep state to resume" in capsys.readouterr().err
+    assert main(["tune-apply", EXP]) == 2
+    assert f"tune/{EXP}/best_params.yaml: not found" in capsys.readouterr().err

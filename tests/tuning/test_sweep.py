@@ -1,0 +1,117 @@
+"""Real local sweeps: `lstm-pipeline tune` in a subprocess starting its own Ray."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from pipeline.cli import main
+from tests.conftest import write_params
+from tests.tuning.conftest import EXP, sweep_params
+
+pytestmark = pytest.mark.slow
+
+
+def tune_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "tune", EXP, *args]
+
+
+def runs(tag_filter: str = "") -> list:
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("lstm-pipeline")
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], tag_filter)
+
+
+def test_local_sweep_asha_stops_early_and_the_best_trial_reproduces(tune_workdir, params):
+    space = {
+        "fit": {"lr": {"choice": [1e-5, 1e-2]}, "batch_size": None, "weight_decay": None},
+        "model": {"hidden_size": {"choice": [8, 32]}, "cell": None, "dropout": None},
+    }
+    write_params(sweep_params(params, num_samples=4, max_epochs=3, space=space))
+    proc = subprocess.run(tune_cmd(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    out = tune_workdir / "tune" / EXP
+    table = pd.read_csv(out / "results.csv")
+    epochs = table.groupby("trial")["epoch"].max()
+    assert len(epochs) == 4
+    assert epochs.max() == 3 and epochs.min() < 3  # ASHA stopped at least one trial early
+    assert (out / "val_loss.png").stat().st_size > 0
+    best = yaml.safe_load((out / "best_params.yaml").read_text())
+    assert best["val_loss"] == pytest.approx(table["val_loss"].min(), abs=1e-8)
+
+    # MLflow: one parent run for the sweep, one nested child run per trial
+    (parent,) = runs("tags.stage = 'tune'")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best/val_loss"] == pytest.approx(best["val_loss"])
+    children = runs(f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 4
+    assert {c.data.params["fit/lr"] for c in children} <= {"1e-05", "0.01"}
+    assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
+
+    # The documented command: params.yaml composed with the best params, then the train stage
+    printed = subprocess.run(
+        [sys.executable, "-m", "pipeline", "tune-apply", EXP, "--print"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert printed.startswith("dvc exp run -S ") and f"{EXP}.fit.max_epochs=" in printed
+    assert main(["tune-apply", EXP, "trainer.progress_bar=false"]) == 0
+    assert main(["train", EXP]) == 0
+    reproduced = json.loads((tune_workdir / f"metrics/{EXP}/train.json").read_text())
+    assert abs(reproduced["best_val_loss"] - best["val_loss"]) <= 1e-6
+
+
+def test_interrupted_sweep_resumes_without_redoing_finished_trials(tune_workdir, params):
+    write_params(
+        sweep_params(
+            params, num_samples=4, max_concurrent_trials=1, scheduler="fifo", search="optuna"
+        )
+    )
+    proc = subprocess.Popen(
+        tune_cmd(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        # One trial at a time: once a second trial has started, Tune has seen the first end.
+        while time.monotonic() < deadline and proc.poll() is None:
+            trial_runs = runs("tags.stage = 'tune-trial'")
+            finished = [r for r in trial_runs if r.info.status == "FINISHED"]
+            if finished and len(trial_runs) > len(finished):
+                break
+            time.sleep(0.5)
+        assert finished, "no trial finished in time"
+        proc.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and stops
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode != 0
+    assert f"lstm-pipeline tune {EXP} --resume" in err
+    done_before = {r.data.tags["trial_id"] for r in finished}
+    assert len(done_before) < 4
+
+    resumed = subprocess.run(tune_cmd("--resume"), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    table = pd.read_csv(tune_workdir / "tune" / EXP / "results.csv")
+    assert table["trial"].nunique() == 4
+    assert (table.groupby("trial")["epoch"].max() == 2).all()
+    assert len(runs("tags.stage = 'tune'")) == 1  # the same parent run, continued
+    trials = [r.data.tags["trial_id"] for r in runs("tags.stage = 'tune-trial'")]
+    for trial_id in done_before:
+        assert trials.count(trial_id) == 1  # not trained again
