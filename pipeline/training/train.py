@@ -142,6 +142,7 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
         callbacks = [history, *hooks.callbacks]
         trainer = build_trainer(cfg, exp, Path(ckpt_dir), logger, callbacks, hooks)
         trainer.fit(module, datamodule=data, ckpt_path=hooks.resume_from)
+        rows = list(history.rows)  # test() restores the best checkpoint's (shorter) history
         best = trainer.checkpoint_callback
         tested = trainer.test(
             module, datamodule=data, ckpt_path=best.best_model_path, verbose=False
@@ -152,17 +153,17 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
         out.mkdir(parents=True, exist_ok=True)
         slim_checkpoint(Path(best.best_model_path), out / "model.ckpt")
 
-    best_epoch = min(history.rows, key=lambda r: r["val_loss"])["epoch"]
+    best_epoch = min(rows, key=lambda r: r["val_loss"])["epoch"]
     metrics = {
         "best_epoch": best_epoch,
-        "epochs_run": len(history.rows),
+        "epochs_run": len(rows),
         "best_val_loss": float(best.best_model_score),
         **{k: round(v, 8) for k, v in tested[0].items()},
     }
     metrics_dir = Path("metrics") / exp_name
     write_json(metrics_dir / "train.json", metrics)
     with atomic_dir(Path("plots") / exp_name / "train") as tmp:
-        plots.learning_curve(history.rows, tmp)
+        plots.learning_curve(rows, tmp)
 
     run_id = logger.run_id
     client = logger.experiment
