@@ -40,7 +40,9 @@ def local_model(model: str) -> Iterator[Path]:
     ensure_reachable(uri)
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(model, dst_path=tmp, tracking_uri=uri)
+            local = mlflow.artifacts.download_artifacts(
+                model, dst_path=tmp, tracking_uri=uri, registry_uri=uri
+            )
         except MlflowException as err:
             raise TrackingError(f"{model} at {uri}: {err.message.splitlines()[0]}") from None
         found = sorted(Path(local).rglob("*.onnx"))

@@ -86,17 +86,26 @@ def registry_state(client: MlflowClient) -> tuple[list[str], dict]:
     return versions, dict(client.get_registered_model(NAME).aliases)
 
 
-def ucr_test_csv(path: Path) -> pd.Series:
-    """The ItalyPowerDemand test split in the long format; returns the true label per series."""
+@pytest.fixture(scope="module")
+def ucr_csv(tmp_path_factory) -> tuple[str]:
+    """The ItalyPowerDemand test split in the long format, and its labels beside it."""
     from sktime.datasets import load_UCR_UEA_dataset
 
     x, y = load_UCR_UEA_dataset("ItalyPowerDemand", split="test", return_type="numpy3D")
     n, _, t = x.shape
     ids = [f"s{i:04d}" for i in range(n)]
+    path = tmp_path_factory.mktemp("ucr") / "test.csv"
     pd.DataFrame(
         {"series_id": np.repeat(ids, t), "time": np.tile(np.arange(t), n), "dim_0": x[:, 0].ravel()}
     ).to_csv(path, index=False)
-    return pd.Series(y, index=ids)
+    pd.Series(y, index=ids, name="label").to_csv(path.with_suffix(".labels.csv"))
+    return (str(path),)
+
+
+def accuracy(predictions: Path, ucr_csv: tuple[str]) -> float:
+    truth = pd.read_csv(Path(ucr_csv[0]).with_suffix(".labels.csv"), index_col=0, dtype=str)
+    pred = pd.read_csv(predictions, dtype={"label": str}).set_index("series_id")
+    return float((pred.label == truth.label.reindex(pred.index)).mean())
 
 
 @pytest.fixture(scope="module")
@@ -153,17 +162,16 @@ def test_worse_candidate_is_refused_and_registry_unchanged(story):
     assert story["after_worse"] == story["after_first"]
 
 
-def test_better_candidate_is_promoted_and_old_champion_stays_reachable(story, tmp_path):
+def test_better_candidate_is_promoted_and_old_champion_stays_reachable(story, ucr_csv):
     assert story["better"]["accuracy"] >= story["first"]["accuracy"]
     assert story["after_better"] == (["1", "2"], {"champion": "2"})
     assert "previous: version 1" in story["better_release"].stdout
     assert story["after_challenger"] == (["1", "2", "3"], {"champion": "2", "challenger": "3"})
-    import mlflow
-
-    old = mlflow.artifacts.download_artifacts(
-        f"models:/{NAME}/1", dst_path=str(tmp_path), tracking_uri=story["client"].tracking_uri
+    proc = sh(
+        story["repo"], "lstm-pipeline", "predict", f"models:/{NAME}/1", *ucr_csv, "-o", "v1.csv"
     )
-    assert list(Path(old).rglob("*.onnx"))
+    assert proc.returncode == 0
+    assert accuracy(story["repo"] / "v1.csv", ucr_csv) == story["first"]["accuracy"]
 
 
 def test_failed_validation_is_refused(story):
@@ -174,17 +182,14 @@ def test_failed_validation_is_refused(story):
     assert story["after_failed"] == story["after_challenger"]
 
 
-def test_predict_from_champion_without_torch_reproduces_validate(story, tmp_path):
-    truth = ucr_test_csv(tmp_path / "test.csv")
-    args = ["predict", f"models:/{NAME}@champion", str(tmp_path / "test.csv"), "-o", "pred.csv"]
+def test_predict_from_champion_without_torch_reproduces_validate(story, ucr_csv, tmp_path):
+    args = ["predict", f"models:/{NAME}@champion", *ucr_csv, "-o", "pred.csv"]
     blocked = (
-        "import sys; sys.modules['torch'] = None\n"
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
         f"from pipeline.cli import main; sys.exit(main({args!r}))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", blocked], cwd=tmp_path, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
-    pred = pd.read_csv(tmp_path / "pred.csv", dtype={"label": str}).set_index("series_id")
-    accuracy = (pred.label == truth.reindex(pred.index)).mean()
-    assert accuracy == story["better"]["accuracy"]
+    assert accuracy(tmp_path / "pred.csv", ucr_csv) == story["better"]["accuracy"]

@@ -32,11 +32,22 @@ def runs(tag_filter: str = "") -> list:
 
 
 def test_local_sweep_asha_stops_early_and_the_best_trial_reproduces(tune_workdir, params):
+    # A grid run one trial at a time makes ASHA deterministic: some lr=1e-5 trial reaches the
+    # first rung after an lr=1e-2 one, is worse than the rung's median, and is stopped.
     space = {
-        "fit": {"lr": {"choice": [1e-5, 1e-2]}, "batch_size": None, "weight_decay": None},
-        "model": {"hidden_size": {"choice": [8, 32]}, "cell": None, "dropout": None},
+        "fit": {"lr": {"choice": [1e-2, 1e-5]}, "batch_size": None, "weight_decay": None},
+        "model": {
+            "hidden_size": {"choice": [8, 32]},
+            "num_layers": None,
+            "cell": None,
+            "dropout": None,
+        },
     }
-    write_params(sweep_params(params, num_samples=4, max_epochs=3, space=space))
+    write_params(
+        sweep_params(
+            params, search="grid", num_samples=1, max_concurrent_trials=1, max_epochs=3, space=space
+        )
+    )
     proc = subprocess.run(tune_cmd(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
