@@ -84,9 +84,15 @@ def test_local_sweep_asha_stops_early_and_the_best_trial_reproduces(tune_workdir
 
 
 def test_interrupted_sweep_resumes_without_redoing_finished_trials(tune_workdir, params):
+    # Enough trials (about a second each here) that the sweep cannot end before Ctrl+C lands.
+    trials_total = 10
     write_params(
         sweep_params(
-            params, num_samples=4, max_concurrent_trials=1, scheduler="fifo", search="optuna"
+            params,
+            num_samples=trials_total,
+            max_concurrent_trials=1,
+            scheduler="fifo",
+            search="optuna",
         )
     )
     proc = subprocess.Popen(
@@ -115,12 +121,12 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tune_workdir,
     assert proc.returncode != 0
     assert f"lstm-pipeline tune {EXP} --resume" in err
     done_before = {r.data.tags["trial_id"] for r in finished}
-    assert len(done_before) < 4
+    assert len(done_before) < trials_total
 
     resumed = subprocess.run(tune_cmd("--resume"), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     table = pd.read_csv(tune_workdir / "tune" / EXP / "results.csv")
-    assert table["trial"].nunique() == 4
+    assert table["trial"].nunique() == trials_total
     assert (table.groupby("trial")["epoch"].max() == 2).all()
     assert len(runs("tags.stage = 'tune'")) == 1  # the same parent run, continued
     trials = [r.data.tags["trial_id"] for r in runs("tags.stage = 'tune-trial'")]
