@@ -5,10 +5,32 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def clone_repo(tmp: str) -> tuple[Path, dict[str, str]]:
+    """A git clone of this repo in `tmp`, and an environment that runs its CLI with this venv,
+    an MLflow store inside `tmp` and telemetry off."""
+    work = Path(tmp) / "repo"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(work)], check=True)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "DO_NOT_TRACK": "1",
+    }
+    return work, env
 
 
 def device() -> torch.device:

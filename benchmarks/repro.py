@@ -6,18 +6,14 @@ Usage: python benchmarks/repro.py   (prints one JSON object)
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
-from common import machine
-
-REPO = Path(__file__).resolve().parent.parent
+from common import clone_repo, machine
 
 
 def timed(cmd: list[str], cwd: Path, env: dict) -> float:
@@ -27,18 +23,8 @@ def timed(cmd: list[str], cwd: Path, env: dict) -> float:
 
 
 def main() -> None:
-    bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory(prefix="bench-repro-") as tmp:
-        work = Path(tmp) / "repo"
-        subprocess.run(["git", "clone", "-q", str(REPO), str(work)], check=True)
-        env = {
-            **os.environ,
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
-            "DVC_NO_ANALYTICS": "1",
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "DO_NOT_TRACK": "1",
-        }
+        work, env = clone_repo(tmp)
         shutil.rmtree(work / "metrics", ignore_errors=True)
         experiments = yaml.safe_load((work / "params.yaml").read_text())["experiments"]
         result = {

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -22,9 +21,7 @@ from pathlib import Path
 
 import psutil
 import yaml
-
-REPO = Path(__file__).resolve().parent.parent
-
+from common import clone_repo, machine
 
 # Ray sets a worker's process title to the actor it runs: a Tune trial is an ImplicitFunc.
 TRIAL_TITLES = ("ray::ImplicitFunc", "ray::run_trial")
@@ -100,18 +97,8 @@ def run(cmd: list[str], cwd: Path, env: dict) -> str:
 
 def main() -> None:
     exp = sys.argv[1] if len(sys.argv) > 1 else "lstm_italypowerdemand"
-    bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory(prefix="bench-tune-", dir="/tmp") as tmp:
-        work = Path(tmp) / "repo"
-        subprocess.run(["git", "clone", "-q", str(REPO), str(work)], check=True)
-        env = {
-            **os.environ,
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
-            "DVC_NO_ANALYTICS": "1",
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "RAY_USAGE_STATS_ENABLED": "0",
-        }
+        work, env = clone_repo(tmp)
         env.pop("RAY_ADDRESS", None)
         run(["dvc", "repro", f"prepare@{exp}"], work, env)
         tune = yaml.safe_load((work / "params.yaml").read_text())["tune"]
@@ -126,7 +113,7 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "tune_sweep",
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "machine": machine(),
                 "experiment": exp,
                 "trials": tune["num_samples"],
                 "epochs_per_trial": tune["max_epochs"],

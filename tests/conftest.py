@@ -1,5 +1,6 @@
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -55,3 +56,10 @@ def copy_repo(dst: Path) -> Path:
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     return dst
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for a server to take, or to find unreachable)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,6 +1,5 @@
 """`lstm-pipeline predict` on real exported models: same numbers as torch, torch-free, bad input."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import torch
 from pipeline.cli import main
 from pipeline.export.onnx_export import export_module
 from pipeline.training.module import SequenceModule
+from tests.conftest import free_port
 
 CLASSIFY = {
     "task": "classification",
@@ -180,12 +180,6 @@ def test_bad_input(models, tmp_path, capsys):
         assert code == 3, name
         assert err.count("\n") == 1 and all(e in err for e in expected), (name, err)
         assert not list(tmp_path.glob("*out.csv*")), name
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unreachable_tracking_server_fails_fast(monkeypatch, tmp_path, capsys):

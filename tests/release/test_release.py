@@ -18,8 +18,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import copy_repo
-from tests.release.test_predict import free_port
+from tests.conftest import copy_repo, free_port
 
 pytestmark = pytest.mark.slow
 

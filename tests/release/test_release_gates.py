@@ -7,8 +7,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.config import Release
 from pipeline.release import gate_table, release_gates
-from tests.conftest import write_params
-from tests.release.test_predict import free_port
+from tests.conftest import free_port, write_params
 
 RULES = Release(
     min={"accuracy": 0.9}, max={"mape": 0.2}, champion_margin={"accuracy": 0.01, "mape": 0.01}

@@ -4,7 +4,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,18 +15,12 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.cli import main
-from tests.conftest import write_params
+from tests.conftest import free_port, write_params
 from tests.tuning.conftest import EXP, sweep_params
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).parent / "ray")
 CPUS_PER_NODE = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def node_ports() -> list[str]:

@@ -1,6 +1,5 @@
 """Search spaces and the tune stage's bad input (no Ray cluster needed)."""
 
-import socket
 import time
 
 import pytest
@@ -10,7 +9,7 @@ from pipeline.config import parse_config
 from pipeline.errors import ConfigError
 from pipeline.models import REGISTRY
 from pipeline.tuning.spaces import FIT_SPACE, search_space, to_ray
-from tests.conftest import write_params
+from tests.conftest import free_port, write_params
 from tests.tuning.conftest import EXP, sweep_params
 
 
@@ -73,17 +72,11 @@ def test_space_key_the_model_does_not_have(tune_workdir, params, capsys):
     assert "tune.space.model.kernel_size: model of model 'lstm' has no key 'kernel_size'" in err
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("via", ["config", "env"])
 def test_unreachable_cluster_fails_fast_naming_the_address(
     tune_workdir, params, capsys, monkeypatch, via
 ):
-    address = f"127.0.0.1:{closed_port()}"
+    address = f"127.0.0.1:{free_port()}"
     if via == "config":
         write_params(sweep_params(params, address=address))
     else:
