@@ -13,7 +13,6 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from pipeline.config import Experiment, PipelineConfig, TableData, UcrData
 from pipeline.data.sources import (
@@ -66,6 +65,8 @@ def _classification(exp: Experiment, data: Labelled) -> tuple[dict, dict]:
     y = np.array([index[c] for c in data.y], dtype=np.int64)
 
     def stratified(x, y, fraction, what):
+        from sklearn.model_selection import train_test_split  # not imported by the tune driver
+
         try:
             return train_test_split(
                 x, y, test_size=fraction, stratify=y, random_state=cfg.split_seed

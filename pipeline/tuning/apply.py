@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shlex
+import sys
 
 import yaml
 
@@ -19,6 +20,8 @@ def best_overrides(exp_name: str) -> list[str]:
     if not path.exists():
         raise ConfigError(f"{path}: not found; run `lstm-pipeline tune {exp_name}` first")
     best = yaml.safe_load(path.read_text())
+    if note := best.get("note"):  # a PBT sweep: say so before anything is applied
+        print(f"warning: {path}: {note}", file=sys.stderr)
     return [f"{key}={hydra_value(value)}" for key, value in best["overrides"].items()]
 
 

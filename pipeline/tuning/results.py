@@ -8,10 +8,16 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from ray.tune import Callback
 
 from pipeline import plots
 from pipeline.io import atomic_file
 from pipeline.tuning.trial import METRIC
+
+PBT_NOTE = (
+    "PBT changed this trial's hyperparameters while it trained (results.csv has each epoch's "
+    "values): dvc repro trains these last values from scratch and does not replay that schedule"
+)
 
 
 def flatten(params: dict, prefix: str = "") -> dict:
@@ -24,35 +30,43 @@ def flatten(params: dict, prefix: str = "") -> dict:
     return out
 
 
-def results_table(grid, numbers: dict[str, int]) -> tuple[pd.DataFrame, dict[int, dict]]:
-    """One row per (trial, epoch) reported: trial (its number in `numbers`, by trial id), epoch,
-    val_loss, the trial's params; and each trial's params as sampled."""
-    frames, configs = [], {}
-    for result in grid:
-        df = result.metrics_dataframe
-        if df is None or METRIC not in df:
-            continue
-        # Each row's own trial id: after a PBT exploit a trial's file also holds rows reported
-        # under the trial it was cloned from.
-        trial = numbers[result.metrics["trial_id"]]
-        params = configs[trial] = flatten(result.config)
-        frame = pd.DataFrame(
-            {
-                "trial": df["trial_id"].map(numbers),
-                "epoch": df["training_iteration"],
-                "val_loss": df[METRIC],
-            }
-        )
-        for key, value in params.items():
-            frame[key] = json.dumps(value) if isinstance(value, list) else value
-        frames.append(frame)
-    if not frames:
-        return pd.DataFrame(columns=["trial", "epoch", "val_loss"]), configs
-    return pd.concat(frames).sort_values(["trial", "epoch"]).reset_index(drop=True), configs
-
-
 def native(value):
     return value.item() if hasattr(value, "item") else value  # numpy scalars -> Python
+
+
+class ResultLog(Callback):
+    """Every result the driver receives, as a JSON line (trial, epoch, val/loss, the config it
+    ran under). Ray's per-trial result.json loses rows when PBT restarts a trial and keeps only
+    the config a trial ended with; this file survives --resume in the sweep's state folder."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        row = {
+            "trial_id": trial.trial_id,
+            "epoch": result["training_iteration"],
+            "val_loss": result[METRIC],
+            "params": flatten(result["config"]),
+        }
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row, default=native) + "\n")
+
+
+def results_table(log: Path, numbers: dict[str, int]) -> pd.DataFrame:
+    """One row per (trial, epoch): trial (its number in `numbers`, by trial id), epoch, val_loss
+    and the params it ran under. A restored trial reports its epochs again: the last report wins."""
+    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    latest = {(r["trial_id"], r["epoch"]): r for r in rows}
+    table = pd.DataFrame(
+        [
+            {"trial": numbers[r["trial_id"]], "epoch": r["epoch"], "val_loss": r["val_loss"]}
+            | r["params"]
+            for r in latest.values()
+        ],
+        columns=None if latest else ["trial", "epoch", "val_loss"],
+    )
+    return table.sort_values(["trial", "epoch"]).reset_index(drop=True)
 
 
 def hydra_value(value) -> str:
@@ -67,27 +81,31 @@ def hydra_value(value) -> str:
     return str(value)
 
 
-def best_params(table: pd.DataFrame, configs: dict[int, dict], exp_name: str) -> dict:
-    """The trial with the lowest val/loss at any epoch, as overrides of params.yaml. fit.max_epochs
-    is the epochs it ran (ASHA may have stopped it early): the same computation, repeated."""
-    row = table.loc[table["val_loss"].idxmin()]
-    trial = table[table["trial"] == row["trial"]]
-    params = dict(configs[int(row["trial"])])
-    params["fit.max_epochs"] = int(trial["epoch"].max())
+def best_params(table: pd.DataFrame, exp_name: str, scheduler: str) -> dict:
+    """The trial with the lowest val/loss at any epoch, as overrides of params.yaml (the params
+    of that epoch). fit.max_epochs is the epochs the trial ran (ASHA may have stopped it early):
+    the same computation, repeated."""
+    i = table["val_loss"].idxmin()
+    row = table.loc[i]
+    # Column by column: a row of mixed columns would turn every int into a float.
+    params = {k: native(table.at[i, k]) for k in table.columns.drop(["trial", "epoch", "val_loss"])}
+    params["fit.max_epochs"] = int(table.loc[table["trial"] == row["trial"], "epoch"].max())
     prefix = f"experiments.{exp_name}."
-    return {
+    best = {
         "experiment": exp_name,
         "trial": int(row["trial"]),
         "val_loss": float(row["val_loss"]),
         "epoch": int(row["epoch"]),
-        "overrides": {prefix + k: native(v) for k, v in sorted(params.items())},
+        "overrides": {prefix + k: v for k, v in sorted(params.items())},
     }
+    return best | ({"reproducible": False, "note": PBT_NOTE} if scheduler == "pbt" else {})
 
 
 def write_results(table: pd.DataFrame, best: dict, out: Path) -> None:
     """Into `out` (a fresh folder): results.csv, val_loss.{csv,png}, best_params.yaml."""
+    lists_as_json = table.map(lambda v: json.dumps(v) if isinstance(v, list) else v)
     with atomic_file(out / "results.csv") as tmp:
-        table.to_csv(tmp, index=False, float_format="%.9g")
+        lists_as_json.to_csv(tmp, index=False, float_format="%.9g")
     fig, ax = plots._figure(figsize=(6, 4))
     for trial, rows in table.groupby("trial"):
         ax.plot(rows["epoch"], rows["val_loss"], marker="o", label=f"trial {trial}")

@@ -66,8 +66,13 @@ def to_ray(space: dict[str, dict[str, dict]], search: str) -> dict[str, dict[str
 
 
 def pbt_mutations(ray_space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The mutable keys of the space; PBT explores a grid axis's values as a list."""
+
+    def mutation(domain):
+        return domain["grid_search"] if isinstance(domain, dict) else domain
+
     return {
-        group: {k: v for k, v in ray_space.get(group, {}).items() if k in keys}
+        group: {k: mutation(v) for k, v in ray_space.get(group, {}).items() if k in keys}
         for group, keys in PBT_MUTABLE.items()
         if ray_space.get(group)
     }

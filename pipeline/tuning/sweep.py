@@ -19,11 +19,12 @@ from pipeline.tuning.cluster import (
     ray_session,
     resolve_address,
 )
-from pipeline.tuning.results import best_params, results_table, write_results
+from pipeline.tuning.results import ResultLog, best_params, results_table, write_results
 from pipeline.tuning.spaces import pbt_mutations, search_space, to_ray
 from pipeline.tuning.trial import METRIC, run_trial
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"
+RESULT_LOG = "results.jsonl"
 
 
 def tune_dir(exp_name: str) -> Path:
@@ -39,7 +40,7 @@ def absolute_tracking_uri() -> str:
 
 
 def _scheduler(cfg: PipelineConfig, ray_space: dict):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     t = cfg.tune
     if t.scheduler == "asha":
@@ -52,12 +53,15 @@ def _scheduler(cfg: PipelineConfig, ray_space: dict):
             reduction_factor=t.reduction_factor,
         )
     if t.scheduler == "pbt":
+        from pipeline.tuning.pbt import PBTKeepingLastEpoch  # imports Lightning
+
         mutations = pbt_mutations(ray_space)
         if not mutations:
             raise ConfigError(
                 "tune.scheduler: pbt needs fit.lr, weight_decay or batch_size in space"
             )
-        return PopulationBasedTraining(
+        return PBTKeepingLastEpoch(
+            t.max_epochs,
             time_attr="training_iteration",
             perturbation_interval=t.perturbation_interval,
             hyperparam_mutations=mutations,
@@ -153,6 +157,7 @@ def _tuner(cfg: PipelineConfig, trainable, ray_space: dict, state: Path, resume:
             checkpoint_config=ray_tune.CheckpointConfig(
                 num_to_keep=None if t.scheduler == "pbt" else 1
             ),
+            callbacks=[ResultLog(state / RESULT_LOG)],
             verbose=1,
         ),
     )
@@ -224,13 +229,13 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
     errored = {tr.trial_id for tr in trials if tr.status == "ERROR"}
     # Ray's trial number (the start of experiment_tag), shown in its progress table too.
     numbers = {tr.trial_id: int(tr.experiment_tag.split("_", 1)[0]) for tr in trials}
-    table, configs = results_table(grid, numbers)
+    table = results_table(state / RESULT_LOG, numbers)
     out = tune_dir(exp_name)
     if table.empty:
         _finish_parent(parent, out, None, "FAILED", errored)
         first = next((r.error for r in grid if r.error), None)
         raise PipelineError(f"every trial failed; first error: {first}")
-    best = best_params(table, configs, exp_name)
+    best = best_params(table, exp_name, t.scheduler)
     with atomic_dir(out) as tmp:
         write_results(table, best, tmp)
     _finish_parent(parent, out, best, "FINISHED", errored)

@@ -11,8 +11,6 @@ import copy
 import os
 from pathlib import Path
 
-import pytorch_lightning as pl
-
 from pipeline.config import PipelineConfig, parse_config
 
 METRIC = "val/loss"
@@ -33,17 +31,6 @@ def trial_config(raw: dict, exp_name: str, params: dict, max_epochs: int) -> Pip
     return parse_config(raw)
 
 
-class ApplyTrialHparams(pl.Callback):
-    """After a restore (PBT exploit), the optimizer state carries the old trial's lr and
-    weight decay: put this trial's values back."""
-
-    def on_train_start(self, trainer, pl_module):
-        for optimizer in trainer.optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = pl_module.hparams.lr
-                group["weight_decay"] = pl_module.hparams.weight_decay
-
-
 def run_trial(
     params: dict,
     *,
@@ -61,6 +48,7 @@ def run_trial(
 
     from pipeline.data.prepare import prepared_dir
     from pipeline.training.train import TrainHooks, train
+    from pipeline.tuning.pbt import ApplyTrialHparams
 
     cfg = trial_config(raw, exp_name, params, max_epochs)
     trial_id = tune.get_context().get_trial_id()

@@ -132,3 +132,53 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tune_workdir,
     trials = [r.data.tags["trial_id"] for r in runs("tags.stage = 'tune-trial'")]
     for trial_id in done_before:
         assert trials.count(trial_id) == 1  # not trained again
+
+
+def test_pbt_sweep_exploits_but_never_at_the_last_epoch(tune_workdir, params):
+    # Perturbing every epoch of 2: without PBTKeepingLastEpoch, lower-quantile trials were also
+    # cloned at their last epoch, and the clones failed with no epoch left to train.
+    space = {
+        "fit": {"lr": {"grid": [1e-2, 1e-5]}, "batch_size": None, "weight_decay": None},
+        "model": {
+            "hidden_size": {"grid": [8, 16, 32]},
+            "num_layers": None,
+            "dropout": None,
+            "cell": None,
+        },
+    }
+    write_params(
+        sweep_params(
+            params,
+            scheduler="pbt",
+            search="grid",
+            num_samples=1,
+            perturbation_interval=1,
+            space=space,
+        )
+    )
+    proc = subprocess.run(tune_cmd(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "[Exploit] Cloning trial" in out
+    assert "Error" not in out, out[-3000:]
+
+    table = pd.read_csv(tune_workdir / "tune" / EXP / "results.csv")
+    assert table["trial"].nunique() == 6 and table["epoch"].max() == 2
+    # Each epoch carries the params it ran under: an exploited trial's lr changed mid-training.
+    assert (table.groupby("trial")["fit.lr"].nunique() > 1).any()
+    # Every trial's last segment ran to the end: tested and its MLflow run FINISHED.
+    finished = {
+        r.data.tags["trial_id"]
+        for r in runs("tags.stage = 'tune-trial'")
+        if r.info.status == "FINISHED"
+    }
+    assert len(finished) == 6
+    best = yaml.safe_load((tune_workdir / "tune" / EXP / "best_params.yaml").read_text())
+    assert best["reproducible"] is False
+    applied = subprocess.run(
+        [sys.executable, "-m", "pipeline", "tune-apply", EXP, "--print"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "warning:" in applied.stderr and "PBT" in applied.stderr
