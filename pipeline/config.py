@@ -191,6 +191,9 @@ class Fit(Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     patience: PositiveInt = 20
     gradient_clip_val: Annotated[float, Field(ge=0)] = 1.0
+    # After early stopping has picked the epoch count on val: train again from the same seed on
+    # train + val for that many epochs; that model is tested, saved and exported.
+    refit: bool = False
 
 
 class Validate(Strict):

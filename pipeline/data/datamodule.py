@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from pipeline.data.windows import window_view
 from pipeline.io import read_json
@@ -163,7 +163,14 @@ def make_loader(
 
 
 class PreparedDataModule(pl.LightningDataModule):
-    def __init__(self, prepared: Prepared, batch_size: int, num_workers: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        prepared: Prepared,
+        batch_size: int,
+        num_workers: int = 0,
+        seed: int = 0,
+        train_splits: tuple[str, ...] = ("train",),
+    ):
         super().__init__()
         self.prepared, self.batch_size, self.num_workers, self.seed = (
             prepared,
@@ -171,6 +178,7 @@ class PreparedDataModule(pl.LightningDataModule):
             num_workers,
             seed,
         )
+        self.train_splits = train_splits  # ("train", "val") for a refit
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return make_loader(
@@ -178,7 +186,9 @@ class PreparedDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        splits = [self.prepared.dataset(s) for s in self.train_splits]
+        dataset = splits[0] if len(splits) == 1 else ConcatDataset(splits)
+        return make_loader(dataset, self.batch_size, True, self.num_workers, self.seed)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -64,6 +64,17 @@ def symbolic_dims_or_raise(model: onnx.ModelProto) -> None:
         raise ExportError(f"ONNX input 'x' has fixed dims where dynamic ones are needed: {fixed}")
 
 
+def forget_example_length(model: onnx.ModelProto, extra_outputs: dict[str, tuple]) -> None:
+    """Behind the RNN's while_loop torch.export loses that the time axis is `seq`: it annotates
+    the tensors after the loop, and outputs such as attention weights, with the example's length,
+    and ONNX Runtime then warns at every other length (the values are right; validate's parity
+    checks them). Drop those annotations (ORT infers shapes itself) and name the outputs' dims."""
+    del model.graph.value_info[:]
+    for output in model.graph.output:
+        for axis, name in enumerate(extra_outputs.get(output.name, ())):
+            output.type.tensor_type.shape.dim[axis].dim_param = name
+
+
 def _forget_cached_rnn_kernels() -> None:
     """torch.onnx swaps in a while_loop decomposition of aten.lstm/gru that keeps seq dynamic.
     An op that already ran in this process keeps its old kernel in a dispatch cache and ignores
@@ -110,6 +121,7 @@ def export_module(module: SequenceModule, path: Path, family: str) -> Path:
         )
     proto = program.model_proto
     symbolic_dims_or_raise(proto)
+    forget_example_length(proto, getattr(model, "extra_outputs", {}))
     for key, value in onnx_metadata(meta, family).items():
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto)

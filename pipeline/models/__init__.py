@@ -8,8 +8,9 @@ from pipeline.models.attention_lstm import AttentionLSTM
 from pipeline.models.conv_lstm import ConvLSTM
 from pipeline.models.lstm import StackedLSTM
 
-# name -> class; each class declares `tasks` and optionally `extra_outputs` (names of outputs
-# after the prediction, e.g. attention weights), which export turns into extra ONNX outputs.
+# name -> class; each class declares `tasks` and optionally `extra_outputs` (outputs after the
+# prediction, e.g. attention weights: name -> the names of its dims), which export turns into
+# extra ONNX outputs.
 REGISTRY: dict[str, type[nn.Module]] = {
     "lstm": StackedLSTM,
     "attention_lstm": AttentionLSTM,

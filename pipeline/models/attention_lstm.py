@@ -30,7 +30,7 @@ class AttentionLSTM(nn.Module):
         "attention_size": {"choice": [16, 32, 64]},
         "dropout": {"uniform": [0.0, 0.3]},
     }
-    extra_outputs = ("attention",)
+    extra_outputs = {"attention": ("batch", "seq")}
 
     def __init__(
         self,

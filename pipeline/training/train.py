@@ -69,17 +69,26 @@ class TrainHooks:
 
 
 def build_trainer(
-    cfg: PipelineConfig, exp: Experiment, ckpt_dir: Path, logger, callbacks=(), hooks=None
+    cfg: PipelineConfig,
+    exp: Experiment,
+    ckpt_dir: Path,
+    logger,
+    callbacks=(),
+    hooks=None,
+    refit_epochs: int | None = None,
 ):
+    """The fit's Trainer; with `refit_epochs`, one without validation that trains that many
+    epochs and keeps the last weights."""
     t = cfg.trainer
     hooks = hooks or TrainHooks()
-    callbacks = [
-        # strict=False: a fit resumed from a checkpoint taken at validation end (Tune restore,
-        # PBT) reaches its first train-epoch end before val/loss is logged again.
-        EarlyStopping("val/loss", patience=exp.fit.patience, strict=False),
-        ModelCheckpoint(ckpt_dir, filename="best", monitor="val/loss", save_last=True),
-        *callbacks,
-    ]
+    callbacks = list(callbacks)
+    if not refit_epochs:
+        callbacks[:0] = [
+            # strict=False: a fit resumed from a checkpoint taken at validation end (Tune restore,
+            # PBT) reaches its first train-epoch end before val/loss is logged again.
+            EarlyStopping("val/loss", patience=exp.fit.patience, strict=False),
+            ModelCheckpoint(ckpt_dir, filename="best", monitor="val/loss", save_last=True),
+        ]
     if t.progress_bar:
         callbacks.append(RichProgressBar())
     trainer = pl.Trainer(
@@ -89,7 +98,9 @@ def build_trainer(
         plugins=list(hooks.plugins) or None,
         precision=t.precision,
         deterministic=t.deterministic,
-        max_epochs=min(exp.fit.max_epochs, t.max_epochs or exp.fit.max_epochs),
+        max_epochs=refit_epochs or min(exp.fit.max_epochs, t.max_epochs or exp.fit.max_epochs),
+        limit_val_batches=0 if refit_epochs else None,
+        enable_checkpointing=not refit_epochs,
         gradient_clip_val=exp.fit.gradient_clip_val or None,
         callbacks=callbacks,
         logger=logger,
@@ -107,6 +118,25 @@ def slim_checkpoint(src: Path, dst: Path) -> None:
     keep = ("state_dict", "hyper_parameters", "epoch", "global_step", "pytorch-lightning_version")
     with atomic_file(dst) as tmp:
         torch.save({k: full[k] for k in keep}, tmp)
+
+
+def refit(
+    cfg: PipelineConfig, exp: Experiment, prepared: Prepared, epochs: int, ckpt_dir: Path, hooks
+) -> tuple[pl.Trainer, SequenceModule, Path]:
+    """Train again from the same seed on train + val for `epochs` (fit.refit): more data for the
+    epoch count validation chose. Returns the Trainer, the model and its checkpoint."""
+    pl.seed_everything(cfg.seed, workers=True)
+    module = SequenceModule(
+        exp.model.model_dump(), model_meta(prepared.meta), exp.fit.lr, exp.fit.weight_decay
+    )
+    data = PreparedDataModule(
+        prepared, exp.fit.batch_size, cfg.trainer.num_workers, cfg.seed, ("train", "val")
+    )
+    trainer = build_trainer(cfg, exp, ckpt_dir, False, hooks=hooks, refit_epochs=epochs)
+    trainer.fit(module, datamodule=data)
+    path = ckpt_dir / "refit.ckpt"
+    trainer.save_checkpoint(path)
+    return trainer, module, path
 
 
 def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -> Path:
@@ -144,20 +174,24 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
         trainer.fit(module, datamodule=data, ckpt_path=hooks.resume_from)
         rows = list(history.rows)  # test() restores the best checkpoint's (shorter) history
         best = trainer.checkpoint_callback
-        tested = trainer.test(
-            module, datamodule=data, ckpt_path=best.best_model_path, verbose=False
-        )
+        best_epoch = min(rows, key=lambda r: r["val_loss"])["epoch"]
+        final = Path(best.best_model_path)
+        if exp.fit.refit:
+            trainer, module, final = refit(
+                cfg, exp, prepared, best_epoch + 1, Path(ckpt_dir), hooks
+            )
+        tested = trainer.test(module, datamodule=data, ckpt_path=final, verbose=False)
         if not trainer.is_global_zero:
             return model_dir(exp_name)
         out = model_dir(exp_name)
         out.mkdir(parents=True, exist_ok=True)
-        slim_checkpoint(Path(best.best_model_path), out / "model.ckpt")
+        slim_checkpoint(final, out / "model.ckpt")
 
-    best_epoch = min(rows, key=lambda r: r["val_loss"])["epoch"]
     metrics = {
         "best_epoch": best_epoch,
         "epochs_run": len(rows),
         "best_val_loss": float(best.best_model_score),
+        **({"refit_epochs": best_epoch + 1} if exp.fit.refit else {}),
         **{k: round(v, 8) for k, v in tested[0].items()},
     }
     metrics_dir = Path("metrics") / exp_name
@@ -167,7 +201,10 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
 
     run_id = logger.run_id
     client = logger.experiment
-    for key in ("best_epoch", "epochs_run", "best_val_loss"):
+    logged = ["best_epoch", "epochs_run", "best_val_loss"]
+    if exp.fit.refit:  # the refit's Trainer has no logger: its epochs would overwrite the curves
+        logged += ["refit_epochs", *tested[0]]
+    for key in logged:
         client.log_metric(run_id, key, metrics[key])
     client.log_artifact(run_id, str(out / "model.ckpt"))
     client.set_tag(run_id, "ckpt_sha256", file_sha256(out / "model.ckpt"))

@@ -121,8 +121,12 @@ def check_state_dict_round_trip(module: SequenceModule):
 def check_onnx_parity(module: SequenceModule, tmp_path):
     module.eval()
     path = export_module(module, tmp_path / "model.onnx", "test")
-    dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
+    graph = onnx.load(path).graph
+    dims = graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param for d in dims[:2]] == ["batch", "seq"]
+    for name, names in getattr(module.model, "extra_outputs", {}).items():
+        output = next(o for o in graph.output if o.name == name)
+        assert [d.dim_param for d in output.type.tensor_type.shape.dim] == list(names)
     t = module.meta["input_shape"][0]
     x = _inputs(module.meta, 3, t, torch.Generator().manual_seed(0)).numpy()
     worst, shapes = parity(session(path), module, x, [1, 5])
