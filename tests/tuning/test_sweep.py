@@ -13,6 +13,7 @@ import yaml
 from mlflow import MlflowClient
 
 from pipeline.cli import main
+from pipeline.tuning.results import flatten
 from tests.conftest import write_params
 from tests.tuning.conftest import EXP, sweep_params
 
@@ -135,8 +136,9 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tune_workdir,
 
 
 def test_pbt_sweep_exploits_but_never_at_the_last_epoch(tune_workdir, params):
-    # Perturbing every epoch of 2: without PBTKeepingLastEpoch, lower-quantile trials were also
-    # cloned at their last epoch, and the clones failed with no epoch left to train.
+    # Perturbing every epoch of 3: without PBTKeepingLastEpoch, lower-quantile trials were also
+    # cloned at their last epoch, and the clones failed with no epoch left to train. Epochs 1
+    # and 2 give PBT (random donors, some without a checkpoint yet) two chances to exploit.
     space = {
         "fit": {"lr": {"grid": [1e-2, 1e-5]}, "batch_size": None, "weight_decay": None},
         "model": {
@@ -152,6 +154,7 @@ def test_pbt_sweep_exploits_but_never_at_the_last_epoch(tune_workdir, params):
             scheduler="pbt",
             search="grid",
             num_samples=1,
+            max_epochs=3,
             perturbation_interval=1,
             space=space,
         )
@@ -159,13 +162,23 @@ def test_pbt_sweep_exploits_but_never_at_the_last_epoch(tune_workdir, params):
     proc = subprocess.run(tune_cmd(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
-    assert "[Exploit] Cloning trial" in out
     assert "Error" not in out, out[-3000:]
 
     table = pd.read_csv(tune_workdir / "tune" / EXP / "results.csv")
-    assert table["trial"].nunique() == 6 and table["epoch"].max() == 2
-    # Each epoch carries the params it ran under: an exploited trial's lr changed mid-training.
-    assert (table.groupby("trial")["fit.lr"].nunique() > 1).any()
+    assert table["trial"].nunique() == 6 and table["epoch"].max() == 3
+    # Each epoch carries the params it ran under. Ray's policy log holds every exploit as
+    # [trial, donor, trial's step, donor's step, donor's config, new config]: the clone's epochs
+    # after the donor's step ran under the new config.
+    global_log = tune_workdir / ".ray_results" / f"tune-{EXP}" / "pbt_global.txt"
+    assert global_log.exists(), "PBT exploited no trial"
+    exploits = [json.loads(line) for line in global_log.read_text().splitlines()]
+    for tag, _, _, donor_step, _, new_config in exploits:
+        trial = table[table["trial"] == int(tag.split("_", 1)[0])]
+        later = [e[3] for e in exploits if e[0] == tag and e[3] > donor_step]
+        rows = trial[(trial["epoch"] > donor_step) & (trial["epoch"] <= min(later, default=3))]
+        assert len(rows) > 0
+        for _, row in rows.iterrows():
+            assert {k: row[k] for k in flatten(new_config)} == pytest.approx(flatten(new_config))
     # Every trial's last segment ran to the end: tested and its MLflow run FINISHED.
     finished = {
         r.data.tags["trial_id"]
