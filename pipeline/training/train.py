@@ -120,18 +120,27 @@ def slim_checkpoint(src: Path, dst: Path) -> None:
         torch.save({k: full[k] for k in keep}, tmp)
 
 
-def refit(
-    cfg: PipelineConfig, exp: Experiment, prepared: Prepared, epochs: int, ckpt_dir: Path, hooks
-) -> tuple[pl.Trainer, SequenceModule, Path]:
-    """Train again from the same seed on train + val for `epochs` (fit.refit): more data for the
-    epoch count validation chose. Returns the Trainer, the model and its checkpoint."""
+def seeded_module_and_data(
+    cfg: PipelineConfig, exp: Experiment, prepared: Prepared, train_splits=("train",)
+) -> tuple[SequenceModule, PreparedDataModule]:
+    """A freshly initialised model (after seeding) and its data: the same start for a fit and
+    its refit."""
     pl.seed_everything(cfg.seed, workers=True)
     module = SequenceModule(
         exp.model.model_dump(), model_meta(prepared.meta), exp.fit.lr, exp.fit.weight_decay
     )
     data = PreparedDataModule(
-        prepared, exp.fit.batch_size, cfg.trainer.num_workers, cfg.seed, ("train", "val")
+        prepared, exp.fit.batch_size, cfg.trainer.num_workers, cfg.seed, train_splits
     )
+    return module, data
+
+
+def refit(
+    cfg: PipelineConfig, exp: Experiment, prepared: Prepared, epochs: int, ckpt_dir: Path, hooks
+) -> tuple[pl.Trainer, SequenceModule, Path]:
+    """Train again from the same seed on train + val for `epochs` (fit.refit): more data for the
+    epoch count validation chose. Returns the Trainer, the model and its checkpoint."""
+    module, data = seeded_module_and_data(cfg, exp, prepared, ("train", "val"))
     trainer = build_trainer(cfg, exp, ckpt_dir, False, hooks=hooks, refit_epochs=epochs)
     trainer.fit(module, datamodule=data)
     path = ckpt_dir / "refit.ckpt"
@@ -150,11 +159,7 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
     prepared = Prepared.load(prepared_dir(exp_name))
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    pl.seed_everything(cfg.seed, workers=True)
-    module = SequenceModule(
-        exp.model.model_dump(), model_meta(prepared.meta), exp.fit.lr, exp.fit.weight_decay
-    )
-    data = PreparedDataModule(prepared, exp.fit.batch_size, cfg.trainer.num_workers, cfg.seed)
+    module, data = seeded_module_and_data(cfg, exp, prepared)
     tags = {"exp": exp_name, "stage": "train", "data_sha256": prepared.meta["content_sha256"]}
     if commit := git_commit():
         tags["git_commit"] = commit
@@ -175,11 +180,10 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
         rows = list(history.rows)  # test() restores the best checkpoint's (shorter) history
         best = trainer.checkpoint_callback
         best_epoch = min(rows, key=lambda r: r["val_loss"])["epoch"]
+        refit_epochs = best_epoch + 1 if exp.fit.refit else None
         final = Path(best.best_model_path)
-        if exp.fit.refit:
-            trainer, module, final = refit(
-                cfg, exp, prepared, best_epoch + 1, Path(ckpt_dir), hooks
-            )
+        if refit_epochs:
+            trainer, module, final = refit(cfg, exp, prepared, refit_epochs, Path(ckpt_dir), hooks)
         tested = trainer.test(module, datamodule=data, ckpt_path=final, verbose=False)
         if not trainer.is_global_zero:
             return model_dir(exp_name)
@@ -191,7 +195,7 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
         "best_epoch": best_epoch,
         "epochs_run": len(rows),
         "best_val_loss": float(best.best_model_score),
-        **({"refit_epochs": best_epoch + 1} if exp.fit.refit else {}),
+        **({"refit_epochs": refit_epochs} if refit_epochs else {}),
         **{k: round(v, 8) for k, v in tested[0].items()},
     }
     metrics_dir = Path("metrics") / exp_name
@@ -202,7 +206,7 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
     run_id = logger.run_id
     client = logger.experiment
     logged = ["best_epoch", "epochs_run", "best_val_loss"]
-    if exp.fit.refit:  # the refit's Trainer has no logger: its epochs would overwrite the curves
+    if refit_epochs:  # the refit's Trainer has no logger: its epochs would overwrite the curves
         logged += ["refit_epochs", *tested[0]]
     for key in logged:
         client.log_metric(run_id, key, metrics[key])
