@@ -74,7 +74,9 @@ def phase_prepare(steps: int, out: Path) -> dict:
     start = time.perf_counter()
     raw = synthetic(steps)
     arrays, meta = _forecast(exp, Series([raw], ["synthetic"], ["value"]))
-    meta.update(task="forecast", window=WINDOW, horizon=HORIZON)
+    meta.update(
+        task="forecast", window=WINDOW, horizon=HORIZON, source="synthetic", dataset="synthetic"
+    )
     save_prepared(out, arrays, meta)
     return {
         "raw_bytes": raw.nbytes,
@@ -87,12 +89,13 @@ def phase_prepare(steps: int, out: Path) -> dict:
 def phase_load(folder: Path, model_steps: int) -> dict:
     import torch
 
-    from pipeline.data.datamodule import Prepared, make_loader
+    from pipeline.data.datasets import dataset, make_loader
+    from pipeline.data.prepared import Prepared
     from pipeline.training.module import SequenceModule
 
     torch.set_num_threads(1)
     base = baseline()
-    loader = make_loader(Prepared.load(folder).dataset("train"), BATCH, shuffle=True)
+    loader = make_loader(dataset(Prepared.load(folder), "train"), BATCH, shuffle=True)
     start, n = time.perf_counter(), 0
     for x, _ in loader:
         n += len(x)
@@ -101,7 +104,7 @@ def phase_load(folder: Path, model_steps: int) -> dict:
 
     from common import device, sync
 
-    meta = {**Prepared.load(folder).meta, "input_shape": [WINDOW, 1]}
+    meta = {**Prepared.load(folder).meta.contract().model_dump(), "input_shape": [WINDOW, 1]}
     module = SequenceModule({"name": "lstm", "hidden_size": 64, "num_layers": 1}, meta)
     model = module.model.to(device()).train()
     opt = torch.optim.AdamW(model.parameters())

@@ -31,7 +31,7 @@ from common import device, machine, median_seconds
 
 from pipeline.export.onnx_export import export_module, export_step
 from pipeline.export.quantize import quantize_int8
-from pipeline.export.streaming import StepModel, initial_state, streaming_unsupported
+from pipeline.export.streaming import StepModel
 from pipeline.training.module import SequenceModule
 
 FORECAST = {
@@ -92,7 +92,7 @@ def bench_family(name: str, tmp: Path) -> dict:
     rows = []
     for seq in SEQ_LENGTHS.get(name, (36, 144)):
         for batch in BATCHES:
-            shape = (batch, seq, *module.meta["input_shape"][1:])
+            shape = (batch, seq, *module.meta.input_shape[1:])
             x = np.random.default_rng(0).random(shape, dtype=np.float32)
             xt = torch.from_numpy(x).to(dev)
             runs = {"min_runs": 7} if name == "conv_lstm" and batch > 1 else {}  # ~0.5 s a call
@@ -109,7 +109,7 @@ def bench_family(name: str, tmp: Path) -> dict:
             row["ort_to_torch"] = round(row["onnxruntime_ms"] / row["torch_ms"], 3)
             rows.append(row)
     result = {"latency": rows}
-    if streaming_unsupported(module.model) is None:
+    if module.model.streaming_unsupported() is None:
         result["streaming"] = bench_step(module, tmp, name)
     return result
 
@@ -117,10 +117,10 @@ def bench_family(name: str, tmp: Path) -> dict:
 def bench_step(module: SequenceModule, tmp: Path, name: str) -> dict:
     """Per-step latency of the streaming model at batch 1 (state carried in and out)."""
     sess = ort_session(export_step(module, tmp / f"{name}_step.onnx", name))
-    state = {k: v.numpy() for k, v in initial_state(module.model.cpu(), 1).items()}
-    x = np.zeros((1, module.meta["input_shape"][1]), np.float32)
+    state = {k: v.numpy() for k, v in module.model.cpu().initial_state(1).items()}
+    x = np.zeros((1, *module.meta.input_shape[1:]), np.float32)
     feed = {"x": x, **state}
-    step = StepModel(module.model.cpu()).eval()
+    step = StepModel(module.model, torch.from_numpy(x)).eval()
     args = (torch.from_numpy(x), *(torch.from_numpy(v) for v in state.values()))
     with torch.inference_mode():
         torch_s = median_seconds(lambda: step(*args), min_runs=200)

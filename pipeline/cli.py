@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.config import CONF_DIR, PARAMS_FILE, compose, load_config
 from pipeline.errors import PipelineError
 
 
-def _stage(name: str) -> Callable:
-    # Imported on demand: `compose` should not pay for torch and Lightning.
-    if name == "prepare":
-        from pipeline.data.prepare import prepare as fn
-    elif name == "train":
-        from pipeline.training.train import train as fn
-    elif name == "export":
-        from pipeline.export.onnx_export import export as fn
-    elif name == "tune":
-        from pipeline.tuning.sweep import tune as fn
-    else:
-        from pipeline.export.validate import validate as fn
-    return fn
+def _entry(target: str):
+    """`module:function`, imported when called: `compose` should not pay for torch."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _stage(target: str):
+    def run(args: argparse.Namespace) -> None:
+        _entry(target)(load_config(args.params), args.experiment)
+
+    return run
+
+
+def _train(args: argparse.Namespace) -> None:
+    cfg = load_config(args.params)
+    where = "ray_train:train_on_ray" if cfg.trainer.ray_workers else "train:train"
+    _entry(f"pipeline.training.{where}")(cfg, args.experiment)
 
 
 def _compose(args: argparse.Namespace) -> None:
@@ -40,6 +44,12 @@ def _compose(args: argparse.Namespace) -> None:
         tmp.write_text(text)
 
 
+def _tune(args: argparse.Namespace) -> None:
+    _entry("pipeline.tuning.sweep:tune")(
+        load_config(args.params), args.experiment, resume=args.resume
+    )
+
+
 def _tune_apply(args: argparse.Namespace) -> None:
     from pipeline.tuning.apply import apply_best, dvc_exp_run_command
 
@@ -50,6 +60,27 @@ def _tune_apply(args: argparse.Namespace) -> None:
     print(f"{args.params} composed with: {' '.join(overrides)}\nnow run: dvc repro")
 
 
+def _predict(args: argparse.Namespace) -> None:
+    predict = _entry("pipeline.predict:predict")
+    print(f"wrote {predict(args.model, args.input, args.output, args.id_column, args.time_column)}")
+
+
+def _release(args: argparse.Namespace) -> None:
+    _entry("pipeline.release:release")(load_config(args.params), args.exp, args.promote)
+
+
+def _mlflow_server(args: argparse.Namespace) -> None:
+    _entry("pipeline.tracking.server:serve")(args.port, args.root)
+
+
+STAGES = {
+    "prepare": _stage("pipeline.data.prepare:prepare"),
+    "train": _train,
+    "export": _stage("pipeline.export.onnx_export:export"),
+    "validate": _stage("pipeline.export.validate:validate"),
+}
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lstm-pipeline", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -58,27 +89,33 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--conf", default=str(CONF_DIR))
     c.add_argument("--check", action="store_true", help="fail if params.yaml is not up to date")
     c.add_argument("--params", default=PARAMS_FILE)
-    for stage in ("prepare", "train", "export", "validate"):
+    c.set_defaults(func=_compose)
+    for stage, func in STAGES.items():
         s = sub.add_parser(stage, help=f"run the {stage} stage for one experiment")
         s.add_argument("experiment", help="a key of experiments in params.yaml")
         s.add_argument("--params", default=PARAMS_FILE)
+        s.set_defaults(func=func)
     r = sub.add_parser("release", help="register a validated model in the MLflow registry")
     r.add_argument("--exp", required=True, help="a key of experiments in params.yaml")
     r.add_argument("--promote", action="store_true", help="make the new version @champion")
     r.add_argument("--params", default=PARAMS_FILE)
+    r.set_defaults(func=_release)
     pr = sub.add_parser("predict", help="predict a long-format CSV/Parquet (or .npy frames)")
     pr.add_argument("model", help="an ONNX file from export, or models:/<name>@<alias>")
     pr.add_argument("input", help="CSV/Parquet in the long format, or .npy frames")
     pr.add_argument("-o", "--output", required=True, help="predictions .csv (.npy for frames)")
     pr.add_argument("--id-column", default="series_id")
     pr.add_argument("--time-column", default="time")
+    pr.set_defaults(func=_predict)
     m = sub.add_parser("mlflow-server", help="start a local MLflow tracking server")
     m.add_argument("--port", type=int, default=5000)
     m.add_argument("--root", default="mlflow-server", help="folder for its database and artifacts")
+    m.set_defaults(func=_mlflow_server)
     t = sub.add_parser("tune", help="Ray Tune sweep over one experiment -> tune/<exp>/")
     t.add_argument("experiment")
     t.add_argument("--params", default=PARAMS_FILE)
     t.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    t.set_defaults(func=_tune)
     a = sub.add_parser(
         "tune-apply", help="compose params.yaml with tune/<exp>/best_params.yaml (then dvc repro)"
     )
@@ -86,31 +123,8 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("overrides", nargs="*", help="other Hydra overrides to keep")
     a.add_argument("--params", default=PARAMS_FILE)
     a.add_argument("--print", action="store_true", help="print the `dvc exp run -S ...` line")
+    a.set_defaults(func=_tune_apply)
     return p
-
-
-def _run(args: argparse.Namespace) -> None:
-    if args.command == "compose":
-        _compose(args)
-    elif args.command == "tune-apply":
-        _tune_apply(args)
-    elif args.command == "tune":
-        _stage("tune")(load_config(args.params), args.experiment, resume=args.resume)
-    elif args.command == "predict":
-        from pipeline.predict import predict
-
-        out = predict(args.model, args.input, args.output, args.id_column, args.time_column)
-        print(f"wrote {out}")
-    elif args.command == "release":
-        from pipeline.release import release
-
-        release(load_config(args.params), args.exp, args.promote)
-    elif args.command == "mlflow-server":
-        from pipeline.tracking.server import serve
-
-        serve(args.port, args.root)
-    else:
-        _stage(args.command)(load_config(args.params), args.experiment)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     for var, value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1")):
         os.environ.setdefault(var, value)
     try:
-        _run(args)
+        args.func(args)
     except PipelineError as err:
         print(f"lstm-pipeline {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code

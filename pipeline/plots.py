@@ -10,7 +10,7 @@ import pandas as pd
 from pipeline.io import atomic_file
 
 
-def _png(fig, path: Path) -> None:
+def save_png(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     with atomic_file(path) as tmp:
@@ -23,7 +23,7 @@ def _csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(tmp, index=False, float_format="%.6g")
 
 
-def _figure(**kw):
+def figure(**kw):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,21 +35,20 @@ def _figure(**kw):
 def learning_curve(history: list[dict], out: Path) -> None:
     frame = pd.DataFrame(history)
     _csv(frame, out / "learning_curve.csv")
-    fig, ax = _figure(figsize=(6, 4))
+    fig, ax = figure(figsize=(6, 4))
     for col in ("train_loss", "val_loss"):
         ax.plot(frame["epoch"], frame[col], label=col)
     ax.set(xlabel="epoch", ylabel="loss", yscale="log", title="Learning curve")
     ax.legend()
-    _png(fig, out / "learning_curve.png")
+    save_png(fig, out / "learning_curve.png")
 
 
 def confusion(actual: list[str], predicted: list[str], labels: list[str], out: Path) -> None:
     _csv(pd.DataFrame({"actual": actual, "predicted": predicted}), out / "confusion.csv")
-    idx = {label: i for i, label in enumerate(labels)}
-    counts = np.zeros((len(labels), len(labels)), dtype=int)
-    for a, p in zip(actual, predicted, strict=True):
-        counts[idx[a], idx[p]] += 1
-    fig, ax = _figure(figsize=(4, 4))
+    from sklearn.metrics import confusion_matrix
+
+    counts = confusion_matrix(actual, predicted, labels=labels)
+    fig, ax = figure(figsize=(4, 4))
     ax.imshow(counts, cmap="Blues")
     for (i, j), n in np.ndenumerate(counts):
         ax.text(j, i, str(n), ha="center", va="center")
@@ -62,7 +61,7 @@ def confusion(actual: list[str], predicted: list[str], labels: list[str], out: P
         ylabel="actual",
         title="Confusion matrix",
     )
-    _png(fig, out / "confusion.png")
+    save_png(fig, out / "confusion.png")
 
 
 def forecast(truth: np.ndarray, pred: np.ndarray, baseline: np.ndarray, out: Path) -> None:
@@ -81,7 +80,7 @@ def forecast(truth: np.ndarray, pred: np.ndarray, baseline: np.ndarray, out: Pat
         out / "forecast.csv",
     )
     shown = sorted({0, n // 2, n - 1})
-    fig, axes = _figure(nrows=len(shown), figsize=(6, 2.2 * len(shown)), squeeze=False)
+    fig, axes = figure(nrows=len(shown), figsize=(6, 2.2 * len(shown)), squeeze=False)
     for ax, i in zip(axes[:, 0], shown, strict=True):
         ax.plot(truth[i], "k-", label="truth")
         ax.plot(pred[i], "C0-", label="forecast")
@@ -89,7 +88,7 @@ def forecast(truth: np.ndarray, pred: np.ndarray, baseline: np.ndarray, out: Pat
         ax.set_title(f"test window {i}", fontsize=9)
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
-    _png(fig, out / "forecast.png")
+    save_png(fig, out / "forecast.png")
 
 
 def attention(x: np.ndarray, weights: np.ndarray, out: Path, shown: int = 4) -> None:
@@ -106,7 +105,7 @@ def attention(x: np.ndarray, weights: np.ndarray, out: Path, shown: int = 4) -> 
         ),
         out / "attention.csv",
     )
-    fig, axes = _figure(nrows=n, figsize=(6, 1.8 * n), squeeze=False)
+    fig, axes = figure(nrows=n, figsize=(6, 1.8 * n), squeeze=False)
     for i, ax in enumerate(axes[:, 0]):
         ax.plot(x[i], "k-", lw=1)
         ax.set_ylabel("input", fontsize=8)
@@ -115,7 +114,7 @@ def attention(x: np.ndarray, weights: np.ndarray, out: Path, shown: int = 4) -> 
         twin.set_ylabel("attention", fontsize=8)
         ax.set_title(f"test example {i}", fontsize=9)
     fig.tight_layout()
-    _png(fig, out / "attention.png")
+    save_png(fig, out / "attention.png")
 
 
 def frames(inputs, pred, truth, mse, baseline_mse, out: Path) -> None:
@@ -127,7 +126,7 @@ def frames(inputs, pred, truth, mse, baseline_mse, out: Path) -> None:
         out / "frame_mse.csv",
     )
     cols = max(len(inputs), len(pred))
-    fig, axes = _figure(nrows=3, ncols=cols, figsize=(1.1 * cols, 3.6), squeeze=False)
+    fig, axes = figure(nrows=3, ncols=cols, figsize=(1.1 * cols, 3.6), squeeze=False)
     for row, (name, seq) in enumerate((("input", inputs), ("predicted", pred), ("true", truth))):
         for j in range(cols):
             ax = axes[row, j]
@@ -136,4 +135,4 @@ def frames(inputs, pred, truth, mse, baseline_mse, out: Path) -> None:
                 ax.imshow(seq[j, 0], cmap="gray", vmin=0, vmax=1)
         axes[row, 0].set_title(name, fontsize=8, loc="left")
     fig.tight_layout()
-    _png(fig, out / "frames.png")
+    save_png(fig, out / "frames.png")

@@ -13,13 +13,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from pipeline.data.sources import read_series_table, series_bounds
 from pipeline.errors import DataError, TrackingError
-from pipeline.inference import onnx_meta, run_onnx, session, softmax, to_model_scale, to_original
-from pipeline.io import atomic_file
+from pipeline.inference import onnx_meta, run_onnx, session
+from pipeline.tasks import task_of
+from pipeline.tracking import ensure_reachable, tracking_uri
 
 
 @contextmanager
@@ -33,8 +30,6 @@ def local_model(model: str) -> Iterator[Path]:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
     from mlflow.exceptions import MlflowException
-
-    from pipeline.tracking import ensure_reachable, tracking_uri
 
     uri = tracking_uri()
     ensure_reachable(uri)
@@ -51,61 +46,6 @@ def local_model(model: str) -> Iterator[Path]:
         yield found[0]
 
 
-def _last_windows(path: Path, meta: dict, id_column: str, time_column: str):
-    """Each series' last `window` steps as [n, window, features], with the series ids."""
-    source = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
-    frame, values = read_series_table(path, source, id_column, time_column, meta["features"])
-    ids = frame[id_column].astype(str).to_numpy()
-    window, bounds, x = meta["window"], series_bounds(ids), []
-    for a, b in bounds:
-        if b - a < window:
-            raise DataError(
-                f"{path}: series {ids[a]!r} has {b - a} time steps; the model needs its "
-                f"window of {window}"
-            )
-        x.append(values[b - window : b])
-    if meta.get("transform") == "log" and any((w <= 0).any() for w in x):
-        raise DataError(f"{path}: the model log-transforms its inputs; all values must be > 0")
-    return np.stack(x), [ids[a] for a, _ in bounds]
-
-
-def _classify(sess, meta, x, ids, id_column) -> pd.DataFrame:
-    probs = softmax(run_onnx(sess, to_model_scale(x, meta))[0].astype(np.float64))
-    labels = np.asarray(meta["labels"])
-    table = pd.DataFrame({id_column: ids, "label": labels[probs.argmax(axis=1)]})
-    for j, label in enumerate(labels):
-        table[f"prob_{label}"] = probs[:, j]
-    return table
-
-
-def _forecast(sess, meta, x, ids, id_column) -> pd.DataFrame:
-    pred = to_original(run_onnx(sess, to_model_scale(x, meta))[0], meta)  # [n, horizon, targets]
-    n, horizon, _ = pred.shape
-    table = pd.DataFrame(
-        {id_column: np.repeat(ids, horizon), "step": np.tile(np.arange(1, horizon + 1), n)}
-    )
-    for j, target in enumerate(meta["targets"]):
-        table[target] = pred[:, :, j].reshape(-1)
-    return table
-
-
-def _frames(sess, meta, path: Path, output: Path) -> np.ndarray:
-    for file, role in ((path, "reads"), (output, "writes")):
-        if file.suffix.lower() != ".npy":
-            raise DataError(f"{file}: a frames model {role} .npy arrays [n, frames, C, H, W]")
-    x = np.load(path)
-    expected = tuple(meta["input_shape"][1:])
-    if x.ndim != 5 or x.shape[2:] != expected:
-        raise DataError(
-            f"{path}: shape {list(x.shape)}; the model needs [n, frames, "
-            f"{', '.join(map(str, expected))}]"
-        )
-    if not np.isfinite(x).all():
-        raise DataError(f"{path}: holds NaN or inf pixels")
-    out = run_onnx(sess, to_model_scale(x, meta))[0]
-    return (out * np.float32(meta["scaler"]["std"][0])).astype(np.float32)  # back to 0..255
-
-
 def predict(
     model: str, input_path: str, output: str, id_column="series_id", time_column="time"
 ) -> Path:
@@ -116,15 +56,8 @@ def predict(
     with local_model(model) as onnx_file:
         sess = session(onnx_file)
         meta = onnx_meta(sess)
-        if meta["task"] == "frames":
-            frames = _frames(sess, meta, path, output)
-            with atomic_file(output) as tmp:
-                with open(tmp, "wb") as f:
-                    np.save(f, frames)
-            return output
-        x, ids = _last_windows(path, meta, id_column, time_column)
-        build = _classify if meta["task"] == "classification" else _forecast
-        table = build(sess, meta, x, ids, id_column)
-    with atomic_file(output) as tmp:
-        table.to_csv(tmp, index=False)
+        task = task_of(meta)
+        x, keys = task.read_inputs(path, output, meta, id_column, time_column)
+        out = run_onnx(sess, task.scale_inputs(x, meta))[0]
+    task.write(task.predictions(out, meta, keys, id_column), output)
     return output

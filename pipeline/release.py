@@ -7,37 +7,26 @@ Earlier versions are never deleted: a former champion stays reachable as `models
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from pipeline.config import PipelineConfig, Release
+from pipeline.config import PipelineConfig
+from pipeline.data.prepared import Prepared
 from pipeline.errors import GateError, TrackingError
-from pipeline.io import read_json
-from pipeline.tracking import ensure_reachable, file_sha256, git_commit, tracking_uri
+from pipeline.evaluation import gate_table, release_gates
+from pipeline.inference import onnx_meta, session
+from pipeline.io import file_digest, read_json
+from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
+from pipeline.tracking import ensure_reachable, run_tags, tracking_uri
 
-HIGHER_IS_BETTER = {"accuracy", "f1_macro", "ssim"}
 CHAMPION, CHALLENGER = "champion", "challenger"
-
-
-@dataclass(frozen=True)
-class Gate:
-    name: str
-    value: str
-    threshold: str
-    passed: bool
-
-
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def validated_report(exp: str) -> dict:
     """metrics/<exp>/validate.json, only if dvc.lock says validate made it from this model.onnx."""
-    report_path = Path("metrics") / exp / "validate.json"
+    report_path = metrics_file(exp, "validate")
     if not report_path.exists():
         raise GateError(f"{exp}: never validated ({report_path} not found); run `dvc repro`")
     report = read_json(report_path)
@@ -48,58 +37,12 @@ def validated_report(exp: str) -> dict:
     if stage is None:
         raise GateError(f"{exp}: dvc.lock has no stage validate@{exp}; run `dvc repro`")
     recorded = {e["path"]: e.get("md5") for e in stage.get("deps", []) + stage.get("outs", [])}
-    for path in (Path("models") / exp / "model.onnx", report_path):
-        if not path.exists() or recorded.get(path.as_posix()) != _md5(path):
+    for path in (model_dir(exp) / "model.onnx", report_path):
+        if not path.exists() or recorded.get(path.as_posix()) != file_digest(path, "md5"):
             raise GateError(
                 f"{path} differs from what dvc.lock recorded for validate@{exp}; run `dvc repro`"
             )
     return report
-
-
-def release_gates(report: dict, rules: Release, champion: dict | None) -> list[Gate]:
-    """Each gate with value, threshold and verdict; `champion`: metric -> value, or None."""
-    failed = "; ".join(report.get("failed_gates", []))
-    gates = [
-        Gate(
-            "validate.json passed",
-            f"{report['passed']}" + (f" ({failed})" if failed else ""),
-            "true" if rules.require_passed else "not required",
-            bool(report["passed"]) or not rules.require_passed,
-        )
-    ]
-    for metric, low in rules.min.items():
-        if metric in report:
-            gates.append(
-                Gate(metric, f"{report[metric]:.6g}", f">= {low:g}", report[metric] >= low)
-            )
-    for metric, high in rules.max.items():
-        if metric in report:
-            gates.append(
-                Gate(metric, f"{report[metric]:.6g}", f"<= {high:g}", report[metric] <= high)
-            )
-    for metric, margin in rules.champion_margin.items():
-        if metric not in report:
-            continue
-        name, value = f"{metric} vs champion", report[metric]
-        if champion is None:
-            gates.append(Gate(name, f"{value:.6g}", "no champion yet", True))
-        elif metric not in champion:
-            gates.append(Gate(name, f"{value:.6g}", "champion has no such metric", False))
-        elif metric in HIGHER_IS_BETTER:
-            bound = champion[metric] - margin
-            gates.append(Gate(name, f"{value:.6g}", f">= {bound:.6g}", value >= bound))
-        else:
-            bound = champion[metric] + margin
-            gates.append(Gate(name, f"{value:.6g}", f"<= {bound:.6g}", value <= bound))
-    return gates
-
-
-def gate_table(gates: list[Gate]) -> str:
-    rows = [("gate", "value", "threshold", "verdict")]
-    rows += [(g.name, g.value, g.threshold, "pass" if g.passed else "FAIL") for g in gates]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(lines[:1] + ["  ".join("-" * w for w in widths)] + lines[1:])
 
 
 def _champion(client, name: str):
@@ -131,29 +74,24 @@ def _register(cfg: PipelineConfig, exp: str, report: dict, name: str) -> str:
     import mlflow
     import onnx
 
-    from pipeline.data.datamodule import Prepared
-    from pipeline.data.prepare import prepared_dir
-    from pipeline.inference import onnx_meta, session
-
-    onnx_path = Path("models") / exp / "model.onnx"
+    onnx_path = model_dir(exp) / "model.onnx"
     sess = session(onnx_path)
-    x_test, _ = Prepared.load(prepared_dir(exp)).arrays("test")
-    tags = {
-        "exp": exp,
-        "stage": "release",
-        "task": onnx_meta(sess)["task"],
-        "onnx_sha256": file_sha256(onnx_path),
-        "dvc_lock_sha256": file_sha256("dvc.lock"),
-        "data_sha256": read_json(prepared_dir(exp) / "meta.json")["content_sha256"],
-    }
-    if commit := git_commit():
-        tags["git_commit"] = commit
+    prepared = Prepared.load(prepared_dir(exp))
+    x_test, _ = prepared.arrays("test")
+    tags = run_tags(
+        exp,
+        "release",
+        task=onnx_meta(sess).task,
+        onnx_sha256=file_digest(onnx_path),
+        dvc_lock_sha256=file_digest("dvc.lock"),
+        data_sha256=prepared.meta.content_sha256,
+    )
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_experiment(cfg.tracking.experiment_name)
     with mlflow.start_run(run_name=f"release-{exp}", tags=tags):
         mlflow.log_metrics({k: v for k, v in report.items() if isinstance(v, float)})
-        mlflow.log_artifact(str(Path("metrics") / exp / "validate.json"), "validate")
-        mlflow.log_artifacts(str(Path("plots") / exp / "validate"), "validate/plots")
+        mlflow.log_artifact(str(metrics_file(exp, "validate")), "validate")
+        mlflow.log_artifacts(str(plots_dir(exp, "validate")), "validate/plots")
         info = mlflow.onnx.log_model(
             onnx.load(onnx_path),
             name="model",

@@ -1,6 +1,7 @@
 import copy
 
 import pytest
+import yaml
 
 from pipeline.cli import main
 from pipeline.config import compose, parse_config
@@ -147,11 +148,25 @@ def test_compose_check_detects_stale_params(workdir, capsys):
 
 
 def test_model_task_pairs_come_from_the_model_class(params, monkeypatch):
-    from pipeline.models import REGISTRY
+    from pipeline.config.models import AttentionLstmModel
 
-    monkeypatch.setattr(REGISTRY["attention_lstm"], "tasks", ("forecast",))
+    monkeypatch.setattr(AttentionLstmModel, "tasks", ("forecast",))
     params["experiments"]["lstm_italypowerdemand"]["model"] = {"name": "attention_lstm"}
     assert (
         "experiments.lstm_italypowerdemand: model.name 'attention_lstm' does not support the "
         "'classification' task of data.source 'ucr'; it supports: forecast"
     ) in _error(params)
+
+
+@pytest.mark.parametrize("name", ["lstm", "attention_lstm", "conv_lstm"])
+def test_model_defaults_live_in_conf_and_the_schema_only(name):
+    import inspect
+
+    from pipeline.config import CONF_DIR, parse_model
+    from pipeline.models import REGISTRY
+
+    shipped = yaml.safe_load((CONF_DIR / "model" / f"{name}.yaml").read_text())
+    assert shipped == parse_model({"name": name}).model_dump()
+    params = inspect.signature(REGISTRY[name]).parameters.values()
+    defaults = [p.name for p in params if p.default is not p.empty and p.name != "target_index"]
+    assert not defaults, f"{name}: the nn.Module repeats defaults of {defaults}"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Experiment, PipelineConfig, TableData, UcrData
+from pipeline.data.prepared import SPLITS
 from pipeline.data.sources import (
     Labelled,
     Series,
@@ -26,12 +27,8 @@ from pipeline.data.sources import (
 from pipeline.data.windows import min_length, split_starts
 from pipeline.errors import DataError
 from pipeline.io import atomic_dir, write_json
-
-SPLITS = ("train", "val", "test")
-
-
-def prepared_dir(exp: str) -> Path:
-    return Path("data/prepared") / exp
+from pipeline.meta import PreparedMeta, fit_standard, log, standard
+from pipeline.paths import prepared_dir
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -39,12 +36,6 @@ def _digest(*arrays: np.ndarray) -> str:
     for a in arrays:
         h.update(memoryview(np.ascontiguousarray(a)).cast("B"))  # the bytes, without a copy
     return h.hexdigest()
-
-
-def _scaler(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    flat = train.reshape(-1, train.shape[-1])
-    std = flat.std(axis=0)
-    return flat.mean(axis=0), np.where(std > 0, std, 1.0)
 
 
 def _source_name(exp: Experiment) -> str:
@@ -86,14 +77,15 @@ def _classification(exp: Experiment, data: Labelled) -> tuple[dict, dict]:
         x_te, y_te = data.test[0], np.array([index[c] for c in data.test[1]], dtype=np.int64)
     x_tr, x_va, y_tr, y_va = stratified(x_tr, y_tr, cfg.val_fraction, "validation split")
 
-    mean, std = _scaler(x_tr)
+    mean, std = fit_standard(x_tr)
     arrays = {}
     for split, (x, yy) in zip(SPLITS, [(x_tr, y_tr), (x_va, y_va), (x_te, y_te)], strict=True):
-        arrays[f"x_{split}"] = ((x - mean) / std).astype(np.float32)
+        arrays[f"x_{split}"] = standard(x, mean, std).astype(np.float32)
         arrays[f"y_{split}"] = yy
     meta = {
         "labels": classes,
         "input_shape": list(data.x.shape[1:]),
+        "window": data.x.shape[1],
         "features": data.features,
         "scaler": {"mean": mean.tolist(), "std": std.tolist()},
         "sizes": {s: len(arrays[f"y_{s}"]) for s in SPLITS},
@@ -114,7 +106,7 @@ def _scaled(raw: list[np.ndarray], mean, std, chunk: int = 1 << 20) -> np.ndarra
     for v in raw:
         for i in range(0, len(v), chunk):
             part = v[i : i + chunk]
-            out[pos : pos + len(part)] = (part - mean) / std
+            out[pos : pos + len(part)] = standard(part, mean, std)
             pos += len(part)
     return out
 
@@ -135,9 +127,9 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
                 f"{_source_name(exp)}: series {sid!r}: transform 'log' needs values > 0"
             )
 
-    raw = [np.log(v) if cfg.transform == "log" else v for v in data.values]
+    raw = [log(v) if cfg.transform == "log" else v for v in data.values]
     train_parts = [v[: len(v) - cfg.val_size - cfg.test_size] for v in raw]
-    mean, std = _scaler(_joined(train_parts))
+    mean, std = fit_standard(_joined(train_parts))
 
     # Offsets fit int32 below 2**31 steps: half the bytes of int64 (10M windows: 40 MB).
     index = np.int32 if sum(len(v) for v in raw) < 2**31 else np.int64
@@ -153,6 +145,8 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
     arrays.update({f"starts_{s}": _joined(starts[s]) for s in SPLITS})
     meta = {
         "input_shape": [cfg.window, len(data.features)],
+        "window": cfg.window,
+        "horizon": cfg.horizon,
         "features": data.features,
         "targets": targets,
         "target_index": [data.features.index(t) for t in targets],
@@ -200,17 +194,14 @@ def prepare(cfg: PipelineConfig, exp_name: str) -> Path:
             arrays, meta = _forecast(exp, loaded)
 
     meta.update(task=exp.task, source=d.source, dataset=_source_name(exp))
-    if exp.task == "forecast":
-        meta.update(window=d.window, horizon=d.horizon)
-    elif exp.task == "classification":
-        meta.update(window=meta["input_shape"][0], horizon=None)
-
     return save_prepared(prepared_dir(exp_name), arrays, meta)
 
 
 def save_prepared(out: Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
+    """The arrays and meta.json (checked against the contract first) into `out`, atomically."""
+    checked = PreparedMeta.model_validate(meta).model_dump(mode="json")
     with atomic_dir(out) as tmp:
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", arr)
-        write_json(tmp / "meta.json", meta)
+        write_json(tmp / "meta.json", checked)
     return out

@@ -192,3 +192,22 @@ def load_moving_digits(cfg) -> dict[str, np.ndarray]:
     pools = {"train": images[order[:a]], "val": images[order[a:b]], "test": images[order[b:]]}
     sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
     return {s: _moving_sequences(pools[s], sizes[s], cfg, rng) for s in ("train", "val", "test")}
+
+
+def last_windows(path: Path, meta, id_column: str, time_column: str):
+    """Each series' last `meta.window` steps of a long-format file as [n, window, features],
+    with the series ids (what predict feeds a model)."""
+    source = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
+    frame, values = read_series_table(path, source, id_column, time_column, meta.features)
+    ids = frame[id_column].astype(str).to_numpy()
+    window, bounds, x = meta.window, series_bounds(ids), []
+    for a, b in bounds:
+        if b - a < window:
+            raise DataError(
+                f"{path}: series {ids[a]!r} has {b - a} time steps; the model needs its "
+                f"window of {window}"
+            )
+        x.append(values[b - window : b])
+    if meta.transform == "log" and any((w <= 0).any() for w in x):
+        raise DataError(f"{path}: the model log-transforms its inputs; all values must be > 0")
+    return np.stack(x), [ids[a] for a, _ in bounds]

@@ -5,10 +5,9 @@ metadata_props carry what torch-free inference needs: task, family, scaler, labe
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import onnx
@@ -16,10 +15,10 @@ import torch
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError
-from pipeline.export.streaming import StepModel, initial_state, streaming_unsupported
+from pipeline.export.streaming import StepModel, batch_axes
 from pipeline.io import atomic_dir, atomic_file, write_json
+from pipeline.paths import model_dir
 from pipeline.training.module import SequenceModule
-from pipeline.training.train import model_dir
 
 DYNAMIC_DIMS = {0: "batch", 1: "seq"}
 
@@ -30,25 +29,6 @@ class ExportError(PipelineError):
 
 def load_module(ckpt: str | Path) -> SequenceModule:
     return SequenceModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
-
-
-def onnx_metadata(meta: dict, family: str) -> dict[str, str]:
-    keys = (
-        "task",
-        "labels",
-        "features",
-        "targets",
-        "target_index",
-        "scaler",
-        "transform",
-        "window",
-        "horizon",
-        "season",
-        "input_shape",
-    )
-    props = {k: json.dumps(meta.get(k)) for k in keys}
-    props["family"] = json.dumps(family)
-    return props
 
 
 def symbolic_dims_or_raise(model: onnx.ModelProto) -> None:
@@ -98,72 +78,67 @@ def scan_loops(model: torch.nn.Module):
             m.scan_for_export = False
 
 
-def export_module(module: SequenceModule, path: Path, family: str) -> Path:
-    meta = module.meta
-    example = torch.zeros(7, *meta["input_shape"])
-    model = module.model
-    # min=2: otherwise torch.export guards "dim != 1" (0/1 specialisation), and torch.onnx
-    # resolves that guard by silently fixing seq. The ONNX graph itself runs at size 1 too
-    # (validate's parity check includes batch 1).
-    dims = {"x": {axis: torch.export.Dim(name, min=2) for axis, name in DYNAMIC_DIMS.items()}}
+def _onnx_program(model: torch.nn.Module, example: tuple, scan: bool = True, **kwargs):
+    """torch.onnx.export (dynamo) with its chatter silenced; `scan`: time loops as ONNX Scan
+    (a step model has no time loop to keep dynamic)."""
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     _forget_cached_rnn_kernels()
-    with torch.no_grad(), scan_loops(model), warnings.catch_warnings():
+    loops = scan_loops(model) if scan else nullcontext()
+    with torch.no_grad(), loops, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer deprecation chatter, not actionable by users
-        program = torch.onnx.export(
-            model,
-            (example,),
-            dynamo=True,
-            input_names=["x"],
-            output_names=["y", *getattr(model, "extra_outputs", ())],
-            dynamic_shapes=dims,
-            verbose=False,
-        )
-    proto = program.model_proto
-    symbolic_dims_or_raise(proto)
-    forget_example_length(proto, getattr(model, "extra_outputs", {}))
-    for key, value in onnx_metadata(meta, family).items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(proto)
-    with atomic_file(path) as tmp:
-        onnx.save(proto, tmp)
-    return path
+        return torch.onnx.export(model, example, dynamo=True, verbose=False, **kwargs)
 
 
-def export_step(module: SequenceModule, path: Path, family: str) -> Path:
-    """The streaming variant (see streaming.py): one step + state in, prediction + state out."""
-    step = StepModel(module.model)
-    batch = 7
-    state = initial_state(module.model, batch)
-    example = (torch.zeros(batch, module.meta["input_shape"][1]), *state.values())
-    dim = torch.export.Dim("batch", min=2)
-    # h, c are [layers, batch, hidden]; x and the softmax state are [batch, ...]
-    dims = {"x": {0: dim}, "state": tuple({1 if n in ("h", "c") else 0: dim} for n in state)}
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    _forget_cached_rnn_kernels()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            step,
-            example,
-            dynamo=True,
-            input_names=["x", *state],
-            output_names=step.output_names,
-            dynamic_shapes=dims,
-            verbose=False,
-        )
-    proto = program.model_proto
-    x = proto.graph.input[0].type.tensor_type.shape.dim
-    if not x[0].dim_param:
-        raise ExportError(f"step model: input 'x' has a fixed batch ({x[0].dim_value})")
-    props = onnx_metadata(module.meta, family)
-    props["streaming_state"] = json.dumps(list(state))
+def _save(proto: onnx.ModelProto, props: dict[str, str], path: Path) -> Path:
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto)
     with atomic_file(path) as tmp:
         onnx.save(proto, tmp)
     return path
+
+
+def export_module(module: SequenceModule, path: Path, family: str) -> Path:
+    example = torch.zeros(7, *module.meta.input_shape)
+    model = module.model
+    # min=2: otherwise torch.export guards "dim != 1" (0/1 specialisation), and torch.onnx
+    # resolves that guard by silently fixing seq. The ONNX graph itself runs at size 1 too
+    # (validate's parity check includes batch 1).
+    dims = {"x": {axis: torch.export.Dim(name, min=2) for axis, name in DYNAMIC_DIMS.items()}}
+    program = _onnx_program(
+        model,
+        (example,),
+        input_names=["x"],
+        output_names=["y", *getattr(model, "extra_outputs", ())],
+        dynamic_shapes=dims,
+    )
+    proto = program.model_proto
+    symbolic_dims_or_raise(proto)
+    forget_example_length(proto, getattr(model, "extra_outputs", {}))
+    return _save(proto, module.meta.to_props(family=family), path)
+
+
+def export_step(module: SequenceModule, path: Path, family: str) -> Path:
+    """The streaming variant (see streaming.py): one step + state in, outputs + state out."""
+    model, batch = module.model, 7
+    state = model.initial_state(batch)
+    x_t = torch.zeros(batch, *module.meta.input_shape[1:])
+    step = StepModel(model, x_t)
+    dim = torch.export.Dim("batch", min=2)
+    dims = {"x": {0: dim}, "state": tuple({axis: dim} for axis in batch_axes(model))}
+    program = _onnx_program(
+        step,
+        (x_t, *state.values()),
+        scan=False,
+        input_names=["x", *state],
+        output_names=step.output_names,
+        dynamic_shapes=dims,
+    )
+    proto = program.model_proto
+    x = proto.graph.input[0].type.tensor_type.shape.dim
+    if not x[0].dim_param:
+        raise ExportError(f"step model: input 'x' has a fixed batch ({x[0].dim_value})")
+    return _save(proto, module.meta.to_props(family=family, streaming_state=list(state)), path)
 
 
 def export(cfg: PipelineConfig, exp_name: str) -> Path:
@@ -173,7 +148,7 @@ def export(cfg: PipelineConfig, exp_name: str) -> Path:
     export_module(module, out / "model.onnx", exp.model.name)
     # models/<exp>/streaming/ always exists (a DVC out): the step model, or why there is none.
     with atomic_dir(out / "streaming") as tmp:
-        reason = streaming_unsupported(module.model)
+        reason = module.model.streaming_unsupported()
         if reason:
             write_json(tmp / "unsupported.json", {"reason": reason})
         else:

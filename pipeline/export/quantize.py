@@ -1,4 +1,5 @@
-"""Dynamic int8 quantization of an exported model with onnxruntime.quantization.
+"""Dynamic int8 quantization of an exported model with onnxruntime.quantization, and the
+validate report on whether the int8 model is kept.
 
 Which ops are quantized, measured with ONNX Runtime 1.31 on the 2-core CPU (batch 1):
 - LSTM -> DynamicQuantizeLSTM and MatMul/Gemm -> MatMulInteger: ~20-25 % faster, 4x smaller.
@@ -9,12 +10,21 @@ Which ops are quantized, measured with ONNX Runtime 1.31 on the 2-core CPU (batc
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from pipeline.config import Experiment
+from pipeline.evaluation import validate_failures
+from pipeline.inference import run_onnx, session
+from pipeline.io import atomic_dir
+from pipeline.tasks import task_of
 
 QUANTIZED_OPS = ["MatMul", "Gemm", "LSTM"]
 
@@ -43,3 +53,55 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
     quantized.metadata_props.add(key="quantization", value='"dynamic int8"')
     onnx.save(quantized, dst)
     return Path(dst)
+
+
+def median_latency_ms(sess: ort.InferenceSession, x: np.ndarray, runs: int = 50) -> float:
+    for _ in range(5):
+        sess.run(None, {"x": x})
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        sess.run(None, {"x": x})
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def int8_report(
+    exp: Experiment,
+    folder: Path,
+    report: dict,
+    x,
+    y,
+    meta,
+    fp32: ort.InferenceSession | None = None,
+) -> tuple[dict, dict]:
+    """Quantize model.onnx, score it like the float model, and keep models/<exp>/int8/model.onnx
+    only when the task's headline metric drops by at most validate.int8_max_drop and the metric
+    gates still pass. Returns (report entries, timings for MLflow only: never in metrics files)."""
+    v, task = exp.validation, task_of(meta)
+    with atomic_dir(folder / "int8") as keep:
+        if not v.quantize:
+            return {"int8_kept": False}, {}
+        with tempfile.TemporaryDirectory(prefix="int8-") as tmp:
+            path = quantize_int8(folder / "model.onnx", Path(tmp) / "model.onnx")
+            sess8 = session(path)
+            scores, _ = task.evaluate(run_onnx(sess8, x)[0], x, y, meta)
+            metric = task.headline
+            drop = report[metric] - scores[metric]
+            drop = drop if task.directions[metric] else -drop
+            passes = not validate_failures({**scores, "parity_max_abs_diff": 0.0}, v, task)
+            kept = drop <= v.int8_max_drop and passes
+            if kept:
+                shutil.copy(path, keep / "model.onnx")
+            sample = np.ascontiguousarray(x[:1])
+            fp32_ms = median_latency_ms(fp32 or session(folder / "model.onnx"), sample)
+            int8_ms = median_latency_ms(sess8, sample)
+    entries = {
+        f"int8_{metric}": scores[metric],
+        "int8_metric_drop": float(drop),
+        "int8_max_drop": v.int8_max_drop,
+        "int8_kept": kept,
+    }
+    timings = {"int8/latency_ms_batch1": int8_ms, "onnx/latency_ms_batch1": fp32_ms}
+    print(f"int8: {metric} drop {drop:+.4g}, batch-1 latency {fp32_ms:.3f} -> {int8_ms:.3f} ms")
+    return entries, timings

@@ -1,16 +1,22 @@
-"""Model families: nn.Module code only. `build_model` maps a model config to a module."""
+"""Model families: nn.Module code only. `build_model` maps a model config to a module.
+
+Every family takes (input_size, output_shape, **its config keys) and owns its streaming form:
+`initial_state(batch)`, `step(x_t, state) -> (outputs, new state)` and
+`streaming_unsupported()` (None, or why no ONNX step model is exported). A family may declare
+`extra_outputs` (outputs after the prediction, e.g. attention weights: name -> its dims'
+names), which export turns into extra ONNX outputs. Its tasks, defaults and search space live in
+the config schema (pipeline/config/models.py).
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
+from pipeline.config import parse_model
 from pipeline.models.attention_lstm import AttentionLSTM
 from pipeline.models.conv_lstm import ConvLSTM
 from pipeline.models.lstm import StackedLSTM
 
-# name -> class; each class declares `tasks` and optionally `extra_outputs` (outputs after the
-# prediction, e.g. attention weights: name -> the names of its dims), which export turns into
-# extra ONNX outputs.
 REGISTRY: dict[str, type[nn.Module]] = {
     "lstm": StackedLSTM,
     "attention_lstm": AttentionLSTM,
@@ -18,16 +24,10 @@ REGISTRY: dict[str, type[nn.Module]] = {
 }
 
 
-def build_model(model_cfg: dict, meta: dict) -> nn.Module:
-    """Instantiate the module named by `model_cfg["name"]` for the data described by `meta`."""
-    cfg = dict(model_cfg)
-    cls = REGISTRY[cfg.pop("name")]
-    shape = meta["input_shape"]  # [seq, features] or, for frames, [seq, channels, height, width]
-    if meta["task"] == "classification":
-        output_shape = (len(meta["labels"]),)
-    elif meta["task"] == "frames":
-        output_shape = (meta["horizon"], *shape[1:])
-    else:
-        output_shape = (meta["horizon"], len(meta["targets"]))
-        cfg["target_index"] = tuple(meta["target_index"])
-    return cls(input_size=shape[1], output_shape=output_shape, **cfg)
+def build_model(
+    model_cfg: dict, input_size: int, output_shape: tuple[int, ...], **data
+) -> nn.Module:
+    """The module named by `model_cfg["name"]`, the schema's defaults filled in; `data`: what the
+    task adds (a forecaster's `target_index`)."""
+    cfg = parse_model(model_cfg).model_dump()
+    return REGISTRY[cfg.pop("name")](input_size, output_shape, **cfg, **data)

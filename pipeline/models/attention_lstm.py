@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from pipeline.models.lstm import make_rnn
+from pipeline.models.lstm import State, make_rnn, rnn_initial_state, rnn_step, why_not_streamable
 
 
 class AttentionLSTM(nn.Module):
@@ -20,30 +20,28 @@ class AttentionLSTM(nn.Module):
     `fcn_channels` adds the fully convolutional branch of ALSTM-FCN (Karim et al. 2017): Conv1d
     blocks (kernels 8, 5, 3, ...) with batch norm, globally average-pooled over time and
     concatenated to the context. Both branches take any sequence length.
+
+    Streaming (`step`): the softmax over time becomes an online softmax over the step scores e_t:
+    running max m, running sum s = sum exp(e - m) and running weighted sum a = sum exp(e - m) h,
+    rescaled by exp(m_old - m_new) when the max grows; the context is a / s. A past step's
+    weight is exp(e_t - m) / s with the final m and s.
     """
 
-    tasks = ("classification", "forecast")
-    # Default Ray Tune space over this family's config keys (pipeline/tuning; conf/tune overrides).
-    search_space = {
-        "cell": {"choice": ["lstm", "gru"]},
-        "hidden_size": {"choice": [32, 64, 128]},
-        "attention_size": {"choice": [16, 32, 64]},
-        "dropout": {"uniform": [0.0, 0.3]},
-    }
     extra_outputs = {"attention": ("batch", "seq")}
 
     def __init__(
         self,
         input_size: int,
         output_shape: tuple[int, ...],
-        hidden_size: int = 64,
-        num_layers: int = 1,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        cell: str = "lstm",
-        attention_size: int = 32,
-        level_norm: bool = False,
-        fcn_channels: tuple[int, ...] = (),
+        *,
+        hidden_size: int,
+        num_layers: int,
+        dropout: float,
+        bidirectional: bool,
+        cell: str,
+        attention_size: int,
+        level_norm: bool,
+        fcn_channels: tuple[int, ...],
         target_index: tuple[int, ...] = (),
     ):
         super().__init__()
@@ -75,6 +73,36 @@ class AttentionLSTM(nn.Module):
         if self.level_norm:
             out = out + last.index_select(2, self.target_index)
         return out, alpha
+
+    def streaming_unsupported(self) -> str | None:
+        fcn = "fcn_channels: the convolutional branch pools over the whole window"
+        return why_not_streamable(self) or (fcn if self.fcn is not None else None)
+
+    def initial_state(self, batch: int) -> State:
+        """The RNN's zeros and an empty softmax (max -inf, sums 0)."""
+        state = rnn_initial_state(self.rnn, batch)
+        state["att_max"] = torch.full((batch, 1), -math.inf)
+        state["att_sum"] = torch.zeros(batch, 1)
+        state["att_acc"] = torch.zeros(batch, self.rnn.hidden_size)
+        return state
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[State, State]:
+        """({"y": prediction as if the sequence ended at t, "score": e_t}, new state)."""
+        rnn_state = {k: v for k, v in state.items() if not k.startswith("att_")}
+        out, new = rnn_step(self.rnn, x_t, rnn_state)
+        h_t = out[:, 0]
+        score = self.score(h_t)  # [batch, 1]
+        m = torch.maximum(state["att_max"], score)
+        decay, weight = torch.exp(state["att_max"] - m), torch.exp(score - m)
+        s = state["att_sum"] * decay + weight
+        acc = state["att_acc"] * decay + weight * h_t
+        y = self.head(acc / s).reshape(-1, *self.output_shape)
+        return {"y": y, "score": score.squeeze(1)}, {
+            **new,
+            "att_max": m,
+            "att_sum": s,
+            "att_acc": acc,
+        }
 
 
 def fcn_branch(input_size: int, channels: tuple[int, ...]) -> nn.Sequential | None:

@@ -86,22 +86,15 @@ class ConvLSTMCell(nn.Module):
 class ConvLSTM(nn.Module):
     """x [batch, seq, C, H, W] -> next K frames [batch, K, C, H, W]; seq >= 1, any length."""
 
-    tasks = ("frames",)
-    # Default Ray Tune space over this family's config keys (pipeline/tuning; conf/tune overrides).
-    search_space = {
-        "hidden_channels": {"choice": [8, 16, 32]},
-        "num_layers": {"choice": [1, 2]},
-        "kernel_size": {"choice": [3, 5]},
-    }
-
     def __init__(
         self,
         input_size: int,
         output_shape: tuple[int, ...],
-        hidden_channels: int = 16,
-        num_layers: int = 2,
-        kernel_size: int = 3,
-        peephole: bool = False,
+        *,
+        hidden_channels: int,
+        num_layers: int,
+        kernel_size: int,
+        peephole: bool,
     ):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -154,8 +147,10 @@ class ConvLSTM(nn.Module):
                 f"ConvLSTM was built for frames of shape {expected} (channels, height, width); "
                 f"got shape {tuple(x.shape)}"
             )
-        states = self._encode(x)
-        frame = x[:, -1]
+        return self._forecast(self._encode(x), x[:, -1])
+
+    def _forecast(self, states: list[State], frame: torch.Tensor) -> torch.Tensor:
+        """The K predicted frames from the encoder's states, fed the last observed frame first."""
         frames = []
         for _ in range(self.output_shape[0]):
             inp = frame
@@ -165,6 +160,33 @@ class ConvLSTM(nn.Module):
             frame = torch.sigmoid(self.head(torch.cat([h for h, _ in states], dim=1)))
             frames.append(frame)
         return torch.stack(frames, dim=1)
+
+    def streaming_unsupported(self) -> str | None:
+        # `step` is exact (and checked), but each step runs the K-frame forecaster: no ONNX step
+        # model is exported for this family.
+        return "ConvLSTM: streaming covers the lstm and attention_lstm families"
+
+    def initial_state(self, batch: int) -> dict[str, torch.Tensor]:
+        """Zero h{k}, c{k} [batch, hidden, H, W] of every encoder layer k."""
+        like = torch.zeros(batch, *self.output_shape[1:])
+        return {
+            f"{name}{k}": part
+            for k, cell in enumerate(self.encoder)
+            for name, part in zip("hc", cell.zero_state(like), strict=True)
+        }
+
+    def step(self, x_t: torch.Tensor, state: dict[str, torch.Tensor]):
+        """({"y": the K frames predicted as if the sequence ended with x_t}, new state)."""
+        states, inp = [], x_t
+        for k, cell in enumerate(self.encoder):
+            states.append(cell.step(cell.input_gates(inp), (state[f"h{k}"], state[f"c{k}"])))
+            inp = states[-1][0]
+        new = {
+            f"{name}{k}": part
+            for k, s in enumerate(states)
+            for name, part in zip("hc", s, strict=True)
+        }
+        return {"y": self._forecast(list(states), x_t)}, new
 
     def _encode(self, x: torch.Tensor) -> list[State]:
         """Final (h, c) of every encoder layer after the seq input frames."""

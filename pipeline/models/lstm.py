@@ -12,6 +12,8 @@ from pipeline.models.peephole_lstm import PeepholeLSTM
 # nn.LSTM/GRU export to native ONNX LSTM/GRU ops; the peephole cell is ours (a Scan in ONNX).
 RNN_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "peephole": PeepholeLSTM}
 
+State = dict[str, torch.Tensor]
+
 
 def make_rnn(cell, input_size, hidden_size, num_layers, dropout, bidirectional) -> nn.Module:
     return RNN_CELLS[cell](
@@ -24,6 +26,29 @@ def make_rnn(cell, input_size, hidden_size, num_layers, dropout, bidirectional) 
     )
 
 
+def rnn_initial_state(rnn: nn.Module, batch: int) -> State:
+    """Zero (h[, c]) of a unidirectional RNN, each [layers, batch, hidden]; a GRU has no c."""
+    zeros = torch.zeros(rnn.num_layers, batch, rnn.hidden_size)
+    names = ("h",) if isinstance(rnn, nn.GRU) else ("h", "c")
+    return {name: zeros.clone() for name in names}
+
+
+def rnn_step(rnn: nn.Module, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    """One time step x_t [batch, features]: (top layer output [batch, 1, hidden], new state)."""
+    out, new = rnn(x_t.unsqueeze(1), (state["h"], state["c"]) if "c" in state else state["h"])
+    new = new if isinstance(new, tuple) else (new,)
+    return out, dict(zip(state, new, strict=True))
+
+
+def why_not_streamable(model: nn.Module) -> str | None:
+    """The recurrent families stream only when causal: None, or why not."""
+    if model.rnn.bidirectional:
+        return "bidirectional: the backward direction needs the whole sequence"
+    if model.level_norm:
+        return "level_norm: every input is shifted by the last step, unknown until the end"
+    return None
+
+
 class StackedLSTM(nn.Module):
     """x [batch, seq, features] -> logits [batch, classes] or forecast [batch, horizon, targets].
 
@@ -32,25 +57,17 @@ class StackedLSTM(nn.Module):
     lets it follow a trend beyond the range seen in training.
     """
 
-    tasks = ("classification", "forecast")
-    # Default Ray Tune space over this family's config keys (pipeline/tuning; conf/tune overrides).
-    search_space = {
-        "cell": {"choice": ["lstm", "gru"]},
-        "hidden_size": {"choice": [16, 32, 64]},
-        "num_layers": {"choice": [1, 2]},
-        "dropout": {"uniform": [0.0, 0.5]},
-    }
-
     def __init__(
         self,
         input_size: int,
         output_shape: tuple[int, ...],
-        hidden_size: int = 64,
-        num_layers: int = 2,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        cell: str = "lstm",
-        level_norm: bool = False,
+        *,
+        hidden_size: int,
+        num_layers: int,
+        dropout: float,
+        bidirectional: bool,
+        cell: str,
+        level_norm: bool,
         target_index: tuple[int, ...] = (),
     ):
         super().__init__()
@@ -75,3 +92,14 @@ class StackedLSTM(nn.Module):
         if self.level_norm:
             out = out + last.index_select(2, self.target_index)
         return out
+
+    def streaming_unsupported(self) -> str | None:
+        return why_not_streamable(self)
+
+    def initial_state(self, batch: int) -> State:
+        return rnn_initial_state(self.rnn, batch)
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[State, State]:
+        """({"y": prediction as if the sequence ended at t}, new state)."""
+        _, new = rnn_step(self.rnn, x_t, state)
+        return {"y": self.head(new["h"][-1]).reshape(-1, *self.output_shape)}, new

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 from pipeline.errors import TrackingError
+from pipeline.io import file_digest
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -13,6 +15,15 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI if set, else a SQLite file in the working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def absolute_tracking_uri() -> str:
+    """For processes in other working dirs (Tune trials, Ray Train workers): a relative SQLite
+    path made absolute."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
 
 
 def ensure_reachable(uri: str, timeout: float = 10.0) -> None:
@@ -39,10 +50,13 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def file_sha256(path) -> str:
-    import hashlib
-
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+def run_tags(exp: str, stage: str, **extra: str) -> dict[str, str]:
+    """The tags every run carries: experiment, stage, the git commit (when there is one), and
+    `extra` (e.g. data_sha256)."""
+    tags = {"exp": exp, "stage": stage, **extra}
+    if commit := git_commit():
+        tags["git_commit"] = commit
+    return tags
 
 
 def log_to_training_run(experiment_name: str, ckpt, metrics: dict, artifacts: list) -> str | None:
@@ -59,7 +73,7 @@ def log_to_training_run(experiment_name: str, ckpt, metrics: dict, artifacts: li
     if experiment is None:
         return None
     runs = client.search_runs(
-        [experiment.experiment_id], f"tags.ckpt_sha256 = '{file_sha256(ckpt)}'", max_results=1
+        [experiment.experiment_id], f"tags.ckpt_sha256 = '{file_digest(ckpt)}'", max_results=1
     )
     if not runs:
         return None

@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, parse_config
 from pipeline.errors import PipelineError
-from pipeline.tuning.cluster import ray_session, resolve_address
+from pipeline.paths import model_dir
+from pipeline.ray_cluster import ray_session, resolve_address
+from pipeline.tracking import absolute_tracking_uri
+from pipeline.training.train import train
+from pipeline.training.trainer import TrainHooks
 
 
 def _worker(params: dict) -> None:
@@ -20,9 +24,6 @@ def _worker(params: dict) -> None:
     from lightning_fabric.utilities.rank_zero import rank_zero_only
     from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero_only
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
-
-    from pipeline.config import parse_config
-    from pipeline.training.train import TrainHooks, train
 
     os.chdir(params["root"])
     os.environ["MLFLOW_TRACKING_URI"] = params["tracking_uri"]
@@ -43,14 +44,10 @@ def train_on_ray(cfg: PipelineConfig, exp_name: str) -> Path:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.training.train import model_dir
-    from pipeline.tuning.sweep import absolute_tracking_uri
-
     # Every worker's MLflow logger opens the store: create a new SQLite file's tables first,
     # or the workers race to create them.
     MlflowClient(absolute_tracking_uri())
     raw = cfg.model_dump(by_alias=True)
-    raw["trainer"]["ray_workers"] = None  # each worker trains; it must not start Ray again
     workers = cfg.trainer.ray_workers
     address, key = resolve_address(None)
     with ray_session(address, key or "RAY_ADDRESS"):

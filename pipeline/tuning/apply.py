@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 
@@ -11,8 +12,23 @@ import yaml
 from pipeline.config import CONF_DIR, compose
 from pipeline.errors import ConfigError
 from pipeline.io import atomic_file
-from pipeline.tuning.results import hydra_value
-from pipeline.tuning.sweep import tune_dir
+from pipeline.paths import tune_dir
+
+
+def native(value):
+    return value.item() if hasattr(value, "item") else value  # numpy scalars -> Python
+
+
+def hydra_value(value) -> str:
+    """A value as Hydra override syntax (what `dvc exp run -S key=value` takes)."""
+    value = native(value)
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly
+    if isinstance(value, list):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    return str(value)
 
 
 def best_overrides(exp_name: str) -> list[str]:

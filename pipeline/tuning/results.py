@@ -12,6 +12,7 @@ from ray.tune import Callback
 
 from pipeline import plots
 from pipeline.io import atomic_file
+from pipeline.tuning.apply import native
 from pipeline.tuning.trial import METRIC
 
 PBT_NOTE = (
@@ -28,10 +29,6 @@ def flatten(params: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-def native(value):
-    return value.item() if hasattr(value, "item") else value  # numpy scalars -> Python
 
 
 class ResultLog(Callback):
@@ -69,18 +66,6 @@ def results_table(log: Path, numbers: dict[str, int]) -> pd.DataFrame:
     return table.sort_values(["trial", "epoch"]).reset_index(drop=True)
 
 
-def hydra_value(value) -> str:
-    """A value as Hydra override syntax (what `dvc exp run -S key=value` takes)."""
-    value = native(value)
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, float):
-        return repr(value)  # round-trips exactly
-    if isinstance(value, list):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    return str(value)
-
-
 def best_params(table: pd.DataFrame, exp_name: str, scheduler: str) -> dict:
     """The trial with the lowest val/loss at any epoch, as overrides of params.yaml (the params
     of that epoch). fit.max_epochs is the epochs the trial ran (ASHA may have stopped it early):
@@ -106,11 +91,11 @@ def write_results(table: pd.DataFrame, best: dict, out: Path) -> None:
     lists_as_json = table.map(lambda v: json.dumps(v) if isinstance(v, list) else v)
     with atomic_file(out / "results.csv") as tmp:
         lists_as_json.to_csv(tmp, index=False, float_format="%.9g")
-    fig, ax = plots._figure(figsize=(6, 4))
+    fig, ax = plots.figure(figsize=(6, 4))
     for trial, rows in table.groupby("trial"):
         ax.plot(rows["epoch"], rows["val_loss"], marker="o", label=f"trial {trial}")
     ax.set(xlabel="epoch", ylabel="val/loss", title="val/loss per trial")
     ax.legend(fontsize="small", ncol=2)
-    plots._png(fig, out / "val_loss.png")
+    plots.save_png(fig, out / "val_loss.png")
     with atomic_file(out / "best_params.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(best, sort_keys=False))

@@ -1,4 +1,4 @@
-"""Search spaces: the model family's default (`search_space` beside the model) plus the fit
+"""Search spaces: the model family's default (`search_space` in its config schema) plus the fit
 keys below, overridden key by key by `tune.space`; checked against the experiment's schema."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from typing import Any
 
 from pipeline.config import Experiment, Fit, Tune
 from pipeline.errors import ConfigError
-from pipeline.models import REGISTRY
 
 FIT_SPACE = {
     "lr": {"loguniform": [3e-4, 1e-2]},
@@ -20,8 +19,7 @@ PBT_MUTABLE = {"fit": ("lr", "weight_decay", "batch_size")}
 
 def search_space(exp: Experiment, tune: Tune) -> dict[str, dict[str, dict]]:
     """{"model": {key: spec}, "fit": {key: spec}} for this experiment, keys validated."""
-    family = REGISTRY[exp.model.name]
-    space = {"model": dict(getattr(family, "search_space", {})), "fit": dict(FIT_SPACE)}
+    space = {"model": dict(type(exp.model).search_space), "fit": dict(FIT_SPACE)}
     allowed = {"model": set(type(exp.model).model_fields) - {"name"}, "fit": set(Fit.model_fields)}
     allowed["fit"].discard("max_epochs")  # set by tune.max_epochs
     for group, keys in tune.space.items():

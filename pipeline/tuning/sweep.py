@@ -9,75 +9,17 @@ import shutil
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.data.prepare import prepared_dir
 from pipeline.errors import ConfigError, DataError, PipelineError
 from pipeline.io import atomic_dir
-from pipeline.tracking import git_commit, tracking_uri
-from pipeline.tuning.cluster import (
-    check_reachable,
-    check_resources,
-    ray_session,
-    resolve_address,
-)
-from pipeline.tuning.results import ResultLog, best_params, results_table, write_results
-from pipeline.tuning.spaces import pbt_mutations, search_space, to_ray
-from pipeline.tuning.trial import METRIC, run_trial
+from pipeline.paths import prepared_dir, tune_dir
+from pipeline.ray_cluster import check_reachable, check_resources, ray_session, resolve_address
+from pipeline.tracking import absolute_tracking_uri, run_tags
+from pipeline.tuning.results import best_params, results_table, write_results
+from pipeline.tuning.spaces import search_space, to_ray
+from pipeline.tuning.trial import run_trial
+from pipeline.tuning.tuner import RESULT_LOG, expected_trials, tuner
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"
-RESULT_LOG = "results.jsonl"
-
-
-def tune_dir(exp_name: str) -> Path:
-    return Path("tune") / exp_name
-
-
-def absolute_tracking_uri() -> str:
-    """Trials run in their own working dirs: a relative SQLite path must become absolute."""
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
-    return uri
-
-
-def _scheduler(cfg: PipelineConfig, ray_space: dict):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    t = cfg.tune
-    if t.scheduler == "asha":
-        return ASHAScheduler(
-            time_attr="training_iteration",
-            # One past the last epoch: at max_t ASHA stops the trial at its last report, before
-            # train() has tested and logged it.
-            max_t=t.max_epochs + 1,
-            grace_period=t.grace_period,
-            reduction_factor=t.reduction_factor,
-        )
-    if t.scheduler == "pbt":
-        from pipeline.tuning.pbt import PBTKeepingLastEpoch  # imports Lightning
-
-        mutations = pbt_mutations(ray_space)
-        if not mutations:
-            raise ConfigError(
-                "tune.scheduler: pbt needs fit.lr, weight_decay or batch_size in space"
-            )
-        return PBTKeepingLastEpoch(
-            t.max_epochs,
-            time_attr="training_iteration",
-            perturbation_interval=t.perturbation_interval,
-            hyperparam_mutations=mutations,
-        )
-    return FIFOScheduler()
-
-
-def _search_alg(cfg: PipelineConfig):
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    if cfg.tune.search == "optuna":
-        from optuna.samplers import TPESampler
-        from ray.tune.search.optuna import OptunaSearch
-
-        return OptunaSearch(sampler=TPESampler(seed=cfg.tune.seed))
-    return BasicVariantGenerator(random_state=cfg.tune.seed)
 
 
 def _parent_run(cfg: PipelineConfig, exp_name: str, state: Path, resume: bool, space) -> str:
@@ -97,10 +39,7 @@ def _parent_run(cfg: PipelineConfig, exp_name: str, state: Path, resume: bool, s
         if experiment
         else client.create_experiment(cfg.tracking.experiment_name)
     )
-    tags = {"exp": exp_name, "stage": "tune"}
-    if commit := git_commit():
-        tags["git_commit"] = commit
-    run = client.create_run(exp_id, run_name=f"tune-{exp_name}", tags=tags)
+    run = client.create_run(exp_id, run_name=f"tune-{exp_name}", tags=run_tags(exp_name, "tune"))
     t = cfg.tune
     for key in ("num_samples", "max_epochs", "search", "scheduler", "max_concurrent_trials"):
         client.log_param(run.info.run_id, f"tune/{key}", getattr(t, key))
@@ -129,103 +68,64 @@ def _finish_parent(parent: str, out: Path, best: dict | None, status: str, error
     client.set_terminated(parent, status)
 
 
-def _tuner(cfg: PipelineConfig, trainable, ray_space: dict, state: Path, resume: bool):
-    from ray import tune as ray_tune
-
-    if resume:
-        return ray_tune.Tuner.restore(
-            str(state), trainable, resume_unfinished=True, resume_errored=True
-        )
-    t = cfg.tune
-    return ray_tune.Tuner(
-        trainable,
-        param_space=ray_space,
-        tune_config=ray_tune.TuneConfig(
-            metric=METRIC,
-            mode="min",
-            num_samples=t.num_samples,
-            search_alg=_search_alg(cfg),
-            scheduler=_scheduler(cfg, ray_space),
-            max_concurrent_trials=t.max_concurrent_trials,
-            reuse_actors=True,  # one Python + torch start per slot, not per trial
-        ),
-        run_config=ray_tune.RunConfig(
-            name=state.name,
-            storage_path=str(state.parent),
-            failure_config=ray_tune.FailureConfig(max_failures=t.max_failures),
-            # PBT exploits other trials' checkpoints: keep them all (tiny models here).
-            checkpoint_config=ray_tune.CheckpointConfig(
-                num_to_keep=None if t.scheduler == "pbt" else 1
-            ),
-            callbacks=[ResultLog(state / RESULT_LOG)],
-            verbose=1,
-        ),
-    )
-
-
 def _set_status(run_id: str, status: str) -> None:
     from mlflow import MlflowClient
 
     MlflowClient(absolute_tracking_uri()).set_terminated(run_id, status)
 
 
-def expected_trials(num_samples: int, ray_space: dict) -> int:
-    """num_samples, times the size of the grid when there are grid axes."""
-    n = num_samples
-    for keys in ray_space.values():
-        for domain in keys.values():
-            if isinstance(domain, dict) and "grid_search" in domain:
-                n *= len(domain["grid_search"])
-    return n
-
-
-def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
+def _sweep_state(cfg: PipelineConfig, exp_name: str, resume: bool) -> tuple[Path, Path]:
+    """(the prepared data, Ray's state folder of this sweep), checked before anything starts."""
     from ray import tune as ray_tune
 
-    exp, t = cfg.experiment(exp_name), cfg.tune
-    space = search_space(exp, t)
-    ray_space = to_ray(space, t.search)
-    address, key = resolve_address(t.address)
-    if address:  # fail fast, before anything starts
-        check_reachable(address, key)
     prepared = prepared_dir(exp_name).resolve()
     if not (prepared / "meta.json").exists():
         raise DataError(f"{prepared}: not prepared; run `dvc repro prepare@{exp_name}` first")
-    state = Path(t.storage_path or ".ray_results").resolve() / f"tune-{exp_name}"
+    state = Path(cfg.tune.storage_path or ".ray_results").resolve() / f"tune-{exp_name}"
     if resume and not ray_tune.Tuner.can_restore(str(state)):
         raise ConfigError(f"--resume: no sweep state to resume at {state} (tune.storage_path)")
     if not resume and state.exists():
         shutil.rmtree(state)
-    with ray_session(address, key):
-        check_resources(t.resources_per_trial)
-        parent = _parent_run(cfg, exp_name, state, resume, space)
-        trainable = ray_tune.with_resources(
-            ray_tune.with_parameters(
-                run_trial,
-                raw=cfg.model_dump(by_alias=True),
-                exp_name=exp_name,
-                max_epochs=t.max_epochs,
-                prepared=str(prepared),
-                tracking_uri=absolute_tracking_uri(),
-                parent_run_id=parent,
-                ckpt_root=str(state / "trial_checkpoints"),
-            ),
-            {"cpu": t.resources_per_trial.cpu, "gpu": t.resources_per_trial.gpu},
-        )
-        try:
-            grid = _tuner(cfg, trainable, ray_space, state, resume).fit()
-        except Exception:
-            _set_status(parent, "FAILED")
-            raise
-    # Tune returns normally after Ctrl+C: the saved trial states tell an interrupted sweep.
+    return prepared, state
+
+
+def _trainable(cfg: PipelineConfig, exp_name: str, prepared: Path, state: Path, parent: str):
+    """`run_trial` with everything but the sampled params bound, and its resources."""
+    from ray import tune as ray_tune
+
+    t = cfg.tune
+    return ray_tune.with_resources(
+        ray_tune.with_parameters(
+            run_trial,
+            raw=cfg.model_dump(by_alias=True),
+            exp_name=exp_name,
+            max_epochs=t.max_epochs,
+            prepared=str(prepared),
+            tracking_uri=absolute_tracking_uri(),
+            parent_run_id=parent,
+            ckpt_root=str(state / "trial_checkpoints"),
+        ),
+        {"cpu": t.resources_per_trial.cpu, "gpu": t.resources_per_trial.gpu},
+    )
+
+
+def _finished_trials(state: Path, expected: int, exp_name: str) -> list:
+    """Every trial of the sweep; raises when some did not finish (Tune returns normally after
+    Ctrl+C: the saved trial states tell an interrupted sweep)."""
+    from ray import tune as ray_tune
+
     trials = ray_tune.ExperimentAnalysis(str(state)).trials
     done = [tr for tr in trials if tr.status in ("TERMINATED", "ERROR")]
-    if len(done) < expected_trials(t.num_samples, ray_space):
+    if len(done) < expected:
         raise PipelineError(
-            f"sweep interrupted: {len(done)} of {expected_trials(t.num_samples, ray_space)} "
-            f"trials done; state kept in {state}; continue with "
-            f"`lstm-pipeline tune {exp_name} --resume`"
+            f"sweep interrupted: {len(done)} of {expected} trials done; state kept in {state}; "
+            f"continue with `lstm-pipeline tune {exp_name} --resume`"
         )
+    return trials
+
+
+def _write_outputs(cfg, exp_name: str, state: Path, trials, grid, parent: str) -> Path:
+    """results.csv, val_loss.png and best_params.yaml under tune/<exp>/; closes the parent run."""
     errored = {tr.trial_id for tr in trials if tr.status == "ERROR"}
     # Ray's trial number (the start of experiment_tag), shown in its progress table too.
     numbers = {tr.trial_id: int(tr.experiment_tag.split("_", 1)[0]) for tr in trials}
@@ -235,8 +135,30 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
         _finish_parent(parent, out, None, "FAILED", errored)
         first = next((r.error for r in grid if r.error), None)
         raise PipelineError(f"every trial failed; first error: {first}")
-    best = best_params(table, exp_name, t.scheduler)
+    best = best_params(table, exp_name, cfg.tune.scheduler)
     with atomic_dir(out) as tmp:
         write_results(table, best, tmp)
     _finish_parent(parent, out, best, "FINISHED", errored)
     return out
+
+
+def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
+    """Sweep, then write tune/<exp>/; one MLflow parent run with a child run per trial."""
+    exp, t = cfg.experiment(exp_name), cfg.tune
+    space = search_space(exp, t)
+    ray_space = to_ray(space, t.search)
+    address, key = resolve_address(t.address)
+    if address:  # fail fast, before anything starts
+        check_reachable(address, key)
+    prepared, state = _sweep_state(cfg, exp_name, resume)
+    with ray_session(address, key):
+        check_resources(t.resources_per_trial)
+        parent = _parent_run(cfg, exp_name, state, resume, space)
+        trainable = _trainable(cfg, exp_name, prepared, state, parent)
+        try:
+            grid = tuner(cfg, trainable, ray_space, state, resume).fit()
+        except Exception:
+            _set_status(parent, "FAILED")
+            raise
+    trials = _finished_trials(state, expected_trials(t.num_samples, ray_space), exp_name)
+    return _write_outputs(cfg, exp_name, state, trials, grid, parent)

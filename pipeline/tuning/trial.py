@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from pipeline.config import PipelineConfig, parse_config
+from pipeline.paths import prepared_dir
 
 METRIC = "val/loss"
 
@@ -25,7 +26,6 @@ def trial_config(raw: dict, exp_name: str, params: dict, max_epochs: int) -> Pip
     exp.setdefault("fit", {})["max_epochs"] = max_epochs
     raw["trainer"]["progress_bar"] = False
     # DDP inside a trial is fragile (Lightning would re-launch the Ray worker): one process.
-    raw["trainer"].update(ray_workers=None)
     if raw["trainer"].get("devices") != 1:
         raw["trainer"].update(devices=1, strategy="auto")
     return parse_config(raw)
@@ -46,8 +46,8 @@ def run_trial(
     from ray import tune
     from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
-    from pipeline.data.prepare import prepared_dir
-    from pipeline.training.train import TrainHooks, train
+    from pipeline.training.train import train
+    from pipeline.training.trainer import TrainHooks
     from pipeline.tuning.pbt import ApplyTrialHparams
 
     cfg = trial_config(raw, exp_name, params, max_epochs)

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.data.datamodule import WindowDataset, make_loader
+from pipeline.data.datasets import WindowDataset, make_loader
 
 
 class PerSample(Dataset):

@@ -1,7 +1,7 @@
 import numpy as np
 
 from pipeline.config import MovingDigitsData
-from pipeline.data.datamodule import Prepared
+from pipeline.data.prepared import Prepared
 from pipeline.data.sources import load_moving_digits
 
 SMALL = dict(
@@ -39,8 +39,8 @@ def test_prepared_frames_split_into_input_and_target(workdir, params):
     params["experiments"]["lstm_airline"]["model"] = {"name": "conv_lstm", "hidden_channels": 4}
     out = prepare(parse_config(params), "lstm_airline")
     p = Prepared.load(out)
-    assert p.meta["task"] == "frames" and p.meta["input_shape"] == [5, 1, 16, 16]
-    assert p.meta["horizon"] == 3
+    assert p.meta.task == "frames" and p.meta.input_shape == [5, 1, 16, 16]
+    assert p.meta.horizon == 3
     x, y = p.arrays("test")
     assert x.shape == (6, 5, 1, 16, 16) and y.shape == (6, 3, 1, 16, 16)
     assert x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import parse_config
-from pipeline.data.datamodule import Prepared
 from pipeline.data.prepare import prepare
+from pipeline.data.prepared import Prepared
 from tests.conftest import write_params
 
 
@@ -20,26 +20,26 @@ def test_ucr_official_test_split_stratified_val_and_train_only_scaling(workdir, 
     out = prepare(_cfg(params, "lstm_italypowerdemand"), "lstm_italypowerdemand")
     p = Prepared.load(out)
     meta = p.meta
-    assert meta["task"] == "classification" and meta["labels"] == ["1", "2"]
-    assert meta["sizes"] == {"train": 53, "val": 14, "test": 1029}
+    assert meta.task == "classification" and meta.labels == ["1", "2"]
+    assert meta.sizes == {"train": 53, "val": 14, "test": 1029}
     x_train, y_train = p.arrays("train")
     _, y_val = p.arrays("val")
     assert x_train.shape == (53, 24, 1) and x_train.dtype == np.float32
     np.testing.assert_allclose(x_train.mean(), 0, atol=1e-5)  # scaler fit on train only
     np.testing.assert_allclose(x_train.std(), 1, atol=1e-4)
     assert abs(np.bincount(y_val)[0] - np.bincount(y_val)[1]) <= 1  # stratified
-    assert len(meta["content_sha256"]) == 64
+    assert len(meta.content_sha256) == 64
 
 
 def test_airline_forecast_windows(workdir, params):
     out = prepare(_cfg(params, "lstm_airline"), "lstm_airline")
     p = Prepared.load(out)
-    assert p.meta["sizes"] == {"train": 49, "val": 13, "test": 13}
+    assert p.meta.sizes == {"train": 49, "val": 13, "test": 13}
     x, y = p.arrays("test")
     assert x.shape == (13, 36, 1) and y.shape == (13, 12, 1)
     series = np.load(out / "series.npy")
     # last test target is the last month; log + scaling inverts to 432 passengers (Dec 1960)
-    mean, std = p.meta["scaler"]["mean"][0], p.meta["scaler"]["std"][0]
+    mean, std = p.meta.scaler.mean[0], p.meta.scaler.std[0]
     np.testing.assert_allclose(np.exp(y[-1, -1, 0] * std + mean), 432, rtol=1e-5)
     train_part = np.log(np.exp(series[:96, 0] * std + mean))
     np.testing.assert_allclose([train_part.mean(), train_part.std()], [mean, std], rtol=1e-4)
@@ -78,8 +78,8 @@ def test_csv_forecast_multiple_series_windows_stay_within_a_series(workdir, para
     }
     out = prepare(_cfg(params, "lstm_airline", data), "lstm_airline")
     p = Prepared.load(out)
-    assert p.meta["target_index"] == [0] and p.meta["series_ids"] == [f"s{i}" for i in range(6)]
-    assert p.meta["sizes"] == {"train": 6 * 17, "val": 6 * 3, "test": 6 * 3}
+    assert p.meta.target_index == [0] and p.meta.series_ids == [f"s{i}" for i in range(6)]
+    assert p.meta.sizes == {"train": 6 * 17, "val": 6 * 3, "test": 6 * 3}
     starts = np.load(out / "starts_test.npy")
     assert ((starts % 40) + 12 <= 40).all()  # no window crosses into the next series
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pipeline.export.onnx_export import ExportError, export_module, symbolic_dims_or_raise
-from pipeline.export.validate import parity, session
+from pipeline.export.parity import parity
+from pipeline.inference import session
 from pipeline.training.module import SequenceModule
 
 META = {

@@ -10,11 +10,11 @@ import torch
 from mlflow import MlflowClient
 
 from pipeline.config import parse_config
-from pipeline.data.datamodule import Prepared
+from pipeline.data.prepared import Prepared
 from pipeline.export.onnx_export import export_module, export_step
-from pipeline.export.quantize import quantize_int8
-from pipeline.export.streaming import streaming_unsupported
-from pipeline.export.validate import int8_report, run_onnx, session, streaming_report
+from pipeline.export.parity import streaming_report
+from pipeline.export.quantize import int8_report, quantize_int8
+from pipeline.inference import run_onnx, session
 from pipeline.tracking import tracking_uri
 from pipeline.training.module import SequenceModule
 from tests.conftest import write_params
@@ -61,7 +61,7 @@ def test_non_causal_models_have_no_step_model(change, reason):
     forecast = {"task": "forecast", "input_shape": [12, 1], "horizon": 3, "targets": ["y"]}
     meta = {**forecast, "target_index": [0], "scaler": {"mean": [0.0], "std": [1.0]}}
     model = SequenceModule({"name": "lstm", "hidden_size": 8, **change}, meta).model
-    assert reason in streaming_unsupported(model)
+    assert reason in model.streaming_unsupported()
 
 
 def test_int8_model_quantizes_the_lstm_and_keeps_metadata(tmp_path):

@@ -7,8 +7,10 @@ import copy
 import onnx
 import torch
 
+from pipeline.config import parse_model
 from pipeline.export.onnx_export import export_module
-from pipeline.export.validate import parity, session
+from pipeline.export.parity import parity
+from pipeline.inference import session
 from pipeline.training.module import SequenceModule
 
 CLASSIFY = {
@@ -59,7 +61,7 @@ def prediction(out):
 
 
 def check_shapes(module: SequenceModule, batch: int = 4):
-    meta = module.meta
+    meta = module.hparams.meta
     for t in (5, meta["input_shape"][0], 60):
         out = module.model(_inputs(meta, batch, t))
         assert prediction(out).shape == _target_shape(meta, batch)
@@ -79,7 +81,7 @@ def _batch(meta, n=8):
 
 def check_training_lowers_loss(module: SequenceModule, steps: int = 30, ratio: float = 0.5):
     torch.manual_seed(0)
-    batch = _batch(module.meta)
+    batch = _batch(module.hparams.meta)
     opt = torch.optim.Adam(module.parameters(), lr=1e-2)
     module.train()
     losses = []
@@ -94,15 +96,12 @@ def check_training_lowers_loss(module: SequenceModule, steps: int = 30, ratio: f
 
 def _loss(module, batch):
     x, y = batch
-    out = module(x)
-    if module.classify:
-        return torch.nn.functional.cross_entropy(out, y)
-    return torch.nn.functional.mse_loss(out, y)
+    return module.task.loss(module(x), y)
 
 
 def check_gradients_reach_every_parameter(module: SequenceModule):
     module.zero_grad()
-    _loss(module, _batch(module.meta)).backward()
+    _loss(module, _batch(module.hparams.meta)).backward()
     dead = [n for n, p in module.named_parameters() if p.grad is None or not p.grad.abs().sum()]
     assert not dead, dead
 
@@ -112,7 +111,7 @@ def check_state_dict_round_trip(module: SequenceModule):
     for p in clone.parameters():
         torch.nn.init.normal_(p)
     clone.load_state_dict(module.state_dict())
-    x = _batch(module.meta)[0]
+    x = _batch(module.hparams.meta)[0]
     module.eval(), clone.eval()
     with torch.no_grad():
         torch.testing.assert_close(prediction(clone.model(x)), prediction(module.model(x)))
@@ -127,8 +126,8 @@ def check_onnx_parity(module: SequenceModule, tmp_path):
     for name, names in getattr(module.model, "extra_outputs", {}).items():
         output = next(o for o in graph.output if o.name == name)
         assert [d.dim_param for d in output.type.tensor_type.shape.dim] == list(names)
-    t = module.meta["input_shape"][0]
-    x = _inputs(module.meta, 3, t, torch.Generator().manual_seed(0)).numpy()
+    t = module.meta.input_shape[0]
+    x = _inputs(module.hparams.meta, 3, t, torch.Generator().manual_seed(0)).numpy()
     worst, shapes = parity(session(path), module, x, [1, 5])
     assert worst <= 1e-5 and {s for _, s in shapes} == {t // 2, t, 2 * t}
 
@@ -147,6 +146,28 @@ def check_loop_and_scan_agree(model: torch.nn.Module, inputs, lengths) -> None:
         torch.testing.assert_close(scanned, loop, rtol=0, atol=1e-6)
 
 
+# What makes a family causal; non-causal variants have no exact step (see streaming_unsupported).
+CAUSAL = {"bidirectional": False, "level_norm": False, "fcn_channels": []}
+
+
+def check_step_equals_forward(model_cfg: dict, meta: dict):
+    """Fed one step at a time from `initial_state`, the family's `step` predicts what `forward`
+    predicts on the sequence so far (checked on the causal variant of `model_cfg`)."""
+    keys = type(parse_model(model_cfg)).model_fields
+    causal = {**model_cfg, **{k: v for k, v in CAUSAL.items() if k in keys}}
+    torch.manual_seed(0)
+    model = SequenceModule(causal, meta).model.eval()
+    t = meta["input_shape"][0]
+    x = _inputs(meta, 3, t, torch.Generator().manual_seed(1))
+    state = model.initial_state(3)
+    with torch.no_grad():
+        for i in range(t):
+            outputs, state = model.step(x[:, i], state)
+            if i + 1 in (1, t // 2, t):
+                expected = prediction(model(x[:, : i + 1]))
+                torch.testing.assert_close(outputs["y"], expected, rtol=1e-5, atol=1e-5)
+
+
 def check_all(model_cfg: dict, meta: dict, tmp_path, loss_ratio: float = 0.5):
     torch.manual_seed(0)
     module = SequenceModule(model_cfg, meta)
@@ -155,3 +176,4 @@ def check_all(model_cfg: dict, meta: dict, tmp_path, loss_ratio: float = 0.5):
     check_state_dict_round_trip(module)
     check_onnx_parity(module, tmp_path)
     check_training_lowers_loss(module, ratio=loss_ratio)
+    check_step_equals_forward(model_cfg, meta)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pipeline.models import build_model
+from pipeline.training.module import SequenceModule
 from tests.models.checker import CLASSIFY, FORECAST, check_all
 
 
@@ -24,7 +24,7 @@ def test_attention_lstm_passes_the_model_checks(tmp_path, meta, fcn_channels):
 
 
 def test_attention_weights_are_a_distribution_over_time():
-    model = build_model({"name": "attention_lstm", "hidden_size": 8}, CLASSIFY).eval()
+    model = SequenceModule({"name": "attention_lstm", "hidden_size": 8}, CLASSIFY).model.eval()
     with torch.no_grad():
         _, alpha = model(torch.randn(3, 17, 3))
     assert alpha.shape == (3, 17) and (alpha >= 0).all()
@@ -32,6 +32,6 @@ def test_attention_weights_are_a_distribution_over_time():
 
 
 def test_zero_length_sequence_is_refused_by_name():
-    model = build_model({"name": "attention_lstm", "hidden_size": 8}, CLASSIFY).eval()
+    model = SequenceModule({"name": "attention_lstm", "hidden_size": 8}, CLASSIFY).model.eval()
     with pytest.raises(ValueError, match=r"attention_lstm: .* no time steps \(seq = 0\)"):
         model(torch.randn(2, 0, 3))

@@ -7,11 +7,12 @@ from tests.models.checker import FRAMES, check_all, check_loop_and_scan_agree
 C, H, W = 2, 8, 8
 K = 3
 T = 6
+FAMILY = {"hidden_channels": 4, "num_layers": 2, "kernel_size": 3, "peephole": True}
 
 
 def make(peephole: bool = True, seed: int = 0, **kw) -> ConvLSTM:
     torch.manual_seed(seed)
-    model = ConvLSTM(C, (K, C, H, W), hidden_channels=4, num_layers=2, peephole=peephole, **kw)
+    model = ConvLSTM(C, (K, C, H, W), **{**FAMILY, "peephole": peephole, **kw})
     with torch.no_grad():  # peephole weights start at zero; make them matter in the checks
         for name, p in model.named_parameters():
             if ".weight_c" in name:
@@ -45,7 +46,7 @@ def test_conv_lstm_passes_the_model_checks(tmp_path, peephole):
 
 def test_even_kernel_size_is_refused():
     with pytest.raises(ValueError, match="kernel_size must be odd"):
-        ConvLSTM(C, (K, C, H, W), kernel_size=4)
+        ConvLSTM(C, (K, C, H, W), **{**FAMILY, "kernel_size": 4})
 
 
 def test_input_that_is_not_5d_is_refused():
@@ -56,6 +57,6 @@ def test_input_that_is_not_5d_is_refused():
 
 def test_frame_shape_other_than_built_for_is_refused():
     with pytest.raises(ValueError, match="output_shape channels"):
-        ConvLSTM(3, (K, C, H, W))
+        ConvLSTM(3, (K, C, H, W), **FAMILY)
     with pytest.raises(ValueError, match="built for frames of shape"):
         make()(torch.rand(2, T, C, H + 1, W))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pipeline.models import build_model
+from pipeline.training.module import SequenceModule
 from tests.models.checker import CLASSIFY, FORECAST, check_all
 
 
@@ -23,7 +23,8 @@ def test_stacked_lstm_passes_the_model_checks(tmp_path, cell, bidirectional, met
 
 
 def test_level_norm_follows_a_shift_in_level():
-    model = build_model({"name": "lstm", "hidden_size": 8, "level_norm": True}, FORECAST).eval()
+    model = SequenceModule({"name": "lstm", "hidden_size": 8, "level_norm": True}, FORECAST)
+    model = model.model.eval()
     x = torch.randn(2, 36, 2)
     shifted = x + torch.tensor([0.0, 5.0])
     with torch.no_grad():

@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import Release
-from pipeline.release import gate_table, release_gates
+from pipeline.evaluation import gate_table, release_gates
 from tests.conftest import free_port, write_params
 
 RULES = Release(

@@ -7,7 +7,6 @@ import pytest
 from pipeline.cli import main
 from pipeline.config import parse_config
 from pipeline.errors import ConfigError
-from pipeline.models import REGISTRY
 from pipeline.tuning.spaces import FIT_SPACE, search_space, to_ray
 from tests.conftest import free_port, write_params
 from tests.tuning.conftest import EXP, sweep_params
@@ -23,7 +22,7 @@ def test_default_space_is_the_family_space_plus_fit(params):
     for exp_name in ("lstm_italypowerdemand", "attention_lstm_gunpoint", "conv_lstm_moving_digits"):
         exp = cfg.experiment(exp_name)
         space = search_space(exp, cfg.tune)
-        assert space["model"] == REGISTRY[exp.model.name].search_space
+        assert space["model"] == type(exp.model).search_space
         assert space["fit"] == FIT_SPACE
 
 

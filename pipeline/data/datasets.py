@@ -1,55 +1,28 @@
-"""Reading prepare's output: datasets over the saved arrays and a LightningDataModule."""
+"""torch Datasets and loaders over prepare's arrays (see prepared.py for the layouts)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pipeline.data.prepared import Prepared
 from pipeline.data.windows import window_view
-from pipeline.io import read_json
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """The arrays of one prepared experiment; forecast windows stay views until indexed."""
-
-    meta: dict
-    root: Path
-
-    @classmethod
-    def load(cls, root: str | Path) -> Prepared:
-        root = Path(root)
-        return cls(read_json(root / "meta.json"), root)
-
-    @property
-    def task(self) -> str:
-        return self.meta["task"]
-
-    def dataset(self, split: str) -> Dataset:
-        if self.task == "classification":
-            return ArrayDataset(self._npy(f"x_{split}"), self._npy(f"y_{split}"))
-        if self.task == "frames":
-            return FramesDataset(self._npy(f"frames_{split}"), self.meta["window"])
-        return WindowDataset(
-            self._npy("series", mmap=True),
-            self._npy(f"starts_{split}"),
-            self.meta["window"],
-            self.meta["horizon"],
-            self.meta["target_index"],
-        )
-
-    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """The whole split as (inputs, targets) arrays, for evaluation."""
-        ds = self.dataset(split)
-        return ds.x, ds.y
-
-    def _npy(self, name: str, mmap: bool = False) -> np.ndarray:
-        return np.load(self.root / f"{name}.npy", mmap_mode="r" if mmap else None)
+def dataset(prepared: Prepared, split: str) -> Dataset:
+    meta = prepared.meta
+    if prepared.layout == "arrays":
+        return ArrayDataset(*prepared.arrays(split))
+    if prepared.layout == "frames":
+        return FramesDataset(prepared.npy(f"frames_{split}"), meta.window)
+    return WindowDataset(
+        prepared.npy("series", mmap=True),
+        prepared.npy(f"starts_{split}"),
+        meta.window,
+        meta.horizon,
+        meta.target_index,
+    )
 
 
 class ArrayDataset(Dataset):
@@ -75,14 +48,6 @@ class FramesDataset(Dataset):
     def __getitem__(self, i: int):
         seq = torch.from_numpy(self.frames[i]).float().div_(255.0)
         return seq[: self.window], seq[self.window :]
-
-    @property
-    def x(self) -> np.ndarray:
-        return self.frames[:, : self.window].astype(np.float32) / 255.0
-
-    @property
-    def y(self) -> np.ndarray:
-        return self.frames[:, self.window :].astype(np.float32) / 255.0
 
 
 class WindowDataset(Dataset):
@@ -111,14 +76,6 @@ class WindowDataset(Dataset):
         x = np.ascontiguousarray(w[:, : self.window])
         y = np.ascontiguousarray(w[:, self.window :, self.target_index])
         return torch.from_numpy(x), torch.from_numpy(y)
-
-    @property
-    def x(self) -> np.ndarray:
-        return np.asarray(self.views[self.starts, : self.window])
-
-    @property
-    def y(self) -> np.ndarray:
-        return np.asarray(self.views[self.starts, self.window :][..., self.target_index])
 
 
 def pass_batch(batch):
@@ -160,38 +117,3 @@ def make_loader(
         persistent_workers=num_workers > 0,
         generator=generator,
     )
-
-
-class PreparedDataModule(pl.LightningDataModule):
-    def __init__(
-        self,
-        prepared: Prepared,
-        batch_size: int,
-        num_workers: int = 0,
-        seed: int = 0,
-        train_splits: tuple[str, ...] = ("train",),
-    ):
-        super().__init__()
-        self.prepared, self.batch_size, self.num_workers, self.seed = (
-            prepared,
-            batch_size,
-            num_workers,
-            seed,
-        )
-        self.train_splits = train_splits  # ("train", "val") for a refit
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return make_loader(
-            self.prepared.dataset(split), self.batch_size, shuffle, self.num_workers, self.seed
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        splits = [self.prepared.dataset(s) for s in self.train_splits]
-        dataset = splits[0] if len(splits) == 1 else ConcatDataset(splits)
-        return make_loader(dataset, self.batch_size, True, self.num_workers, self.seed)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

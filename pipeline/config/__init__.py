@@ -1,0 +1,135 @@
+"""Typed config schema, validated once at the edge.
+
+`conf/` (Hydra groups) composes into `params.yaml`; every stage loads params.yaml through
+`load_config`, which turns any schema violation into one `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, get_args
+
+import yaml
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
+
+from pipeline.config.base import Strict
+from pipeline.config.data import (
+    AirlineData,
+    DataConfig,
+    MovingDigitsData,
+    TableData,
+    UcrData,
+)
+from pipeline.config.models import ModelConfig
+from pipeline.config.run import Fit, Release, Resources, Tracking, Trainer, Tune, Validate
+from pipeline.errors import ConfigError
+
+__all__ = [
+    "AirlineData", "Experiment", "Fit", "MovingDigitsData", "PipelineConfig", "Release",
+    "Resources", "TableData", "Tracking", "Trainer", "Tune", "UcrData", "Validate",
+]  # fmt: skip
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+PARAMS_FILE = "params.yaml"
+
+
+class Experiment(Strict):
+    data: DataConfig
+    model: ModelConfig
+    fit: Fit = Fit()
+    validation: Validate = Field(Validate(), alias="validate")
+
+    @property
+    def task(self) -> str:
+        return self.data.task
+
+    @model_validator(mode="after")
+    def _model_fits_task(self) -> Experiment:
+        tasks = type(self.model).tasks
+        if self.task not in tasks:
+            raise ValueError(
+                f"model.name {self.model.name!r} does not support the {self.task!r} task of "
+                f"data.source {self.data.source!r}; it supports: {', '.join(tasks)}"
+            )
+        if getattr(self.model, "level_norm", False) and self.task != "forecast":
+            raise ValueError("model.level_norm applies to forecasting only")
+        return self
+
+
+class PipelineConfig(Strict):
+    seed: int = 0
+    trainer: Trainer = Trainer()
+    tracking: Tracking = Tracking()
+    release: Release = Release()
+    tune: Tune = Tune()
+    experiments: dict[Annotated[str, Field(pattern=r"^[a-z0-9_]+$")], Experiment]
+
+    def experiment(self, name: str) -> Experiment:
+        if name not in self.experiments:
+            raise ConfigError(
+                f"experiments.{name}: no such experiment; defined: {', '.join(self.experiments)}"
+            )
+        return self.experiments[name]
+
+
+def _tags(union, field: str) -> set[str]:
+    """The Literal values that pick each member of a discriminated union (pydantic puts them in
+    error paths, where users never wrote them)."""
+    members = get_args(get_args(union)[0])
+    return {tag for m in members for tag in get_args(m.model_fields[field].annotation)}
+
+
+UNION_TAGS = _tags(DataConfig, "source") | _tags(ModelConfig, "name")
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        # Drop the union tags pydantic puts in the path ("ucr", "lstm"...): users never write them.
+        loc = [str(p) for p in e["loc"] if p not in UNION_TAGS]
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{'.'.join(loc) or '<root>'}: {msg} (got {e.get('input')!r})")
+    return "invalid config: " + "; ".join(lines)
+
+
+def parse_config(raw: dict[str, Any]) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format(err)) from None
+
+
+def parse_model(raw: dict[str, Any]) -> ModelConfig:
+    """One model config (a checkpoint's, a test's) with the schema's defaults filled in."""
+    try:
+        return TypeAdapter(ModelConfig).validate_python(raw)
+    except ValidationError as err:
+        raise ConfigError(_format(err).replace("config", "model config", 1)) from None
+
+
+def load_config(path: str | Path = PARAMS_FILE) -> PipelineConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: not found (run `lstm-pipeline compose` to write it from conf/)")
+    return parse_config(yaml.safe_load(path.read_text()) or {})
+
+
+def compose(overrides: list[str] = (), conf_dir: Path = CONF_DIR) -> str:
+    """Compose conf/ exactly as DVC's Hydra integration does (dvc.utils.hydra.compose_and_dump)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(str(Path(conf_dir).resolve()), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"conf/: {err}") from None
+    text = OmegaConf.to_yaml(cfg)
+    parse_config(yaml.safe_load(text))
+    return text

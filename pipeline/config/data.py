@@ -1,0 +1,132 @@
+"""Data sources: which data an experiment prepares (the `data` group of conf/)."""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pipeline.config.base import Fraction, PositiveInt, Strict
+
+
+@cache
+def shipped_ucr_sets() -> tuple[str, ...]:
+    """UCR/UEA sets sktime ships (folders holding NAME_TRAIN.ts), found without importing it."""
+    spec = importlib.util.find_spec("sktime")
+    if spec is None or not spec.submodule_search_locations:
+        return ()
+    root = Path(spec.submodule_search_locations[0]) / "datasets" / "data"
+    return tuple(sorted(d.name for d in root.iterdir() if (d / f"{d.name}_TRAIN.ts").exists()))
+
+
+class ForecastWindows(Strict):
+    """Windowing and time-ordered splits of a forecasting series (counts are time steps)."""
+
+    window: PositiveInt = 24
+    horizon: PositiveInt = 12
+    val_size: PositiveInt = 24
+    test_size: PositiveInt = 24
+    transform: Literal["none", "log"] = "none"
+    season: PositiveInt | None = (
+        None  # period of the seasonal-naive baseline; None: naive (last value)
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ForecastWindows:
+        for key in ("val_size", "test_size"):
+            if getattr(self, key) < self.horizon:
+                raise ValueError(
+                    f"{key} ({getattr(self, key)}) must be >= horizon ({self.horizon})"
+                )
+        if self.season is not None and self.season > self.window:
+            raise ValueError(f"season ({self.season}) must be <= window ({self.window})")
+        return self
+
+
+class UcrData(Strict):
+    source: Literal["ucr"]
+    name: str
+    val_fraction: Fraction = 0.2
+    split_seed: int = 0  # the stratified validation split (the training seed is `seed`)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        allowed = shipped_ucr_sets()
+        if name not in allowed:
+            raise ValueError(f"unknown UCR data set {name!r}; allowed: {', '.join(allowed)}")
+        return name
+
+    @property
+    def task(self) -> str:
+        return "classification"
+
+
+class AirlineData(ForecastWindows):
+    source: Literal["airline"]
+
+    @property
+    def task(self) -> str:
+        return "forecast"
+
+
+class TableData(ForecastWindows):
+    """The user's own long-format file: one row per (series, time step)."""
+
+    source: Literal["csv", "parquet"]
+    path: str
+    task: Literal["classification", "forecast"]
+    id_column: str = "series_id"
+    time_column: str = "time"
+    features: Annotated[list[str], Field(min_length=1)]
+    label: str | None = None  # classification: one label per series
+    targets: list[str] = []  # forecast: columns to predict (default: all features)
+    val_fraction: Fraction = 0.2  # classification splits, by series
+    test_fraction: Fraction = 0.2
+    split_seed: int = 0
+
+    @model_validator(mode="after")
+    def _task_columns(self) -> TableData:
+        if self.task == "classification" and not self.label:
+            raise ValueError("classification needs 'label' (the column holding each series' class)")
+        missing = [t for t in self.targets if t not in self.features]
+        if missing:
+            raise ValueError(f"targets {missing} must also be listed in features")
+        return self
+
+
+class MovingDigitsData(Strict):
+    """Moving-MNIST-like sequences built from scikit-learn's 8x8 digits (see data/moving_digits)."""
+
+    source: Literal["moving_digits"]
+    frame_size: PositiveInt = 16
+    digit_size: PositiveInt = 8  # a multiple of 8: the 8x8 digits are upscaled by repetition
+    max_digits: Literal[1, 2] = 2
+    input_frames: PositiveInt = 8
+    output_frames: PositiveInt = 8
+    train_size: PositiveInt = 512
+    val_size: PositiveInt = 128
+    test_size: PositiveInt = 256
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _fits(self) -> MovingDigitsData:
+        if self.digit_size % 8:
+            raise ValueError(f"digit_size ({self.digit_size}) must be a multiple of 8")
+        if self.digit_size >= self.frame_size:
+            raise ValueError(
+                f"digit_size ({self.digit_size}) must be below frame_size ({self.frame_size})"
+            )
+        return self
+
+    @property
+    def task(self) -> str:
+        return "frames"
+
+
+DataConfig = Annotated[
+    UcrData | AirlineData | TableData | MovingDigitsData, Field(discriminator="source")
+]

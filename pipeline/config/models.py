@@ -1,0 +1,73 @@
+"""Model families: their keys, defaults, tasks and default search spaces (the `model` group)."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from pipeline.config.base import PositiveInt, Strict
+
+
+class RecurrentModel(Strict):
+    """Defaults here and in conf/model/*.yaml only (the nn.Module constructors have none).
+
+    Each family declares the tasks it supports and its default Ray Tune search space over its
+    own keys (pipeline/tuning; conf/tune overrides key by key): facts read without torch.
+    """
+
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "forecast")
+    search_space: ClassVar[dict[str, dict[str, list]]] = {}
+    cell: Literal["lstm", "gru", "peephole"] = "lstm"
+    hidden_size: PositiveInt = 64
+    num_layers: PositiveInt = 2
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    bidirectional: bool = False
+    level_norm: bool = False  # forecasting: model the change from the last observed step
+
+
+class LstmModel(RecurrentModel):
+    search_space: ClassVar = {
+        "cell": {"choice": ["lstm", "gru"]},
+        "hidden_size": {"choice": [16, 32, 64]},
+        "num_layers": {"choice": [1, 2]},
+        "dropout": {"uniform": [0.0, 0.5]},
+    }
+    name: Literal["lstm"]
+
+
+class AttentionLstmModel(RecurrentModel):
+    search_space: ClassVar = {
+        "cell": {"choice": ["lstm", "gru"]},
+        "hidden_size": {"choice": [32, 64, 128]},
+        "attention_size": {"choice": [16, 32, 64]},
+        "dropout": {"uniform": [0.0, 0.3]},
+    }
+    name: Literal["attention_lstm"]
+    num_layers: PositiveInt = 1
+    attention_size: PositiveInt = 32
+    fcn_channels: list[PositiveInt] = []  # e.g. [128, 256, 128]: the ALSTM-FCN conv branch
+
+
+class ConvLstmModel(Strict):
+    tasks: ClassVar[tuple[str, ...]] = ("frames",)
+    search_space: ClassVar = {
+        "hidden_channels": {"choice": [8, 16, 32]},
+        "num_layers": {"choice": [1, 2]},
+        "kernel_size": {"choice": [3, 5]},
+    }
+    name: Literal["conv_lstm"]
+    hidden_channels: PositiveInt = 16
+    num_layers: PositiveInt = 2
+    kernel_size: PositiveInt = 3
+    peephole: bool = False
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, k: int) -> int:
+        if k % 2 == 0:
+            raise ValueError(f"must be odd so that 'same' padding keeps the frame size (got {k})")
+        return k
+
+
+ModelConfig = Annotated[LstmModel | AttentionLstmModel | ConvLstmModel, Field(discriminator="name")]

@@ -1,0 +1,113 @@
+"""How an experiment is fit and checked, and the pipeline-wide groups: trainer, tune, tracking,
+release."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from pipeline.config.base import PositiveInt, Strict
+
+
+class Fit(Strict):
+    max_epochs: PositiveInt = 100
+    batch_size: PositiveInt = 32
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    patience: PositiveInt = 20
+    gradient_clip_val: Annotated[float, Field(ge=0)] = 1.0
+    # After early stopping has picked the epoch count on val: train again from the same seed on
+    # train + val for that many epochs; that model is tested, saved and exported.
+    refit: bool = False
+
+
+class Validate(Strict):
+    parity_tol: Annotated[float, Field(gt=0)] = 1e-5
+    parity_batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [1, 4, 16]
+    min: dict[str, float] = {}  # metric -> lowest passing value, e.g. accuracy: 0.95
+    max: dict[str, float] = {}  # metric -> highest passing value, e.g. mape: 10
+    beat_baseline: bool = False  # forecast: mape < (seasonal-)naive mape; frames: mse < copy-last
+    quantize: bool = True  # try a dynamic int8 model (models/<exp>/int8/model.onnx)
+    # keep it only if accuracy falls (mape, mse rises) by at most this much, absolute
+    int8_max_drop: Annotated[float, Field(ge=0)] = 0.01
+
+
+class Trainer(Strict):
+    accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
+    devices: PositiveInt | Literal["auto"] = 1
+    strategy: str = "auto"
+    precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
+    deterministic: bool = True
+    progress_bar: bool = True
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    threads: PositiveInt | None = 1  # torch intra-op threads; None: torch's default (all cores)
+    max_epochs: PositiveInt | None = None  # when set, caps every experiment's fit.max_epochs
+    # When set, train runs on a Ray cluster through Ray Train's TorchTrainer with this many
+    # workers (RayDDPStrategy); RAY_ADDRESS picks the cluster, else a local Ray starts.
+    ray_workers: PositiveInt | None = None
+
+
+SAMPLERS = ("choice", "grid", "uniform", "loguniform", "randint")
+
+
+class Resources(Strict):
+    cpu: Annotated[float, Field(gt=0)] = 1
+    gpu: Annotated[float, Field(ge=0)] = 0
+
+
+class Tune(Strict):
+    """A Ray Tune sweep over one experiment (`lstm-pipeline tune <exp>`); see pipeline/tuning."""
+
+    num_samples: PositiveInt = 8
+    max_epochs: PositiveInt = 5  # per trial (ASHA's max_t); applied with the best params
+    search: Literal["random", "grid", "optuna"] = "random"
+    scheduler: Literal["asha", "pbt", "fifo"] = "asha"
+    grace_period: PositiveInt = 1  # ASHA: epochs before a trial can be stopped
+    reduction_factor: Annotated[float, Field(gt=1)] = 2
+    perturbation_interval: PositiveInt = 2  # PBT: epochs between exploit/explore
+    resources_per_trial: Resources = Resources()
+    max_concurrent_trials: PositiveInt = 2
+    max_failures: Annotated[int, Field(ge=0)] = 1
+    address: str | None = None  # an existing cluster (host:port); else RAY_ADDRESS, else local
+    storage_path: str | None = None  # Ray's experiment storage (shared for multi-node)
+    seed: int = 0  # the search algorithm's seed
+    # Overrides the family's default space, key by key (null removes one):
+    #   model: {hidden_size: {choice: [16, 32, 64]}}, fit: {lr: {loguniform: [1e-4, 1e-2]}}
+    space: dict[Literal["model", "fit"], dict[str, dict[str, list] | None]] = {}
+
+    @field_validator("space")
+    @classmethod
+    def _samplers(cls, space: dict) -> dict:
+        for group, keys in space.items():
+            for key, spec in keys.items():
+                if spec is None:
+                    continue
+                if len(spec) != 1 or next(iter(spec)) not in SAMPLERS:
+                    raise ValueError(
+                        f"{group}.{key}: give one sampler of {', '.join(SAMPLERS)} (got {spec})"
+                    )
+                kind, values = next(iter(spec.items()))
+                if kind not in ("choice", "grid") and len(values) != 2:
+                    raise ValueError(f"{group}.{key}: {kind} takes [low, high] (got {values})")
+                if not values:
+                    raise ValueError(f"{group}.{key}: {kind} needs at least one value")
+        return space
+
+
+class Tracking(Strict):
+    experiment_name: str = "lstm-pipeline"
+
+
+class Release(Strict):
+    """Gates of `lstm-pipeline release`, checked on validate.json before anything is registered.
+
+    Thresholds on a metric the report lacks are skipped (a forecaster has no accuracy).
+    """
+
+    model_name: Annotated[str, Field(pattern=r"\{exp\}")] = "lstm-pipeline-{exp}"
+    require_passed: bool = True
+    min: dict[str, float] = {}
+    max: dict[str, float] = {}
+    # metric -> how much worse than the current @champion a candidate may be (absolute)
+    champion_margin: dict[str, Annotated[float, Field(ge=0)]] = {}

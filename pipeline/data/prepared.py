@@ -1,0 +1,59 @@
+"""Reading prepare's output (numpy only): meta.json and each split as (inputs, targets).
+
+The storage layout follows from the files prepare wrote, not from the task name:
+`x_{split}`/`y_{split}` arrays, `frames_{split}` sequences split at the window, or `series` plus
+`starts_{split}` window offsets (forecast windows stay strided views until indexed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.windows import window_view
+from pipeline.meta import PreparedMeta
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    meta: PreparedMeta
+    root: Path
+
+    @classmethod
+    def load(cls, root: str | Path) -> Prepared:
+        root = Path(root)
+        return cls(PreparedMeta.load(root / "meta.json"), root)
+
+    @property
+    def layout(self) -> str:
+        """Which files prepare wrote: `arrays`, `frames` or `windows`."""
+        if (self.root / "series.npy").exists():
+            return "windows"
+        return "frames" if (self.root / "frames_train.npy").exists() else "arrays"
+
+    def npy(self, name: str, mmap: bool = False) -> np.ndarray:
+        return np.load(self.root / f"{name}.npy", mmap_mode="r" if mmap else None)
+
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The whole split as (inputs, targets) arrays, for evaluation."""
+        if self.layout == "arrays":
+            return self.npy(f"x_{split}"), self.npy(f"y_{split}")
+        if self.layout == "frames":
+            return frames_xy(self.npy(f"frames_{split}"), self.meta.window)
+        views = window_view(self.npy("series", mmap=True), self.meta.window, self.meta.horizon)
+        starts, w = self.npy(f"starts_{split}"), self.meta.window
+        return np.asarray(views[starts, :w]), np.asarray(
+            views[starts, w:][..., self.meta.target_index]
+        )
+
+
+def frames_xy(frames: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 sequences -> (first `window` frames, the rest), float32 in [0, 1]."""
+    return (
+        frames[:, :window].astype(np.float32) / 255.0,
+        frames[:, window:].astype(np.float32) / 255.0,
+    )

@@ -1,0 +1,98 @@
+"""Gates on a report of metrics, shared by validate and release (numpy only).
+
+A metric's direction (higher or lower is better) is declared by the task that reports it.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from pipeline.config import Release, Validate
+from pipeline.errors import ConfigError
+from pipeline.tasks import Task, higher_is_better
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    value: str
+    threshold: str
+    passed: bool
+
+
+def threshold_gates(report: dict, low: dict[str, float], high: dict[str, float]) -> list[Gate]:
+    """One gate per bound on a metric the report has (a forecaster has no accuracy)."""
+    gates = []
+    for bound, sign in ((low, ">="), (high, "<=")):
+        for metric, threshold in bound.items():
+            if metric in report:
+                value = report[metric]
+                passed = value >= threshold if sign == ">=" else value <= threshold
+                gates.append(Gate(metric, f"{value:.6g}", f"{sign} {threshold:g}", passed))
+    return gates
+
+
+def validate_failures(report: dict, rules: Validate, task: Task) -> list[str]:
+    """validate's failed gates, each as a readable line; empty when everything passed."""
+    failed = [
+        f"{key} {report[key]:.3g} > {rules.parity_tol:g}"
+        for key in ("parity_max_abs_diff", "stream_max_abs_diff")
+        if report.get(key, 0.0) > rules.parity_tol
+    ]
+    for metric in (*rules.min, *rules.max):
+        if metric not in report:
+            known = sorted(k for k, val in report.items() if isinstance(val, float))
+            raise ConfigError(f"validate thresholds: unknown metric {metric!r}; known: {known}")
+    gates = threshold_gates(report, rules.min, rules.max)
+    failed += [f"{g.name} {g.value} not {g.threshold}" for g in gates if not g.passed]
+    if rules.beat_baseline and (pair := task.baseline_gate(report)):
+        metric, base = pair
+        if not report[metric] < report[base]:
+            failed.append(f"{metric} {report[metric]:.6g} not below {base} {report[base]:.6g}")
+    return failed
+
+
+def champion_gate(metric: str, value: float, margin: float, champion: dict | None) -> Gate:
+    """At most `margin` worse than the current @champion's value of `metric`."""
+    name = f"{metric} vs champion"
+    if champion is None:
+        return Gate(name, f"{value:.6g}", "no champion yet", True)
+    if metric not in champion:
+        return Gate(name, f"{value:.6g}", "champion has no such metric", False)
+    if higher_is_better(metric):
+        bound = champion[metric] - margin
+        return Gate(name, f"{value:.6g}", f">= {bound:.6g}", value >= bound)
+    bound = champion[metric] + margin
+    return Gate(name, f"{value:.6g}", f"<= {bound:.6g}", value <= bound)
+
+
+def release_gates(report: dict, rules: Release, champion: dict | None) -> list[Gate]:
+    """Each release gate with value, threshold and verdict; `champion`: metric -> value, or None."""
+    failed = "; ".join(report.get("failed_gates", []))
+    passed = Gate(
+        "validate.json passed",
+        f"{report['passed']}" + (f" ({failed})" if failed else ""),
+        "true" if rules.require_passed else "not required",
+        bool(report["passed"]) or not rules.require_passed,
+    )
+    margins = [
+        champion_gate(metric, report[metric], margin, champion)
+        for metric, margin in rules.champion_margin.items()
+        if metric in report
+    ]
+    return [passed, *threshold_gates(report, rules.min, rules.max), *margins]
+
+
+def gate_table(gates: list[Gate]) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("gate", "value", "threshold", "verdict"):
+        table.add_column(column, no_wrap=True)
+    for g in gates:
+        table.add_row(g.name, g.value, g.threshold, "pass" if g.passed else "FAIL")
+    out = io.StringIO()
+    Console(file=out, width=10_000, color_system=None).print(table)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines())

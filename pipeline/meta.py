@@ -1,0 +1,118 @@
+"""The data contract: what prepare learnt about the data, carried prepare -> meta.json ->
+checkpoint -> ONNX metadata_props -> inference, validated wherever it is read.
+
+Scalers are defined beside their inverses. They take numpy arrays or torch tensors alike and
+compute in the caller's dtype, so prepare, the LightningModule and ONNX inference share one
+formula (neither this module nor `pipeline.config` imports torch).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pipeline.errors import DataError
+from pipeline.io import read_json
+
+
+def fit_standard(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature (mean, std) over every step of the train split; a constant feature gets 1."""
+    flat = train.reshape(-1, train.shape[-1])
+    std = flat.std(axis=0)
+    return flat.mean(axis=0), np.where(std > 0, std, 1.0)
+
+
+def standard(x, mean, std):
+    return (x - mean) / std
+
+
+def inv_standard(z, mean, std):
+    return z * std + mean
+
+
+def log(x):
+    return x.log() if hasattr(x, "log") else np.log(x)
+
+
+def inv_log(y):
+    return y.exp() if hasattr(y, "exp") else np.exp(y)
+
+
+class Scaler(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mean: list[float]
+    std: list[float]
+
+
+class DataMeta(BaseModel):
+    """What the model, its metrics and torch-free inference need to know of the data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str  # a name in pipeline.tasks.TASKS: classification, forecast, frames
+    input_shape: list[int]  # without batch: [seq, features] or [seq, channels, height, width]
+    features: list[str] = []
+    labels: list[str] | None = None  # classification
+    window: int | None = None
+    horizon: int | None = None  # forecast steps, or frames predicted
+    season: int | None = None  # forecast: the seasonal-naive baseline's period
+    targets: list[str] | None = None  # forecast: the predicted features...
+    target_index: list[int] | None = None  # ...and their positions in `features`
+    transform: Literal["none", "log"] = "none"  # forecast: applied before standard scaling
+    scaler: Scaler | None = None
+
+    def to_model_scale(self, x: np.ndarray) -> np.ndarray:
+        """Raw feature values -> the scaled float32 inputs the model was trained on."""
+        if self.transform == "log":
+            x = log(x)
+        return standard(x, np.asarray(self.scaler.mean), np.asarray(self.scaler.std)).astype(
+            np.float32
+        )
+
+    def target_scaler(self) -> tuple[list[float], list[float]]:
+        """(mean, std) of the forecast targets."""
+        idx = self.target_index
+        return [self.scaler.mean[i] for i in idx], [self.scaler.std[i] for i in idx]
+
+    def to_original(self, z):
+        """Scaled forecasts [..., targets] -> original units, in float64 (the module's torch
+        metrics apply the same inv_standard and inv_log to tensors)."""
+        mean, std = (np.asarray(s) for s in self.target_scaler())
+        y = inv_standard(z.astype(np.float64), mean, std)
+        return inv_log(y) if self.transform == "log" else y
+
+    def to_props(self, **extra) -> dict[str, str]:
+        """ONNX metadata_props: every field (and `extra`) as JSON."""
+        return {k: json.dumps(v) for k, v in {**self.model_dump(mode="json"), **extra}.items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str]) -> DataMeta:
+        return cls.model_validate({k: json.loads(props[k]) for k in cls.model_fields if k in props})
+
+
+class PreparedMeta(DataMeta):
+    """meta.json: the contract plus where the data came from and how it was split."""
+
+    source: str
+    dataset: str
+    content_sha256: str
+    sizes: dict[str, int]
+    series_ids: list[str] | None = None  # forecast
+
+    def contract(self) -> DataMeta:
+        return DataMeta.model_validate(self.model_dump(include=set(DataMeta.model_fields)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> PreparedMeta:
+        if not Path(path).exists():
+            raise DataError(f"{path}: not found; run the prepare stage first")
+        try:
+            return cls.model_validate(read_json(path))
+        except (ValidationError, ValueError) as err:
+            first = str(err).splitlines()[:3]
+            raise DataError(f"{path}: not a valid meta.json ({' '.join(first)})") from None

@@ -1,0 +1,76 @@
+"""What a task is: everything that differs between classification, forecasting and frames.
+
+A task object gives the model its output shape, the LightningModule its loss and torchmetrics,
+validate its numpy metrics, baseline and plots, the gates its metric directions, and predict
+its input reader and output table. Importing a task loads neither torch nor sklearn: the torch
+parts import it when called (predict runs where torch is not installed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pipeline.data.sources import last_windows
+from pipeline.io import atomic_file
+from pipeline.meta import DataMeta
+
+
+class Task:
+    name: ClassVar[str]
+    # Every metric evaluate() reports -> whether higher is better (gates, release, int8 bound).
+    directions: ClassVar[dict[str, bool]]
+    headline: ClassVar[str]  # the one metric a quality bound (int8) applies to
+
+    def output_shape(self, meta: DataMeta) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def model_kwargs(self, meta: DataMeta) -> dict[str, Any]:
+        """What the model needs beyond input size and output shape."""
+        return {}
+
+    # -- training (torch) --
+    def loss(self, out, y):
+        import torch.nn.functional as F
+
+        return F.mse_loss(out, y)
+
+    def torchmetrics(self, meta: DataMeta) -> dict:
+        raise NotImplementedError
+
+    def buffers(self, meta: DataMeta) -> dict:
+        """Tensors the module keeps (not saved) for metric_inputs."""
+        return {}
+
+    def metric_inputs(self, module, out, y) -> tuple:
+        """(preds, target) as the torchmetrics take them."""
+        return out, y
+
+    # -- evaluation (numpy) --
+    def evaluate(self, out: np.ndarray, x: np.ndarray, y: np.ndarray, meta: DataMeta):
+        """(report: flat metrics, plot data: what `plot` draws)."""
+        raise NotImplementedError
+
+    def plot(self, data: dict, out: Path) -> None:
+        raise NotImplementedError
+
+    def baseline_gate(self, report: dict) -> tuple[str, str] | None:
+        """(metric, the baseline's metric it must beat) for validate.beat_baseline."""
+        return None
+
+    # -- predict (numpy) --
+    def read_inputs(self, path: Path, output: Path, meta: DataMeta, id_column, time_column):
+        """(raw inputs [n, window, ...], one key per input) from the user's file."""
+        return last_windows(path, meta, id_column, time_column)
+
+    def scale_inputs(self, x: np.ndarray, meta: DataMeta) -> np.ndarray:
+        return meta.to_model_scale(x)
+
+    def predictions(self, out: np.ndarray, meta: DataMeta, keys, id_column: str):
+        raise NotImplementedError
+
+    def write(self, result, output: Path) -> None:
+        with atomic_file(output) as tmp:
+            result.to_csv(tmp, index=False)

@@ -1,0 +1,61 @@
+"""Sequence classification: logits [batch, classes]; accuracy and macro F1."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline import plots
+from pipeline.inference import softmax
+from pipeline.meta import DataMeta
+from pipeline.tasks.base import Task
+
+
+class Classification(Task):
+    name = "classification"
+    directions = {"accuracy": True, "f1_macro": True}
+    headline = "accuracy"
+
+    def output_shape(self, meta: DataMeta) -> tuple[int, ...]:
+        return (len(meta.labels),)
+
+    def loss(self, out, y):
+        import torch.nn.functional as F
+
+        return F.cross_entropy(out, y)
+
+    def torchmetrics(self, meta: DataMeta) -> dict:
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+        k = len(meta.labels)
+        return {
+            "acc": MulticlassAccuracy(k, average="micro"),
+            "f1": MulticlassF1Score(k, average="macro"),
+        }
+
+    def evaluate(self, out, x, y, meta: DataMeta):
+        from sklearn.metrics import f1_score
+
+        pred = out.argmax(axis=1)
+        report = {
+            "accuracy": float((pred == y).mean()),
+            "f1_macro": float(f1_score(y, pred, average="macro")),
+        }
+        labels = meta.labels
+        data = {"actual": [labels[i] for i in y], "predicted": [labels[i] for i in pred]}
+        return report, {**data, "labels": labels}
+
+    def plot(self, data: dict, out) -> None:
+        plots.confusion(data["actual"], data["predicted"], data["labels"], out)
+
+    def scale_inputs(self, x, meta: DataMeta):
+        # prepare holds these sequences as float32 before scaling
+        return meta.to_model_scale(x.astype(np.float32))
+
+    def predictions(self, out, meta: DataMeta, keys, id_column: str) -> pd.DataFrame:
+        probs = softmax(out.astype(np.float64))
+        labels = np.asarray(meta.labels)
+        table = pd.DataFrame({id_column: keys, "label": labels[probs.argmax(axis=1)]})
+        for j, label in enumerate(labels):
+            table[f"prob_{label}"] = probs[:, j]
+        return table

@@ -1,0 +1,96 @@
+"""Multi-step multivariate forecasting: [batch, horizon, targets], scored in original units
+beside the (seasonal) naive baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline import plots
+from pipeline.meta import DataMeta, inv_log, inv_standard
+from pipeline.tasks.base import Task
+
+# torchmetrics' MeanAbsolutePercentageError clamps |truth| at this: train's test/mape and
+# validate's mape are one formula.
+MAPE_EPS = 1.17e-06
+
+
+def errors(pred: np.ndarray, truth: np.ndarray, prefix: str = "") -> dict[str, float]:
+    err = pred - truth
+    return {
+        f"{prefix}mae": float(np.abs(err).mean()),
+        f"{prefix}rmse": float(np.sqrt((err**2).mean())),
+        f"{prefix}mape": float((np.abs(err) / np.maximum(np.abs(truth), MAPE_EPS)).mean()),
+    }
+
+
+def naive_forecast(x: np.ndarray, meta: DataMeta) -> tuple[str, np.ndarray]:
+    """Seasonal naive (repeat the last season) or naive (repeat the last value), scaled units."""
+    season = meta.season or 1
+    last = x[:, -season:, meta.target_index]
+    reps = -(-meta.horizon // season)
+    name = "seasonal_naive" if meta.season else "naive"
+    return name, np.concatenate([last] * reps, axis=1)[:, : meta.horizon]
+
+
+class Forecast(Task):
+    name = "forecast"
+    directions = {
+        f"{baseline}{metric}": False
+        for baseline in ("", "naive_", "seasonal_naive_")
+        for metric in ("mae", "rmse", "mape")
+    }
+    headline = "mape"
+
+    def output_shape(self, meta: DataMeta) -> tuple[int, ...]:
+        return (meta.horizon, len(meta.targets))
+
+    def model_kwargs(self, meta: DataMeta) -> dict:
+        return {"target_index": tuple(meta.target_index)}
+
+    def torchmetrics(self, meta: DataMeta) -> dict:
+        from torchmetrics import MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError
+
+        return {
+            "mae": MeanAbsoluteError(),
+            "rmse": MeanSquaredError(squared=False),
+            "mape": MeanAbsolutePercentageError(),
+        }
+
+    def buffers(self, meta: DataMeta) -> dict:
+        import torch
+
+        mean, std = meta.target_scaler()
+        return {"target_mean": torch.tensor(mean), "target_std": torch.tensor(std)}
+
+    def metric_inputs(self, module, out, y) -> tuple:
+        """Both on the original scale (the module's float32 twin of DataMeta.to_original)."""
+
+        def original(z):
+            z = inv_standard(z, module.target_mean, module.target_std)
+            return inv_log(z) if module.meta.transform == "log" else z
+
+        return original(out), original(y)
+
+    def evaluate(self, out, x, y, meta: DataMeta):
+        truth, pred = meta.to_original(y), meta.to_original(out)
+        name, base_scaled = naive_forecast(x, meta)
+        base = meta.to_original(base_scaled)
+        report = {**errors(pred, truth), **errors(base, truth, f"{name}_")}
+        return report, {"truth": truth[..., 0], "pred": pred[..., 0], "baseline": base[..., 0]}
+
+    def plot(self, data: dict, out) -> None:
+        plots.forecast(data["truth"], data["pred"], data["baseline"], out)
+
+    def baseline_gate(self, report: dict) -> tuple[str, str]:
+        return "mape", next(k for k in report if k.endswith("naive_mape"))
+
+    def predictions(self, out, meta: DataMeta, keys, id_column: str) -> pd.DataFrame:
+        pred = meta.to_original(out)  # [n, horizon, targets]
+        n, horizon, _ = pred.shape
+        table = pd.DataFrame(
+            {id_column: np.repeat(keys, horizon), "step": np.tile(np.arange(1, horizon + 1), n)}
+        )
+        for j, target in enumerate(meta.targets):
+            table[target] = pred[:, :, j].reshape(-1)
+        return table

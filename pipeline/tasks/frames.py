@@ -1,0 +1,100 @@
+"""Next-frame prediction: [batch, K, C, H, W] in [0, 1], scored per frame beside the
+copy-last-frame baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline import plots
+from pipeline.errors import DataError
+from pipeline.io import atomic_file
+from pipeline.meta import DataMeta
+from pipeline.tasks.base import Task
+
+
+def frame_scores(pred: np.ndarray, truth: np.ndarray, prefix: str = "") -> dict:
+    # torchmetrics' SSIM, the same numbers train reports (imported here only: predict never
+    # scores frames)
+    import torch
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    per_step = ((pred - truth) ** 2).mean(axis=(0, 2, 3, 4))
+    score = ssim(
+        torch.from_numpy(pred).flatten(0, 1), torch.from_numpy(truth).flatten(0, 1), data_range=1.0
+    )
+    return {
+        f"{prefix}mse": float(per_step.mean()),
+        f"{prefix}ssim": float(score),
+        f"{prefix}mse_per_step": [float(v) for v in per_step],
+    }
+
+
+class Frames(Task):
+    name = "frames"
+    directions = {
+        "mse": False,
+        "ssim": True,
+        "baseline_mse": False,
+        "baseline_ssim": True,
+        "mse_ratio_to_baseline": False,
+    }
+    headline = "mse"
+
+    def output_shape(self, meta: DataMeta) -> tuple[int, ...]:
+        return (meta.horizon, *meta.input_shape[1:])
+
+    def torchmetrics(self, meta: DataMeta) -> dict:  # on [0, 1] intensities, frame by frame
+        from torchmetrics import MeanSquaredError
+        from torchmetrics.image import StructuralSimilarityIndexMeasure
+
+        return {"mse": MeanSquaredError(), "ssim": StructuralSimilarityIndexMeasure(data_range=1.0)}
+
+    def metric_inputs(self, module, out, y) -> tuple:
+        return out.flatten(0, 1), y.flatten(0, 1)
+
+    def evaluate(self, out, x, y, meta: DataMeta):
+        copy_last = np.repeat(x[:, -1:], y.shape[1], axis=1)
+        report = {**frame_scores(out, y), **frame_scores(copy_last, y, "baseline_")}
+        report["mse_ratio_to_baseline"] = report["mse"] / report["baseline_mse"]
+        per_step = {k: report[k] for k in ("mse_per_step", "baseline_mse_per_step")}
+        return report, {"inputs": x[0], "pred": out[0], "truth": y[0], **per_step}
+
+    def plot(self, data: dict, out) -> None:
+        plots.frames(
+            data["inputs"],
+            data["pred"],
+            data["truth"],
+            data["mse_per_step"],
+            data["baseline_mse_per_step"],
+            out,
+        )
+
+    def baseline_gate(self, report: dict) -> tuple[str, str]:
+        return "mse", "baseline_mse"
+
+    def read_inputs(self, path, output, meta: DataMeta, id_column, time_column):
+        for file, role in ((path, "reads"), (output, "writes")):
+            if file.suffix.lower() != ".npy":
+                raise DataError(f"{file}: a frames model {role} .npy arrays [n, frames, C, H, W]")
+        x = np.load(path)
+        expected = tuple(meta.input_shape[1:])
+        if x.ndim != 5 or x.shape[2:] != expected:
+            raise DataError(
+                f"{path}: shape {list(x.shape)}; the model needs [n, frames, "
+                f"{', '.join(map(str, expected))}]"
+            )
+        if not np.isfinite(x).all():
+            raise DataError(f"{path}: holds NaN or inf pixels")
+        return x, None
+
+    def scale_inputs(self, x, meta: DataMeta):
+        # uint8 pixels, divided in float32 as the training data was
+        return x.astype(np.float32) / np.float32(meta.scaler.std[0])
+
+    def predictions(self, out, meta: DataMeta, keys, id_column: str) -> np.ndarray:
+        return (out * np.float32(meta.scaler.std[0])).astype(np.float32)  # back to 0..255
+
+    def write(self, result: np.ndarray, output) -> None:
+        with atomic_file(output) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, result)

@@ -1,0 +1,40 @@
+"""The LightningDataModule over prepare's output."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+from torch.utils.data import ConcatDataset, DataLoader
+
+from pipeline.data.datasets import dataset, make_loader
+from pipeline.data.prepared import Prepared
+
+
+class PreparedDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        prepared: Prepared,
+        batch_size: int,
+        num_workers: int = 0,
+        seed: int = 0,
+        train_splits: tuple[str, ...] = ("train",),
+    ):
+        super().__init__()
+        self.prepared, self.batch_size = prepared, batch_size
+        self.num_workers, self.seed = num_workers, seed
+        self.train_splits = train_splits  # ("train", "val") for a refit
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return make_loader(
+            dataset(self.prepared, split), self.batch_size, shuffle, self.num_workers, self.seed
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        splits = [dataset(self.prepared, s) for s in self.train_splits]
+        data = splits[0] if len(splits) == 1 else ConcatDataset(splits)
+        return make_loader(data, self.batch_size, True, self.num_workers, self.seed)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

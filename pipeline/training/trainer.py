@@ -1,0 +1,94 @@
+"""The Lightning Trainer of a fit, and what callers other than the train stage add to it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
+
+from pipeline.config import Experiment, PipelineConfig
+
+
+class History(Callback):
+    """Epoch-level losses for the learning-curve plot."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    # Kept in Lightning checkpoints, so that a resumed fit (Tune restore, PBT) has every epoch.
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = list(state["rows"])
+
+    def on_train_epoch_end(self, trainer, _):
+        m = trainer.callback_metrics
+        if "val/loss" in m:
+            self.rows.append(
+                {
+                    "epoch": trainer.current_epoch,
+                    "train_loss": float(m["train/loss"]),
+                    "val_loss": float(m["val/loss"]),
+                }
+            )
+
+
+@dataclass(frozen=True)
+class TrainHooks:
+    """What a caller other than the train stage adds: a Tune trial, a Ray Train worker."""
+
+    callbacks: tuple = ()
+    resume_from: str | None = None  # a Lightning checkpoint to continue from (Tune restore, PBT)
+    ckpt_dir: Path | None = None  # where ModelCheckpoint writes; None: a temporary folder
+    run_name: str | None = None  # MLflow run name (default: the experiment name)
+    tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags (mlflow.parentRunId)
+    strategy: Any = None  # replaces trainer.strategy (Ray Train's RayDDPStrategy)
+    plugins: tuple = ()
+    prepare: Any = None  # called on the pl.Trainer (ray.train.lightning.prepare_trainer)
+
+
+def build_trainer(
+    cfg: PipelineConfig,
+    exp: Experiment,
+    ckpt_dir: Path,
+    logger,
+    callbacks=(),
+    hooks: TrainHooks = TrainHooks(),
+    refit_epochs: int | None = None,
+) -> pl.Trainer:
+    """The fit's Trainer; with `refit_epochs`, one without validation that trains that many
+    epochs and keeps the last weights."""
+    t = cfg.trainer
+    callbacks = list(callbacks)
+    if not refit_epochs:
+        callbacks[:0] = [
+            # strict=False: a fit resumed from a checkpoint taken at validation end (Tune restore,
+            # PBT) reaches its first train-epoch end before val/loss is logged again.
+            EarlyStopping("val/loss", patience=exp.fit.patience, strict=False),
+            ModelCheckpoint(ckpt_dir, filename="best", monitor="val/loss", save_last=True),
+        ]
+    if t.progress_bar:
+        callbacks.append(RichProgressBar())
+    trainer = pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=hooks.strategy or t.strategy,
+        plugins=list(hooks.plugins) or None,
+        precision=t.precision,
+        deterministic=t.deterministic,
+        max_epochs=refit_epochs or min(exp.fit.max_epochs, t.max_epochs or exp.fit.max_epochs),
+        limit_val_batches=0 if refit_epochs else None,
+        enable_checkpointing=not refit_epochs,
+        gradient_clip_val=exp.fit.gradient_clip_val or None,
+        callbacks=callbacks,
+        logger=logger,
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=ckpt_dir,
+        log_every_n_steps=1,
+    )
+    return hooks.prepare(trainer) if hooks.prepare else trainer

@@ -1,0 +1,98 @@
+"""The Ray Tune objects of a sweep: scheduler, search algorithm and Tuner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import ConfigError
+from pipeline.tuning.results import ResultLog
+from pipeline.tuning.spaces import pbt_mutations
+from pipeline.tuning.trial import METRIC
+
+RESULT_LOG = "results.jsonl"
+
+
+def scheduler(cfg: PipelineConfig, ray_space: dict):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    t = cfg.tune
+    if t.scheduler == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            # One past the last epoch: at max_t ASHA stops the trial at its last report, before
+            # train() has tested and logged it.
+            max_t=t.max_epochs + 1,
+            grace_period=t.grace_period,
+            reduction_factor=t.reduction_factor,
+        )
+    if t.scheduler == "pbt":
+        from pipeline.tuning.pbt import PBTKeepingLastEpoch  # imports Lightning
+
+        mutations = pbt_mutations(ray_space)
+        if not mutations:
+            raise ConfigError(
+                "tune.scheduler: pbt needs fit.lr, weight_decay or batch_size in space"
+            )
+        return PBTKeepingLastEpoch(
+            t.max_epochs,
+            time_attr="training_iteration",
+            perturbation_interval=t.perturbation_interval,
+            hyperparam_mutations=mutations,
+        )
+    return FIFOScheduler()
+
+
+def search_alg(cfg: PipelineConfig):
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if cfg.tune.search == "optuna":
+        from optuna.samplers import TPESampler
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(sampler=TPESampler(seed=cfg.tune.seed))
+    return BasicVariantGenerator(random_state=cfg.tune.seed)
+
+
+def tuner(cfg: PipelineConfig, trainable, ray_space: dict, state: Path, resume: bool):
+    from ray import tune as ray_tune
+
+    if resume:
+        return ray_tune.Tuner.restore(
+            str(state), trainable, resume_unfinished=True, resume_errored=True
+        )
+    t = cfg.tune
+    return ray_tune.Tuner(
+        trainable,
+        param_space=ray_space,
+        tune_config=ray_tune.TuneConfig(
+            metric=METRIC,
+            mode="min",
+            num_samples=t.num_samples,
+            search_alg=search_alg(cfg),
+            scheduler=scheduler(cfg, ray_space),
+            max_concurrent_trials=t.max_concurrent_trials,
+            reuse_actors=True,  # one Python + torch start per slot, not per trial
+        ),
+        run_config=ray_tune.RunConfig(
+            name=state.name,
+            storage_path=str(state.parent),
+            failure_config=ray_tune.FailureConfig(max_failures=t.max_failures),
+            # PBT exploits other trials' checkpoints: keep them all (tiny models here).
+            checkpoint_config=ray_tune.CheckpointConfig(
+                num_to_keep=None if t.scheduler == "pbt" else 1
+            ),
+            callbacks=[ResultLog(state / RESULT_LOG)],
+            verbose=1,
+        ),
+    )
+
+
+def expected_trials(num_samples: int, ray_space: dict) -> int:
+    """num_samples, times the size of the grid when there are grid axes."""
+    n = num_samples
+    for keys in ray_space.values():
+        for domain in keys.values():
+            if isinstance(domain, dict) and "grid_search" in domain:
+                n *= len(domain["grid_search"])
+    return n

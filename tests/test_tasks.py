@@ -1,0 +1,63 @@
+"""The task objects: one MAPE formula for train and validate, and a direction for every metric."""
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.functional import mean_absolute_percentage_error
+
+from pipeline.config import Validate
+from pipeline.evaluation import validate_failures
+from pipeline.meta import DataMeta
+from pipeline.tasks import TASKS, higher_is_better
+from pipeline.tasks.forecast import errors
+
+RNG = np.random.default_rng(0)
+METAS = {
+    "classification": DataMeta(task="classification", input_shape=[6, 2], labels=["a", "b"]),
+    "forecast": DataMeta(
+        task="forecast",
+        input_shape=[6, 2],
+        horizon=3,
+        season=2,
+        targets=["y"],
+        target_index=[1],
+        scaler={"mean": [0.0, 10.0], "std": [1.0, 2.0]},
+    ),
+    "frames": DataMeta(task="frames", input_shape=[4, 1, 8, 8], horizon=2),
+}
+
+
+def test_mape_is_the_torchmetrics_formula_even_near_zero():
+    truth = np.array([1e-9, -2e-7, 0.5, -3.0, 100.0])
+    pred = np.array([0.1, 0.2, 0.4, -2.0, 90.0])
+    expected = mean_absolute_percentage_error(torch.from_numpy(pred), torch.from_numpy(truth))
+    np.testing.assert_allclose(errors(pred, truth)["mape"], float(expected), rtol=1e-12)
+
+
+def _evaluation_inputs(meta: DataMeta):
+    task, n = TASKS[meta.task], 5
+    x = RNG.random((n, *meta.input_shape), dtype=np.float32)
+    out = RNG.random((n, *task.output_shape(meta)), dtype=np.float32)
+    if meta.task == "classification":
+        return out, x, RNG.integers(0, 2, n)
+    return out, x, RNG.random(out.shape, dtype=np.float32)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_reported_metric_has_a_direction_and_the_gates_read_it(name, tmp_path):
+    meta, task = METAS[name], TASKS[name]
+    report, plot_data = task.evaluate(*_evaluation_inputs(meta), meta)
+    scalar = {k for k, v in report.items() if isinstance(v, float)}
+    assert task.headline in scalar
+    assert scalar <= set(task.directions), scalar - set(task.directions)
+    task.plot(plot_data, tmp_path)
+    assert list(tmp_path.glob("*.csv")) and list(tmp_path.glob("*.png"))
+    # a bound in the wrong direction fails; the headline's own value passes
+    value, up = report[task.headline], higher_is_better(task.headline)
+    rules = Validate(min={task.headline: value}) if up else Validate(max={task.headline: value})
+    assert not validate_failures(report, rules, task)
+    bad = {task.headline: value + (1 if up else -1)}
+    rules = Validate(min=bad) if up else Validate(max=bad)
+    assert validate_failures(report, rules, task) == [
+        f"{task.headline} {value:.6g} not {'>=' if up else '<='} {bad[task.headline]:g}"
+    ]
