@@ -12,7 +12,7 @@ import onnxruntime as ort
 from pydantic import ValidationError
 
 from pipeline.errors import DataError
-from pipeline.meta import DataMeta
+from pipeline.meta import DataMeta, first_error
 
 
 def session(path: str | Path) -> ort.InferenceSession:
@@ -34,7 +34,9 @@ def onnx_meta(sess: ort.InferenceSession) -> DataMeta:
     try:
         return DataMeta.from_props(props)
     except (ValidationError, ValueError) as err:
-        raise DataError(f"the ONNX model's metadata is not a valid data contract: {err}") from None
+        raise DataError(
+            f"the ONNX model's metadata is not a valid data contract: {first_error(err)}"
+        ) from None
 
 
 def run_onnx(sess: ort.InferenceSession, x: np.ndarray, chunk: int = 512) -> list[np.ndarray]:

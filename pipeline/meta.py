@@ -114,5 +114,9 @@ class PreparedMeta(DataMeta):
         try:
             return cls.model_validate(read_json(path))
         except (ValidationError, ValueError) as err:
-            first = str(err).splitlines()[:3]
-            raise DataError(f"{path}: not a valid meta.json ({' '.join(first)})") from None
+            raise DataError(f"{path}: not a valid meta.json ({first_error(err)})") from None
+
+
+def first_error(err: Exception) -> str:
+    """A validation error's first complaint on one line (pydantic spreads it over several)."""
+    return " ".join(line.strip() for line in str(err).splitlines()[:3])

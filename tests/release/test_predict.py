@@ -5,6 +5,7 @@ import sys
 import time
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 import torch
@@ -156,6 +157,9 @@ def test_bad_input(models, tmp_path, capsys):
     nan.loc[nan.index[3], "b"] = np.nan
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"this is not a protobuf" * 10)
+    broken = onnx.load(onnx_path)
+    next(p for p in broken.metadata_props if p.key == "input_shape").value = '"oops"'
+    onnx.save(broken, tmp_path / "broken.onnx")
     cases = {
         "missing column": (
             onnx_path,
@@ -172,6 +176,11 @@ def test_bad_input(models, tmp_path, capsys):
             corrupt,
             _write_csv(tmp_path / "g.csv", good),
             ["corrupt.onnx: not a loadable ONNX model"],
+        ),
+        "broken metadata": (
+            tmp_path / "broken.onnx",
+            _write_csv(tmp_path / "b.csv", good),
+            ["metadata is not a valid data contract", "input_shape"],
         ),
     }
     for name, (model, data, expected) in cases.items():
