@@ -18,15 +18,24 @@ def _entry(target: str):
     return getattr(importlib.import_module(module), name)
 
 
+def _checked_config(args: argparse.Namespace):
+    """The config, with the experiment key checked before a stage module (torch) is imported:
+    a config error returns in well under a second."""
+    cfg = load_config(args.params)
+    cfg.experiment(args.experiment)
+    return cfg
+
+
 def _stage(target: str):
     def run(args: argparse.Namespace) -> None:
-        _entry(target)(load_config(args.params), args.experiment)
+        cfg = _checked_config(args)
+        _entry(target)(cfg, args.experiment)
 
     return run
 
 
 def _train(args: argparse.Namespace) -> None:
-    cfg = load_config(args.params)
+    cfg = _checked_config(args)
     where = "ray_train:train_on_ray" if cfg.trainer.ray_workers else "train:train"
     _entry(f"pipeline.training.{where}")(cfg, args.experiment)
 

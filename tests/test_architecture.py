@@ -20,7 +20,7 @@ LAYERS = [
     ["pipeline.config", "pipeline.meta"],
     ["pipeline.models"],
     ["pipeline.data", "pipeline.inference", "pipeline.tracking", "pipeline.ray_cluster"],
-    ["pipeline.plots", "pipeline.tasks", "pipeline.evaluation"],
+    ["pipeline.plots", "pipeline.tasks", "pipeline.evaluation", "pipeline.checkpoint"],
     ["pipeline.training"],
     ["pipeline.export"],
     ["pipeline.export.validate", "pipeline.release", "pipeline.predict", "pipeline.tuning"],
@@ -115,12 +115,24 @@ def test_training_never_imports_tuning_and_export_never_the_train_stage():
             assert "pipeline.training.train" not in imports(name), name
 
 
-def test_config_and_meta_load_no_torch():
-    code = (
-        "import sys, pipeline.config, pipeline.meta, pipeline.tasks, pipeline.evaluation; "
-        "sys.exit('torch' in sys.modules)"
-    )
-    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+# What a module must not load: each stage process starts with only what it runs.
+NOT_LOADED = {
+    "pipeline.config": ["torch"],
+    "pipeline.meta": ["torch"],
+    "pipeline.tasks": ["torch"],
+    "pipeline.evaluation": ["torch"],
+    "pipeline.data.prepare": ["torch"],
+    "pipeline.predict": ["torch"],
+    "pipeline.export.onnx_export": ["pytorch_lightning", "mlflow"],
+    "pipeline.export.validate": ["pytorch_lightning"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_LOADED))
+def test_stage_modules_load_only_what_they_run(name):
+    code = f"import sys, {name}; print([m for m in {NOT_LOADED[name]} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def closure(name: str) -> set[str]:

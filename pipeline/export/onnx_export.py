@@ -13,22 +13,21 @@ from pathlib import Path
 import onnx
 import torch
 
+from pipeline.checkpoint import Trained, load_trained
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineError
 from pipeline.export.streaming import StepModel, batch_axes
 from pipeline.io import atomic_dir, atomic_file, write_json
 from pipeline.paths import model_dir
-from pipeline.training.module import SequenceModule
 
 DYNAMIC_DIMS = {0: "batch", 1: "seq"}
+# The example's batch and length: export time does not depend on the data's length, and the
+# symbolic dims are proven by validate's parity check at other batches and lengths.
+EXAMPLE_BATCH, EXAMPLE_SEQ = 7, 5
 
 
 class ExportError(PipelineError):
     exit_code = 5
-
-
-def load_module(ckpt: str | Path) -> SequenceModule:
-    return SequenceModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
 
 
 def symbolic_dims_or_raise(model: onnx.ModelProto) -> None:
@@ -55,12 +54,27 @@ def forget_example_length(model: onnx.ModelProto, extra_outputs: dict[str, tuple
             output.type.tensor_type.shape.dim[axis].dim_param = name
 
 
-def _forget_cached_rnn_kernels() -> None:
-    """torch.onnx swaps in a while_loop decomposition of aten.lstm/gru that keeps seq dynamic.
-    An op that already ran in this process keeps its old kernel in a dispatch cache and ignores
-    the swap; the unrolled default then fixes seq (the check below would refuse the file)."""
-    for op in (torch.ops.aten.lstm.input, torch.ops.aten.gru.input):
-        op._dispatch_cache.clear()
+@contextmanager
+def rnn_while_loops():
+    """aten.lstm/gru as while_loops for the whole export, not only torch.onnx's capture step:
+    its later decomposition pass otherwise runs the default, unrolled RNN on fake tensors, once
+    per time step of the example (minutes for long series). The ONNX file gets the native
+    LSTM/GRU op either way. An op that already ran in this process keeps its old kernel in a
+    dispatch cache that would ignore the swap (and fix seq): clear it."""
+    from torch.export._patches import (
+        register_gru_while_loop_decomposition,
+        register_lstm_while_loop_decomposition,
+    )
+
+    ops = (torch.ops.aten.lstm.input, torch.ops.aten.gru.input)
+    try:
+        for op in ops:
+            op._dispatch_cache.clear()
+        with register_lstm_while_loop_decomposition(), register_gru_while_loop_decomposition():
+            yield
+    finally:
+        for op in ops:  # eager runs after the export get the default kernel back
+            op._dispatch_cache.clear()
 
 
 @contextmanager
@@ -82,9 +96,8 @@ def _onnx_program(model: torch.nn.Module, example: tuple, scan: bool = True, **k
     """torch.onnx.export (dynamo) with its chatter silenced; `scan`: time loops as ONNX Scan
     (a step model has no time loop to keep dynamic)."""
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    _forget_cached_rnn_kernels()
     loops = scan_loops(model) if scan else nullcontext()
-    with torch.no_grad(), loops, warnings.catch_warnings():
+    with torch.no_grad(), rnn_while_loops(), loops, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer deprecation chatter, not actionable by users
         return torch.onnx.export(model, example, dynamo=True, verbose=False, **kwargs)
 
@@ -98,9 +111,9 @@ def _save(proto: onnx.ModelProto, props: dict[str, str], path: Path) -> Path:
     return path
 
 
-def export_module(module: SequenceModule, path: Path, family: str) -> Path:
-    example = torch.zeros(7, *module.meta.input_shape)
-    model = module.model
+def export_module(trained: Trained, path: Path, family: str) -> Path:
+    example = torch.zeros(EXAMPLE_BATCH, EXAMPLE_SEQ, *trained.meta.input_shape[1:])
+    model = trained.model
     # min=2: otherwise torch.export guards "dim != 1" (0/1 specialisation), and torch.onnx
     # resolves that guard by silently fixing seq. The ONNX graph itself runs at size 1 too
     # (validate's parity check includes batch 1).
@@ -115,14 +128,14 @@ def export_module(module: SequenceModule, path: Path, family: str) -> Path:
     proto = program.model_proto
     symbolic_dims_or_raise(proto)
     forget_example_length(proto, getattr(model, "extra_outputs", {}))
-    return _save(proto, module.meta.to_props(family=family), path)
+    return _save(proto, trained.meta.to_props(family=family), path)
 
 
-def export_step(module: SequenceModule, path: Path, family: str) -> Path:
+def export_step(trained: Trained, path: Path, family: str) -> Path:
     """The streaming variant (see streaming.py): one step + state in, outputs + state out."""
-    model, batch = module.model, 7
+    model, batch = trained.model, EXAMPLE_BATCH
     state = model.initial_state(batch)
-    x_t = torch.zeros(batch, *module.meta.input_shape[1:])
+    x_t = torch.zeros(batch, *trained.meta.input_shape[1:])
     step = StepModel(model, x_t)
     dim = torch.export.Dim("batch", min=2)
     dims = {"x": {0: dim}, "state": tuple({axis: dim} for axis in batch_axes(model))}
@@ -138,19 +151,19 @@ def export_step(module: SequenceModule, path: Path, family: str) -> Path:
     x = proto.graph.input[0].type.tensor_type.shape.dim
     if not x[0].dim_param:
         raise ExportError(f"step model: input 'x' has a fixed batch ({x[0].dim_value})")
-    return _save(proto, module.meta.to_props(family=family, streaming_state=list(state)), path)
+    return _save(proto, trained.meta.to_props(family=family, streaming_state=list(state)), path)
 
 
 def export(cfg: PipelineConfig, exp_name: str) -> Path:
     exp = cfg.experiment(exp_name)
     out = model_dir(exp_name)
-    module = load_module(out / "model.ckpt")
-    export_module(module, out / "model.onnx", exp.model.name)
+    trained = load_trained(out / "model.ckpt")
+    export_module(trained, out / "model.onnx", exp.model.name)
     # models/<exp>/streaming/ always exists (a DVC out): the step model, or why there is none.
     with atomic_dir(out / "streaming") as tmp:
-        reason = module.model.streaming_unsupported()
+        reason = trained.model.streaming_unsupported()
         if reason:
             write_json(tmp / "unsupported.json", {"reason": reason})
         else:
-            export_step(module, tmp / "model_step.onnx", exp.model.name)
+            export_step(trained, tmp / "model_step.onnx", exp.model.name)
     return out / "model.onnx"

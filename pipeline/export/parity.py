@@ -7,15 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from pipeline.errors import PipelineError
 from pipeline.inference import run_onnx, session
 from pipeline.io import read_json
 
 
-def run_torch(module, x: np.ndarray) -> list[np.ndarray]:
+def run_torch(model: nn.Module, x: np.ndarray) -> list[np.ndarray]:
     with torch.no_grad():
-        out = module.model(torch.from_numpy(x))
+        out = model(torch.from_numpy(x))
     return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
@@ -26,7 +27,9 @@ def parity_inputs(x: np.ndarray, batch: int, seq: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([rows] * reps, axis=1)[:, -seq:])
 
 
-def parity(sess, module, x: np.ndarray, batch_sizes: list[int]) -> tuple[float, list[list[int]]]:
+def parity(
+    sess, model: nn.Module, x: np.ndarray, batch_sizes: list[int]
+) -> tuple[float, list[list[int]]]:
     """The largest |ORT - torch| over every output, at half, equal and twice the length of `x`."""
     seq = x.shape[1]
     lengths = sorted({max(seq // 2, 1), seq, 2 * seq})
@@ -34,13 +37,13 @@ def parity(sess, module, x: np.ndarray, batch_sizes: list[int]) -> tuple[float, 
     for b in batch_sizes:
         for t in lengths:
             xb = parity_inputs(x, b, t)
-            for got, expected in zip(run_onnx(sess, xb), run_torch(module, xb), strict=True):
+            for got, expected in zip(run_onnx(sess, xb), run_torch(model, xb), strict=True):
                 worst = max(worst, float(np.abs(got - expected).max()))
             shapes.append([b, t])
     return worst, shapes
 
 
-def streaming_report(folder: Path, module, x: np.ndarray) -> dict:
+def streaming_report(folder: Path, model: nn.Module, x: np.ndarray) -> dict:
     """Feed test sequences step by step through the step model; compare with the full model
     (prediction, and attention weights rebuilt from the step scores) at half and full length."""
     path, unsupported = folder / "model_step.onnx", folder / "unsupported.json"
@@ -54,7 +57,7 @@ def streaming_report(folder: Path, module, x: np.ndarray) -> dict:
     worst, shapes = 0.0, []
     for batch in (1, min(8, len(x))):
         xb, seq = x[:batch], x.shape[1]
-        state = {k: v.numpy() for k, v in module.model.initial_state(batch).items()}
+        state = {k: v.numpy() for k, v in model.initial_state(batch).items()}
         scores = []
         for t in range(seq):
             out = dict(zip(outputs, step.run(None, {"x": xb[:, t], **state}), strict=True))
@@ -62,7 +65,7 @@ def streaming_report(folder: Path, module, x: np.ndarray) -> dict:
             if "score" in out:
                 scores.append(out["score"])
             if t + 1 in (max(seq // 2, 1), seq):
-                expected = run_torch(module, np.ascontiguousarray(xb[:, : t + 1]))
+                expected = run_torch(model, np.ascontiguousarray(xb[:, : t + 1]))
                 got = [out["y"]]
                 if scores:  # alpha_t = exp(e_t - m) / s with the running max and sum
                     got.append(np.exp(np.stack(scores, 1) - state["att_max"]) / state["att_sum"])

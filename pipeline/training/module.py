@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 
+from pipeline.checkpoint import model_for
 from pipeline.meta import DataMeta
-from pipeline.models import build_model
 from pipeline.tasks import task_of
 
 
@@ -18,12 +18,7 @@ class SequenceModule(pl.LightningModule):
         self.save_hyperparameters()
         self.meta = DataMeta.model_validate(meta)
         self.task = task_of(self.meta)
-        self.model = build_model(
-            model_cfg,
-            self.meta.input_shape[1],
-            self.task.output_shape(self.meta),
-            **self.task.model_kwargs(self.meta),
-        )
+        self.model = model_for(model_cfg, self.meta)
         for name, tensor in self.task.buffers(self.meta).items():  # built once, not every step
             self.register_buffer(name, tensor, persistent=False)
         collection = MetricCollection(self.task.torchmetrics(self.meta))
@@ -34,6 +29,12 @@ class SequenceModule(pl.LightningModule):
                 "test": collection.clone(prefix="test/"),
             }
         )
+        # The loss too is accumulated per step and logged once per epoch: self.log on every
+        # step cost ~2 ms of Lightning bookkeeping per step (benchmarks/train_overhead.py).
+        # A NaN loss must show in the mean (EarlyStopping stops on it), not be dropped: NaNs are
+        # "imputed" with NaN. ("disable" would also drop the batch-size weights.)
+        losses = {k: MeanMetric(nan_strategy=float("nan")) for k in self.stage_metrics}
+        self.stage_losses = torch.nn.ModuleDict(losses)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The prediction alone (models with extra outputs return them after it)."""
@@ -45,26 +46,25 @@ class SequenceModule(pl.LightningModule):
         out = self(x)
         loss = self.task.loss(out, y)
         # A ModuleDict key cannot be "train" (nn.Module.train): training metrics live under "fit".
-        self.stage_metrics["fit" if stage == "train" else stage].update(
-            *self.task.metric_inputs(self, out, y)
-        )
-        # sync_dist: under DDP every rank must see the same val/loss (early stopping, checkpoint);
-        # torchmetrics sync their own state.
-        self.log(
-            f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True
-        )
+        key = "fit" if stage == "train" else stage
+        self.stage_losses[key].update(loss.detach(), len(x))  # the epoch's mean over samples
+        self.stage_metrics[key].update(*self.task.metric_inputs(self, out, y))
         return loss
 
     def _log_epoch_metrics(self, key: str) -> None:
-        # Logged once per epoch (the value Lightning would compute from the Metric objects):
-        # logging the collection on every step cost ~1.7 ms of Lightning bookkeeping per step
-        # (benchmarks/train_overhead.py).
-        metrics = self.stage_metrics[key]
-        self.log_dict(metrics.compute())
+        # Logged once per epoch. torchmetrics sync their state across DDP ranks in compute():
+        # every rank logs the same val/loss (early stopping and checkpoints agree).
+        metrics, loss = self.stage_metrics[key], self.stage_losses[key]
+        values = {**metrics.compute(), f"{metrics.prefix}loss": loss.compute()}
+        self.log_dict(values, on_step=False, on_epoch=True)
         metrics.reset()
+        loss.reset()
 
-    def on_train_epoch_end(self):
-        self._log_epoch_metrics("fit")
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # At the epoch's last batch, not on_train_epoch_end: callbacks (History) read the epoch's
+        # train metrics in their on_train_epoch_end, which Lightning calls before the module's.
+        if self.trainer.is_last_batch:
+            self._log_epoch_metrics("fit")
 
     def on_validation_epoch_end(self):
         self._log_epoch_metrics("val")

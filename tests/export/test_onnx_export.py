@@ -53,7 +53,7 @@ def test_inputs_are_symbolic_and_metadata_is_carried(exported):
 def test_onnx_runtime_matches_torch_at_other_batch_and_sequence_lengths(exported):
     module, path = exported
     x = np.random.default_rng(0).normal(size=(5, 36, 2)).astype(np.float32)
-    worst, shapes = parity(session(path), module, x, [1, 3, 8])
+    worst, shapes = parity(session(path), module.model, x, [1, 3, 8])
     assert worst <= 1e-5
     assert {t for _, t in shapes} == {18, 36, 72}
 

@@ -44,7 +44,7 @@ def test_step_by_step_equals_full_sequence(tmp_path, cfg):
     props = {p.key: json.loads(p.value) for p in onnx.load(path).metadata_props}
     assert props["streaming_state"] == inputs[1:] and props["task"] == "classification"
     # prediction (and, for attention, every step's weight) at half and full length, batch 1 and 8
-    report = streaming_report(tmp_path, module, X)
+    report = streaming_report(tmp_path, module.model, X)
     assert report["stream_supported"] and report["stream_max_abs_diff"] <= 1e-5
     assert report["stream_shapes"] == [[1, 10], [1, 20], [8, 10], [8, 20]]
 

@@ -134,7 +134,8 @@ def story(server, tmp_path_factory):
     s["challenger_release"] = sh(repo, *release)  # no --promote: challenger only
     s["after_challenger"] = registry_state(client)
 
-    s["failed"] = candidate(repo, min_accuracy=0.999, check=False)
+    # the same training as `better`: only validate reruns, with a gate it cannot meet
+    s["failed"] = candidate(repo, "trainer.max_epochs=30", min_accuracy=0.999, check=False)
     s["failed_release"] = sh(repo, *release, "--promote", check=False)
     s["after_failed"] = registry_state(client)
     yield s

@@ -54,13 +54,15 @@ def test_failed_validation_is_a_failed_gate_with_its_reasons():
     assert not gates[0].passed
 
 
-def test_never_validated_is_refused_before_anything_is_registered(workdir, params, capsys):
+def test_never_validated_is_refused_before_anything_is_registered(
+    workdir, params, capsys, mlflow_template
+):
     write_params(params)
     assert main(["release", "--exp", "lstm_airline"]) == 4
     assert (
         "never validated (metrics/lstm_airline/validate.json not found)" in capsys.readouterr().err
     )
-    assert not (workdir / "mlflow.db").exists()
+    assert (workdir / "mlflow.db").read_bytes() == mlflow_template.read_bytes()  # not written
 
 
 def test_unreachable_tracking_server_fails_fast(workdir, params, monkeypatch, capsys):

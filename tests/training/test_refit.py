@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from mlflow import MlflowClient
 
+from pipeline.checkpoint import load_trained
 from pipeline.cli import main
-from pipeline.export.onnx_export import load_module
 from tests.conftest import write_params
 
 EXP = "lstm_italypowerdemand"
@@ -34,7 +34,7 @@ def test_refit_trains_on_train_and_val_for_the_chosen_epochs_and_saves_that_mode
     assert ckpt["global_step"] == metrics["refit_epochs"] * math.ceil((n_train + n_val) / 16)
 
     # ...and the model train.json's test metrics describe.
-    module = load_module(workdir / f"models/{EXP}/model.ckpt")
+    module = load_trained(workdir / f"models/{EXP}/model.ckpt")
     x, y = (np.load(prepared / f"{a}_test.npy") for a in ("x", "y"))
     with torch.no_grad():
         predicted = module.model(torch.from_numpy(x)).argmax(-1).numpy()

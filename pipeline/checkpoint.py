@@ -1,0 +1,50 @@
+"""A model from its config and data contract, and a trained one from model.ckpt, without
+Lightning: export and validate load checkpoints in a process that never imports it (stage start
+is seconds faster)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.errors import DataError
+from pipeline.meta import DataMeta, first_error
+from pipeline.models import build_model
+from pipeline.tasks import task_of
+
+PREFIX = "model."  # the LightningModule keeps the model as `self.model`
+
+
+def model_for(model_cfg: dict, meta: DataMeta) -> nn.Module:
+    """The family's module for this data: input size, the task's output shape and extras."""
+    task = task_of(meta)
+    return build_model(
+        model_cfg, meta.input_shape[1], task.output_shape(meta), **task.model_kwargs(meta)
+    )
+
+
+@dataclass(frozen=True)
+class Trained:
+    model: nn.Module  # in eval mode
+    meta: DataMeta
+
+
+def load_trained(path: str | Path) -> Trained:
+    """The model and data contract saved by the train stage (any Lightning checkpoint of
+    SequenceModule); a missing, truncated or foreign file is a DataError naming it."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        hparams, state = ckpt["hyper_parameters"], ckpt["state_dict"]
+        meta = DataMeta.model_validate(hparams["meta"])
+        model = model_for(hparams["model_cfg"], meta)
+        weights = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
+        model.load_state_dict(weights)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such checkpoint; run the train stage") from None
+    except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError) as err:
+        reason = first_error(err)
+        raise DataError(f"{path}: not a model checkpoint of this pipeline ({reason})") from None
+    return Trained(model.eval(), meta)
