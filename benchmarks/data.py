@@ -5,7 +5,7 @@ Two child processes, so each phase has its own peak RSS:
   prepare stage's forecasting core and is written as the stage writes it.
 - load: the training DataLoader of the datamodule (shuffled, batch 256) reads every train
   window once from the prepared files (series and offsets memory-mapped).
-Peak RSS is the child's ru_maxrss minus its RSS after imports, divided by the raw array's bytes
+Peak RSS is the child's peak (VmHWM) minus its RSS after imports, divided by the raw array's bytes
 (so the prepare figure includes the raw array itself; mapped file pages count, as RSS does).
 The model's consumption rate is a training step (forward, backward, AdamW) of the default
 airline LSTM (hidden 64) on the same batches: 1 intra-op thread on CPU, or the GPU if there is one.
@@ -36,15 +36,23 @@ def baseline() -> int:
 
 
 def peak_increase(base: int) -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    """The peak RSS of this process's own memory (VmHWM) above `base`. Not ru_maxrss: Linux
+    carries that over fork and exec, so a child started by a parent that had imported torch
+    reported the parent's peak (113 MB above base whatever the child did)."""
+    try:
+        with open("/proc/self/status") as f:
+            hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):  # not Linux
+        hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return hwm * 1024 - base
 
 
 def synthetic(steps: int) -> np.ndarray:
     """A daily-seasonal series with noise, built in float32 chunks (no float64 copy)."""
     out = np.empty((steps, 1), np.float32)
     rng = np.random.default_rng(0)
-    for i in range(0, steps, 1 << 20):
-        t = np.arange(i, min(i + (1 << 20), steps))
+    for i in range(0, steps, 1 << 18):
+        t = np.arange(i, min(i + (1 << 18), steps))
         out[i : i + len(t), 0] = 10 + np.sin(2 * np.pi * t / 24) + 0.1 * rng.standard_normal(len(t))
     return out
 

@@ -19,11 +19,17 @@ from pipeline.errors import DataError
 from pipeline.io import read_json
 
 
-def fit_standard(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature (mean, std) over every step of the train split; a constant feature gets 1."""
-    flat = train.reshape(-1, train.shape[-1])
-    std = flat.std(axis=0)
-    return flat.mean(axis=0), np.where(std > 0, std, 1.0)
+def fit_standard(parts: list[np.ndarray], chunk: int = 1 << 18):
+    """Per-feature (mean, std) over every step of the train split's parts (arrays [..., features]);
+    a constant feature gets std 1. Two passes of float64 sums, a chunk of rows at a time: no
+    temporary as large as the data (a series can be 10M steps)."""
+    rows = [p.reshape(-1, p.shape[-1]) for p in parts]
+    n = sum(len(r) for r in rows)
+    blocks = [r[i : i + chunk] for r in rows for i in range(0, len(r), chunk)]
+    mean = sum(b.sum(axis=0, dtype=np.float64) for b in blocks) / n
+    var = sum(np.square(b - mean).sum(axis=0) for b in blocks) / n
+    std = np.sqrt(var)
+    return mean, np.where(std > 0, std, 1.0)
 
 
 def standard(x, mean, std):

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.data.prepared import Prepared
-from pipeline.data.windows import window_view
+from pipeline.data.windows import WindowStarts, window_view
 
 
 def dataset(prepared: Prepared, split: str) -> Dataset:
@@ -18,7 +18,7 @@ def dataset(prepared: Prepared, split: str) -> Dataset:
         return FramesDataset(prepared.npy(f"frames_{split}"), meta.window)
     return WindowDataset(
         prepared.npy("series", mmap=True),
-        prepared.npy(f"starts_{split}"),
+        prepared.window_starts(split),
         meta.window,
         meta.horizon,
         meta.target_index,
@@ -58,7 +58,9 @@ class WindowDataset(Dataset):
     one small tensor per window: ~10x the samples/s on 10M windows (benchmarks/data.py).
     """
 
-    def __init__(self, series, starts, window: int, horizon: int, target_index: list[int]):
+    def __init__(
+        self, series, starts: WindowStarts, window: int, horizon: int, target_index: list[int]
+    ):
         self.views = window_view(series, window, horizon)
         self.starts, self.window, self.target_index = starts, window, np.asarray(target_index)
 
@@ -84,24 +86,43 @@ def pass_batch(batch):
 
 
 class Shuffled(Sampler[int]):
-    """RandomSampler's order without its `randperm(n).tolist()`, a list of n Python ints
-    (~36 bytes per sample: 360 MB for 10M windows); this walks an int32 permutation instead.
-    RandomSampler draws a second permutation (sliced to nothing) at the end of every epoch; the
-    same draw here keeps the generator, and so every later epoch's order, identical to it."""
+    """A shuffle that never holds one index per sample when there are many.
 
-    def __init__(self, n: int, generator: torch.Generator):
+    Up to `full` samples: RandomSampler's order, from an int32 permutation rather than its
+    `randperm(n).tolist()` (~36 bytes per sample). RandomSampler draws a second permutation
+    (sliced to nothing) at the end of every epoch; the same draw here keeps the generator, and
+    so every later epoch's order, identical to it.
+    Beyond: a block shuffle. The samples are cut into blocks of `block` consecutive indices; the
+    blocks are visited in random order, `pool` at a time, and each pool's samples are shuffled
+    together: a batch mixes up to `pool` distant parts of the data, and the largest index array
+    held is pool x block (512k indices, 4 MB), whatever n is (the permutation of 10M windows was
+    40 MB, as much as the series itself)."""
+
+    def __init__(
+        self, n: int, generator: torch.Generator, full: int = 1 << 20, block=1 << 13, pool=64
+    ):
         self.n, self.generator = n, generator
+        self.full, self.block, self.pool = full, block, pool
+        self.index_dtype = np.int32 if n < 2**31 else np.int64
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self):
-        # int32 halves the permutation's memory; randperm gives the same order for both dtypes
-        dtype = torch.int32 if self.n < 2**31 else torch.int64
-        order = torch.randperm(self.n, generator=self.generator, dtype=dtype).numpy()
-        yield from order
-        del order
-        torch.randperm(self.n, generator=self.generator, dtype=dtype)
+        if self.n <= self.full:
+            order = torch.randperm(self.n, generator=self.generator, dtype=torch.int32).numpy()
+            yield from order
+            del order
+            torch.randperm(self.n, generator=self.generator, dtype=torch.int32)
+            return
+        blocks = torch.randperm(-(-self.n // self.block), generator=self.generator).numpy()
+        for i in range(0, len(blocks), self.pool):
+            starts = blocks[i : i + self.pool] * self.block
+            indices = np.concatenate(
+                [np.arange(s, min(s + self.block, self.n), dtype=self.index_dtype) for s in starts]
+            )
+            mix = torch.randperm(len(indices), generator=self.generator, dtype=torch.int32).numpy()
+            yield from indices[mix]
 
 
 def make_loader(

@@ -1,8 +1,9 @@
 """prepare stage: source -> scaled arrays + meta.json under data/prepared/<exp>/.
 
 Classification: x_{split}.npy [n, seq, features] float32 and y_{split}.npy int64.
-Forecast: series.npy [time, features] float32 (all series end to end, scaled) and
-starts_{split}.npy, window start offsets into it; windows are strided views (see windows.py).
+Forecast: series.npy [time, features] float32 (all series end to end, scaled, written a chunk at
+a time) and windows_{split}.npy, int64 [n, 2]: per series, the (first, count) range of window
+start offsets into it; windows are strided views (see windows.py).
 Frames: frames_{split}.npy uint8 [n, input + output frames, channels, height, width].
 Scaling statistics are fit on the train split only and stored in meta.json.
 """
@@ -10,6 +11,8 @@ Scaling statistics are fit on the train split only and stored in meta.json.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,7 @@ from pipeline.data.sources import (
     load_table,
     load_ucr,
 )
-from pipeline.data.windows import min_length, split_starts
+from pipeline.data.windows import min_length, split_ranges
 from pipeline.errors import DataError
 from pipeline.io import atomic_dir, write_json
 from pipeline.meta import PreparedMeta, fit_standard, log, standard
@@ -77,7 +80,7 @@ def _classification(exp: Experiment, data: Labelled) -> tuple[dict, dict]:
         x_te, y_te = data.test[0], np.array([index[c] for c in data.test[1]], dtype=np.int64)
     x_tr, x_va, y_tr, y_va = stratified(x_tr, y_tr, cfg.val_fraction, "validation split")
 
-    mean, std = fit_standard(x_tr)
+    mean, std = fit_standard([x_tr])
     arrays = {}
     for split, (x, yy) in zip(SPLITS, [(x_tr, y_tr), (x_va, y_va), (x_te, y_te)], strict=True):
         arrays[f"x_{split}"] = standard(x, mean, std).astype(np.float32)
@@ -94,21 +97,25 @@ def _classification(exp: Experiment, data: Labelled) -> tuple[dict, dict]:
     return arrays, meta
 
 
-def _joined(parts: list[np.ndarray]) -> np.ndarray:
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+@dataclass(frozen=True)
+class Chunked:
+    """A float32 array that is never whole in memory: its shape, and its rows chunk by chunk
+    (save_prepared writes them one after the other)."""
+
+    shape: tuple[int, ...]
+    chunks: Callable[[], Iterator[np.ndarray]]
 
 
-def _scaled(raw: list[np.ndarray], mean, std, chunk: int = 1 << 20) -> np.ndarray:
-    """(x - mean) / std in float64, stored as float32, a chunk at a time: the same numbers as
-    scaling the whole array at once, without its full-size float64 temporaries."""
-    out = np.empty((sum(len(v) for v in raw), raw[0].shape[1]), np.float32)
-    pos = 0
-    for v in raw:
-        for i in range(0, len(v), chunk):
-            part = v[i : i + chunk]
-            out[pos : pos + len(part)] = standard(part, mean, std)
-            pos += len(part)
-    return out
+def _scaled(raw: list[np.ndarray], mean, std, chunk: int = 1 << 18) -> Chunked:
+    """The series end to end, (x - mean) / std computed in float64 and stored as float32, a
+    chunk at a time: the same numbers as scaling the whole array at once."""
+
+    def chunks():
+        for v in raw:
+            for i in range(0, len(v), chunk):
+                yield standard(v[i : i + chunk], mean, std).astype(np.float32)
+
+    return Chunked((sum(len(v) for v in raw), raw[0].shape[1]), chunks)
 
 
 def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
@@ -128,21 +135,19 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
             )
 
     raw = [log(v) if cfg.transform == "log" else v for v in data.values]
-    train_parts = [v[: len(v) - cfg.val_size - cfg.test_size] for v in raw]
-    mean, std = fit_standard(_joined(train_parts))
+    mean, std = fit_standard([v[: len(v) - cfg.val_size - cfg.test_size] for v in raw])
 
-    # Offsets fit int32 below 2**31 steps: half the bytes of int64 (10M windows: 40 MB).
-    index = np.int32 if sum(len(v) for v in raw) < 2**31 else np.int64
-    starts = {s: [] for s in SPLITS}
+    ranges = {s: [] for s in SPLITS}
     offset = 0
     for v in raw:
-        for split, s in split_starts(
-            len(v), cfg.window, cfg.horizon, cfg.val_size, cfg.test_size, index
+        for split, (first, count) in split_ranges(
+            len(v), cfg.window, cfg.horizon, cfg.val_size, cfg.test_size
         ).items():
-            starts[split].append(s + offset if offset else s)
+            if count:
+                ranges[split].append((offset + first, count))
         offset += len(v)
     arrays = {"series": _scaled(raw, mean, std)}
-    arrays.update({f"starts_{s}": _joined(starts[s]) for s in SPLITS})
+    arrays.update({f"windows_{s}": np.array(ranges[s], np.int64).reshape(-1, 2) for s in SPLITS})
     meta = {
         "input_shape": [cfg.window, len(data.features)],
         "window": cfg.window,
@@ -154,7 +159,7 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
         "season": cfg.season,
         "scaler": {"mean": mean.tolist(), "std": std.tolist()},
         "series_ids": data.ids,
-        "sizes": {s: len(arrays[f"starts_{s}"]) for s in SPLITS},
+        "sizes": {s: int(arrays[f"windows_{s}"][:, 1].sum()) for s in SPLITS},
         "content_sha256": _digest(*data.values),
     }
     return arrays, meta
@@ -197,11 +202,18 @@ def prepare(cfg: PipelineConfig, exp_name: str) -> Path:
     return save_prepared(prepared_dir(exp_name), arrays, meta)
 
 
-def save_prepared(out: Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
+def save_prepared(out: Path, arrays: dict[str, np.ndarray | Chunked], meta: dict) -> Path:
     """The arrays and meta.json (checked against the contract first) into `out`, atomically."""
     checked = PreparedMeta.model_validate(meta).model_dump(mode="json")
     with atomic_dir(out) as tmp:
         for name, arr in arrays.items():
-            np.save(tmp / f"{name}.npy", arr)
+            if isinstance(arr, Chunked):  # the bytes np.save would write for the whole array
+                with open(tmp / f"{name}.npy", "wb") as f:
+                    header = {"descr": "<f4", "fortran_order": False, "shape": arr.shape}
+                    np.lib.format.write_array_header_1_0(f, header)
+                    for part in arr.chunks():
+                        part.tofile(f)
+            else:
+                np.save(tmp / f"{name}.npy", arr)
         write_json(tmp / "meta.json", checked)
     return out

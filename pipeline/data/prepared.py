@@ -2,7 +2,7 @@
 
 The storage layout follows from the files prepare wrote, not from the task name:
 `x_{split}`/`y_{split}` arrays, `frames_{split}` sequences split at the window, or `series` plus
-`starts_{split}` window offsets (forecast windows stay strided views until indexed).
+`windows_{split}` ranges of window offsets (forecast windows stay strided views until indexed).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.windows import window_view
+from pipeline.data.windows import WindowStarts, window_view
 from pipeline.meta import PreparedMeta
 
 SPLITS = ("train", "val", "test")
@@ -38,6 +38,9 @@ class Prepared:
     def npy(self, name: str, mmap: bool = False) -> np.ndarray:
         return np.load(self.root / f"{name}.npy", mmap_mode="r" if mmap else None)
 
+    def window_starts(self, split: str) -> WindowStarts:
+        return WindowStarts(self.npy(f"windows_{split}"))
+
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The whole split as (inputs, targets) arrays, for evaluation."""
         if self.layout == "arrays":
@@ -45,7 +48,7 @@ class Prepared:
         if self.layout == "frames":
             return frames_xy(self.npy(f"frames_{split}"), self.meta.window)
         views = window_view(self.npy("series", mmap=True), self.meta.window, self.meta.horizon)
-        starts, w = self.npy(f"starts_{split}"), self.meta.window
+        starts, w = self.window_starts(split).all(), self.meta.window
         return np.asarray(views[starts, :w]), np.asarray(
             views[starts, w:][..., self.meta.target_index]
         )

@@ -54,27 +54,52 @@ def forget_example_length(model: onnx.ModelProto, extra_outputs: dict[str, tuple
             output.type.tensor_type.shape.dim[axis].dim_param = name
 
 
-@contextmanager
-def rnn_while_loops():
-    """aten.lstm/gru as while_loops for the whole export, not only torch.onnx's capture step:
-    its later decomposition pass otherwise runs the default, unrolled RNN on fake tensors, once
-    per time step of the example (minutes for long series). The ONNX file gets the native
-    LSTM/GRU op either way. An op that already ran in this process keeps its old kernel in a
-    dispatch cache that would ignore the swap (and fix seq): clear it."""
-    from torch.export._patches import (
-        register_gru_while_loop_decomposition,
-        register_lstm_while_loop_decomposition,
-    )
+def _rnn_shapes(input, hx, params, has_biases, layers, dropout, train, bidirectional, first):
+    """aten.lstm/gru's outputs as empty tensors of the right (symbolic) shapes."""
+    h = hx[0] if isinstance(hx, (list, tuple)) else hx
+    out = input.new_empty((*input.shape[:2], (2 if bidirectional else 1) * h.shape[-1]))
+    return out, *(t.new_empty(t.shape) for t in (hx if isinstance(hx, (list, tuple)) else [hx]))
 
+
+@contextmanager
+def rnn_shapes_only():
+    """While exporting, aten.lstm/gru compute only their output shapes.
+
+    torch.onnx keeps both ops whole (they become the native ONNX LSTM/GRU), but its passes run
+    every op on fake tensors to learn output shapes, and for these two that meant running the
+    RNN's decomposition: unrolled once per step of the example after its capture step (minutes
+    for long series), or as a while_loop that torch compiles (seconds per export). Shapes are
+    all those passes need. Should an op ever be decomposed instead of kept, the graph would lack
+    its RNN node: `rnn_nodes_or_raise` refuses such a file, and validate's parity would fail.
+    A dispatch cache would keep an op's previous kernel: it is cleared on the way in and out."""
+    from torch._decomp import global_decomposition_table
+
+    table, key = global_decomposition_table["post_autograd"], torch._C.DispatchKey
     ops = (torch.ops.aten.lstm.input, torch.ops.aten.gru.input)
+    saved = [(table.get(op), op.py_kernels.get(key.CompositeImplicitAutograd)) for op in ops]
     try:
         for op in ops:
             op._dispatch_cache.clear()
-        with register_lstm_while_loop_decomposition(), register_gru_while_loop_decomposition():
-            yield
+            table[op] = op.py_kernels[key.CompositeImplicitAutograd] = _rnn_shapes
+        yield
     finally:
-        for op in ops:  # eager runs after the export get the default kernel back
+        for op, (decomposition, kernel) in zip(ops, saved, strict=True):
+            for registry, k, old in (
+                (table, op, decomposition),
+                (op.py_kernels, key.CompositeImplicitAutograd, kernel),
+            ):
+                if old is None:
+                    registry.pop(k, None)
+                else:
+                    registry[k] = old
             op._dispatch_cache.clear()
+
+
+def rnn_nodes_or_raise(model: torch.nn.Module, proto: onnx.ModelProto) -> None:
+    rnns = sum(isinstance(m, torch.nn.LSTM | torch.nn.GRU) for m in model.modules())
+    nodes = sum(n.op_type in ("LSTM", "GRU") for n in proto.graph.node)
+    if nodes < rnns:
+        raise ExportError(f"the ONNX graph has {nodes} LSTM/GRU nodes for {rnns} RNN modules")
 
 
 @contextmanager
@@ -97,9 +122,11 @@ def _onnx_program(model: torch.nn.Module, example: tuple, scan: bool = True, **k
     (a step model has no time loop to keep dynamic)."""
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     loops = scan_loops(model) if scan else nullcontext()
-    with torch.no_grad(), rnn_while_loops(), loops, warnings.catch_warnings():
+    with torch.no_grad(), rnn_shapes_only(), loops, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer deprecation chatter, not actionable by users
-        return torch.onnx.export(model, example, dynamo=True, verbose=False, **kwargs)
+        program = torch.onnx.export(model, example, dynamo=True, verbose=False, **kwargs)
+    rnn_nodes_or_raise(model, program.model_proto)
+    return program
 
 
 def _save(proto: onnx.ModelProto, props: dict[str, str], path: Path) -> Path:

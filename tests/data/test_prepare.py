@@ -80,8 +80,10 @@ def test_csv_forecast_multiple_series_windows_stay_within_a_series(workdir, para
     p = Prepared.load(out)
     assert p.meta.target_index == [0] and p.meta.series_ids == [f"s{i}" for i in range(6)]
     assert p.meta.sizes == {"train": 6 * 17, "val": 6 * 3, "test": 6 * 3}
-    starts = np.load(out / "starts_test.npy")
+    starts = p.window_starts("test").all()
     assert ((starts % 40) + 12 <= 40).all()  # no window crosses into the next series
+    series = np.load(out / "series.npy")  # written chunk by chunk: np.save's bytes, one array
+    assert series.shape == (240, 2) and series.dtype == np.float32
 
 
 def test_parquet_classification_by_series(workdir, params):

@@ -1,6 +1,6 @@
 import numpy as np
 
-from pipeline.data.windows import min_length, split_starts, window_view
+from pipeline.data.windows import WindowStarts, min_length, split_ranges, window_view
 
 
 def test_window_view_is_zero_copy():
@@ -13,7 +13,8 @@ def test_window_view_is_zero_copy():
 
 def test_splits_are_time_ordered_and_targets_do_not_leak():
     length, window, horizon, val, test = 144, 36, 12, 24, 24
-    starts = split_starts(length, window, horizon, val, test)
+    ranges = split_ranges(length, window, horizon, val, test)
+    starts = {s: np.arange(first, first + count) for s, (first, count) in ranges.items()}
     target = {s: (st + window, st + window + horizon) for s, st in starts.items()}
     assert target["train"][1].max() <= length - val - test  # train targets before val
     assert target["val"][0].min() >= length - val - test
@@ -22,3 +23,13 @@ def test_splits_are_time_ordered_and_targets_do_not_leak():
     assert target["test"][1].max() == length
     assert [len(starts[s]) for s in ("train", "val", "test")] == [49, 13, 13]
     assert min_length(window, horizon, val, test) == 96
+
+
+def test_window_starts_map_indices_through_per_series_ranges():
+    ranges = np.array([[0, 3], [10, 2], [20, 4]])  # three series' windows
+    starts = WindowStarts(ranges)
+    expected = [0, 1, 2, 10, 11, 20, 21, 22, 23]
+    assert len(starts) == 9
+    np.testing.assert_array_equal(starts.all(), expected)
+    np.testing.assert_array_equal(starts[np.array([8, 0, 4, 5])], [23, 0, 11, 20])
+    assert starts[3] == 10 and len(WindowStarts(np.zeros((0, 2)))) == 0

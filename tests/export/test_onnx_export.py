@@ -5,7 +5,12 @@ import onnx
 import pytest
 import torch
 
-from pipeline.export.onnx_export import ExportError, export_module, symbolic_dims_or_raise
+from pipeline.export.onnx_export import (
+    ExportError,
+    export_module,
+    rnn_nodes_or_raise,
+    symbolic_dims_or_raise,
+)
 from pipeline.export.parity import parity
 from pipeline.inference import session
 from pipeline.training.module import SequenceModule
@@ -64,3 +69,24 @@ def test_fixed_dims_are_refused():
     graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
     with pytest.raises(ExportError, match=r"fixed dims .*seq \(axis 1\) = 24"):
         symbolic_dims_or_raise(onnx.helper.make_model(graph))
+
+
+def test_export_does_not_depend_on_the_data_length(exported, tmp_path):
+    """The exporter traces a short example: a 1,000-step model is the same graph (one native
+    LSTM node per stack, no unrolled steps), and it matches torch at 1,000 steps."""
+    module, path = exported
+    long = SequenceModule(module.hparams.model_cfg, {**META, "input_shape": [1000, 2]}).eval()
+    long.load_state_dict(module.state_dict())
+    long_path = export_module(long, tmp_path / "long.onnx", "lstm")
+    ops = [[n.op_type for n in onnx.load(p).graph.node] for p in (path, long_path)]
+    assert ops[0] == ops[1] and ops[0].count("LSTM") == 2  # 2 bidirectional layers
+    x = np.random.default_rng(1).normal(size=(2, 1000, 2)).astype(np.float32)
+    worst, _ = parity(session(long_path), long.model, x[:, :500], [2])
+    assert worst <= 1e-5
+
+
+def test_a_graph_that_lost_its_rnn_is_refused():
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", "seq", 1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [x])
+    with pytest.raises(ExportError, match="0 LSTM/GRU nodes for 1 RNN modules"):
+        rnn_nodes_or_raise(torch.nn.GRU(1, 4), onnx.helper.make_model(graph))
