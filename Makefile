@@ -35,8 +35,10 @@ $(STAMP): pyproject.toml
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
 
+# Test workers: one per core; a module's slow tests share one worker (xdist_group).
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP) actionlint
 	$(BIN)/ruff check pipeline tests benchmarks
@@ -52,7 +54,7 @@ $(ACTIONLINT):
 mlflow-server: $(STAMP)
 	$(BIN)/lstm-pipeline mlflow-server --port $(MLFLOW_PORT)
 
-# ~11 min on 2 CPU cores: writes benchmarks/results.json and results.md (README "Performance")
+# ~19 min on 2 CPU cores: benchmarks/results.json, results.md and the README's Performance table
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 	$(BIN)/python benchmarks/tune_sweep.py

@@ -128,8 +128,8 @@ def markdown(results: dict) -> str:
         cmd = f"`make bench` (`python benchmarks/{script}.py`)"
         lines.append(f"| {what} | {figure} | {target} | {cmd} | {results[script]['machine']} |")
     note = (
-        f"\nMachines: {'; '.join(machines)}. Another workload shared the cores while these ran: "
-        "figures are medians of repeated runs (see each script's docstring).\n"
+        f"\nMachines: {'; '.join(machines)}. Figures are medians of repeated runs "
+        "(see each script's docstring).\n"
     )
     return "\n".join(lines) + "\n" + note
 

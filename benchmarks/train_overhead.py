@@ -8,7 +8,8 @@ machine a step can wait for the CPU, which CPU time does not count, so the ratio
 CPU time (one intra-op thread on CPU: the two agree on an idle machine).
 The Trainer is configured as the train stage configures it (conf/trainer/cpu.yaml or gpu.yaml),
 minus what only runs at epoch ends (validation, checkpoints, logger): it keeps the module's
-per-step training metrics (torchmetrics) and `self.log`, which are part of what it costs.
+per-step metric updates (the torchmetrics and the loss's MeanMetric, logged once per epoch),
+which are part of what it costs.
 
 Usage: python benchmarks/train_overhead.py [--steps N] [--repeats R]   (prints one JSON object)
 """

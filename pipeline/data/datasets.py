@@ -95,11 +95,11 @@ class Shuffled(Sampler[int]):
     Beyond: a block shuffle. The samples are cut into blocks of `block` consecutive indices; the
     blocks are visited in random order, `pool` at a time, and each pool's samples are shuffled
     together: a batch mixes up to `pool` distant parts of the data, and the largest index array
-    held is pool x block (512k indices, 4 MB), whatever n is (the permutation of 10M windows was
-    40 MB, as much as the series itself)."""
+    held is pool x block (128k indices, 0.5 MB), whatever n is (the permutation of 10M windows
+    was 40 MB, as much as the series itself)."""
 
     def __init__(
-        self, n: int, generator: torch.Generator, full: int = 1 << 20, block=1 << 13, pool=64
+        self, n: int, generator: torch.Generator, full: int = 1 << 20, block=1 << 11, pool=64
     ):
         self.n, self.generator = n, generator
         self.full, self.block, self.pool = full, block, pool
