@@ -35,10 +35,11 @@ $(STAMP): pyproject.toml
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
 
-# Test workers: one per core; a module's slow tests share one worker (xdist_group).
+# Test workers: one per core. loadscope keeps each module in one worker, so a module-scoped
+# fixture (the end-to-end repo, the release story's server) is built once.
 TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 lint: $(STAMP) actionlint
 	$(BIN)/ruff check pipeline tests benchmarks

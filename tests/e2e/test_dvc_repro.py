@@ -11,7 +11,7 @@ import yaml
 
 from tests.conftest import REPO, copy_repo
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]  # one module-scoped repo
+pytestmark = pytest.mark.slow
 
 EXPERIMENTS = (
     "lstm_italypowerdemand",

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import copy_repo, free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("release")]  # one server and story
+pytestmark = pytest.mark.slow
 
 EXP = "lstm_italypowerdemand"
 NAME = f"lstm-pipeline-{EXP}"

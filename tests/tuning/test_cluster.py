@@ -18,7 +18,7 @@ from pipeline.cli import main
 from tests.conftest import free_port, write_params
 from tests.tuning.conftest import EXP, sweep_params
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray at a time
+pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).parent / "ray")
 CPUS_PER_NODE = 2
 

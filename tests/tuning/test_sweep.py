@@ -17,7 +17,7 @@ from pipeline.tuning.results import flatten
 from tests.conftest import write_params
 from tests.tuning.conftest import EXP, sweep_params
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray at a time
+pytestmark = pytest.mark.slow
 
 
 def tune_cmd(*args: str) -> list[str]:
