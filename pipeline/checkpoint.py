@@ -4,6 +4,7 @@ is seconds faster)."""
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,15 @@ def load_trained(path: str | Path) -> Trained:
         model.load_state_dict(weights)
     except FileNotFoundError:
         raise DataError(f"{path}: no such checkpoint; run the train stage") from None
-    except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError) as err:
+    except (
+        OSError,
+        EOFError,
+        pickle.UnpicklingError,
+        RuntimeError,
+        KeyError,
+        TypeError,
+        ValueError,
+    ) as err:
         reason = first_error(err)
         raise DataError(f"{path}: not a model checkpoint of this pipeline ({reason})") from None
     return Trained(model.eval(), meta)

@@ -95,7 +95,7 @@ class Shuffled(Sampler[int]):
     Beyond: a block shuffle. The samples are cut into blocks of `block` consecutive indices; the
     blocks are visited in random order, `pool` at a time, and each pool's samples are shuffled
     together: a batch mixes up to `pool` distant parts of the data, and the largest index array
-    held is pool x block (128k indices, 0.5 MB), whatever n is (the permutation of 10M windows
+    held is pool x block (128k indices, 1 MB), whatever n is (the permutation of 10M windows
     was 40 MB, as much as the series itself)."""
 
     def __init__(
@@ -103,7 +103,6 @@ class Shuffled(Sampler[int]):
     ):
         self.n, self.generator = n, generator
         self.full, self.block, self.pool = full, block, pool
-        self.index_dtype = np.int32 if n < 2**31 else np.int64
 
     def __len__(self) -> int:
         return self.n
@@ -118,9 +117,7 @@ class Shuffled(Sampler[int]):
         blocks = torch.randperm(-(-self.n // self.block), generator=self.generator).numpy()
         for i in range(0, len(blocks), self.pool):
             starts = blocks[i : i + self.pool] * self.block
-            indices = np.concatenate(
-                [np.arange(s, min(s + self.block, self.n), dtype=self.index_dtype) for s in starts]
-            )
+            indices = np.concatenate([np.arange(s, min(s + self.block, self.n)) for s in starts])
             mix = torch.randperm(len(indices), generator=self.generator, dtype=torch.int32).numpy()
             yield from indices[mix]
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.windows import WindowStarts, window_view
+from pipeline.errors import DataError
 from pipeline.meta import PreparedMeta
 
 SPLITS = ("train", "val", "test")
@@ -36,7 +37,11 @@ class Prepared:
         return "frames" if (self.root / "frames_train.npy").exists() else "arrays"
 
     def npy(self, name: str, mmap: bool = False) -> np.ndarray:
-        return np.load(self.root / f"{name}.npy", mmap_mode="r" if mmap else None)
+        path = self.root / f"{name}.npy"
+        try:
+            return np.load(path, mmap_mode="r" if mmap else None)
+        except FileNotFoundError:  # e.g. a folder from an older prepare: starts_*, not windows_*
+            raise DataError(f"{path}: not found; run the prepare stage") from None
 
     def window_starts(self, split: str) -> WindowStarts:
         return WindowStarts(self.npy(f"windows_{split}"))

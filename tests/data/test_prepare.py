@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipeline.config import parse_config
 from pipeline.data.prepare import prepare
@@ -110,3 +111,10 @@ def test_prepare_cli_writes_atomically(workdir, params):
     write_params(params)
     assert main(["prepare", "lstm_airline"]) == 0
     assert sorted(p.name for p in (workdir / "data/prepared").iterdir()) == ["lstm_airline"]
+
+
+def test_a_missing_prepared_file_is_one_data_error_naming_it(tmp_path):
+    from pipeline.errors import DataError
+
+    with pytest.raises(DataError, match="windows_train.npy: not found; run the prepare stage"):
+        Prepared(meta=None, root=tmp_path).window_starts("train")

@@ -90,3 +90,14 @@ def test_a_graph_that_lost_its_rnn_is_refused():
     graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [x])
     with pytest.raises(ExportError, match="0 LSTM/GRU nodes for 1 RNN modules"):
         rnn_nodes_or_raise(torch.nn.GRU(1, 4), onnx.helper.make_model(graph))
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 10, b"PK\x03\x04 truncated"])
+def test_an_unreadable_checkpoint_is_one_data_error_naming_it(tmp_path, content):
+    from pipeline.checkpoint import load_trained
+    from pipeline.errors import DataError
+
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=f"{path}: not a model checkpoint of this pipeline"):
+        load_trained(path)
