@@ -14,17 +14,25 @@ from torch import nn
 from pipeline.errors import DataError
 from pipeline.meta import DataMeta, first_error
 from pipeline.models import build_model
+from pipeline.models.ensemble import Ensemble
 from pipeline.tasks import task_of
 
 PREFIX = "model."  # the LightningModule keeps the model as `self.model`
 
 
-def model_for(model_cfg: dict, meta: DataMeta) -> nn.Module:
-    """The family's module for this data: input size, the task's output shape and extras."""
+def model_for(model_cfg: dict, meta: DataMeta, members: int = 1) -> nn.Module:
+    """The family's module for this data: input size, the task's output shape and extras;
+    with `members` > 1, an Ensemble of that many."""
     task = task_of(meta)
-    return build_model(
-        model_cfg, meta.input_shape[1], task.output_shape(meta), **task.model_kwargs(meta)
-    )
+    models = [
+        build_model(
+            model_cfg, meta.input_shape[1], task.output_shape(meta), **task.model_kwargs(meta)
+        )
+        for _ in range(members)
+    ]
+    if members == 1:
+        return models[0]
+    return Ensemble(models, probabilities=task.name == "classification")
 
 
 @dataclass(frozen=True)
@@ -35,12 +43,13 @@ class Trained:
 
 def load_trained(path: str | Path) -> Trained:
     """The model and data contract saved by the train stage (any Lightning checkpoint of
-    SequenceModule); a missing, truncated or foreign file is a DataError naming it."""
+    SequenceModule, or the train stage's merge of an ensemble's members); a missing, truncated
+    or foreign file is a DataError naming it."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         hparams, state = ckpt["hyper_parameters"], ckpt["state_dict"]
         meta = DataMeta.model_validate(hparams["meta"])
-        model = model_for(hparams["model_cfg"], meta)
+        model = model_for(hparams["model_cfg"], meta, hparams.get("members", 1))
         weights = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
         model.load_state_dict(weights)
     except FileNotFoundError:

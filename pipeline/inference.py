@@ -39,9 +39,24 @@ def onnx_meta(sess: ort.InferenceSession) -> DataMeta:
         ) from None
 
 
-def run_onnx(sess: ort.InferenceSession, x: np.ndarray, chunk: int = 512) -> list[np.ndarray]:
+def feeds(sess: ort.InferenceSession, x: np.ndarray, lengths: np.ndarray | None = None) -> dict:
+    """The session's inputs: `x`, and for a model of variable-length series `lengths` (each
+    series' steps; None: every series fills x)."""
+    if all(i.name != "lengths" for i in sess.get_inputs()):
+        return {"x": x}
+    if lengths is None:
+        lengths = np.full(len(x), x.shape[1], dtype=np.int64)
+    return {"x": x, "lengths": np.asarray(lengths, dtype=np.int64)}
+
+
+def run_onnx(
+    sess: ort.InferenceSession, x: np.ndarray, lengths=None, chunk: int = 512
+) -> list[np.ndarray]:
     """Every output of the model (prediction first), run in chunks over the batch."""
-    parts = [sess.run(None, {"x": x[i : i + chunk]}) for i in range(0, len(x), chunk)]
+    parts = []
+    for i in range(0, len(x), chunk):
+        part = None if lengths is None else lengths[i : i + chunk]
+        parts.append(sess.run(None, feeds(sess, x[i : i + chunk], part)))
     return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
 

@@ -32,6 +32,16 @@ def fit_standard(parts: list[np.ndarray], chunk: int = 1 << 18):
     return mean, np.where(std > 0, std, 1.0)
 
 
+def padded(series: list[np.ndarray], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Series of different lengths [steps, ...] -> (float32 [n, length or the longest, ...]
+    zero-padded at the end, each one's length): how variable-length series meet a model."""
+    lengths = np.array([len(s) for s in series], dtype=np.int64)
+    out = np.zeros((len(series), length or int(lengths.max()), *series[0].shape[1:]), np.float32)
+    for row, s in zip(out, series, strict=True):
+        row[: len(s)] = s
+    return out, lengths
+
+
 def standard(x, mean, std):
     return (x - mean) / std
 
@@ -71,6 +81,9 @@ class DataMeta(BaseModel):
     target_index: list[int] | None = None  # ...and their positions in `features`
     transform: Literal["none", "log"] = "none"  # forecast: applied before standard scaling
     scaler: Scaler | None = None
+    # classification: series of different lengths, padded at the end; the model (and the ONNX
+    # file's second input, `lengths`) takes each one's length
+    variable_length: bool = False
 
     def to_model_scale(self, x: np.ndarray) -> np.ndarray:
         """Raw feature values -> the scaled float32 inputs the model was trained on."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline.errors import DataError, TrackingError
 from pipeline.inference import onnx_meta, run_onnx, session
+from pipeline.meta import padded
 from pipeline.tasks import task_of
 from pipeline.tracking import ensure_reachable, tracking_uri
 
@@ -58,6 +59,9 @@ def predict(
         meta = onnx_meta(sess)
         task = task_of(meta)
         x, keys = task.read_inputs(path, output, meta, id_column, time_column)
-        out = run_onnx(sess, task.scale_inputs(x, meta))[0]
+        x, lengths = task.scale_inputs(x, meta), None
+        if meta.variable_length:  # series of different lengths: padded, with their lengths
+            x, lengths = padded(x)
+        out = run_onnx(sess, x, lengths)[0]
     task.write(task.predictions(out, meta, keys, id_column), output)
     return output

@@ -170,3 +170,21 @@ def test_model_defaults_live_in_conf_and_the_schema_only(name):
     params = inspect.signature(REGISTRY[name]).parameters.values()
     defaults = [p.name for p in params if p.default is not p.empty and p.name != "target_index"]
     assert not defaults, f"{name}: the nn.Module repeats defaults of {defaults}"
+
+
+def test_an_experiment_that_sets_only_its_data_gets_the_tasks_default_recipe():
+    from pipeline.config.recipes import RECIPES
+
+    raw = {
+        "only_data": {"data": {"source": "ucr", "name": "GunPoint"}},
+        "fit_override": {"data": {"source": "ucr", "name": "GunPoint"}, "fit": {"ensemble": 5}},
+        "swept": {"data": {"source": "airline"}, "model": {"hidden_size": 8}},
+    }
+    exps = parse_config({"experiments": raw}).experiments
+    recipe = RECIPES["classification"]
+    assert exps["only_data"].model.model_dump(include=set(recipe["model"])) == recipe["model"]
+    assert exps["only_data"].fit.model_dump(include=set(recipe["fit"])) == recipe["fit"]
+    assert exps["fit_override"].fit.ensemble == 5
+    assert exps["fit_override"].fit.schedule == recipe["fit"]["schedule"]
+    swept = exps["swept"]  # a sweep's best key on top of the forecasting recipe
+    assert swept.model.name == "lstm" and swept.model.hidden_size == 8 and swept.model.level_norm

@@ -21,6 +21,7 @@ from pipeline.config.data import (
     UcrData,
 )
 from pipeline.config.models import ModelConfig
+from pipeline.config.recipes import RECIPES
 from pipeline.config.run import Fit, Release, Resources, Tracking, Trainer, Tune, Validate
 from pipeline.errors import ConfigError
 
@@ -34,6 +35,10 @@ PARAMS_FILE = "params.yaml"
 
 
 class Experiment(Strict):
+    """One experiment; without `model` (or without `model.name`), its task's default recipe
+    (recipes.py) gives the model and the fit defaults; keys under `model` and `fit` still
+    override them (a sweep's best params)."""
+
     data: DataConfig
     model: ModelConfig
     fit: Fit = Fit()
@@ -42,6 +47,20 @@ class Experiment(Strict):
     @property
     def task(self) -> str:
         return self.data.task
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_recipe(cls, raw: Any) -> Any:
+        given = raw.get("model") if isinstance(raw, dict) else None
+        if not isinstance(raw, dict) or (isinstance(given, dict) and "name" in given):
+            return raw
+        try:
+            task = TypeAdapter(DataConfig).validate_python(raw.get("data")).task
+        except ValidationError:
+            return raw  # the field validation reports what is wrong with `data`
+        recipe = RECIPES[task]
+        model, fit = {**recipe["model"], **(given or {})}, {**recipe["fit"], **raw.get("fit", {})}
+        return {**raw, "model": model, "fit": fit}
 
     @model_validator(mode="after")
     def _model_fits_task(self) -> Experiment:

@@ -41,16 +41,19 @@ class ForecastWindows(Strict):
                 raise ValueError(
                     f"{key} ({getattr(self, key)}) must be >= horizon ({self.horizon})"
                 )
-        if self.season is not None and self.season > self.window:
+        if self.season is not None and self.window and self.season > self.window:
             raise ValueError(f"season ({self.season}) must be <= window ({self.window})")
         return self
 
 
 class UcrData(Strict):
+    """A UCR/UEA set sktime ships, with its official train/test split."""
+
     source: Literal["ucr"]
     name: str
     val_fraction: Fraction = 0.2
     split_seed: int = 0  # the stratified validation split (the training seed is `seed`)
+    max_length: PositiveInt | None = None  # refuse longer series (None: any length)
 
     @field_validator("name")
     @classmethod
@@ -74,11 +77,20 @@ class AirlineData(ForecastWindows):
 
 
 class TableData(ForecastWindows):
-    """The user's own long-format file: one row per (series, time step)."""
+    """The user's own long-format file: one row per (series, time step).
+
+    Classification takes each series' last `window` steps, or each series whole when `window`
+    is not set (series of different lengths: padded and masked). A `split_column` in the file
+    (values train/val/test, one per series) keeps a predefined split; without it the split is
+    a seeded stratified one.
+    """
 
     source: Literal["csv", "parquet"]
     path: str
     task: Literal["classification", "forecast"]
+    window: PositiveInt | None = None  # forecast: 24 when not set
+    split_column: str = "split"
+    max_length: PositiveInt | None = None  # classification: refuse longer series
     id_column: str = "series_id"
     time_column: str = "time"
     features: Annotated[list[str], Field(min_length=1)]
@@ -87,6 +99,13 @@ class TableData(ForecastWindows):
     val_fraction: Fraction = 0.2  # classification splits, by series
     test_fraction: Fraction = 0.2
     split_seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _forecast_window(cls, raw):
+        if isinstance(raw, dict) and raw.get("task") == "forecast" and raw.get("window") is None:
+            return {**raw, "window": 24}
+        return raw
 
     @model_validator(mode="after")
     def _task_columns(self) -> TableData:

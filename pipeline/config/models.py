@@ -47,6 +47,7 @@ class AttentionLstmModel(RecurrentModel):
     num_layers: PositiveInt = 1
     attention_size: PositiveInt = 32
     fcn_channels: list[PositiveInt] = []  # e.g. [128, 256, 128]: the ALSTM-FCN conv branch
+    squeeze_excite: bool = False  # MLSTM-FCN: squeeze-and-excite after each conv block but the last
 
 
 class ConvLstmModel(Strict):

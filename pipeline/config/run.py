@@ -20,6 +20,14 @@ class Fit(Strict):
     # After early stopping has picked the epoch count on val: train again from the same seed on
     # train + val for that many epochs; that model is tested, saved and exported.
     refit: bool = False
+    # The learning rate over the fit: constant, cosine-annealed to 0 at max_epochs, or halved
+    # when val/loss has not improved for patience/4 epochs (ReduceLROnPlateau).
+    schedule: Literal["constant", "cosine", "plateau"] = "constant"
+    # The checkpoint kept: the lowest val/loss, or the last epoch (e.g. at the end of a cosine
+    # schedule, when a handful of validation series make the lowest loss a noisy pick).
+    select: Literal["best", "last"] = "best"
+    # Members trained with seeds seed, seed+1, ...; one ONNX file averages their probabilities.
+    ensemble: PositiveInt = 1
 
 
 class Validate(Strict):

@@ -13,7 +13,7 @@ from pipeline.data.windows import WindowStarts, window_view
 def dataset(prepared: Prepared, split: str) -> Dataset:
     meta = prepared.meta
     if prepared.layout == "arrays":
-        return ArrayDataset(*prepared.arrays(split))
+        return ArrayDataset(*prepared.arrays(split), prepared.lengths(split))
     if prepared.layout == "frames":
         return FramesDataset(prepared.npy(f"frames_{split}"), meta.window)
     return WindowDataset(
@@ -26,14 +26,17 @@ def dataset(prepared: Prepared, split: str) -> Dataset:
 
 
 class ArrayDataset(Dataset):
-    def __init__(self, x: np.ndarray, y: np.ndarray):
-        self.x, self.y = x, y
+    """Sample i = (x[i], y[i]), or (x[i], y[i], length) for padded series."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None = None):
+        self.x, self.y, self.lengths = x, y, lengths
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __getitem__(self, i: int):
-        return torch.from_numpy(self.x[i]), torch.as_tensor(self.y[i])
+        sample = torch.from_numpy(self.x[i]), torch.as_tensor(self.y[i])
+        return sample if self.lengths is None else (*sample, torch.as_tensor(self.lengths[i]))
 
 
 class FramesDataset(Dataset):

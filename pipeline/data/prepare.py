@@ -30,7 +30,7 @@ from pipeline.data.sources import (
 from pipeline.data.windows import min_length, split_ranges
 from pipeline.errors import DataError
 from pipeline.io import atomic_dir, write_json
-from pipeline.meta import PreparedMeta, fit_standard, log, standard
+from pipeline.meta import PreparedMeta, fit_standard, log, padded, standard
 from pipeline.paths import prepared_dir
 
 
@@ -46,53 +46,90 @@ def _source_name(exp: Experiment) -> str:
     return d.name if isinstance(d, UcrData) else getattr(d, "path", d.source)
 
 
-def _classification(exp: Experiment, data: Labelled) -> tuple[dict, dict]:
-    cfg = exp.data
-    classes = sorted(set(data.y.tolist()))
-    if len(classes) < 2:
-        column = f"column {cfg.label!r}" if isinstance(cfg, TableData) else "labels"
-        raise DataError(
-            f"{_source_name(exp)}: {column} has a single class {classes[0]!r}; "
-            "classification needs at least 2"
-        )
-    index = {c: i for i, c in enumerate(classes)}
-    y = np.array([index[c] for c in data.y], dtype=np.int64)
+def _checked_lengths(exp: Experiment, data: Labelled) -> None:
+    """Every series has >= 2 steps and at most data.max_length."""
+    limit = getattr(exp.data, "max_length", None)
+    for sid, series in zip(data.ids, data.x, strict=True):
+        if len(series) < 2:
+            raise DataError(
+                f"{_source_name(exp)}: series {sid!r} has {len(series)} time step(s); "
+                "classification needs at least 2"
+            )
+        if limit and len(series) > limit:
+            raise DataError(
+                f"{_source_name(exp)}: series {sid!r} has {len(series)} time steps, more than "
+                f"data.max_length ({limit})"
+            )
 
-    def stratified(x, y, fraction, what):
-        from sklearn.model_selection import train_test_split  # not imported by the tune driver
 
+def _split_indices(exp: Experiment, data: Labelled, y: np.ndarray) -> dict[str, np.ndarray]:
+    """Series indices of train, val and test: the predefined split where there is one, the
+    rest drawn stratified (seeded by data.split_seed)."""
+    from sklearn.model_selection import train_test_split  # not imported by the tune driver
+
+    cfg, everything = exp.data, np.arange(len(y))
+
+    def stratified(index, fraction, what):
         try:
             return train_test_split(
-                x, y, test_size=fraction, stratify=y, random_state=cfg.split_seed
+                index, test_size=fraction, stratify=y[index], random_state=cfg.split_seed
             )
         except ValueError as err:
             raise DataError(
                 f"{_source_name(exp)}: cannot carve a stratified {what}: {err}"
             ) from None
 
-    if data.test is None:
-        x_tr, x_te, y_tr, y_te = stratified(data.x, y, cfg.test_fraction, "test split")
+    if data.split is None:
+        rest, test = stratified(everything, cfg.test_fraction, "test split")
     else:
-        unknown = sorted(set(data.test[1].tolist()) - set(classes))
-        if unknown:
-            raise DataError(f"{_source_name(exp)}: test labels {unknown} never occur in train")
-        x_tr, y_tr = data.x, y
-        x_te, y_te = data.test[0], np.array([index[c] for c in data.test[1]], dtype=np.int64)
-    x_tr, x_va, y_tr, y_va = stratified(x_tr, y_tr, cfg.val_fraction, "validation split")
+        rest, test = everything[data.split != "test"], everything[data.split == "test"]
+    if data.split is not None and (data.split == "val").any():
+        train, val = everything[data.split == "train"], everything[data.split == "val"]
+    else:
+        train, val = stratified(rest, cfg.val_fraction, "validation split")
+    return {"train": train, "val": val, "test": test}
 
-    mean, std = fit_standard([x_tr])
+
+def _classification(exp: Experiment, data: Labelled) -> tuple[dict, dict]:
+    cfg = exp.data
+    _checked_lengths(exp, data)
+    column = f"column {cfg.label!r}" if isinstance(cfg, TableData) else "labels"
+    fitted = data.y if data.split is None else data.y[data.split != "test"]
+    classes = sorted(set(fitted.tolist()))
+    if len(classes) < 2:
+        raise DataError(
+            f"{_source_name(exp)}: {column} has a single class {classes[0]!r}"
+            f"{'' if data.split is None else ' outside the test split'}; "
+            "classification needs at least 2"
+        )
+    unknown = sorted(set(data.y.tolist()) - set(classes))
+    if unknown:
+        raise DataError(f"{_source_name(exp)}: {column}: {unknown} occur only in the test split")
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[c] for c in data.y], dtype=np.int64)
+    splits = _split_indices(exp, data, y)
+    if not len(splits["test"]) or not len(splits["train"]):
+        empty = "test" if not len(splits["test"]) else "train"
+        raise DataError(f"{_source_name(exp)}: the {empty} split has no series")
+
+    mean, std = fit_standard([data.x[i] for i in splits["train"]])
+    longest = max(len(s) for s in data.x)
     arrays = {}
-    for split, (x, yy) in zip(SPLITS, [(x_tr, y_tr), (x_va, y_va), (x_te, y_te)], strict=True):
-        arrays[f"x_{split}"] = standard(x, mean, std).astype(np.float32)
-        arrays[f"y_{split}"] = yy
+    for split, rows in splits.items():
+        scaled = [standard(data.x[i], mean, std).astype(np.float32) for i in rows]
+        arrays[f"x_{split}"], lengths = padded(scaled, longest)
+        arrays[f"y_{split}"] = y[rows]
+        if data.variable_length:
+            arrays[f"lengths_{split}"] = lengths
     meta = {
         "labels": classes,
-        "input_shape": list(data.x.shape[1:]),
-        "window": data.x.shape[1],
+        "input_shape": [longest, len(data.features)],
+        "window": longest,
+        "variable_length": data.variable_length,
         "features": data.features,
         "scaler": {"mean": mean.tolist(), "std": std.tolist()},
-        "sizes": {s: len(arrays[f"y_{s}"]) for s in SPLITS},
-        "content_sha256": _digest(data.x, *(data.test or ())),
+        "sizes": {s: len(rows) for s, rows in splits.items()},
+        "content_sha256": _digest(*data.x),
     }
     return arrays, meta
 

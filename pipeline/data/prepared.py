@@ -43,6 +43,10 @@ class Prepared:
         except FileNotFoundError:  # e.g. a folder from an older prepare: starts_*, not windows_*
             raise DataError(f"{path}: not found; run the prepare stage") from None
 
+    def lengths(self, split: str) -> np.ndarray | None:
+        """Each series' length in a split of padded series (None: all are whole)."""
+        return self.npy(f"lengths_{split}") if self.meta.variable_length else None
+
     def window_starts(self, split: str) -> WindowStarts:
         return WindowStarts(self.npy(f"windows_{split}"))
 

@@ -15,15 +15,20 @@ import pandas as pd
 from pipeline.config import TableData
 from pipeline.errors import DataError
 
+SPLIT_NAMES = ("train", "val", "test")
+
 
 @dataclass(frozen=True)
 class Labelled:
-    """Equal-length sequences [n, seq, features] with string labels; `test` is None if unsplit."""
+    """Labelled series: each [steps, features], with string labels and ids; `split`: each
+    series' predefined split (train/val/test), or None (prepare draws a stratified one)."""
 
-    x: np.ndarray
+    x: list[np.ndarray]
     y: np.ndarray
+    ids: list[str]
     features: list[str]
-    test: tuple[np.ndarray, np.ndarray] | None = None
+    split: np.ndarray | None = None
+    variable_length: bool = False  # the model takes padded series and their lengths
 
 
 @dataclass(frozen=True)
@@ -36,18 +41,22 @@ class Series:
 
 
 def load_ucr(name: str) -> Labelled:
+    """A shipped UCR/UEA set with its official train/test split; unequal-length sets (e.g.
+    JapaneseVowels, PLAID) give series of different lengths."""
     from sktime.datasets import load_UCR_UEA_dataset
 
-    def split(which: str) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            x, y = load_UCR_UEA_dataset(name, split=which, return_type="numpy3D")
-        except ValueError as err:  # unequal-length sets cannot form one array
-            raise DataError(f"UCR set {name!r}: {err}") from None
-        return np.ascontiguousarray(x.transpose(0, 2, 1), dtype=np.float32), y.astype(str)
-
-    x, y = split("train")
-    features = [f"dim_{i}" for i in range(x.shape[2])]
-    return Labelled(x, y, features, test=split("test"))
+    x, y, split = [], [], []
+    for which in ("train", "test"):
+        frame, labels = load_UCR_UEA_dataset(name, split=which, return_type="nested_univ")
+        for row in frame.itertuples(index=False):
+            steps = min(len(cell) for cell in row)  # dims of one case share its length
+            x.append(np.stack([np.asarray(c, np.float32)[:steps] for c in row], axis=1))
+        y += labels.astype(str).tolist()
+        split += [which] * len(frame)
+    variable = len({len(s) for s in x}) > 1
+    ids = [f"{s}:{i}" for i, s in enumerate(split)]
+    features = [f"dim_{i}" for i in range(x[0].shape[1])]
+    return Labelled(x, np.array(y), ids, features, np.array(split), variable)
 
 
 def load_airline() -> Series:
@@ -141,19 +150,43 @@ def load_table(cfg: TableData) -> Labelled | Series:
     if cfg.task == "forecast":
         return Series([values[a:b] for a, b in bounds], [ids[a] for a, _ in bounds], cfg.features)
 
-    labels = frame[cfg.label].astype(str).to_numpy()
-    x, y = [], []
+    per_series = {col: frame[col].astype(str).to_numpy() for col in (cfg.label, cfg.split_column)
+                  if col in frame.columns}  # fmt: skip
+    for col, column in per_series.items():
+        for a, b in bounds:
+            if (column[a:b] != column[a]).any():
+                i = a + int(np.flatnonzero(column[a:b] != column[a])[0])
+                raise DataError(
+                    f"{path}: {_row_name(path, i)}: series {ids[a]!r} has more than one "
+                    f"{col!r} value ({column[a]!r}, {column[i]!r})"
+                )
+    split = per_series.get(cfg.split_column)
+    if split is not None:
+        bad = ~np.isin(split, SPLIT_NAMES)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{path}: column {cfg.split_column!r} {_row_name(path, i)}: {split[i]!r} is not "
+                f"one of {', '.join(SPLIT_NAMES)}"
+            )
+    x = []
     for a, b in bounds:
-        if (labels[a:b] != labels[a]).any():
-            raise DataError(f"{path}: series {ids[a]!r} has more than one {cfg.label!r} value")
-        if b - a < cfg.window:
+        if cfg.window and b - a < cfg.window:
             raise DataError(
                 f"{path}: series {ids[a]!r} has {b - a} time steps, shorter than window "
                 f"({cfg.window})"
             )
-        x.append(values[b - cfg.window : b])  # the last `window` steps of each series
-        y.append(labels[a])
-    return Labelled(np.stack(x).astype(np.float32), np.array(y), cfg.features)
+        x.append(values[b - cfg.window : b] if cfg.window else values[a:b])
+    firsts = [a for a, _ in bounds]
+    labels = per_series[cfg.label]
+    return Labelled(
+        x,
+        labels[firsts],
+        [ids[a] for a in firsts],
+        cfg.features,
+        None if split is None else split[firsts],
+        variable_length=not cfg.window,  # each series whole: the model takes any length
+    )
 
 
 def _moving_sequences(digits: np.ndarray, n: int, cfg, rng: np.random.Generator) -> np.ndarray:
@@ -195,12 +228,16 @@ def load_moving_digits(cfg) -> dict[str, np.ndarray]:
 
 
 def last_windows(path: Path, meta, id_column: str, time_column: str):
-    """Each series' last `meta.window` steps of a long-format file as [n, window, features],
-    with the series ids (what predict feeds a model)."""
+    """Each series' last `meta.window` steps of a long-format file as [n, window, features]
+    (a model of variable-length series: each series whole, in a list), with the series ids
+    (what predict feeds a model)."""
     source = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
     frame, values = read_series_table(path, source, id_column, time_column, meta.features)
     ids = frame[id_column].astype(str).to_numpy()
     window, bounds, x = meta.window, series_bounds(ids), []
+    if meta.variable_length:
+        x = [values[a:b] for a, b in bounds]
+        return x, [ids[a] for a, _ in bounds]
     for a, b in bounds:
         if b - a < window:
             raise DataError(

@@ -139,16 +139,22 @@ def _save(proto: onnx.ModelProto, props: dict[str, str], path: Path) -> Path:
 
 
 def export_module(trained: Trained, path: Path, family: str) -> Path:
-    example = torch.zeros(EXAMPLE_BATCH, EXAMPLE_SEQ, *trained.meta.input_shape[1:])
+    """model.onnx: input `x` [batch, seq, ...], and for variable-length series `lengths`
+    [batch] (int64, each series' steps; x padded at the end)."""
+    example = (torch.zeros(EXAMPLE_BATCH, EXAMPLE_SEQ, *trained.meta.input_shape[1:]),)
     model = trained.model
     # min=2: otherwise torch.export guards "dim != 1" (0/1 specialisation), and torch.onnx
     # resolves that guard by silently fixing seq. The ONNX graph itself runs at size 1 too
     # (validate's parity check includes batch 1).
-    dims = {"x": {axis: torch.export.Dim(name, min=2) for axis, name in DYNAMIC_DIMS.items()}}
+    batch, seq = (torch.export.Dim(name, min=2) for name in DYNAMIC_DIMS.values())
+    dims = ({0: batch, 1: seq},)
+    if trained.meta.variable_length:
+        example += (torch.arange(EXAMPLE_BATCH) % EXAMPLE_SEQ + 1,)
+        dims += ({0: batch},)
     program = _onnx_program(
         model,
-        (example,),
-        input_names=["x"],
+        example,
+        input_names=["x", "lengths"][: len(example)],
         output_names=["y", *getattr(model, "extra_outputs", ())],
         dynamic_shapes=dims,
     )

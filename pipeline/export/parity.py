@@ -14,9 +14,11 @@ from pipeline.inference import run_onnx, session
 from pipeline.io import read_json
 
 
-def run_torch(model: nn.Module, x: np.ndarray) -> list[np.ndarray]:
+def run_torch(model: nn.Module, x: np.ndarray, lengths: np.ndarray | None = None):
+    """Every output of the model (prediction first), as numpy arrays."""
     with torch.no_grad():
-        out = model(torch.from_numpy(x))
+        args = () if lengths is None else (torch.from_numpy(lengths),)
+        out = model(torch.from_numpy(x), *args)
     return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
@@ -27,17 +29,25 @@ def parity_inputs(x: np.ndarray, batch: int, seq: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([rows] * reps, axis=1)[:, -seq:])
 
 
+def mixed_lengths(batch: int, seq: int) -> np.ndarray:
+    """Series lengths of a parity batch of padded series: seq, 3/4, 1/2, 1/4 of it, ... (>= 2)."""
+    return np.maximum(seq - (np.arange(batch) % 4) * seq // 4, min(2, seq)).astype(np.int64)
+
+
 def parity(
-    sess, model: nn.Module, x: np.ndarray, batch_sizes: list[int]
+    sess, model: nn.Module, x: np.ndarray, batch_sizes: list[int], variable_length: bool = False
 ) -> tuple[float, list[list[int]]]:
-    """The largest |ORT - torch| over every output, at half, equal and twice the length of `x`."""
+    """The largest |ORT - torch| over every output, at half, equal and twice the length of `x`;
+    a model of variable-length series gets a mix of lengths in each batch."""
     seq = x.shape[1]
     lengths = sorted({max(seq // 2, 1), seq, 2 * seq})
     worst, shapes = 0.0, []
     for b in batch_sizes:
         for t in lengths:
             xb = parity_inputs(x, b, t)
-            for got, expected in zip(run_onnx(sess, xb), run_torch(model, xb), strict=True):
+            lb = mixed_lengths(b, t) if variable_length else None
+            pairs = zip(run_onnx(sess, xb, lb), run_torch(model, xb, lb), strict=True)
+            for got, expected in pairs:
                 worst = max(worst, float(np.abs(got - expected).max()))
             shapes.append([b, t])
     return worst, shapes

@@ -22,7 +22,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from pipeline.config import Experiment
 from pipeline.evaluation import validate_failures
-from pipeline.inference import run_onnx, session
+from pipeline.inference import feeds, run_onnx, session
 from pipeline.io import atomic_dir
 from pipeline.tasks import task_of
 
@@ -56,12 +56,13 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
 
 
 def median_latency_ms(sess: ort.InferenceSession, x: np.ndarray, runs: int = 50) -> float:
+    inputs = feeds(sess, x)
     for _ in range(5):
-        sess.run(None, {"x": x})
+        sess.run(None, inputs)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        sess.run(None, {"x": x})
+        sess.run(None, inputs)
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1e3)
 
@@ -74,6 +75,7 @@ def int8_report(
     y,
     meta,
     fp32: ort.InferenceSession | None = None,
+    lengths: np.ndarray | None = None,
 ) -> tuple[dict, dict]:
     """Quantize model.onnx, score it like the float model, and keep models/<exp>/int8/model.onnx
     only when the task's headline metric drops by at most validate.int8_max_drop and the metric
@@ -85,7 +87,7 @@ def int8_report(
         with tempfile.TemporaryDirectory(prefix="int8-") as tmp:
             path = quantize_int8(folder / "model.onnx", Path(tmp) / "model.onnx")
             sess8 = session(path)
-            scores, _ = task.evaluate(run_onnx(sess8, x)[0], x, y, meta)
+            scores, _ = task.evaluate(run_onnx(sess8, x, lengths)[0], x, y, meta)
             metric = task.headline
             drop = report[metric] - scores[metric]
             drop = drop if task.directions[metric] else -drop

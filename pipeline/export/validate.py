@@ -45,16 +45,16 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
     sess = session(folder / "model.onnx")
     model = load_trained(folder / "model.ckpt").model
     x, y = prepared.arrays("test")
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x, lengths = np.ascontiguousarray(x, dtype=np.float32), prepared.lengths("test")
 
-    max_diff, shapes = parity(sess, model, x, rules.parity_batch_sizes)
+    max_diff, shapes = parity(sess, model, x, rules.parity_batch_sizes, meta.variable_length)
     report = {
         "parity_max_abs_diff": max_diff,
         "parity_shapes": shapes,
         "export_seq_len": EXAMPLE_SEQ,  # parity runs at the data's length, its half and double
         "test_size": len(x),
     }
-    out, *extra = run_onnx(sess, x)
+    out, *extra = run_onnx(sess, x, lengths)
     scores, plot_data = task.evaluate(out, x, y, meta)
     report.update(scores)
     with atomic_dir(plots_dir(exp_name, "validate")) as tmp:
@@ -63,7 +63,7 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
         task.plot(plot_data, tmp)
     report.update(streaming_report(folder / "streaming", model, x))
     failed = validate_failures(report, rules, task)
-    int8, timings = int8_report(exp, folder, report, x, y, meta, sess)
+    int8, timings = int8_report(exp, folder, report, x, y, meta, sess, lengths)
     report.update(int8)
     report.update(passed=not failed, failed_gates=failed)
     report_path = metrics_file(exp_name, "validate")

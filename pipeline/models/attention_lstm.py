@@ -7,7 +7,15 @@ import math
 import torch
 from torch import nn
 
-from pipeline.models.lstm import State, make_rnn, rnn_initial_state, rnn_step, why_not_streamable
+from pipeline.models.lstm import (
+    State,
+    make_rnn,
+    refuse_lengths,
+    rnn_initial_state,
+    rnn_step,
+    why_not_streamable,
+)
+from pipeline.models.masking import conv_branch, step_mask
 
 
 class AttentionLSTM(nn.Module):
@@ -18,8 +26,10 @@ class AttentionLSTM(nn.Module):
     model output (and a second ONNX output) rather than hidden state.
 
     `fcn_channels` adds the fully convolutional branch of ALSTM-FCN (Karim et al. 2017): Conv1d
-    blocks (kernels 8, 5, 3, ...) with batch norm, globally average-pooled over time and
-    concatenated to the context. Both branches take any sequence length.
+    blocks (kernels 8, 5, 3, ...) with batch norm (`squeeze_excite`: MLSTM-FCN's blocks),
+    globally average-pooled over time and concatenated to the context; dropout applies to the
+    RNN's context, as after LSTM-FCN's LSTM. Both branches take any sequence length, and with
+    `lengths` a batch of padded series (see masking.py).
 
     Streaming (`step`): the softmax over time becomes an online softmax over the step scores e_t:
     running max m, running sum s = sum exp(e - m) and running weighted sum a = sum exp(e - m) h,
@@ -42,12 +52,13 @@ class AttentionLSTM(nn.Module):
         attention_size: int,
         level_norm: bool,
         fcn_channels: tuple[int, ...],
+        squeeze_excite: bool,
         target_index: tuple[int, ...] = (),
     ):
         super().__init__()
         self.rnn = make_rnn(cell, input_size, hidden_size, num_layers, dropout, bidirectional)
         width = hidden_size * (2 if bidirectional else 1)
-        self.fcn = fcn_branch(input_size, tuple(fcn_channels))
+        self.fcn = conv_branch(input_size, tuple(fcn_channels), squeeze_excite)
         self.score = nn.Sequential(
             nn.Linear(width, attention_size), nn.Tanh(), nn.Linear(attention_size, 1, bias=False)
         )
@@ -58,18 +69,27 @@ class AttentionLSTM(nn.Module):
         self.level_norm = level_norm
         self.register_buffer("target_index", torch.tensor(target_index, dtype=torch.long))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if x.shape[1] == 0:
             raise ValueError("attention_lstm: the input sequence has no time steps (seq = 0)")
         if self.level_norm:
             last = x[:, -1:, :]
             x = x - last
+        mask = None
+        if lengths is not None:
+            refuse_lengths(self)
+            mask = step_mask(lengths, x.shape[1])
         states, _ = self.rnn(x)  # [batch, seq, width]
-        alpha = torch.softmax(self.score(states).squeeze(-1), dim=1)
-        context = torch.bmm(alpha.unsqueeze(1), states).squeeze(1)
+        scores = self.score(states).squeeze(-1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, -math.inf)
+        alpha = torch.softmax(scores, dim=1)
+        context = self.dropout(torch.bmm(alpha.unsqueeze(1), states).squeeze(1))
         if self.fcn is not None:
-            context = torch.cat([context, self.fcn(x.transpose(1, 2)).mean(dim=2)], dim=1)
-        out = self.head(self.dropout(context)).reshape(-1, *self.output_shape)
+            context = torch.cat([context, self.fcn(x.transpose(1, 2), mask)], dim=1)
+        out = self.head(context).reshape(-1, *self.output_shape)
         if self.level_norm:
             out = out + last.index_select(2, self.target_index)
         return out, alpha
@@ -103,15 +123,3 @@ class AttentionLSTM(nn.Module):
             "att_sum": s,
             "att_acc": acc,
         }
-
-
-def fcn_branch(input_size: int, channels: tuple[int, ...]) -> nn.Sequential | None:
-    """Conv1d -> BatchNorm -> ReLU blocks with 'same' padding; None when `channels` is empty."""
-    if not channels:
-        return None
-    kernels = (8, 5, 3) + (3,) * max(len(channels) - 3, 0)
-    layers, c_in = [], input_size
-    for c_out, k in zip(channels, kernels, strict=False):
-        layers += [nn.Conv1d(c_in, c_out, k, padding="same"), nn.BatchNorm1d(c_out), nn.ReLU()]
-        c_in = c_out
-    return nn.Sequential(*layers)

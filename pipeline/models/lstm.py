@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from pipeline.models.masking import last_step
 from pipeline.models.peephole_lstm import PeepholeLSTM
 
 # nn.LSTM/GRU export to native ONNX LSTM/GRU ops; the peephole cell is ours (a Scan in ONNX).
@@ -49,6 +50,12 @@ def why_not_streamable(model: nn.Module) -> str | None:
     return None
 
 
+def refuse_lengths(model: nn.Module) -> None:
+    """Padded series need a causal RNN: a backward direction would read the padding first."""
+    if model.rnn.bidirectional or model.level_norm:
+        raise ValueError("series of different lengths need a unidirectional RNN, no level_norm")
+
+
 class StackedLSTM(nn.Module):
     """x [batch, seq, features] -> logits [batch, classes] or forecast [batch, horizon, targets].
 
@@ -80,14 +87,19 @@ class StackedLSTM(nn.Module):
         self.level_norm = level_norm
         self.register_buffer("target_index", torch.tensor(target_index, dtype=torch.long))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """`lengths`: a batch of series padded at the end, each read up to its own length."""
         if self.level_norm:
             last = x[:, -1:, :]
             x = x - last
-        _, state = self.rnn(x)
-        h = state[0] if isinstance(state, tuple) else state  # LSTM gives (h, c), GRU gives h
-        directions = 2 if self.rnn.bidirectional else 1
-        final = torch.cat(list(h[-directions:]), dim=-1)  # last layer, every direction
+        states, state = self.rnn(x)
+        if lengths is not None:
+            refuse_lengths(self)
+            final = last_step(states, lengths)
+        else:
+            h = state[0] if isinstance(state, tuple) else state  # LSTM: (h, c); GRU: h
+            directions = 2 if self.rnn.bidirectional else 1
+            final = torch.cat(list(h[-directions:]), dim=-1)  # last layer, every direction
         out = self.head(self.dropout(final)).reshape(-1, *self.output_shape)
         if self.level_norm:
             out = out + last.index_select(2, self.target_index)

@@ -50,6 +50,8 @@ class Classification(Task):
 
     def scale_inputs(self, x, meta: DataMeta):
         # prepare holds these sequences as float32 before scaling
+        if isinstance(x, list):  # series of different lengths
+            return [meta.to_model_scale(s.astype(np.float32)) for s in x]
         return meta.to_model_scale(x.astype(np.float32))
 
     def predictions(self, out, meta: DataMeta, keys, id_column: str) -> pd.DataFrame:

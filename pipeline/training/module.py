@@ -12,8 +12,17 @@ from pipeline.tasks import task_of
 
 
 class SequenceModule(pl.LightningModule):
-    def __init__(self, model_cfg: dict, meta: dict, lr: float = 1e-3, weight_decay: float = 0.0):
-        """`meta`: the data contract as a dict (DataMeta.model_dump()), as checkpoints keep it."""
+    def __init__(
+        self,
+        model_cfg: dict,
+        meta: dict,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        schedule: str = "constant",
+        patience: int = 20,
+    ):
+        """`meta`: the data contract as a dict (DataMeta.model_dump()), as checkpoints keep it;
+        the rest: fit.* (config/run.py)."""
         super().__init__()
         self.save_hyperparameters()
         self.meta = DataMeta.model_validate(meta)
@@ -36,14 +45,17 @@ class SequenceModule(pl.LightningModule):
         losses = {k: MeanMetric(nan_strategy=float("nan")) for k in self.stage_metrics}
         self.stage_losses = torch.nn.ModuleDict(losses)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The prediction alone (models with extra outputs return them after it)."""
-        out = self.model(x)
+    def forward(self, x: torch.Tensor, *lengths: torch.Tensor) -> torch.Tensor:
+        """The prediction alone (models with extra outputs return them after it); `lengths`:
+        of a batch of padded series."""
+        out = self.model(x, *lengths)
         return out[0] if isinstance(out, tuple) else out
 
     def _step(self, batch, stage: str) -> torch.Tensor:
-        x, y = batch
-        out = self(x)
+        x, y, *lengths = batch
+        if lengths:  # padded to the longest series of the data: cut to the batch's longest
+            x = x[:, : int(lengths[0].max())]
+        out = self(x, *lengths)
         loss = self.task.loss(out, y)
         # A ModuleDict key cannot be "train" (nn.Module.train): training metrics live under "fit".
         key = "fit" if stage == "train" else stage
@@ -82,6 +94,15 @@ class SequenceModule(pl.LightningModule):
         self._step(batch, "test")
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.schedule == "cosine":  # annealed every step, to 0 at the last one
+            steps = self.trainer.estimated_stepping_batches
+            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(int(steps), 1))
+            return [optimizer], [{"scheduler": cosine, "interval": "step"}]
+        if hp.schedule == "plateau":
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=0.5, patience=max(hp.patience // 4, 1)
+            )
+            return [optimizer], [{"scheduler": plateau, "monitor": "val/loss", "strict": False}]
+        return optimizer

@@ -38,7 +38,8 @@ def best_overrides(exp_name: str) -> list[str]:
     best = yaml.safe_load(path.read_text())
     if note := best.get("note"):  # a PBT sweep: say so before anything is applied
         print(f"warning: {path}: {note}", file=sys.stderr)
-    return [f"{key}={hydra_value(value)}" for key, value in best["overrides"].items()]
+    # ++: set the key even where conf/ leaves it to the default recipe (no model/fit there)
+    return [f"++{key}={hydra_value(value)}" for key, value in best["overrides"].items()]
 
 
 def dvc_exp_run_command(exp_name: str) -> str:

@@ -166,3 +166,26 @@ def test_ray_train_torch_trainer_with_two_cpu_workers(cluster, tune_workdir, par
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     (run,) = client.search_runs([client.get_experiment_by_name("lstm-pipeline").experiment_id])
     assert run.data.tags["world_size"] == "2" and run.info.status == "FINISHED"
+
+
+def test_ensemble_members_train_in_parallel_on_the_cluster(cluster, tune_workdir, params):
+    params = sweep_params(params)
+    params["experiments"][EXP]["fit"]["ensemble"] = 2
+    params["trainer"]["max_epochs"] = 2
+    write_params(params)
+    env = {**os.environ, "RAY_ADDRESS": cluster}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "train", EXP],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tune_workdir / f"metrics/{EXP}/train.json").read_text())
+    assert metrics["members"] == 2 and metrics["member1/epochs_run"] == 2
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("lstm-pipeline").experiment_id])
+    members = [r for r in runs if "member" in r.data.tags]
+    assert len(members) == 2 and all("ray_node_id" in r.data.tags for r in members)
+    assert not any((tune_workdir / ".ray_results").iterdir())  # the shared checkpoints went

@@ -1,0 +1,44 @@
+"""Each task's default recipe: the model and fit of an experiment that sets only its `data`.
+
+Classification: an MLSTM-FCN-style attention LSTM (Karim et al. 2019: an LSTM branch beside a
+fully convolutional branch of 128-256-128 filters with squeeze-and-excite), AdamW with a
+cosine-annealed learning rate and the last epoch kept. Chosen on the dev suite (GunPoint,
+ItalyPowerDemand, BasicMotions and variable-length versions of them) from the literature's
+candidates, never per data set: see README "Default recipes" and benchmarks/quality.py.
+"""
+
+from __future__ import annotations
+
+RECIPES: dict[str, dict[str, dict]] = {
+    "classification": {
+        "model": {
+            "name": "attention_lstm",
+            "cell": "lstm",
+            "hidden_size": 64,
+            "num_layers": 1,
+            "attention_size": 32,
+            "dropout": 0.5,
+            "fcn_channels": [128, 256, 128],
+            "squeeze_excite": True,
+        },
+        "fit": {
+            "max_epochs": 150,
+            "batch_size": 16,
+            "lr": 1e-3,
+            "weight_decay": 1e-2,
+            "schedule": "cosine",
+            "select": "last",
+            "patience": 150,
+            "gradient_clip_val": 1.0,
+        },
+    },
+    # The airline recipe (conf/experiment/lstm_airline.yaml).
+    "forecast": {
+        "model": {"name": "lstm", "hidden_size": 64, "num_layers": 1, "level_norm": True},
+        "fit": {"max_epochs": 300, "batch_size": 64, "lr": 5e-3, "patience": 300},
+    },
+    "frames": {
+        "model": {"name": "conv_lstm", "hidden_channels": 16, "num_layers": 2},
+        "fit": {"max_epochs": 10, "batch_size": 16, "lr": 2e-3, "patience": 5},
+    },
+}

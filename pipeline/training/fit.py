@@ -1,0 +1,114 @@
+"""Fitting one model: seed it and its data, fit with early stopping on val, keep the best or the
+last epoch (or refit on train + val for that many epochs), test the kept checkpoint. An
+ensemble member is such a fit with seed + index, logged as a run nested under the experiment's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import MLFlowLogger
+
+from pipeline.config import Experiment, PipelineConfig
+from pipeline.data.prepared import Prepared
+from pipeline.paths import prepared_dir
+from pipeline.tracking import tracking_uri
+from pipeline.training.datamodule import PreparedDataModule
+from pipeline.training.module import SequenceModule
+from pipeline.training.trainer import History, TrainHooks, build_trainer
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The outcome of fit and select: the model to save and what the run reports."""
+
+    ckpt: Path  # the selected (or refit) checkpoint
+    history: list[dict]  # one row per epoch of the fit
+    best_epoch: int  # the epoch whose weights are kept (fit.select)
+    best_val_loss: float
+    refit_epochs: int | None
+    tested: dict[str, float]  # test/* metrics of `ckpt`
+    world_size: int  # processes of the fit (DDP)
+    is_global_zero: bool  # this process writes the outputs
+
+
+def seeded_module_and_data(
+    cfg: PipelineConfig, exp: Experiment, prepared: Prepared, seed: int, train_splits=("train",)
+) -> tuple[SequenceModule, PreparedDataModule]:
+    """A freshly initialised model (after seeding) and its data: the same start for a fit and
+    its refit."""
+    pl.seed_everything(seed, workers=True)
+    meta = prepared.meta.contract().model_dump()
+    fit = exp.fit.model_dump(include={"lr", "weight_decay", "schedule", "patience"})
+    module = SequenceModule(exp.model.model_dump(), meta, **fit)
+    data = PreparedDataModule(
+        prepared, exp.fit.batch_size, cfg.trainer.num_workers, seed, train_splits
+    )
+    return module, data
+
+
+def refit(cfg, exp, prepared, seed: int, epochs: int, ckpt_dir: Path, hooks: TrainHooks):
+    """Train again from the same seed on train + val for `epochs` (fit.refit): more data for the
+    epoch count validation chose. Returns the Trainer, the model and its checkpoint."""
+    module, data = seeded_module_and_data(cfg, exp, prepared, seed, ("train", "val"))
+    trainer = build_trainer(cfg, exp, ckpt_dir, False, hooks=hooks, refit_epochs=epochs)
+    trainer.fit(module, datamodule=data)
+    path = ckpt_dir / "refit.ckpt"
+    trainer.save_checkpoint(path)
+    return trainer, module, path
+
+
+def fit_and_select(
+    cfg, exp, prepared, logger, hooks: TrainHooks, ckpt_dir: Path, seed: int
+) -> Fitted:
+    """Fit with early stopping on val/loss, keep the best (or last) epoch, or refit for that
+    many epochs, and test the kept checkpoint."""
+    module, data = seeded_module_and_data(cfg, exp, prepared, seed)
+    history = History()
+    trainer = build_trainer(cfg, exp, ckpt_dir, logger, [history, *hooks.callbacks], hooks)
+    trainer.fit(module, datamodule=data, ckpt_path=hooks.resume_from)
+    rows = list(history.rows)  # test() restores the best checkpoint's (shorter) history
+    best = trainer.checkpoint_callback
+    if exp.fit.select == "best":
+        best_epoch, final = min(rows, key=lambda r: r["val_loss"])["epoch"], best.best_model_path
+    else:
+        best_epoch, final = rows[-1]["epoch"], best.last_model_path
+    final = Path(final)
+    refit_epochs = best_epoch + 1 if exp.fit.refit else None
+    if refit_epochs:
+        trainer, module, final = refit(cfg, exp, prepared, seed, refit_epochs, ckpt_dir, hooks)
+    tested = trainer.test(module, datamodule=data, ckpt_path=final, verbose=False)
+    score = float(best.best_model_score)
+    return Fitted(
+        final, rows, best_epoch, score, refit_epochs, tested[0], trainer.world_size,
+        trainer.is_global_zero,
+    )  # fmt: skip
+
+
+def mlflow_logger(cfg: PipelineConfig, run_name: str, tags: dict) -> MLFlowLogger:
+    return MLFlowLogger(
+        experiment_name=cfg.tracking.experiment_name,
+        tracking_uri=tracking_uri(),
+        run_name=run_name,
+        tags=tags,
+    )
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The experiment's MLflow run, under which each ensemble member logs a nested run."""
+
+    run_id: str
+    run_name: str
+    tags: dict[str, str]
+
+
+def fit_member(cfg, exp_name: str, index: int, parent: Parent, hooks, ckpt_dir: Path) -> Fitted:
+    """Ensemble member `index`: seed + index, a run nested under the experiment's."""
+    exp, prepared = cfg.experiment(exp_name), Prepared.load(prepared_dir(exp_name))
+    tags = {**parent.tags, "mlflow.parentRunId": parent.run_id, "member": str(index)}
+    logger = mlflow_logger(cfg, f"{parent.run_name}/member{index}", tags)
+    member_dir = ckpt_dir / f"member{index}"
+    return fit_and_select(cfg, exp, prepared, logger, hooks, member_dir, cfg.seed + index)

@@ -1,0 +1,94 @@
+"""Series of different lengths in one padded batch: the padding never changes a prediction,
+in torch and through ONNX Runtime."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.checkpoint import Trained, model_for
+from pipeline.export.onnx_export import export_module
+from pipeline.inference import run_onnx, session
+from pipeline.meta import DataMeta, padded
+from pipeline.models.masking import MaskedBatchNorm1d
+
+META = DataMeta(
+    task="classification", input_shape=[20, 3], labels=["a", "b", "c"], variable_length=True
+)
+FAMILIES = {
+    "gru-2-layers": {"name": "lstm", "cell": "gru", "hidden_size": 8, "num_layers": 2},
+    "peephole": {"name": "lstm", "cell": "peephole", "hidden_size": 8, "num_layers": 1},
+    "mlstm-fcn": {
+        "name": "attention_lstm",
+        "hidden_size": 8,
+        "attention_size": 4,
+        "fcn_channels": [8, 16, 8],
+        "squeeze_excite": True,
+    },
+}
+LENGTHS = [20, 13, 5, 2]
+
+
+def _series(seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(n, 3)).astype(np.float32) for n in LENGTHS]
+
+
+def _with_garbage_padding(series):
+    x, lengths = padded(series)
+    for row, n in zip(x, lengths, strict=True):
+        row[n:] = 1e3  # anything: a masked model never reads it
+    return torch.from_numpy(x), torch.from_numpy(lengths)
+
+
+def _outputs(model, *args):
+    with torch.no_grad():
+        out = model(*args)
+    return out if isinstance(out, tuple) else (out,)
+
+
+@pytest.mark.parametrize("cfg", FAMILIES.values(), ids=FAMILIES)
+def test_padding_changes_no_prediction(cfg):
+    torch.manual_seed(0)
+    model = model_for(cfg, META).eval()
+    series = _series()
+    batch = _outputs(model, *_with_garbage_padding(series))
+    for i, s in enumerate(series):
+        alone = _outputs(model, torch.from_numpy(s)[None])
+        torch.testing.assert_close(batch[0][i], alone[0][0], atol=1e-5, rtol=1e-5)
+        if len(batch) > 1:  # attention: the same weights on the series' steps, none on padding
+            torch.testing.assert_close(batch[1][i, : len(s)], alone[1][0], atol=1e-5, rtol=1e-5)
+            assert (batch[1][i, len(s) :] == 0).all()
+
+
+def test_batch_norm_statistics_skip_padding():
+    torch.manual_seed(0)
+    norm = MaskedBatchNorm1d(2, momentum=1.0)  # running stats = this batch's
+    x, lengths = _with_garbage_padding([s[:, :2] for s in _series()])
+    mask = torch.arange(x.shape[1])[None] < lengths[:, None]
+    norm.train()(x.transpose(1, 2), mask)
+    valid = torch.cat([x[i, :n] for i, n in enumerate(lengths)])
+    torch.testing.assert_close(norm.running_mean, valid.mean(0))
+    torch.testing.assert_close(norm.running_var, valid.var(0))
+
+
+def test_bidirectional_rnn_refuses_lengths():
+    model = model_for({"name": "lstm", "hidden_size": 4, "bidirectional": True}, META)
+    with pytest.raises(ValueError, match="unidirectional"):
+        model(*_with_garbage_padding(_series()))
+
+
+@pytest.mark.parametrize("name", ["gru-2-layers", "mlstm-fcn"])
+def test_onnx_takes_padded_series_and_lengths(tmp_path, name):
+    torch.manual_seed(0)
+    model = model_for(FAMILIES[name], META).eval()
+    path = export_module(Trained(model, META), tmp_path / "model.onnx", FAMILIES[name]["name"])
+    sess = session(path)
+    inputs = {i.name: [d if isinstance(d, str) else None for d in i.shape]
+              for i in sess.get_inputs()}  # fmt: skip
+    assert inputs == {"x": ["batch", "seq", None], "lengths": ["batch"]}
+    series = _series(1)
+    x, lengths = _with_garbage_padding(series)
+    got = run_onnx(sess, x.numpy(), lengths.numpy())[0]
+    for i, s in enumerate(series):
+        alone = _outputs(model, torch.from_numpy(s)[None])[0][0].numpy()
+        np.testing.assert_allclose(got[i], alone, atol=1e-5)

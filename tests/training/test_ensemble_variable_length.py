@@ -1,0 +1,127 @@
+"""A real prepare -> train -> export -> validate -> predict of a seed ensemble of the default
+recipe on series of different lengths (the user's CSV with its own split column)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from pipeline.checkpoint import load_trained
+from pipeline.cli import main
+from pipeline.inference import session
+from tests.conftest import write_params
+
+pytestmark = pytest.mark.slow
+
+
+def _series(n: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
+    """Rising or falling noisy ramps of 6 to 40 steps, two features."""
+    rng = np.random.default_rng(seed)
+    values, labels = [], []
+    for i in range(n):
+        steps = int(rng.integers(6, 41))
+        sign = 1 if i % 2 else -1
+        ramp = sign * np.linspace(0, 1, steps) + rng.normal(0, 0.2, steps)
+        values.append(np.stack([ramp, rng.normal(size=steps)], axis=1))
+        labels.append("up" if sign > 0 else "down")
+    return values, labels
+
+
+def _table(values, labels=None, split=None) -> pd.DataFrame:
+    rows = []
+    for i, v in enumerate(values):
+        for t, (a, b) in enumerate(v):
+            row = {"series_id": f"s{i}", "time": t, "a": a, "b": b}
+            if labels is not None:
+                row |= {"label": labels[i], "split": split[i]}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, mlflow_template):
+    import os
+    import shutil
+
+    root = tmp_path_factory.mktemp("ensemble")
+    cwd = os.getcwd()
+    os.chdir(root)
+    shutil.copy(mlflow_template, root / "mlflow.db")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
+    try:
+        values, labels = _series(48, seed=0)
+        split = ["test" if i % 4 == 3 else "train" for i in range(48)]
+        _table(values, labels, split).to_csv("series.csv", index=False)
+        data = {"source": "csv", "path": "series.csv", "task": "classification",
+                "features": ["a", "b"], "label": "label"}  # fmt: skip
+        write_params(
+            {
+                "trainer": {"max_epochs": 4, "progress_bar": False},
+                "experiments": {"mine": {"data": data, "fit": {"ensemble": 2, "batch_size": 8}}},
+            }
+        )
+        codes = [main([stage, "mine"]) for stage in ("prepare", "train", "export", "validate")]
+        yield root, codes
+    finally:
+        os.chdir(cwd)
+        os.environ.pop("MLFLOW_TRACKING_URI")
+
+
+def test_every_stage_passes_and_parity_holds_with_mixed_lengths(run):
+    root, codes = run
+    assert codes == [0, 0, 0, 0]
+    report = json.loads((root / "metrics/mine/validate.json").read_text())
+    assert report["passed"] and report["parity_max_abs_diff"] < 1e-5
+    longest = json.loads((root / "data/prepared/mine/meta.json").read_text())["input_shape"][0]
+    assert [16, 2 * longest] in report["parity_shapes"]  # lengths mixed in each batch
+    assert report["test_size"] == 12 and "int8_kept" in report
+
+
+def test_one_onnx_file_averages_the_members_probabilities(run):
+    root, _ = run
+    trained = load_trained(root / "models/mine/model.ckpt")
+    assert len(trained.model.members) == 2
+    sess = session(root / "models/mine/model.onnx")
+    assert [i.name for i in sess.get_inputs()] == ["x", "lengths"]
+    x = np.random.default_rng(1).normal(size=(3, 9, 2)).astype(np.float32)
+    lengths = np.array([9, 4, 2])
+    got = np.exp(sess.run(None, {"x": x, "lengths": lengths})[0])
+    with torch.no_grad():
+        probs = [
+            torch.softmax(m(torch.from_numpy(x), torch.from_numpy(lengths))[0], -1).numpy()
+            for m in trained.model.members
+        ]
+    np.testing.assert_allclose(got, np.mean(probs, axis=0), atol=1e-5)
+
+
+def test_train_report_and_nested_member_runs(run):
+    root, _ = run
+    metrics = json.loads((root / "metrics/mine/train.json").read_text())
+    assert metrics["members"] == 2
+    assert {"members/test/acc_mean", "members/test/acc_sd", "member1/test/acc"} <= set(metrics)
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    runs = client.search_runs(client.get_experiment_by_name("lstm-pipeline").experiment_id)
+    parent = next(r for r in runs if r.info.run_name == "mine")
+    members = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in members) == ["mine/member0", "mine/member1"]
+
+
+def test_predict_takes_series_of_different_lengths(run):
+    root, _ = run
+    values, _ = _series(5, seed=7)
+    _table(values).to_csv(root / "new.csv", index=False)
+    out = root / "pred.csv"
+    assert main(["predict", str(root / "models/mine/model.onnx"), str(root / "new.csv"),
+                 "-o", str(out)]) == 0  # fmt: skip
+    table = pd.read_csv(out)
+    assert len(table) == 5 and set(table.label) <= {"up", "down"}
+    # each series alone through the same file gives the same probabilities
+    sess = session(root / "models/mine/model.onnx")
+    meta = load_trained(root / "models/mine/model.ckpt").meta
+    for i, v in enumerate(values):
+        x = meta.to_model_scale(v.astype(np.float32))[None]
+        probs = np.exp(sess.run(None, {"x": x, "lengths": np.array([len(v)])})[0][0])
+        np.testing.assert_allclose(table.loc[i, ["prob_down", "prob_up"]], probs, atol=1e-5)
