@@ -37,7 +37,7 @@ def validate_failures(report: dict, rules: Validate, task: Task) -> list[str]:
     """validate's failed gates, each as a readable line; empty when everything passed."""
     failed = [
         f"{key} {report[key]:.3g} > {rules.parity_tol:g}"
-        for key in ("parity_max_abs_diff", "stream_max_abs_diff")
+        for key in ("parity_max_scaled_diff", "stream_max_abs_diff")
         if report.get(key, 0.0) > rules.parity_tol
     ]
     for metric in (*rules.min, *rules.max):

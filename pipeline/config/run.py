@@ -31,6 +31,7 @@ class Fit(Strict):
 
 
 class Validate(Strict):
+    # on |ORT - torch| / max(1, |torch|) (validate.json: parity_max_scaled_diff)
     parity_tol: Annotated[float, Field(gt=0)] = 1e-5
     parity_batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [1, 4, 16]
     min: dict[str, float] = {}  # metric -> lowest passing value, e.g. accuracy: 0.95

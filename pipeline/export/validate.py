@@ -47,9 +47,11 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
     x, y = prepared.arrays("test")
     x, lengths = np.ascontiguousarray(x, dtype=np.float32), prepared.lengths("test")
 
-    max_diff, shapes = parity(sess, model, x, rules.parity_batch_sizes, meta.variable_length)
+    batches = rules.parity_batch_sizes
+    max_diff, scaled_diff, shapes = parity(sess, model, x, batches, meta.variable_length)
     report = {
         "parity_max_abs_diff": max_diff,
+        "parity_max_scaled_diff": scaled_diff,  # the gated one (validate.parity_tol)
         "parity_shapes": shapes,
         "export_seq_len": EXAMPLE_SEQ,  # parity runs at the data's length, its half and double
         "test_size": len(x),

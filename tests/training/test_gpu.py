@@ -19,7 +19,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-EXP = "attention_lstm_gunpoint"  # cuDNN GRU + convolutions
+EXP = "attention_lstm_gunpoint"  # cuDNN LSTM + convolutions (the default recipe)
 
 
 @pytest.mark.parametrize("preset", ["gpu", "ddp"])
