@@ -73,8 +73,9 @@ def fit_and_select(
     best = trainer.checkpoint_callback
     if exp.fit.select == "best":
         best_epoch, final = min(rows, key=lambda r: r["val_loss"])["epoch"], best.best_model_path
-    else:
-        best_epoch, final = rows[-1]["epoch"], best.last_model_path
+    else:  # the weights in memory now (ModelCheckpoint's last.ckpt held an earlier epoch)
+        best_epoch, final = rows[-1]["epoch"], Path(ckpt_dir) / "final.ckpt"
+        trainer.save_checkpoint(final)
     final = Path(final)
     refit_epochs = best_epoch + 1 if exp.fit.refit else None
     if refit_epochs:

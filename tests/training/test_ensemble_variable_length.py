@@ -102,6 +102,10 @@ def test_train_report_and_nested_member_runs(run):
     metrics = json.loads((root / "metrics/mine/train.json").read_text())
     assert metrics["members"] == 2
     assert {"members/test/acc_mean", "members/test/acc_sd", "member1/test/acc"} <= set(metrics)
+    # fit.select: last keeps the weights of the last step, not an earlier checkpoint's
+    train = json.loads((root / "data/prepared/mine/meta.json").read_text())["sizes"]["train"]
+    ckpt = torch.load(root / "models/mine/model.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4 * -(-train // 8)
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     runs = client.search_runs(client.get_experiment_by_name("lstm-pipeline").experiment_id)
     parent = next(r for r in runs if r.info.run_name == "mine")
