@@ -142,14 +142,8 @@ def test_trial_larger_than_any_node_is_refused(cluster, tune_workdir, params, ca
     )
 
 
-def test_ray_train_torch_trainer_with_two_cpu_workers(cluster, tune_workdir, params, monkeypatch):
-    import yaml
-
-    from pipeline.config import CONF_DIR
-
-    params = sweep_params(params)
-    params["trainer"] = yaml.safe_load((CONF_DIR / "trainer" / "ray_ddp.yaml").read_text())
-    params["trainer"]["max_epochs"] = 2
+def train_on(cluster: str, params: dict, workdir: Path) -> dict:
+    """The train stage in a subprocess pointed at the cluster; returns its train.json."""
     write_params(params)
     env = {**os.environ, "RAY_ADDRESS": cluster}
     proc = subprocess.run(
@@ -160,7 +154,18 @@ def test_ray_train_torch_trainer_with_two_cpu_workers(cluster, tune_workdir, par
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((tune_workdir / f"metrics/{EXP}/train.json").read_text())
+    return json.loads((workdir / f"metrics/{EXP}/train.json").read_text())
+
+
+def test_ray_train_torch_trainer_with_two_cpu_workers(cluster, tune_workdir, params, monkeypatch):
+    import yaml
+
+    from pipeline.config import CONF_DIR
+
+    params = sweep_params(params)
+    params["trainer"] = yaml.safe_load((CONF_DIR / "trainer" / "ray_ddp.yaml").read_text())
+    params["trainer"]["max_epochs"] = 2
+    metrics = train_on(cluster, params, tune_workdir)
     assert metrics["epochs_run"] == 2
     assert (tune_workdir / f"models/{EXP}/model.ckpt").exists()
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
@@ -172,17 +177,7 @@ def test_ensemble_members_train_in_parallel_on_the_cluster(cluster, tune_workdir
     params = sweep_params(params)
     params["experiments"][EXP]["fit"]["ensemble"] = 2
     params["trainer"]["max_epochs"] = 2
-    write_params(params)
-    env = {**os.environ, "RAY_ADDRESS": cluster}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "train", EXP],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((tune_workdir / f"metrics/{EXP}/train.json").read_text())
+    metrics = train_on(cluster, params, tune_workdir)
     assert metrics["members"] == 2 and metrics["member1/epochs_run"] == 2
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("lstm-pipeline").experiment_id])
