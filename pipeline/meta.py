@@ -80,6 +80,9 @@ class DataMeta(BaseModel):
     targets: list[str] | None = None  # forecast: the predicted features...
     target_index: list[int] | None = None  # ...and their positions in `features`
     transform: Literal["none", "log"] = "none"  # forecast: applied before standard scaling
+    # forecast: the time column's pandas frequency ('MS', 'D', 'h'...) when it held regular
+    # datetimes; predict dates its forecasts with it
+    freq: str | None = None
     scaler: Scaler | None = None
     # classification: series of different lengths, padded at the end; the model (and the ONNX
     # file's second input, `lengths`) takes each one's length

@@ -64,8 +64,16 @@ def confusion(actual: list[str], predicted: list[str], labels: list[str], out: P
     save_png(fig, out / "confusion.png")
 
 
-def forecast(truth: np.ndarray, pred: np.ndarray, baseline: np.ndarray, out: Path) -> None:
-    """Test windows [n, horizon] of one target: a CSV row per (window, step), a PNG of a few."""
+def forecast(
+    truth: np.ndarray,
+    pred: np.ndarray,
+    baseline: np.ndarray,
+    out: Path,
+    target: str = "value",
+    step: str = "step",
+) -> None:
+    """Test windows [n, horizon] of one target: a CSV row per (window, step), a PNG of a few
+    (y: the target in its own units; x: `step`s ahead, e.g. months)."""
     n, h = truth.shape
     _csv(
         pd.DataFrame(
@@ -81,11 +89,14 @@ def forecast(truth: np.ndarray, pred: np.ndarray, baseline: np.ndarray, out: Pat
     )
     shown = sorted({0, n // 2, n - 1})
     fig, axes = figure(nrows=len(shown), figsize=(6, 2.2 * len(shown)), squeeze=False)
+    ahead = np.arange(1, h + 1)
     for ax, i in zip(axes[:, 0], shown, strict=True):
-        ax.plot(truth[i], "k-", label="truth")
-        ax.plot(pred[i], "C0-", label="forecast")
-        ax.plot(baseline[i], "C1--", label="baseline")
+        ax.plot(ahead, truth[i], "k-", label="truth")
+        ax.plot(ahead, pred[i], "C0-", label="forecast")
+        ax.plot(ahead, baseline[i], "C1--", label="baseline")
         ax.set_title(f"test window {i}", fontsize=9)
+        ax.set_xlabel(f"{step}s ahead", fontsize=8)
+        ax.set_ylabel(target, fontsize=8)
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     save_png(fig, out / "forecast.png")
@@ -108,17 +119,19 @@ def attention(x: np.ndarray, weights: np.ndarray, out: Path, shown: int = 4) -> 
     fig, axes = figure(nrows=n, figsize=(6, 1.8 * n), squeeze=False)
     for i, ax in enumerate(axes[:, 0]):
         ax.plot(x[i], "k-", lw=1)
-        ax.set_ylabel("input", fontsize=8)
+        ax.set_xlabel("time step", fontsize=8)
+        ax.set_ylabel("input (scaled)", fontsize=8)
         twin = ax.twinx()
         twin.bar(np.arange(t), weights[i], color="C1", alpha=0.5)
-        twin.set_ylabel("attention", fontsize=8)
+        twin.set_ylabel("attention weight", fontsize=8)
         ax.set_title(f"test example {i}", fontsize=9)
     fig.tight_layout()
     save_png(fig, out / "attention.png")
 
 
 def frames(inputs, pred, truth, mse, baseline_mse, out: Path) -> None:
-    """One test sequence as a strip (input / predicted / true rows) and per-step MSE as CSV."""
+    """One test sequence as a strip (input / predicted / true rows, each frame labelled with
+    its time, t the last input frame) and per-step MSE as CSV."""
     _csv(
         pd.DataFrame(
             {"step": np.arange(1, len(mse) + 1), "mse": mse, "baseline_mse": baseline_mse}
@@ -126,13 +139,16 @@ def frames(inputs, pred, truth, mse, baseline_mse, out: Path) -> None:
         out / "frame_mse.csv",
     )
     cols = max(len(inputs), len(pred))
-    fig, axes = figure(nrows=3, ncols=cols, figsize=(1.1 * cols, 3.6), squeeze=False)
-    for row, (name, seq) in enumerate((("input", inputs), ("predicted", pred), ("true", truth))):
-        for j in range(cols):
-            ax = axes[row, j]
-            ax.axis("off")
-            if j < len(seq):
-                ax.imshow(seq[j, 0], cmap="gray", vmin=0, vmax=1)
-        axes[row, 0].set_title(name, fontsize=8, loc="left")
+    fig, axes = figure(nrows=3, ncols=cols, figsize=(1.1 * cols, 4.2), squeeze=False)
+    rows = (("input", inputs, 1 - len(inputs)), ("predicted", pred, 1), ("true", truth, 1))
+    for row, (name, seq, first) in enumerate(rows):
+        for j, ax in enumerate(axes[row]):
+            if j >= len(seq):
+                ax.axis("off")
+                continue
+            ax.imshow(seq[j, 0], cmap="gray", vmin=0, vmax=1)
+            ax.set(xticks=[], yticks=[])
+            ax.set_xlabel(f"t{first + j:+d}" if first + j else "t", fontsize=7)
+        axes[row, 0].set_ylabel(name, fontsize=8)
     fig.tight_layout()
     save_png(fig, out / "frames.png")

@@ -1,8 +1,9 @@
 """predict: the user's file -> predictions CSV (or .npy frames), through ONNX Runtime only.
 
 The model is an ONNX file from export, or `models:/<name>@<alias>` in the MLflow registry. Its
-metadata_props say what it needs (task, features, scaler, labels, window, horizon), so nothing
-here imports torch: a deployment needs numpy, pandas and onnxruntime (plus mlflow for models:/).
+metadata_props say what it needs (task, features, scaler, labels, window, horizon, the data's
+time frequency), so nothing here imports torch: a deployment needs numpy, pandas and onnxruntime
+(plus mlflow for models:/).
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 Every gate is decided before anything is written, so a refused candidate leaves the registry as it
 was. A registered version gets the alias `challenger`; with `promote` it takes `champion` instead.
+A file already registered (same sha256) is never registered twice: release names the version that
+holds it and, with `promote`, moves `champion` there. A version's run is the training run that
+made the checkpoint, when this tracking server has it; the release run holds validate's report.
 Earlier versions are never deleted: a former champion stays reachable as `models:/<name>/<version>`.
 """
 
@@ -19,9 +22,11 @@ from pipeline.evaluation import gate_table, release_gates
 from pipeline.inference import onnx_meta, session
 from pipeline.io import file_digest, read_json
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
-from pipeline.tracking import ensure_reachable, run_tags, tracking_uri
+from pipeline.tasks import task_of
+from pipeline.tracking import ensure_reachable, run_tags, tracking_uri, training_run
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+RELEASE_RUN = "release_run_id"  # version tag: the run that holds validate's metrics
 
 
 def validated_report(exp: str) -> dict:
@@ -70,7 +75,15 @@ def _signature(sess):
     )
 
 
-def _register(cfg: PipelineConfig, exp: str, report: dict, name: str) -> str:
+def _registered(client, name: str, sha256: str, champion) -> str | None:
+    """The version that already holds this exact ONNX file (the champion first), or None."""
+    if champion and champion.tags.get("onnx_sha256") == sha256:
+        return champion.version
+    found = client.search_model_versions(f"name = '{name}' and tags.onnx_sha256 = '{sha256}'")
+    return min((v.version for v in found), key=int, default=None)
+
+
+def _register(cfg: PipelineConfig, exp: str, report: dict, name: str, training: str | None) -> str:
     import mlflow
     import onnx
 
@@ -88,7 +101,8 @@ def _register(cfg: PipelineConfig, exp: str, report: dict, name: str) -> str:
     )
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_experiment(cfg.tracking.experiment_name)
-    with mlflow.start_run(run_name=f"release-{exp}", tags=tags):
+    lineage = {"training_run_id": training} if training else {}
+    with mlflow.start_run(run_name=f"release-{exp}", tags={**tags, **lineage}) as run:
         mlflow.log_metrics({k: v for k, v in report.items() if isinstance(v, float)})
         mlflow.log_artifact(str(metrics_file(exp, "validate")), "validate")
         mlflow.log_artifacts(str(plots_dir(exp, "validate")), "validate/plots")
@@ -99,27 +113,45 @@ def _register(cfg: PipelineConfig, exp: str, report: dict, name: str) -> str:
             input_example=np.ascontiguousarray(x_test[:2], dtype=np.float32),
             registered_model_name=name,
             onnx_execution_providers=["CPUExecutionProvider"],
+            tags={**tags, RELEASE_RUN: run.info.run_id},  # on the logged model and the version
+            run_id=training,  # the model, and so the version, belong to the run that trained it
         )
-    version = str(info.registered_model_version)
-    client = mlflow.MlflowClient(tracking_uri())
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+    return str(info.registered_model_version)
+
+
+def _reuse(client, name: str, version: str, champion, promote: bool, path: Path) -> str:
+    """`path` is already `version`: nothing registered; with `promote` it becomes champion."""
+    aliases = client.get_model_version(name, version).aliases
+    held = f"{name} version {version}" + "".join(f" @{a}" for a in aliases)
+    if not promote or CHAMPION in aliases:
+        print(f"{held} already holds {path} (same sha256): nothing registered, aliases unchanged")
+        return version
+    client.set_registered_model_alias(name, CHAMPION, version)
+    if CHALLENGER in aliases:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    before = f" (previous: version {champion.version})" if champion else ""
+    print(f"{held} already holds {path} (same sha256): promoted it to @{CHAMPION}{before}")
     return version
 
 
 def release(cfg: PipelineConfig, exp_name: str, promote: bool = False) -> str:
-    """Gate, register and alias the model of `exp_name`; returns the new version number."""
+    """Gate, register and alias the model of `exp_name`; returns its version number."""
     from mlflow import MlflowClient
 
     cfg.experiment(exp_name)
     uri = tracking_uri()
     ensure_reachable(uri)
     report = validated_report(exp_name)
+    onnx_path = model_dir(exp_name) / "model.onnx"
+    task = task_of(onnx_meta(session(onnx_path)))
     client = MlflowClient(uri)
     name = cfg.release.model_name.format(exp=exp_name)
     champion = _champion(client, name)
-    champion_metrics = client.get_run(champion.run_id).data.metrics if champion else None
-    gates = release_gates(report, cfg.release, champion_metrics)
+    champion_metrics = None
+    if champion:  # a version released before release_run_id existed has the release run as run
+        run = champion.tags.get(RELEASE_RUN, champion.run_id)
+        champion_metrics = client.get_run(run).data.metrics
+    gates = release_gates(report, cfg.release, task, champion_metrics)
     print(
         f"release {name} ({uri})" + (f", champion: version {champion.version}" if champion else "")
     )
@@ -128,9 +160,13 @@ def release(cfg: PipelineConfig, exp_name: str, promote: bool = False) -> str:
     if failed:
         raise GateError(f"{name}: release refused by {', '.join(failed)}; registry unchanged")
 
-    version = _register(cfg, exp_name, report, name)
+    if same := _registered(client, name, file_digest(onnx_path), champion):
+        return _reuse(client, name, same, champion, promote, onnx_path)
+    training = training_run(cfg.tracking.experiment_name, model_dir(exp_name) / "model.ckpt")
+    version = _register(cfg, exp_name, report, name, training)
     client.set_registered_model_alias(name, CHALLENGER, version)
-    print(f"registered {name} version {version} as @{CHALLENGER}")
+    source = f"training run {training}" if training else "no run here trained this checkpoint"
+    print(f"registered {name} version {version} as @{CHALLENGER} ({source})")
     if promote:
         client.set_registered_model_alias(name, CHAMPION, version)
         client.delete_registered_model_alias(name, CHALLENGER)

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torchmetrics.functional import mean_absolute_percentage_error
 
+from pipeline import plots
 from pipeline.config import Validate
 from pipeline.evaluation import validate_failures
 from pipeline.meta import DataMeta
@@ -22,6 +23,7 @@ METAS = {
         targets=["y"],
         target_index=[1],
         scaler={"mean": [0.0, 10.0], "std": [1.0, 2.0]},
+        freq="MS",
     ),
     "frames": DataMeta(task="frames", input_shape=[4, 1, 8, 8], horizon=2),
 }
@@ -49,6 +51,7 @@ def test_every_reported_metric_has_a_direction_and_the_gates_read_it(name, tmp_p
     report, plot_data = task.evaluate(*_evaluation_inputs(meta), meta)
     scalar = {k for k, v in report.items() if isinstance(v, float)}
     assert task.headline in scalar
+    assert isinstance(report[f"{task.headline}_unit"], str)  # metrics files state their units
     assert scalar <= set(task.directions), scalar - set(task.directions)
     task.plot(plot_data, tmp_path)
     assert list(tmp_path.glob("*.csv")) and list(tmp_path.glob("*.png"))
@@ -61,3 +64,41 @@ def test_every_reported_metric_has_a_direction_and_the_gates_read_it(name, tmp_p
     assert validate_failures(report, rules, task) == [
         f"{task.headline} {value:.6g} not {'>=' if up else '<='} {bad[task.headline]:g}"
     ]
+
+
+# (x label, y label) pairs each plot must show; frames: a frame's time, and its row's name.
+AXIS_LABELS = {
+    "forecast": {("months ahead", "y")},  # freq MS; the target's name
+    "classification": {("predicted", "actual")},
+    "frames": {("t-3", "input"), ("t", ""), ("t+1", "predicted"), ("t+1", "true"), ("t+2", "")},
+    "learning_curve": {("epoch", "loss")},
+    "attention": {("time step", "input (scaled)"), ("", "attention weight")},
+}
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plot functions draw, kept to read their labels back."""
+    drawn, save = [], plots.save_png
+    monkeypatch.setattr(plots, "save_png", lambda fig, path: (drawn.append(fig), save(fig, path)))
+    return drawn
+
+
+@pytest.mark.parametrize("name", [*sorted(TASKS), "learning_curve", "attention"])
+def test_every_plotted_axis_has_a_label(name, tmp_path, figures):
+    if name in TASKS:
+        meta, task = METAS[name], TASKS[name]
+        task.plot(task.evaluate(*_evaluation_inputs(meta), meta)[1], tmp_path)
+    elif name == "learning_curve":
+        history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 2 / e} for e in (1, 2, 3)]
+        plots.learning_curve(history, tmp_path)
+    else:
+        plots.attention(RNG.random((5, 6)), RNG.random((5, 6)), tmp_path)
+    [fig] = figures
+    shown = [ax for ax in fig.axes if ax.axison]
+    for ax in shown:  # a twin (attention's weights) shares the x axis of the plot it is on
+        twin = len(ax.get_shared_x_axes().get_siblings(ax)) > 1
+        assert ax.get_xlabel() or twin, (name, ax.get_title())
+        assert ax.get_ylabel() or name == "frames", (name, ax.get_title())  # a row: one name
+    labels = {(ax.get_xlabel(), ax.get_ylabel()) for ax in shown}
+    assert AXIS_LABELS[name] <= labels, labels

@@ -34,6 +34,12 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 PARAMS_FILE = "params.yaml"
 
 
+def conf_dir() -> Path:
+    """The conf/ beside params.yaml in the working directory (a copy of the repo, DVC's temp
+    experiment), else the installed package's."""
+    return Path("conf") if Path("conf/config.yaml").exists() else CONF_DIR
+
+
 class Experiment(Strict):
     """One experiment; without `model` (or without `model.name`), its task's default recipe
     (recipes.py) gives the model and the fit defaults; keys under `model` and `fit` still
@@ -135,8 +141,9 @@ def load_config(path: str | Path = PARAMS_FILE) -> PipelineConfig:
     return parse_config(yaml.safe_load(path.read_text()) or {})
 
 
-def compose(overrides: list[str] = (), conf_dir: Path = CONF_DIR) -> str:
-    """Compose conf/ exactly as DVC's Hydra integration does (dvc.utils.hydra.compose_and_dump)."""
+def compose(overrides: list[str] = (), conf: Path | None = None) -> str:
+    """Compose conf/ (default: conf_dir()) exactly as DVC's Hydra integration does
+    (dvc.utils.hydra.compose_and_dump)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -144,7 +151,7 @@ def compose(overrides: list[str] = (), conf_dir: Path = CONF_DIR) -> str:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        with initialize_config_dir(str(Path(conf_dir).resolve()), version_base=None):
+        with initialize_config_dir(str(Path(conf or conf_dir()).resolve()), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as err:

@@ -11,6 +11,10 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline.config.base import Fraction, PositiveInt, Strict
 
+# What prepare's DVC stage depends on (dvc.yaml: ${item.data.path}): the user's file, or for data
+# that ships in a package, the loader that builds it.
+PACKAGED = "pipeline/data/sources.py"
+
 
 @cache
 def shipped_ucr_sets() -> tuple[str, ...]:
@@ -51,6 +55,7 @@ class UcrData(Strict):
 
     source: Literal["ucr"]
     name: str
+    path: str = PACKAGED
     val_fraction: Fraction = 0.2
     split_seed: int = 0  # the stratified validation split (the training seed is `seed`)
     max_length: PositiveInt | None = None  # refuse longer series (None: any length)
@@ -70,6 +75,7 @@ class UcrData(Strict):
 
 class AirlineData(ForecastWindows):
     source: Literal["airline"]
+    path: str = PACKAGED
 
     @property
     def task(self) -> str:
@@ -102,9 +108,13 @@ class TableData(ForecastWindows):
 
     @model_validator(mode="before")
     @classmethod
-    def _forecast_window(cls, raw):
-        if isinstance(raw, dict) and raw.get("task") == "forecast" and raw.get("window") is None:
-            return {**raw, "window": 24}
+    def _task_defaults(cls, raw):
+        if not isinstance(raw, dict):
+            return raw
+        if raw.get("task") == "forecast" and raw.get("window") is None:
+            raw = {**raw, "window": 24}
+        if raw.get("task") == "classification" or raw.get("targets") is None:
+            raw = {**raw, "targets": []}  # classification predicts the label, not columns
         return raw
 
     @model_validator(mode="after")
@@ -121,6 +131,7 @@ class MovingDigitsData(Strict):
     """Moving-MNIST-like sequences built from scikit-learn's 8x8 digits (see data/moving_digits)."""
 
     source: Literal["moving_digits"]
+    path: str = PACKAGED
     frame_size: PositiveInt = 16
     digit_size: PositiveInt = 8  # a multiple of 8: the 8x8 digits are upscaled by repetition
     max_digits: Literal[1, 2] = 2

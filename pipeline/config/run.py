@@ -52,6 +52,9 @@ class Trainer(Strict):
     num_workers: Annotated[int, Field(ge=0)] = 0
     threads: PositiveInt | None = 1  # torch intra-op threads; None: torch's default (all cores)
     max_epochs: PositiveInt | None = None  # when set, caps every experiment's fit.max_epochs
+    # enforce: a failed validate gate fails the stage (exit 4); report: it is only reported
+    # (validate.json's `passed`), for smoke runs (conf/trainer/smoke.yaml)
+    gates: Literal["enforce", "report"] = "enforce"
     # When set, train runs on a Ray cluster through Ray Train's TorchTrainer with this many
     # workers (RayDDPStrategy); RAY_ADDRESS picks the cluster, else a local Ray starts.
     ray_workers: PositiveInt | None = None
@@ -68,11 +71,13 @@ class Resources(Strict):
 class Tune(Strict):
     """A Ray Tune sweep over one experiment (`lstm-pipeline tune <exp>`); see pipeline/tuning."""
 
-    num_samples: PositiveInt = 8
-    max_epochs: PositiveInt = 5  # per trial (ASHA's max_t); applied with the best params
+    num_samples: PositiveInt = 40
+    # Epochs per trial (ASHA's max_t); None: the experiment's own fit.max_epochs, so that the
+    # best trial is a model as trained as the one it would replace
+    max_epochs: PositiveInt | None = None
     search: Literal["random", "grid", "optuna"] = "random"
     scheduler: Literal["asha", "pbt", "fifo"] = "asha"
-    grace_period: PositiveInt = 1  # ASHA: epochs before a trial can be stopped
+    grace_period: PositiveInt | None = None  # ASHA: epochs before a stop; None: 1/16 of them
     reduction_factor: Annotated[float, Field(gt=1)] = 2
     perturbation_interval: PositiveInt = 2  # PBT: epochs between exploit/explore
     resources_per_trial: Resources = Resources()
@@ -84,6 +89,12 @@ class Tune(Strict):
     # Overrides the family's default space, key by key (null removes one):
     #   model: {hidden_size: {choice: [16, 32, 64]}}, fit: {lr: {loguniform: [1e-4, 1e-2]}}
     space: dict[Literal["model", "fit"], dict[str, dict[str, list] | None]] = {}
+
+    def trial_epochs(self, fit: Fit) -> int:
+        return self.max_epochs or fit.max_epochs
+
+    def grace_epochs(self, fit: Fit) -> int:
+        return self.grace_period or max(1, self.trial_epochs(fit) // 16)
 
     @field_validator("space")
     @classmethod
@@ -118,5 +129,6 @@ class Release(Strict):
     require_passed: bool = True
     min: dict[str, float] = {}
     max: dict[str, float] = {}
+    beat_baseline: bool = True  # forecast/frames: better than the naive baseline validate reports
     # metric -> how much worse than the current @champion a candidate may be (absolute)
     champion_margin: dict[str, Annotated[float, Field(ge=0)]] = {}

@@ -126,13 +126,18 @@ class Shuffled(Sampler[int]):
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int = 0,
+    seed: int = 0,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=Shuffled(len(dataset), generator) if shuffle else None,
+        sampler=Shuffled(len(dataset), generator) if shuffle else sampler,
         collate_fn=pass_batch if hasattr(dataset, "__getitems__") else None,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,

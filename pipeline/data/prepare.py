@@ -194,6 +194,7 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
         "target_index": [data.features.index(t) for t in targets],
         "transform": cfg.transform,
         "season": cfg.season,
+        "freq": data.freq,
         "scaler": {"mean": mean.tolist(), "std": std.tolist()},
         "series_ids": data.ids,
         "sizes": {s: int(arrays[f"windows_{s}"][:, 1].sum()) for s in SPLITS},

@@ -6,11 +6,13 @@ Every check on the user's file raises one DataError naming the file, column and 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.api import guess_datetime_format
 
 from pipeline.config import TableData
 from pipeline.errors import DataError
@@ -33,11 +35,13 @@ class Labelled:
 
 @dataclass(frozen=True)
 class Series:
-    """One or more multivariate series, each [time, features], in the file's order of ids."""
+    """One or more multivariate series, each [time, features], in the file's order of ids;
+    `freq`: their time column's pandas frequency ('MS', 'D'...) when it holds regular datetimes."""
 
     values: list[np.ndarray]
     ids: list[str]
     features: list[str]
+    freq: str | None = None
 
 
 def load_ucr(name: str) -> Labelled:
@@ -62,8 +66,9 @@ def load_ucr(name: str) -> Labelled:
 def load_airline() -> Series:
     from sktime.datasets import load_airline as sktime_airline
 
-    s = sktime_airline()
-    return Series([s.to_numpy(np.float64)[:, None]], ["airline"], ["passengers"])
+    s = sktime_airline()  # monthly, a PeriodIndex: its months start on the 1st ('MS')
+    freq = pd.infer_freq(s.index.to_timestamp())
+    return Series([s.to_numpy(np.float64)[:, None]], ["airline"], ["passengers"], freq)
 
 
 def _read_table(path: Path, source: str) -> pd.DataFrame:
@@ -105,10 +110,47 @@ def _numeric(frame: pd.DataFrame, columns: list[str], path: Path) -> np.ndarray:
     return out
 
 
+def _times(raw: pd.Series, column: str, path: Path) -> pd.Series:
+    """The time column as it sorts: numbers and datetimes as they are, periods as their start;
+    text in the date format of its first cell (`1949-01`, `2024-03-01 10:00`, `03/01/2024`...)
+    as datetimes, so it sorts by date and not as text; other text as it is."""
+    if isinstance(raw.dtype, pd.PeriodDtype):
+        return raw.dt.to_timestamp()
+    if not pd.api.types.is_string_dtype(raw) or raw.isna().all():
+        return raw
+    with warnings.catch_warnings():  # pandas' note on day-first formats
+        warnings.simplefilter("ignore")
+        fmt = guess_datetime_format(str(raw.dropna().iloc[0]))
+    if fmt is None:
+        return raw
+    try:
+        times = pd.to_datetime(raw, format=fmt, errors="coerce")
+    except ValueError:  # UTC offsets that differ (daylight saving time): in UTC
+        times = pd.to_datetime(raw, format=fmt, errors="coerce", utc=True)
+    bad = times.isna() & raw.notna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"{path}: column {column!r} {_row_name(path, i)}: {raw.iloc[i]!r} is not a date "
+            f"in the format of the first one ({fmt})"
+        )
+    return times
+
+
+def regular_freq(times: list[pd.Series]) -> str | None:
+    """The pandas frequency ('MS', 'D', 'h'...) every series' datetimes share, or None: numeric
+    or text times, irregular steps, series that disagree or have fewer than 3 steps."""
+    if not times or not pd.api.types.is_datetime64_any_dtype(times[0]):
+        return None
+    freqs = {pd.infer_freq(t) if len(t) >= 3 else None for t in times}
+    return freqs.pop() if len(freqs) == 1 else None
+
+
 def read_series_table(
     path: Path, source: str, id_column: str, time_column: str, features: list[str], extra=()
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Read and check a long-format file; rows sorted by (id, time), features as float64.
+    """Read and check a long-format file; rows sorted by (id, time), features as float64, dates
+    in the time column as datetimes.
 
     Columns are matched by name, so their order in the file does not matter.
     """
@@ -121,6 +163,7 @@ def read_series_table(
             f"found: {', '.join(map(str, frame.columns))}"
         )
     values = _numeric(frame, features, path)
+    frame[time_column] = _times(frame[time_column], time_column, path)
     dup = frame.duplicated([id_column, time_column])
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
@@ -148,7 +191,9 @@ def load_table(cfg: TableData) -> Labelled | Series:
     ids = frame[cfg.id_column].astype(str).to_numpy()
     bounds = series_bounds(ids)
     if cfg.task == "forecast":
-        return Series([values[a:b] for a, b in bounds], [ids[a] for a, _ in bounds], cfg.features)
+        times = [frame[cfg.time_column].iloc[a:b] for a, b in bounds]
+        values = [values[a:b] for a, b in bounds]
+        return Series(values, [ids[a] for a, _ in bounds], cfg.features, regular_freq(times))
 
     per_series = {col: frame[col].astype(str).to_numpy() for col in (cfg.label, cfg.split_column)
                   if col in frame.columns}  # fmt: skip
@@ -230,14 +275,14 @@ def load_moving_digits(cfg) -> dict[str, np.ndarray]:
 def last_windows(path: Path, meta, id_column: str, time_column: str):
     """Each series' last `meta.window` steps of a long-format file as [n, window, features]
     (a model of variable-length series: each series whole, in a list), with the series ids
-    (what predict feeds a model)."""
+    and each series' time column (what predict feeds a model and dates its forecasts by)."""
     source = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
     frame, values = read_series_table(path, source, id_column, time_column, meta.features)
     ids = frame[id_column].astype(str).to_numpy()
     window, bounds, x = meta.window, series_bounds(ids), []
+    keys = [ids[a] for a, _ in bounds], [frame[time_column].iloc[a:b] for a, b in bounds]
     if meta.variable_length:
-        x = [values[a:b] for a, b in bounds]
-        return x, [ids[a] for a, _ in bounds]
+        return [values[a:b] for a, b in bounds], *keys
     for a, b in bounds:
         if b - a < window:
             raise DataError(
@@ -247,4 +292,4 @@ def last_windows(path: Path, meta, id_column: str, time_column: str):
         x.append(values[b - window : b])
     if meta.transform == "log" and any((w <= 0).any() for w in x):
         raise DataError(f"{path}: the model log-transforms its inputs; all values must be > 0")
-    return np.stack(x), [ids[a] for a, _ in bounds]
+    return np.stack(x), *keys

@@ -63,7 +63,8 @@ class Task:
     # -- predict (numpy) --
     def read_inputs(self, path: Path, output: Path, meta: DataMeta, id_column, time_column):
         """(raw inputs [n, window, ...], one key per input) from the user's file."""
-        return last_windows(path, meta, id_column, time_column)
+        x, ids, _ = last_windows(path, meta, id_column, time_column)
+        return x, ids
 
     def scale_inputs(self, x: np.ndarray, meta: DataMeta) -> np.ndarray:
         return meta.to_model_scale(x)

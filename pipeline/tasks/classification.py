@@ -40,6 +40,8 @@ class Classification(Task):
         report = {
             "accuracy": float((pred == y).mean()),
             "f1_macro": float(f1_score(y, pred, average="macro")),
+            "accuracy_unit": "fraction (0.95 = 95 %)",
+            "f1_macro_unit": "fraction, 0 to 1",
         }
         labels = meta.labels
         data = {"actual": [labels[i] for i in y], "predicted": [labels[i] for i in pred]}

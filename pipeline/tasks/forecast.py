@@ -5,14 +5,24 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.frequencies import to_offset
 
 from pipeline import plots
+from pipeline.data.sources import last_windows, regular_freq
 from pipeline.meta import DataMeta, inv_log, inv_standard
 from pipeline.tasks.base import Task
 
 # torchmetrics' MeanAbsolutePercentageError clamps |truth| at this: train's test/mape and
 # validate's mape are one formula.
 MAPE_EPS = 1.17e-06
+# What one step of a pandas frequency is called on an axis ('W-SUN' -> week); others: "step".
+STEP_NAMES = {"MS": "month", "ME": "month", "W": "week", "D": "day", "B": "business day",
+              "h": "hour", "min": "minute", "s": "second", "QS": "quarter", "QE": "quarter",
+              "YS": "year", "YE": "year"}  # fmt: skip
+
+
+def step_name(freq: str | None) -> str:
+    return STEP_NAMES.get((freq or "").split("-")[0], "step")
 
 
 def errors(pred: np.ndarray, truth: np.ndarray, prefix: str = "") -> dict[str, float]:
@@ -77,20 +87,44 @@ class Forecast(Task):
         name, base_scaled = naive_forecast(x, meta)
         base = meta.to_original(base_scaled)
         report = {**errors(pred, truth), **errors(base, truth, f"{name}_")}
-        return report, {"truth": truth[..., 0], "pred": pred[..., 0], "baseline": base[..., 0]}
+        # the baseline's and int8's metrics share these units
+        unit = f"{', '.join(meta.targets)} (original scale)"
+        report.update(mae_unit=unit, rmse_unit=unit, mape_unit="fraction (0.05 = 5 %)")
+        data = {"truth": truth[..., 0], "pred": pred[..., 0], "baseline": base[..., 0]}
+        return report, {**data, "target": meta.targets[0], "step": step_name(meta.freq)}
 
     def plot(self, data: dict, out) -> None:
-        plots.forecast(data["truth"], data["pred"], data["baseline"], out)
+        plots.forecast(
+            data["truth"], data["pred"], data["baseline"], out, data["target"], data["step"]
+        )
 
-    def baseline_gate(self, report: dict) -> tuple[str, str]:
-        return "mape", next(k for k in report if k.endswith("naive_mape"))
+    def baseline_gate(self, report: dict) -> tuple[str, str] | None:
+        base = next((k for k in report if k.endswith("naive_mape")), None)
+        return None if base is None else ("mape", base)
+
+    def read_inputs(self, path, output, meta: DataMeta, id_column, time_column):
+        """The windows, and the output's keys: per series and step its id, the time (dates:
+        the step's timestamp after the series' last, at the model's frequency or else the
+        input's own) and the step number 1..horizon."""
+        x, ids, times = last_windows(path, meta, id_column, time_column)
+        steps = np.arange(1, meta.horizon + 1)
+        keys = pd.DataFrame({id_column: np.repeat(ids, meta.horizon)})
+        dated = pd.api.types.is_datetime64_any_dtype(times[0])
+        freq = dated and (meta.freq or regular_freq(times))
+        if freq:
+            offset = to_offset(freq)
+            keys[time_column] = [t.iloc[-1] + k * offset for t in times for k in steps]
+        elif dated:
+            print(
+                f"{path}: column {time_column!r} holds dates without one regular frequency "
+                "(and the model records none): forecasts are numbered by step only"
+            )
+        keys["step"] = np.tile(steps, len(ids))
+        return x, keys
 
     def predictions(self, out, meta: DataMeta, keys, id_column: str) -> pd.DataFrame:
         pred = meta.to_original(out)  # [n, horizon, targets]
-        n, horizon, _ = pred.shape
-        table = pd.DataFrame(
-            {id_column: np.repeat(keys, horizon), "step": np.tile(np.arange(1, horizon + 1), n)}
-        )
+        table = keys.copy()
         for j, target in enumerate(meta.targets):
             table[target] = pred[:, :, j].reshape(-1)
         return table

@@ -56,6 +56,10 @@ class Frames(Task):
         copy_last = np.repeat(x[:, -1:], y.shape[1], axis=1)
         report = {**frame_scores(out, y), **frame_scores(copy_last, y, "baseline_")}
         report["mse_ratio_to_baseline"] = report["mse"] / report["baseline_mse"]
+        # the baseline's metrics share these units
+        report.update(
+            mse_unit="squared intensity, pixels scaled to [0, 1]", ssim_unit="index, -1 to 1"
+        )
         per_step = {k: report[k] for k in ("mse_per_step", "baseline_mse_per_step")}
         return report, {"inputs": x[0], "pred": out[0], "truth": y[0], **per_step}
 

@@ -40,26 +40,48 @@ def ensure_reachable(uri: str, timeout: float = 10.0) -> None:
         raise TrackingError(f"MLflow tracking server {uri} is unreachable: {reason}") from None
 
 
-def git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        )
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip()
 
 
 def run_tags(exp: str, stage: str, **extra: str) -> dict[str, str]:
-    """The tags every run carries: experiment, stage, the git commit (when there is one), and
-    `extra` (e.g. data_sha256)."""
+    """The tags every run carries: experiment, stage, the git commit and whether the tree had
+    changes (when in a git repo), and `extra` (e.g. data_sha256)."""
     tags = {"exp": exp, "stage": stage, **extra}
-    if commit := git_commit():
+    if dvc_exp := os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run`
+        tags["dvc_experiment"] = dvc_exp
+    if commit := _git("rev-parse", "HEAD"):
         tags["git_commit"] = commit
+        # modified tracked files or untracked files git does not ignore; only the flag is kept.
+        # --no-optional-locks: a status here must not take the index lock from a concurrent git.
+        status = _git("--no-optional-locks", "status", "--porcelain", "--untracked-files=normal")
+        if status is not None:
+            tags["git_dirty"] = "true" if status else "false"
     return tags
 
 
-def log_to_training_run(experiment_name: str, ckpt, metrics: dict, artifacts: list) -> str | None:
+def training_run(experiment_name: str, ckpt) -> str | None:
+    """The id of the MLflow run train logged this exact checkpoint to (tag `ckpt_sha256`), or
+    None (no checkpoint, or MLFLOW_TRACKING_URI points elsewhere than the training did)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None or not Path(ckpt).exists():
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id], f"tags.ckpt_sha256 = '{file_digest(ckpt)}'", max_results=1
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def log_to_training_run(
+    experiment_name: str, ckpt, metrics: dict, artifacts: list, tags: dict | None = None
+) -> str | None:
     """Attach later stages' results to the MLflow run that produced this exact checkpoint.
 
     The run is found by the checkpoint's hash (tag `ckpt_sha256`, set by train), so a report can
@@ -68,18 +90,14 @@ def log_to_training_run(experiment_name: str, ckpt, metrics: dict, artifacts: li
     """
     from mlflow import MlflowClient
 
+    run_id = training_run(experiment_name, ckpt)
+    if run_id is None:
+        return None
     client = MlflowClient(tracking_uri())
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id], f"tags.ckpt_sha256 = '{file_digest(ckpt)}'", max_results=1
-    )
-    if not runs:
-        return None
-    run_id = runs[0].info.run_id
     for key, value in metrics.items():
         client.log_metric(run_id, key, value)
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
     for item in artifacts:  # a path, or (path, artifact folder)
         path, folder = item if isinstance(item, tuple) else (item, None)
         client.log_artifact(run_id, str(path), folder)

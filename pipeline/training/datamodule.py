@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytorch_lightning as pl
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from pipeline.data.datasets import dataset, make_loader
 from pipeline.data.prepared import Prepared
@@ -37,4 +37,9 @@ class PreparedDataModule(pl.LightningDataModule):
         return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        # Every DDP rank tests on the whole split: Lightning leaves a DistributedSampler alone,
+        # and this one (one replica) neither shards nor pads with duplicates. The synced
+        # metrics then count each series world_size times: the same ratios as one process.
+        data = dataset(self.prepared, "test")
+        whole = DistributedSampler(data, num_replicas=1, rank=0, shuffle=False)
+        return make_loader(data, self.batch_size, False, self.num_workers, sampler=whole)

@@ -9,10 +9,10 @@ import sys
 
 import yaml
 
-from pipeline.config import CONF_DIR, compose
-from pipeline.errors import ConfigError
-from pipeline.io import atomic_file
-from pipeline.paths import tune_dir
+from pipeline.config import compose
+from pipeline.errors import ConfigError, GateError
+from pipeline.io import atomic_file, read_json
+from pipeline.paths import metrics_file, tune_dir
 
 
 def native(value):
@@ -31,27 +31,46 @@ def hydra_value(value) -> str:
     return str(value)
 
 
-def best_overrides(exp_name: str) -> list[str]:
+def best_trial(exp_name: str) -> dict:
     path = tune_dir(exp_name) / "best_params.yaml"
     if not path.exists():
         raise ConfigError(f"{path}: not found; run `lstm-pipeline tune {exp_name}` first")
-    best = yaml.safe_load(path.read_text())
+    return yaml.safe_load(path.read_text())
+
+
+def check_improves(exp_name: str, best: dict) -> None:
+    """Refuse a best trial whose val/loss is worse than the current model's (train.json)."""
+    path = metrics_file(exp_name, "train")
+    current = read_json(path).get("best_val_loss") if path.exists() else None
+    if current is not None and best["val_loss"] > current:
+        raise GateError(
+            f"the best trial's val/loss {best['val_loss']:.6g} is worse than the current "
+            f"model's {current:.6g} ({path}); params unchanged (--force applies it anyway)"
+        )
+
+
+def best_overrides(exp_name: str, best: dict) -> list[str]:
     if note := best.get("note"):  # a PBT sweep: say so before anything is applied
-        print(f"warning: {path}: {note}", file=sys.stderr)
+        print(f"warning: {tune_dir(exp_name)}/best_params.yaml: {note}", file=sys.stderr)
     # ++: set the key even where conf/ leaves it to the default recipe (no model/fit there)
     return [f"++{key}={hydra_value(value)}" for key, value in best["overrides"].items()]
 
 
 def dvc_exp_run_command(exp_name: str) -> str:
-    return shlex.join(
-        ["dvc", "exp", "run", *(a for o in best_overrides(exp_name) for a in ("-S", o))]
-    )
+    overrides = best_overrides(exp_name, best_trial(exp_name))
+    return shlex.join(["dvc", "exp", "run", *(a for o in overrides for a in ("-S", o))])
 
 
-def apply_best(exp_name: str, params: str, extra_overrides: list[str] = ()) -> list[str]:
-    """Rewrite `params` as conf/ composed with the best overrides; returns them."""
-    overrides = [*extra_overrides, *best_overrides(exp_name)]
-    text = compose(overrides, CONF_DIR)
+def apply_best(
+    exp_name: str, params: str, extra_overrides: list[str] = (), force: bool = False
+) -> list[str]:
+    """Rewrite `params` as conf/ composed with the best overrides; returns them. A trial worse
+    than the current model is refused (GateError) unless `force`."""
+    best = best_trial(exp_name)
+    if not force:
+        check_improves(exp_name, best)
+    overrides = [*extra_overrides, *best_overrides(exp_name, best)]
+    text = compose(overrides)
     with atomic_file(params) as tmp:
         tmp.write_text(text)
     return overrides

@@ -40,9 +40,10 @@ def _parent_run(cfg: PipelineConfig, exp_name: str, state: Path, resume: bool, s
         else client.create_experiment(cfg.tracking.experiment_name)
     )
     run = client.create_run(exp_id, run_name=f"tune-{exp_name}", tags=run_tags(exp_name, "tune"))
-    t = cfg.tune
-    for key in ("num_samples", "max_epochs", "search", "scheduler", "max_concurrent_trials"):
+    t, fit = cfg.tune, cfg.experiment(exp_name).fit
+    for key in ("num_samples", "search", "scheduler", "max_concurrent_trials"):
         client.log_param(run.info.run_id, f"tune/{key}", getattr(t, key))
+    client.log_param(run.info.run_id, "tune/max_epochs", t.trial_epochs(fit))
     client.log_param(run.info.run_id, "tune/space", json.dumps(space, sort_keys=True))
     state.mkdir(parents=True, exist_ok=True)
     id_file.write_text(run.info.run_id)
@@ -99,7 +100,7 @@ def _trainable(cfg: PipelineConfig, exp_name: str, prepared: Path, state: Path, 
             run_trial,
             raw=cfg.model_dump(by_alias=True),
             exp_name=exp_name,
-            max_epochs=t.max_epochs,
+            max_epochs=t.trial_epochs(cfg.experiment(exp_name).fit),
             prepared=str(prepared),
             tracking_uri=absolute_tracking_uri(),
             parent_run_id=parent,
@@ -156,7 +157,7 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
         parent = _parent_run(cfg, exp_name, state, resume, space)
         trainable = _trainable(cfg, exp_name, prepared, state, parent)
         try:
-            grid = tuner(cfg, trainable, ray_space, state, resume).fit()
+            grid = tuner(cfg, exp.fit, trainable, ray_space, state, resume).fit()
         except Exception:
             _set_status(parent, "FAILED")
             raise

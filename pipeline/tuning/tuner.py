@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
+from pipeline.config.run import Fit
 from pipeline.errors import ConfigError
 from pipeline.tuning.results import ResultLog
 from pipeline.tuning.spaces import pbt_mutations
@@ -13,7 +14,7 @@ from pipeline.tuning.trial import METRIC
 RESULT_LOG = "results.jsonl"
 
 
-def scheduler(cfg: PipelineConfig, ray_space: dict):
+def scheduler(cfg: PipelineConfig, fit: Fit, ray_space: dict):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     t = cfg.tune
@@ -22,8 +23,8 @@ def scheduler(cfg: PipelineConfig, ray_space: dict):
             time_attr="training_iteration",
             # One past the last epoch: at max_t ASHA stops the trial at its last report, before
             # train() has tested and logged it.
-            max_t=t.max_epochs + 1,
-            grace_period=t.grace_period,
+            max_t=t.trial_epochs(fit) + 1,
+            grace_period=t.grace_epochs(fit),
             reduction_factor=t.reduction_factor,
         )
     if t.scheduler == "pbt":
@@ -35,7 +36,7 @@ def scheduler(cfg: PipelineConfig, ray_space: dict):
                 "tune.scheduler: pbt needs fit.lr, weight_decay or batch_size in space"
             )
         return PBTKeepingLastEpoch(
-            t.max_epochs,
+            t.trial_epochs(fit),
             time_attr="training_iteration",
             perturbation_interval=t.perturbation_interval,
             hyperparam_mutations=mutations,
@@ -54,7 +55,7 @@ def search_alg(cfg: PipelineConfig):
     return BasicVariantGenerator(random_state=cfg.tune.seed)
 
 
-def tuner(cfg: PipelineConfig, trainable, ray_space: dict, state: Path, resume: bool):
+def tuner(cfg: PipelineConfig, fit: Fit, trainable, ray_space: dict, state: Path, resume: bool):
     from ray import tune as ray_tune
 
     if resume:
@@ -70,7 +71,7 @@ def tuner(cfg: PipelineConfig, trainable, ray_space: dict, state: Path, resume: 
             mode="min",
             num_samples=t.num_samples,
             search_alg=search_alg(cfg),
-            scheduler=scheduler(cfg, ray_space),
+            scheduler=scheduler(cfg, fit, ray_space),
             max_concurrent_trials=t.max_concurrent_trials,
             reuse_actors=True,  # one Python + torch start per slot, not per trial
         ),

@@ -33,6 +33,9 @@ def _broken(kind: str) -> str | None:
         frame.loc[12, "value"] = np.inf
     elif kind == "short_series":
         frame = frame[~((frame.series_id == "s2") & (frame.time >= 10))]
+    elif kind == "bad_date":
+        frame["time"] = (pd.Timestamp("2020-01-01") + pd.to_timedelta(frame.time, "D")).astype(str)
+        frame.loc[20, "time"] = "21.01.2020"
     elif kind == "one_class":
         frame["label"] = "a"
     elif kind == "duplicate":
@@ -81,6 +84,12 @@ CLASSIFY = {
         ("one_class", CLASSIFY, "in.csv: column 'label' has a single class 'a'"),
         ("duplicate", FORECAST, "in.csv: line 122: duplicate (series_id, time) = (s0, 5)"),
         ("empty", FORECAST, "in.csv: file is empty"),
+        (
+            "bad_date",
+            FORECAST,
+            "in.csv: column 'time' line 22: '21.01.2020' is not a date in the format of the "
+            "first one (%Y-%m-%d)",
+        ),
     ],
 )
 def test_bad_csv(workdir, params, capsys, kind, data, expected):

@@ -36,6 +36,7 @@ def test_airline_forecast_windows(workdir, params):
     out = prepare(_cfg(params, "lstm_airline"), "lstm_airline")
     p = Prepared.load(out)
     assert p.meta.sizes == {"train": 49, "val": 13, "test": 13}
+    assert p.meta.freq == "MS"  # monthly: predict dates its forecasts by it
     x, y = p.arrays("test")
     assert x.shape == (13, 36, 1) and y.shape == (13, 12, 1)
     series = np.load(out / "series.npy")
@@ -85,6 +86,29 @@ def test_csv_forecast_multiple_series_windows_stay_within_a_series(workdir, para
     assert ((starts % 40) + 12 <= 40).all()  # no window crosses into the next series
     series = np.load(out / "series.npy")  # written chunk by chunk: np.save's bytes, one array
     assert series.shape == (240, 2) and series.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "dates, freq",
+    [
+        (lambda t: pd.Timestamp("2019-11-01") + pd.DateOffset(months=t), "MS"),  # parquet dates
+        (lambda t: (pd.Timestamp("2019-12-28") + pd.Timedelta(days=t)).strftime("%m/%d/%Y"), "D"),
+        (lambda t: (pd.Timestamp("2020-01-01") + pd.Timedelta(hours=t**2)).isoformat(), None),
+        (lambda t: t, None),
+    ],
+    ids=["monthly", "daily mm/dd/YYYY text", "irregular", "numeric"],
+)
+def test_time_column_sorts_by_date_and_records_its_frequency(workdir, params, dates, freq):
+    frame = _long_frame(n_series=2)
+    frame["time"] = [dates(t) for t in frame.time]
+    frame.sample(frac=1, random_state=0).to_parquet("data.parquet")  # text dates sort as dates
+    data = {"source": "parquet", "path": "data.parquet", "task": "forecast", "features": ["a"],
+            "window": 8, "horizon": 4, "val_size": 6, "test_size": 6}  # fmt: skip
+    p = Prepared.load(prepare(_cfg(params, "lstm_airline", data), "lstm_airline"))
+    assert p.meta.freq == freq
+    scaled = frame.a.to_numpy() - p.meta.scaler.mean[0]  # rows in time order, as generated
+    np.testing.assert_allclose(np.load(p.root / "series.npy")[:, 0] * p.meta.scaler.std[0],
+                               scaled, atol=1e-5)  # fmt: skip
 
 
 def test_parquet_classification_by_series(workdir, params):

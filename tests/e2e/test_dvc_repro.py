@@ -90,6 +90,8 @@ def test_one_mlflow_run_per_train_stage_with_metrics_artifacts_and_validation(re
         assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2  # per epoch
         assert "fit/max_epochs" in run.data.params and run.data.tags["data_sha256"]
         assert run.data.metrics["onnx/parity_max_abs_diff"] <= 1e-5  # added by validate
+        assert run.data.tags["validate"] == "passed"
+        assert run.data.tags["dvc_experiment"]  # the name `dvc exp run` gave it
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"model.ckpt", "model.onnx", "validate.json", "plots"} <= artifacts
 

@@ -35,6 +35,7 @@ FORECAST = {
     "transform": "log",
     "scaler": {"mean": [0.5, 3.0], "std": [0.2, 0.4]},
 }
+MONTHLY = {**FORECAST, "horizon": 12, "freq": "MS"}  # prepared from monthly dates
 FRAMES = {
     "task": "frames",
     "input_shape": [4, 1, 8, 8],
@@ -55,6 +56,7 @@ def models(tmp_path_factory):
     for name, cfg, meta in (
         ("classify", LSTM, CLASSIFY),
         ("forecast", LSTM, FORECAST),
+        ("monthly", LSTM, MONTHLY),
         ("frames", CONV, FRAMES),
     ):
         module = SequenceModule(cfg, meta).eval()
@@ -116,6 +118,46 @@ def test_forecast_on_original_scale(models, tmp_path):
     assert list(got.columns) == ["series_id", "step", "y"]
     assert list(got.step) == [1, 2, 3, 4] * 2
     np.testing.assert_allclose(got.y.to_numpy().reshape(2, 4), expected, rtol=1e-5)
+
+
+def test_forecast_dates_the_horizon_after_each_series_last_month(models, tmp_path):
+    _, onnx_path = models["monthly"]
+    rng = np.random.default_rng(4)
+    series = [np.exp(rng.normal([0.5, 3.0], 0.2, size=(n, 2))) for n in (12, 30)]
+    frame = long_table(series, ["x", "y"])
+    numeric = _write_csv(tmp_path / "numeric.csv", frame)
+    start = {"s0": pd.Timestamp("1959-07-01"), "s1": pd.Timestamp("1957-06-01")}
+    frame["time"] = [(start[s] + pd.DateOffset(months=t)).strftime("%Y-%m")
+                     for s, t in zip(frame.series_id, frame.time, strict=True)]  # fmt: skip
+    frame = frame[~frame.time.isin(["1957-08", "1957-09"])]  # a gap: the model's MS still holds
+    dated = _write_csv(tmp_path / "dated.csv", frame)
+    assert main(["predict", str(onnx_path), dated, "-o", "dated_out.csv"]) == 0
+    assert main(["predict", str(onnx_path), numeric, "-o", "numeric_out.csv"]) == 0
+
+    got, steps = pd.read_csv("dated_out.csv"), pd.read_csv("numeric_out.csv")
+    assert list(got.columns) == ["series_id", "time", "step", "y"]
+    months = [pd.date_range(first, periods=12, freq="MS") for first in ("1960-07", "1959-12")]
+    assert list(got.time) == [d.strftime("%Y-%m-%d") for m in months for d in m]
+    assert list(steps.columns) == ["series_id", "step", "y"]  # numeric time: steps only
+    assert list(got.step) == list(steps.step) == list(range(1, 13)) * 2
+    np.testing.assert_allclose(got.y, steps.y, rtol=1e-6)  # the same last windows
+
+
+def test_forecast_dates_without_a_frequency_fall_back_to_steps(models, tmp_path, capsys):
+    _, onnx_path = models["forecast"]  # its data had no dates: the input's own frequency
+    series = [np.exp(np.random.default_rng(5).normal([0.5, 3.0], 0.2, size=(14, 2)))]
+    frame = long_table(series, ["x", "y"])
+    frame["time"] = pd.Timestamp("2024-02-27") + pd.to_timedelta(frame.time, unit="D")
+    daily = _write_csv(tmp_path / "daily.csv", frame)
+    assert main(["predict", str(onnx_path), daily, "-o", "daily_out.csv"]) == 0
+    days = pd.read_csv("daily_out.csv").time
+    assert list(days) == ["2024-03-12", "2024-03-13", "2024-03-14", "2024-03-15"]
+
+    frame.loc[frame.time == frame.time.max(), "time"] += pd.Timedelta(hours=5)  # irregular
+    irregular = _write_csv(tmp_path / "irregular.csv", frame)
+    assert main(["predict", str(onnx_path), irregular, "-o", "irregular_out.csv"]) == 0
+    assert list(pd.read_csv("irregular_out.csv").columns) == ["series_id", "step", "y"]
+    assert "without one regular frequency" in capsys.readouterr().out
 
 
 def test_frames_npy(models, tmp_path):

@@ -1,4 +1,5 @@
-"""Release against a real `mlflow server`: champion, refused worse candidate, promoted better one.
+"""Release against a real `mlflow server`: champion, refused worse candidate, promoted better one,
+the same model again (no second version).
 
 Each candidate is trained, exported and validated by a real `dvc repro` in a temp git repo, with
 every MLflow run going to the server; `predict` then fetches `models:/...@champion` without torch.
@@ -6,11 +7,8 @@ every MLflow run going to the server; `predict` then fetches `models:/...@champi
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import copy_repo, free_port
+from tests.conftest import copy_repo
 
 pytestmark = pytest.mark.slow
 
@@ -26,39 +24,6 @@ EXP = "lstm_italypowerdemand"
 NAME = f"lstm-pipeline-{EXP}"
 BASE = ["trainer.progress_bar=false", "release.min.accuracy=0"]
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(  # the command the README gives (`make mlflow-server` runs it)
-        [BIN / "lstm-pipeline", "mlflow-server", "--port", str(port), "--root", root],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its uvicorn child shares the group: stopped together below
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, (root / "server.log").read_text()[-2000:]
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not answer /health in 60 s")
-        yield uri
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -131,8 +96,8 @@ def story(server, tmp_path_factory):
     s["better_release"] = sh(repo, *release, "--promote")
     s["after_better"] = registry_state(client)
 
-    s["challenger_release"] = sh(repo, *release)  # no --promote: challenger only
-    s["after_challenger"] = registry_state(client)
+    s["again_release"] = sh(repo, *release)  # the same model.onnx: no second version
+    s["after_again"] = registry_state(client)
 
     # the same training as `better`: only validate reruns, with a gate it cannot meet
     s["failed"] = candidate(repo, "trainer.max_epochs=30", min_accuracy=0.999, check=False)
@@ -145,11 +110,15 @@ def story(server, tmp_path_factory):
 def test_first_release_becomes_champion(story):
     assert story["after_first"] == (["1"], {"champion": "1"})
     assert "no champion yet" in story["first_release"].stdout
-    version = story["client"].get_model_version(NAME, "1")
-    assert {"git_commit", "dvc_lock_sha256", "onnx_sha256", "data_sha256"} <= set(version.tags)
-    run = story["client"].get_run(version.run_id)
-    assert run.data.metrics["accuracy"] == story["first"]["accuracy"]
-    artifacts = {a.path for a in story["client"].list_artifacts(version.run_id, "validate")}
+    client = story["client"]
+    version = client.get_model_version(NAME, "1")
+    assert {"git_commit", "git_dirty", "dvc_lock_sha256", "onnx_sha256", "data_sha256"} <= set(
+        version.tags
+    )
+    assert client.get_run(version.run_id).data.tags["stage"] == "train"  # the version's lineage
+    release_run = version.tags["release_run_id"]
+    assert client.get_run(release_run).data.metrics["accuracy"] == story["first"]["accuracy"]
+    artifacts = {a.path for a in client.list_artifacts(release_run, "validate")}
     assert "validate/validate.json" in artifacts
 
 
@@ -166,7 +135,8 @@ def test_better_candidate_is_promoted_and_old_champion_stays_reachable(story, uc
     assert story["better"]["accuracy"] >= story["first"]["accuracy"]
     assert story["after_better"] == (["1", "2"], {"champion": "2"})
     assert "previous: version 1" in story["better_release"].stdout
-    assert story["after_challenger"] == (["1", "2", "3"], {"champion": "2", "challenger": "3"})
+    assert story["after_again"] == story["after_better"]
+    assert "version 2 @champion already holds" in story["again_release"].stdout
     proc = sh(
         story["repo"], "lstm-pipeline", "predict", f"models:/{NAME}/1", *ucr_csv, "-o", "v1.csv"
     )
@@ -179,7 +149,7 @@ def test_failed_validation_is_refused(story):
     proc = story["failed_release"]
     assert proc.returncode == 4
     assert "validate.json passed  False (accuracy" in proc.stdout
-    assert story["after_failed"] == story["after_challenger"]
+    assert story["after_failed"] == story["after_again"]
 
 
 def test_predict_from_champion_without_torch_reproduces_validate(story, ucr_csv, tmp_path):

@@ -3,33 +3,73 @@
 import time
 
 import pytest
+import yaml
 
 from pipeline.cli import main
 from pipeline.config import Release
-from pipeline.evaluation import gate_table, release_gates
-from tests.conftest import free_port, write_params
+from pipeline.evaluation import Gate, gate_table, release_gates
+from pipeline.tasks import TASKS
+from tests.conftest import REPO, free_port, write_params
 
 RULES = Release(
     min={"accuracy": 0.9}, max={"mape": 0.2}, champion_margin={"accuracy": 0.01, "mape": 0.01}
 )
 
 
-def verdicts(report, champion=None) -> dict[str, bool]:
-    return {g.name: g.passed for g in release_gates(report, RULES, champion)}
+def verdicts(report, champion=None, task="classification") -> dict[str, bool]:
+    return {g.name: g.passed for g in release_gates(report, RULES, TASKS[task], champion)}
 
 
 def test_thresholds_apply_to_the_metrics_a_report_has():
     assert verdicts({"passed": True, "accuracy": 0.95}) == {
         "validate.json passed": True,
         "accuracy": True,
+        "accuracy vs baseline": True,  # skipped: classification has no baseline
         "accuracy vs champion": True,  # no champion yet
     }
-    forecast = {"passed": True, "mape": 0.25, "mae": 3.0}
-    assert verdicts(forecast) == {
+    forecast = {"passed": True, "mape": 0.25, "mae": 3.0, "seasonal_naive_mape": 0.3}
+    assert verdicts(forecast, task="forecast") == {
         "validate.json passed": True,
         "mape": False,
+        "mape vs baseline": True,
         "mape vs champion": True,
     }
+
+
+@pytest.mark.parametrize(
+    ("task", "metrics", "gate"),
+    [
+        (  # within release.max.mape, but worse than last year's same month
+            "forecast",
+            {"mape": 0.110, "seasonal_naive_mape": 0.095},
+            Gate("mape vs baseline", "0.11", "< 0.095 (seasonal_naive_mape)", False),
+        ),
+        (
+            "forecast",
+            {"mape": 0.09, "naive_mape": 0.095},
+            Gate("mape vs baseline", "0.09", "< 0.095 (naive_mape)", True),
+        ),
+        (
+            "frames",
+            {"mse": 0.06, "baseline_mse": 0.05},
+            Gate("mse vs baseline", "0.06", "< 0.05 (baseline_mse)", False),
+        ),
+        (
+            "classification",
+            {"accuracy": 0.95},
+            Gate("accuracy vs baseline", "0.95", "skipped: classification has none", True),
+        ),
+    ],
+)
+def test_default_gates_include_beating_the_task_baseline(task, metrics, gate):
+    defaults = Release(**yaml.safe_load((REPO / "conf/release/default.yaml").read_text()))
+    gates = release_gates({"passed": True, **metrics}, defaults, TASKS[task], None)
+    assert gate in gates
+    assert all(g.passed for g in gates) is gate.passed  # the baseline alone decides here
+    waived = release_gates(
+        {"passed": True, **metrics}, Release(beat_baseline=False), TASKS[task], None
+    )
+    assert all(g.passed for g in waived) and "vs baseline" not in str(waived)
 
 
 @pytest.mark.parametrize(
@@ -48,7 +88,7 @@ def test_champion_comparison_knows_the_direction(metric, candidate, champion, pa
 
 def test_failed_validation_is_a_failed_gate_with_its_reasons():
     report = {"passed": False, "failed_gates": ["accuracy 0.5 not >= 0.95"], "accuracy": 0.5}
-    gates = release_gates(report, RULES, None)
+    gates = release_gates(report, RULES, TASKS["classification"], None)
     table = gate_table(gates)
     assert "False (accuracy 0.5 not >= 0.95)" in table and "FAIL" in table
     assert not gates[0].passed

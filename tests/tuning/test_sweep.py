@@ -78,7 +78,14 @@ def test_local_sweep_asha_stops_early_and_the_best_trial_reproduces(tune_workdir
         check=True,
     ).stdout
     assert printed.startswith("dvc exp run -S ") and f"{EXP}.fit.max_epochs=" in printed
-    assert main(["tune-apply", EXP, "trainer.progress_bar=false"]) == 0
+    # A trial worse than the current model (its train.json) is refused unless --force.
+    current = tune_workdir / f"metrics/{EXP}/train.json"
+    current.parent.mkdir(parents=True, exist_ok=True)
+    current.write_text(json.dumps({"best_val_loss": best["val_loss"] / 2}))
+    composed = (tune_workdir / "params.yaml").read_text()
+    assert main(["tune-apply", EXP]) == 4
+    assert (tune_workdir / "params.yaml").read_text() == composed
+    assert main(["tune-apply", EXP, "trainer.progress_bar=false", "--force"]) == 0
     assert main(["train", EXP]) == 0
     reproduced = json.loads((tune_workdir / f"metrics/{EXP}/train.json").read_text())
     assert abs(reproduced["best_val_loss"] - best["val_loss"]) <= 1e-6

@@ -1,0 +1,69 @@
+"""Fail when the default run's metrics regress against a git ref (CI: against main).
+
+Usage: python .ci/guard_metrics.py BASE_REF   (after a full `dvc repro` in the work tree)
+
+For every experiment whose metrics/<exp>/validate.json exists at BASE_REF, the fresh report
+must pass its gates and its headline metric (accuracy, mape, mse) may be worse than BASE_REF's
+by at most the tolerance: 0.01 absolute for accuracy, 10 % relative for error metrics (another
+CPU model ends long trainings elsewhere: README "Default experiments"). Prints a Markdown table;
+exit 1 on a regression, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HEADLINES = {"accuracy": True, "mape": False, "mse": False}  # metric -> higher is better
+ABS_TOL, REL_TOL = 0.01, 0.10
+
+
+def at_ref(ref: str, path: str) -> dict | None:
+    shown = subprocess.run(["git", "show", f"{ref}:{path}"], capture_output=True, text=True)
+    return json.loads(shown.stdout) if shown.returncode == 0 else None
+
+
+def verdict(metric: str, base: float, new: float) -> tuple[str, bool]:
+    if HEADLINES[metric]:
+        floor = base - ABS_TOL
+        return f">= {floor:.4f}", new >= floor
+    ceiling = base * (1 + REL_TOL)
+    return f"<= {ceiling:.4g}", new <= ceiling
+
+
+def main(ref: str) -> int:
+    listed = subprocess.run(
+        ["git", "ls-tree", "-r", "--name-only", ref, "metrics/"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    rows, failed = [], False
+    for path in sorted(p for p in listed if p.endswith("/validate.json")):
+        exp, base = path.split("/")[1], at_ref(ref, path)
+        fresh = Path(path)
+        if not fresh.exists():
+            rows.append(f"| {exp} | | | | missing: {path} | FAIL |")
+            failed = True
+            continue
+        new = json.loads(fresh.read_text())
+        for metric in (m for m in HEADLINES if m in base):
+            value = new.get(metric, float("nan"))
+            bound, ok = verdict(metric, base[metric], value)
+            ok = ok and bool(new.get("passed"))
+            failed |= not ok
+            if not new.get("passed"):
+                bound += ", gates failed: " + "; ".join(new.get("failed_gates", []))
+            cells = [exp, metric, f"{base[metric]:.4g}", f"{value:.4g}", bound]
+            rows.append("| " + " | ".join([*cells, "pass" if ok else "FAIL"]) + " |")
+    print(f"### Default-run metrics vs {ref}\n")
+    print("| experiment | metric | base | new | allowed | verdict |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

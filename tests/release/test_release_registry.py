@@ -1,0 +1,184 @@
+"""Release into a real `mlflow server` with models the real stages made in-process (no dvc repro,
+under a minute): the baseline gate, one version per ONNX file, and the version's lineage."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from pipeline.cli import main
+from pipeline.io import file_digest
+from pipeline.tracking import run_tags
+from tests.conftest import REPO, write_params
+
+FORECAST, CLASSIFY = "lstm_airline", "lstm_italypowerdemand"
+
+
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True)
+
+
+@pytest.fixture(scope="module")
+def made(server, tmp_path_factory) -> tuple[Path, dict]:
+    """A git repo where prepare, train, export and validate ran against the server, and the
+    dvc.lock entries `dvc repro` would have written: a forecaster trained too briefly to beat its
+    seasonal-naive baseline (validate does not check it here), and a classifier."""
+    root = tmp_path_factory.mktemp("repo")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["trainer"]["progress_bar"] = False
+    exps = {exp: params["experiments"][exp] for exp in (FORECAST, CLASSIFY)}
+    params["experiments"] = exps
+    exps[FORECAST]["fit"].update(max_epochs=1, lr=1e-4)
+    exps[CLASSIFY]["fit"].update(max_epochs=3)
+    for exp in exps.values():
+        exp["validate"] = {"quantize": False}
+    # So that the forecaster meets every release gate but its baseline, the classifier all
+    params["release"]["max"]["mape"] = 10.0
+    params["release"]["min"]["accuracy"] = 0.0
+    cwd, uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(root)
+    os.environ["MLFLOW_TRACKING_URI"] = server
+    try:
+        write_params(params)
+        git(root, "init", "-q")
+        git(root, "add", "params.yaml")
+        git(root, "commit", "-qm", "init")
+        lock = {}
+        for exp in exps:
+            for stage in ("prepare", "train", "export", "validate"):
+                assert main([stage, exp]) == 0
+            onnx, report = f"models/{exp}/model.onnx", f"metrics/{exp}/validate.json"
+            lock[f"validate@{exp}"] = {
+                "deps": [{"path": onnx, "md5": file_digest(onnx, "md5")}],
+                "outs": [{"path": report, "md5": file_digest(report, "md5")}],
+            }
+        Path("dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": lock}))
+    finally:
+        os.chdir(cwd)
+        os.environ.pop("MLFLOW_TRACKING_URI")
+        if uri:
+            os.environ["MLFLOW_TRACKING_URI"] = uri
+    return root, params
+
+
+@pytest.fixture
+def release(made, server, tmp_path, monkeypatch, capsys):
+    """`lstm-pipeline release --exp EXP ...` into the registered model `name`: (exit, out, err)."""
+    root, params = made
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+
+    def run(name: str, exp: str, *flags: str, **tracking) -> tuple[int, str, str]:
+        changed = {
+            **params,
+            "release": {**params["release"], "model_name": name},
+            "tracking": {**params["tracking"], **tracking},
+        }
+        path = write_params(changed, tmp_path / "params.yaml")
+        code = main(["release", "--exp", exp, "--params", str(path), *flags])
+        return code, *capsys.readouterr()
+
+    return run
+
+
+def state(server: str, name: str) -> tuple[list[str], dict]:
+    client = MlflowClient(server)
+    versions = sorted(v.version for v in client.search_model_versions(f"name = '{name}'"))
+    return versions, dict(client.get_registered_model(name).aliases)
+
+
+def test_forecaster_worse_than_its_seasonal_naive_is_refused_by_default(made, server, release):
+    report = json.loads((made[0] / f"metrics/{FORECAST}/validate.json").read_text())
+    assert report["passed"] and report["mape"] > report["seasonal_naive_mape"]
+
+    code, out, err = release("refused-{exp}", FORECAST, "--promote")
+    assert code == 4
+    (row,) = [line for line in out.splitlines() if line.startswith("mape vs baseline")]
+    bound = f"< {report['seasonal_naive_mape']:.6g} (seasonal_naive_mape)"
+    assert bound in row and row.endswith("FAIL")
+    assert err.strip().endswith("release refused by mape vs baseline; registry unchanged")
+    client = MlflowClient(server)
+    assert client.search_registered_models(f"name = 'refused-{FORECAST}'") == []
+    experiment = client.get_experiment_by_name("lstm-pipeline")
+    released = f"tags.stage = 'release' and tags.exp = '{FORECAST}'"
+    assert client.search_runs([experiment.experiment_id], released) == []
+
+
+def test_the_same_model_twice_is_one_version(server, release):
+    name = f"twice-{CLASSIFY}"
+    code, out, _ = release("twice-{exp}", CLASSIFY, "--promote")
+    assert code == 0
+    assert "skipped: classification has none" in out
+    for flags in (["--promote"], []):
+        code, out, _ = release("twice-{exp}", CLASSIFY, *flags)
+        assert code == 0
+        assert out.splitlines()[-1] == (
+            f"{name} version 1 @champion already holds models/{CLASSIFY}/model.onnx"
+            " (same sha256): nothing registered, aliases unchanged"
+        )
+    assert state(server, name) == (["1"], {"champion": "1"})
+
+
+def test_promoting_a_registered_challenger_moves_champion_to_it(server, release):
+    name = f"promote-{CLASSIFY}"
+    assert release("promote-{exp}", CLASSIFY)[0] == 0
+    assert state(server, name) == (["1"], {"challenger": "1"})
+    code, out, _ = release("promote-{exp}", CLASSIFY, "--promote")
+    assert code == 0
+    assert out.splitlines()[-1].endswith("(same sha256): promoted it to @champion")
+    assert state(server, name) == (["1"], {"champion": "1"})
+
+
+def test_the_version_belongs_to_its_training_run_and_flags_a_dirty_tree(made, server, release):
+    code, out, _ = release("lineage-{exp}", CLASSIFY)
+    assert code == 0
+    client = MlflowClient(server)
+    experiment = client.get_experiment_by_name("lstm-pipeline")
+    ckpt = file_digest(made[0] / f"models/{CLASSIFY}/model.ckpt")
+    (trained,) = client.search_runs([experiment.experiment_id], f"tags.ckpt_sha256 = '{ckpt}'")
+    training = trained.info.run_id
+    assert f"(training run {training})" in out
+
+    version = client.get_model_version(f"lineage-{CLASSIFY}", "1")
+    assert version.run_id == training
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert logged.source_run_id == training  # the ONNX model is an output of the training run
+    assert version.tags["git_dirty"] == "true"  # the stages' outputs are untracked here
+    assert version.tags["git_commit"] == trained.data.tags["git_commit"]
+    released = client.get_run(version.tags["release_run_id"])
+    assert released.data.tags["training_run_id"] == training
+    report = json.loads((made[0] / f"metrics/{CLASSIFY}/validate.json").read_text())
+    assert released.data.metrics["accuracy"] == report["accuracy"]
+
+
+def test_a_model_trained_against_another_store_is_its_release_runs(server, release):
+    code, out, _ = release("elsewhere-{exp}", CLASSIFY, experiment_name="elsewhere")
+    assert code == 0
+    assert "(no run here trained this checkpoint)" in out
+    version = MlflowClient(server).get_model_version(f"elsewhere-{CLASSIFY}", "1")
+    assert version.run_id == version.tags["release_run_id"]
+
+
+def test_run_tags_flag_changed_and_untracked_files_but_not_ignored_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path(".gitignore").write_text("ignored/\n")
+    Path("tracked.txt").write_text("a\n")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "init")
+
+    def dirty() -> str:
+        return run_tags("exp", "stage")["git_dirty"]
+
+    Path("ignored").mkdir()
+    Path("ignored/secret.env").write_text("TOKEN=x\n")
+    assert dirty() == "false"
+    Path("new.txt").write_text("b\n")
+    assert dirty() == "true"
+    Path("new.txt").unlink()
+    Path("tracked.txt").write_text("changed\n")
+    assert dirty() == "true"
