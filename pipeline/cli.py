@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import sys
 from pathlib import Path
 
 from pipeline.config import PARAMS_FILE, compose, load_config
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, SystemFault
 
 
 def _entry(target: str):
@@ -94,7 +95,14 @@ STAGES = {
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lstm-pipeline", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    # also after the command; SUPPRESS: a subcommand's default must not undo `--debug COMMAND`
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser = functools.partial(sub.add_parser, parents=[common])
     c = sub.add_parser("compose", help="write params.yaml from conf/ (Hydra overrides allowed)")
     c.add_argument("overrides", nargs="*", help="e.g. trainer.max_epochs=3")
     c.add_argument("--conf", help="the Hydra config folder (default: ./conf, else the package's)")
@@ -141,13 +149,40 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _as_pipeline_error(err: BaseException) -> PipelineError:
+    """One line for an error no stage turned into a PipelineError: disk, permissions and memory
+    name the path (exit 8); anything else is a bug (exit 1)."""
+    from pipeline.io import system_fault
+
+    if fault := system_fault(err):
+        return fault
+    if isinstance(err, MemoryError) or "can't allocate memory" in str(err):
+        return SystemFault(
+            "out of memory; lower the model's size (model.hidden_size, model.num_layers) or "
+            "fit.batch_size"
+        )
+    first = (str(err).strip().splitlines() or [""])[0][:300]
+    return PipelineError(
+        f"unexpected {type(err).__name__}: {first} (rerun with --debug for the traceback)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     for var, value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1")):
         os.environ.setdefault(var, value)
     try:
         args.func(args)
-    except PipelineError as err:
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"lstm-pipeline {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            raise
+        if not isinstance(err, PipelineError):
+            err = _as_pipeline_error(err)
         print(f"lstm-pipeline {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
     return 0

@@ -23,3 +23,21 @@ class TrackingError(PipelineError):
     """The MLflow tracking server or registry cannot be used (unreachable, unknown model)."""
 
     exit_code = 6
+
+
+class TrainingError(PipelineError):
+    """Training cannot go on (the loss became NaN/inf)."""
+
+    exit_code = 7
+
+
+class SystemFault(PipelineError):
+    """The machine refused: disk full, permission denied, out of memory. Names the path or key."""
+
+    exit_code = 8
+
+
+class Interrupted(PipelineError):
+    """Stopped by a signal (SIGTERM, SIGUSR1); the resume point is kept."""
+
+    exit_code = 143

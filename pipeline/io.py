@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -12,18 +13,51 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import SystemFault
+
+# mkstemp/mkdtemp create 0600/0700 whatever the umask; outputs get what open() would give them
+# (a team's shared storage needs group-readable models). Read once, at import (single-threaded).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+# errno values a user fixes on the machine, not in the pipeline: no space, quota, too large,
+# permissions, read-only file system
+_SYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def system_fault(err: BaseException, path: str | Path | None = None) -> SystemFault | None:
+    """A SystemFault naming the path for a disk/permission error, or None for other errors."""
+    if isinstance(err, OSError) and err.errno in _SYSTEM_ERRNOS:
+        return SystemFault(f"{path or err.filename}: {err.strerror}")
+    if isinstance(err, RuntimeError) and "file write failed" in str(err):  # torch.save's
+        return SystemFault(f"{path}: write failed (disk full?)")
+    return None
+
+
+@contextmanager
+def _named_faults(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        fault = system_fault(err, path)
+        if fault is None:
+            raise
+        raise fault from err
+
 
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temp folder beside `path`; on success it replaces `path`, on error it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    with _named_faults(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+        with _named_faults(path):
+            yield tmp
+            tmp.chmod(0o777 & ~_UMASK)
+            if path.exists():
+                shutil.rmtree(path)
+            tmp.rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -32,13 +66,16 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temp file path beside `path`; renamed onto `path` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with _named_faults(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with _named_faults(path):
+            yield tmp
+            tmp.chmod(0o666 & ~_UMASK)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

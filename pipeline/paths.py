@@ -31,3 +31,9 @@ def plots_dir(exp: str, stage: str) -> Path:
 def tune_dir(exp: str) -> Path:
     """The sweep's results.csv, val_loss.png and best_params.yaml."""
     return Path("tune") / exp
+
+
+def resume_dir(exp: str) -> Path:
+    """train's resume point: Lightning checkpoints of an unfinished training (outside every DVC
+    output, so a failed or killed run keeps it); removed when the training succeeds."""
+    return Path(".resume") / exp

@@ -18,7 +18,7 @@ from pipeline.errors import DataError, TrackingError
 from pipeline.inference import onnx_meta, run_onnx, session
 from pipeline.meta import padded
 from pipeline.tasks import task_of
-from pipeline.tracking import ensure_reachable, tracking_uri
+from pipeline.tracking import ensure_reachable, redacted, tracking_uri
 
 
 @contextmanager
@@ -41,10 +41,14 @@ def local_model(model: str) -> Iterator[Path]:
                 model, dst_path=tmp, tracking_uri=uri, registry_uri=uri
             )
         except MlflowException as err:
-            raise TrackingError(f"{model} at {uri}: {err.message.splitlines()[0]}") from None
+            raise TrackingError(
+                f"{model} at {redacted(uri)}: {err.message.splitlines()[0]}"
+            ) from None
         found = sorted(Path(local).rglob("*.onnx"))
         if not found:
-            raise TrackingError(f"{model} at {uri}: the registered model holds no .onnx file")
+            raise TrackingError(
+                f"{model} at {redacted(uri)}: the registered model holds no .onnx file"
+            )
         yield found[0]
 
 
@@ -55,6 +59,8 @@ def predict(
     path, output = Path(input_path), Path(output)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    if output.is_dir():
+        raise DataError(f"{output}: is a folder; -o takes the predictions' file path")
     with local_model(model) as onnx_file:
         sess = session(onnx_file)
         meta = onnx_meta(sess)

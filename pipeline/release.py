@@ -23,7 +23,13 @@ from pipeline.inference import onnx_meta, session
 from pipeline.io import file_digest, read_json
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
 from pipeline.tasks import task_of
-from pipeline.tracking import ensure_reachable, run_tags, tracking_uri, training_run
+from pipeline.tracking import (
+    ensure_reachable,
+    redacted,
+    run_tags,
+    tracking_uri,
+    training_run,
+)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 RELEASE_RUN = "release_run_id"  # version tag: the run that holds validate's metrics
@@ -34,7 +40,12 @@ def validated_report(exp: str) -> dict:
     report_path = metrics_file(exp, "validate")
     if not report_path.exists():
         raise GateError(f"{exp}: never validated ({report_path} not found); run `dvc repro`")
-    report = read_json(report_path)
+    try:
+        report = read_json(report_path)
+    except (ValueError, OSError) as err:
+        raise GateError(f"{report_path}: not valid JSON ({err}); run `dvc repro`") from None
+    if not isinstance(report, dict) or not isinstance(report.get("passed"), bool):
+        raise GateError(f"{report_path}: has no boolean 'passed'; run `dvc repro`")
     if not report["passed"]:
         return report  # refused by the gates, with the reasons validate recorded
     lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").exists() else {}
@@ -50,6 +61,24 @@ def validated_report(exp: str) -> dict:
     return report
 
 
+def verified_files(client, run_id: str | None, exp: str) -> None:
+    """The report and model.onnx are the ones validate logged to the training run (their sha256
+    tags there), not only what dvc.lock says: editing a metric and its dvc.lock checksum is not
+    enough to release it. Someone who can also write to the tracking server can still forge."""
+    if run_id is None:
+        return
+    tags = client.get_run(run_id).data.tags
+    for path, tag in (
+        (metrics_file(exp, "validate"), "validate_json_sha256"),
+        (model_dir(exp) / "model.onnx", "onnx_sha256"),
+    ):
+        if tag in tags and tags[tag] != file_digest(path):
+            raise GateError(
+                f"{path} differs from what validate logged to training run {run_id} ({tag}); "
+                "run `dvc repro`"
+            )
+
+
 def _champion(client, name: str):
     from mlflow.exceptions import MlflowException
 
@@ -58,7 +87,9 @@ def _champion(client, name: str):
     except MlflowException as err:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
-        raise TrackingError(f"registry {tracking_uri()}: {err.message.splitlines()[0]}") from None
+        raise TrackingError(
+            f"registry {redacted(tracking_uri())}: {err.message.splitlines()[0]}"
+        ) from None
     return client.get_model_version(name, version) if version else None
 
 
@@ -145,6 +176,8 @@ def release(cfg: PipelineConfig, exp_name: str, promote: bool = False) -> str:
     onnx_path = model_dir(exp_name) / "model.onnx"
     task = task_of(onnx_meta(session(onnx_path)))
     client = MlflowClient(uri)
+    training = training_run(cfg.tracking.experiment_name, model_dir(exp_name) / "model.ckpt")
+    verified_files(client, training, exp_name)
     name = cfg.release.model_name.format(exp=exp_name)
     champion = _champion(client, name)
     champion_metrics = None
@@ -152,9 +185,8 @@ def release(cfg: PipelineConfig, exp_name: str, promote: bool = False) -> str:
         run = champion.tags.get(RELEASE_RUN, champion.run_id)
         champion_metrics = client.get_run(run).data.metrics
     gates = release_gates(report, cfg.release, task, champion_metrics)
-    print(
-        f"release {name} ({uri})" + (f", champion: version {champion.version}" if champion else "")
-    )
+    holder = f", champion: version {champion.version}" if champion else ""
+    print(f"release {name} ({redacted(uri)}){holder}")
     print(gate_table(gates))
     failed = [g.name for g in gates if not g.passed]
     if failed:
@@ -162,7 +194,6 @@ def release(cfg: PipelineConfig, exp_name: str, promote: bool = False) -> str:
 
     if same := _registered(client, name, file_digest(onnx_path), champion):
         return _reuse(client, name, same, champion, promote, onnx_path)
-    training = training_run(cfg.tracking.experiment_name, model_dir(exp_name) / "model.ckpt")
     version = _register(cfg, exp_name, report, name, training)
     client.set_registered_model_alias(name, CHALLENGER, version)
     source = f"training run {training}" if training else "no run here trained this checkpoint"

@@ -138,7 +138,16 @@ def load_config(path: str | Path = PARAMS_FILE) -> PipelineConfig:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: not found (run `lstm-pipeline compose` to write it from conf/)")
-    return parse_config(yaml.safe_load(path.read_text()) or {})
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "not valid YAML"
+        raise ConfigError(f"{path}:{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+    return parse_config(raw)
 
 
 def compose(overrides: list[str] = (), conf: Path | None = None) -> str:

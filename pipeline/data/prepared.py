@@ -42,6 +42,8 @@ class Prepared:
             return np.load(path, mmap_mode="r" if mmap else None)
         except FileNotFoundError:  # e.g. a folder from an older prepare: starts_*, not windows_*
             raise DataError(f"{path}: not found; run the prepare stage") from None
+        except (ValueError, OSError, EOFError) as err:  # truncated or not .npy
+            raise DataError(f"{path}: unreadable ({err}); run the prepare stage again") from None
 
     def lengths(self, split: str) -> np.ndarray | None:
         """Each series' length in a split of padded series (None: all are whole)."""

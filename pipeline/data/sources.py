@@ -18,6 +18,7 @@ from pipeline.config import TableData
 from pipeline.errors import DataError
 
 SPLIT_NAMES = ("train", "val", "test")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -106,35 +107,61 @@ def _numeric(frame: pd.DataFrame, columns: list[str], path: Path) -> np.ndarray:
         if nonfinite.any():
             i = int(np.flatnonzero(nonfinite)[0])
             raise DataError(f"{path}: column {col!r} {_row_name(path, i)}: {arr[i]} (NaN/inf)")
+        # the prepared arrays are float32: a larger value would become inf there
+        beyond = np.abs(arr) > FLOAT32_MAX
+        if beyond.any():
+            i = int(np.flatnonzero(beyond)[0])
+            raise DataError(
+                f"{path}: column {col!r} {_row_name(path, i)}: {arr[i]:g} is beyond float32's "
+                f"range (±{FLOAT32_MAX:.3g}); rescale the column"
+            )
         out[:, j] = arr
     return out
 
 
 def _times(raw: pd.Series, column: str, path: Path) -> pd.Series:
     """The time column as it sorts: numbers and datetimes as they are, periods as their start;
-    text in the date format of its first cell (`1949-01`, `2024-03-01 10:00`, `03/01/2024`...)
-    as datetimes, so it sorts by date and not as text; other text as it is."""
+    text as numbers when its first cell is one, else as datetimes in the date format of its first
+    cell (`1949-01`, `2024-03-01 10:00`, `03/01/2024`...). Never text: text sorts 0, 1, 10, 2."""
     if isinstance(raw.dtype, pd.PeriodDtype):
         return raw.dt.to_timestamp()
-    if not pd.api.types.is_string_dtype(raw) or raw.isna().all():
+    if not pd.api.types.is_string_dtype(raw):
         return raw
+    first = str(raw.iloc[0])
+    if _is_number(first):
+        numbers = pd.to_numeric(raw, errors="coerce")
+        _refuse_unparsed(raw, numbers, column, path, "is not a number (the first time is one)")
+        return numbers
     with warnings.catch_warnings():  # pandas' note on day-first formats
         warnings.simplefilter("ignore")
-        fmt = guess_datetime_format(str(raw.dropna().iloc[0]))
+        fmt = guess_datetime_format(first)
     if fmt is None:
-        return raw
+        raise DataError(
+            f"{path}: column {column!r} {_row_name(path, 0)}: {first!r} is neither a number nor a "
+            "date; the time column must hold one or the other"
+        )
     try:
         times = pd.to_datetime(raw, format=fmt, errors="coerce")
     except ValueError:  # UTC offsets that differ (daylight saving time): in UTC
         times = pd.to_datetime(raw, format=fmt, errors="coerce", utc=True)
-    bad = times.isna() & raw.notna()
+    what = f"is not a date in the format of the first one ({fmt})"
+    _refuse_unparsed(raw, times, column, path, what)
+    return times
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _refuse_unparsed(raw: pd.Series, parsed: pd.Series, column: str, path: Path, what: str):
+    bad = parsed.isna() & raw.notna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(
-            f"{path}: column {column!r} {_row_name(path, i)}: {raw.iloc[i]!r} is not a date "
-            f"in the format of the first one ({fmt})"
-        )
-    return times
+        raise DataError(f"{path}: column {column!r} {_row_name(path, i)}: {raw.iloc[i]!r} {what}")
 
 
 def regular_freq(times: list[pd.Series]) -> str | None:
@@ -162,6 +189,11 @@ def read_series_table(
             f"{path}: missing column(s) {', '.join(map(repr, missing))}; "
             f"found: {', '.join(map(str, frame.columns))}"
         )
+    for col in (id_column, time_column, *extra):
+        empty = frame[col].isna()
+        if empty.any():
+            i = int(np.flatnonzero(empty.to_numpy())[0])
+            raise DataError(f"{path}: column {col!r} {_row_name(path, i)}: empty cell")
     values = _numeric(frame, features, path)
     frame[time_column] = _times(frame[time_column], time_column, path)
     dup = frame.duplicated([id_column, time_column])

@@ -20,10 +20,10 @@ from pipeline.export.onnx_export import EXAMPLE_SEQ
 from pipeline.export.parity import parity, streaming_report
 from pipeline.export.quantize import int8_report
 from pipeline.inference import run_onnx, session
-from pipeline.io import atomic_dir, write_json
+from pipeline.io import atomic_dir, file_digest, write_json
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
 from pipeline.tasks import task_of
-from pipeline.tracking import log_to_training_run
+from pipeline.tracking import ensure_reachable, log_to_training_run
 
 
 def deployable_files(folder: Path) -> list[tuple[Path, str | None]]:
@@ -38,6 +38,7 @@ def deployable_files(folder: Path) -> list[tuple[Path, str | None]]:
 
 
 def validate(cfg: PipelineConfig, exp_name: str) -> dict:
+    ensure_reachable()  # before anything is written: the report goes to the training run too
     exp, folder = cfg.experiment(exp_name), model_dir(exp_name)
     prepared = Prepared.load(prepared_dir(exp_name))
     meta, rules = prepared.meta.contract(), exp.validation
@@ -76,7 +77,12 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
         folder / "model.ckpt",
         {**onnx_metrics, **timings},
         [report_path, *deployable_files(folder)],
-        {"validate": "failed: " + "; ".join(failed) if failed else "passed"},
+        {
+            "validate": "failed: " + "; ".join(failed) if failed else "passed",
+            # what release checks the files it registers against (see release.verified_files)
+            "validate_json_sha256": file_digest(report_path),
+            "onnx_sha256": file_digest(folder / "model.onnx"),
+        },
     )
     if failed and cfg.trainer.gates == "enforce":
         raise GateError(f"{exp_name}: validation failed: " + "; ".join(failed))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+from contextlib import closing
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.errors import TrackingError
 from pipeline.io import file_digest
@@ -26,18 +28,71 @@ def absolute_tracking_uri() -> str:
     return uri
 
 
-def ensure_reachable(uri: str, timeout: float = 10.0) -> None:
-    """Fail fast with the URI in the message: MLflow's own client retries for minutes."""
-    if not uri.startswith(("http://", "https://")):
-        return
+def redacted(uri: str) -> str:
+    """The URI for messages: a password inside it replaced by ***."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def ensure_reachable(uri: str | None = None, timeout: float = 10.0) -> None:
+    """Fail fast (TrackingError, exit 6) with the URI, password redacted, in the message: MLflow's
+    own client retries for minutes, and a locked SQLite store fails mid-training."""
+    uri = uri or tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        _check_http(uri, timeout)
+    elif uri.startswith("sqlite:///"):
+        _check_sqlite(uri, timeout)
+
+
+def _check_http(uri: str, timeout: float) -> None:
+    import base64
     import urllib.error
     import urllib.request
 
+    parts = urlsplit(uri)
+    user = parts.username or os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = parts.password or os.environ.get("MLFLOW_TRACKING_PASSWORD") or ""
+    bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    request = urllib.request.Request(f"{bare.rstrip('/')}/health")
+    if user:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
-    except (urllib.error.URLError, OSError) as err:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):  # up, but these credentials are refused
+            raise TrackingError(
+                f"MLflow tracking server {redacted(uri)} refused the credentials ({err.code}); "
+                "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            ) from None
+        raise TrackingError(
+            f"MLflow tracking server {redacted(uri)} answered {err.code} on /health"
+        ) from None
+    except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
-        raise TrackingError(f"MLflow tracking server {uri} is unreachable: {reason}") from None
+        raise TrackingError(
+            f"MLflow tracking server {redacted(uri)} is unreachable: {reason}"
+        ) from None
+
+
+def _check_sqlite(uri: str, timeout: float) -> None:
+    """A store that another process holds locked, or a file that is not a database, is refused
+    before training rather than failing it at its first logged metric."""
+    import sqlite3
+
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.exists():  # MLflow creates it
+        return
+    try:
+        with closing(sqlite3.connect(path, timeout=timeout)) as db:
+            db.execute("BEGIN IMMEDIATE")  # waits up to `timeout` for a writer's lock
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            db.rollback()
+    except sqlite3.Error as err:
+        raise TrackingError(f"MLflow store {uri}: {err}") from None
 
 
 def _git(*args: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 
 from pipeline.data.datasets import dataset, make_loader
@@ -22,6 +23,8 @@ class PreparedDataModule(pl.LightningDataModule):
         self.prepared, self.batch_size = prepared, batch_size
         self.num_workers, self.seed = num_workers, seed
         self.train_splits = train_splits  # ("train", "val") for a refit
+        self.shuffle: torch.Generator | None = None  # the train loader's
+        self.restored_shuffle: torch.Tensor | None = None  # from a checkpoint (resume)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return make_loader(
@@ -31,7 +34,18 @@ class PreparedDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         splits = [dataset(self.prepared, s) for s in self.train_splits]
         data = splits[0] if len(splits) == 1 else ConcatDataset(splits)
-        return make_loader(data, self.batch_size, True, self.num_workers, self.seed)
+        loader = make_loader(data, self.batch_size, True, self.num_workers, self.seed)
+        self.shuffle = loader.generator
+        if self.restored_shuffle is not None:  # before any epoch's iterator draws from it
+            self.shuffle.set_state(self.restored_shuffle)
+        return loader
+
+    # In Lightning checkpoints: a resumed fit shuffles its next epochs as an unstopped one.
+    def state_dict(self) -> dict:
+        return {} if self.shuffle is None else {"shuffle": self.shuffle.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.restored_shuffle = state.get("shuffle")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

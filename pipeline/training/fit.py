@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.loggers import MLFlowLogger
 
 from pipeline.config import Experiment, PipelineConfig
@@ -17,6 +18,7 @@ from pipeline.paths import prepared_dir
 from pipeline.tracking import tracking_uri
 from pipeline.training.datamodule import PreparedDataModule
 from pipeline.training.module import SequenceModule
+from pipeline.training.resume import RESUME_FILE, ResumeState, save_run_id, saved_run_id
 from pipeline.training.trainer import History, TrainHooks, build_trainer
 
 
@@ -67,8 +69,15 @@ def fit_and_select(
     many epochs, and test the kept checkpoint."""
     module, data = seeded_module_and_data(cfg, exp, prepared, seed)
     history = History()
-    trainer = build_trainer(cfg, exp, ckpt_dir, logger, [history, *hooks.callbacks], hooks)
-    trainer.fit(module, datamodule=data, ckpt_path=hooks.resume_from)
+    callbacks, resume_from = [history, *hooks.callbacks], hooks.resume_from
+    if hooks.resumable:  # ResumeState last: it saves the other callbacks' epoch-end state
+        point = ckpt_dir / RESUME_FILE
+        callbacks.append(ResumeState(point))
+        if point.exists() and not resume_from:
+            print(f"resuming from {point} (epoch {torch.load(point, weights_only=False)['epoch']})")
+            resume_from = point
+    trainer = build_trainer(cfg, exp, ckpt_dir, logger, callbacks, hooks)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     rows = list(history.rows)  # test() restores the best checkpoint's (shorter) history
     best = trainer.checkpoint_callback
     if exp.fit.select == "best":
@@ -88,13 +97,26 @@ def fit_and_select(
     )  # fmt: skip
 
 
-def mlflow_logger(cfg: PipelineConfig, run_name: str, tags: dict) -> MLFlowLogger:
+def mlflow_logger(
+    cfg: PipelineConfig, run_name: str, tags: dict, run_id: str | None = None
+) -> MLFlowLogger:
+    """A new MLflow run, or with `run_id` the one a killed training started (continued)."""
     return MLFlowLogger(
         experiment_name=cfg.tracking.experiment_name,
         tracking_uri=tracking_uri(),
         run_name=run_name,
         tags=tags,
+        run_id=run_id,
     )
+
+
+def continued_logger(cfg, run_name: str, tags: dict, ckpt_dir: Path, hooks) -> MLFlowLogger:
+    """The fit's logger; a resumable fit continues the MLflow run its resume point recorded."""
+    if not hooks.resumable:
+        return mlflow_logger(cfg, run_name, tags)
+    logger = mlflow_logger(cfg, run_name, tags, saved_run_id(ckpt_dir))
+    save_run_id(ckpt_dir, logger.run_id)
+    return logger
 
 
 @dataclass(frozen=True)
@@ -110,6 +132,6 @@ def fit_member(cfg, exp_name: str, index: int, parent: Parent, hooks, ckpt_dir: 
     """Ensemble member `index`: seed + index, a run nested under the experiment's."""
     exp, prepared = cfg.experiment(exp_name), Prepared.load(prepared_dir(exp_name))
     tags = {**parent.tags, "mlflow.parentRunId": parent.run_id, "member": str(index)}
-    logger = mlflow_logger(cfg, f"{parent.run_name}/member{index}", tags)
     member_dir = ckpt_dir / f"member{index}"
+    logger = continued_logger(cfg, f"{parent.run_name}/member{index}", tags, member_dir, hooks)
     return fit_and_select(cfg, exp, prepared, logger, hooks, member_dir, cfg.seed + index)

@@ -14,7 +14,7 @@ from pipeline.config import PipelineConfig, parse_config
 from pipeline.errors import PipelineError
 from pipeline.paths import model_dir
 from pipeline.ray_cluster import ray_session, resolve_address
-from pipeline.tracking import absolute_tracking_uri
+from pipeline.tracking import absolute_tracking_uri, ensure_reachable
 from pipeline.training.train import train
 from pipeline.training.trainer import TrainHooks
 
@@ -44,6 +44,7 @@ def train_on_ray(cfg: PipelineConfig, exp_name: str) -> Path:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    ensure_reachable()
     # Every worker's MLflow logger opens the store: create a new SQLite file's tables first,
     # or the workers race to create them.
     MlflowClient(absolute_tracking_uri())

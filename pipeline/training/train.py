@@ -8,22 +8,26 @@ RAY_ADDRESS is set) and keeps every member in one model.ckpt.
 from __future__ import annotations
 
 import os
-import tempfile
+import signal
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from pipeline import plots
 from pipeline.checkpoint import PREFIX
 from pipeline.config import PipelineConfig
 from pipeline.data.prepared import Prepared
+from pipeline.errors import Interrupted
 from pipeline.io import atomic_dir, atomic_file, file_digest, write_json
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
-from pipeline.tracking import run_tags
-from pipeline.training.fit import Fitted, Parent, fit_and_select, fit_member, mlflow_logger
+from pipeline.tracking import ensure_reachable, run_tags
+from pipeline.training.fit import Fitted, Parent, continued_logger, fit_and_select, fit_member
+from pipeline.training.resume import resume_point
 from pipeline.training.trainer import TrainHooks
 
 
@@ -101,7 +105,7 @@ def fit_members(cfg, exp_name: str, parent: Parent, hooks: TrainHooks, ckpt_dir:
     """Every member of an ensemble: one after the other, or in parallel as Ray tasks when the
     plain train stage runs with RAY_ADDRESS set (see ensemble_ray.py)."""
     n = cfg.experiment(exp_name).fit.ensemble
-    if os.environ.get("RAY_ADDRESS") and hooks == TrainHooks():
+    if os.environ.get("RAY_ADDRESS") and replace(hooks, resumable=False) == TrainHooks():
         from pipeline.training.ensemble_ray import fit_members_on_ray
 
         return fit_members_on_ray(cfg, exp_name, parent, n, ckpt_dir)
@@ -111,22 +115,36 @@ def fit_members(cfg, exp_name: str, parent: Parent, hooks: TrainHooks, ckpt_dir:
 def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -> Path:
     """Fit, test the selected checkpoint, write the outputs (rank zero only), log one run."""
     hooks = hooks or TrainHooks()
+    ensure_reachable()
     exp = cfg.experiment(exp_name)
     prepared = Prepared.load(prepared_dir(exp_name))
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    tags = {**run_tags(exp_name, "train", data_sha256=prepared.meta.content_sha256), **hooks.tags}
-    logger = mlflow_logger(cfg, hooks.run_name or exp_name, tags)
-    logger.log_hyperparams({"seed": cfg.seed, **exp.model_dump(by_alias=True)})
-    keep_dir = nullcontext(hooks.ckpt_dir) if hooks.ckpt_dir else None
-    with keep_dir or tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt_dir:
-        if exp.fit.ensemble == 1:
-            members = [fit_and_select(cfg, exp, prepared, logger, hooks, Path(ckpt_dir), cfg.seed)]
-        else:
-            parent = Parent(logger.run_id, hooks.run_name or exp_name, tags)
-            members = fit_members(cfg, exp_name, parent, hooks, Path(ckpt_dir))
+    data_sha256 = prepared.meta.content_sha256
+    tags = {**run_tags(exp_name, "train", data_sha256=data_sha256), **hooks.tags}
+    if hooks.ckpt_dir:  # a Tune trial or Ray Train worker: the caller keeps the checkpoints
+        folder, hooks = nullcontext(hooks.ckpt_dir), hooks
+    else:  # the train stage: resumable after a kill, SIGTERM or SIGUSR1
+        signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+        folder, hooks = resume_point(cfg, exp_name, data_sha256), replace(hooks, resumable=True)
+    with folder as ckpt_dir:
+        logger = continued_logger(cfg, hooks.run_name or exp_name, tags, Path(ckpt_dir), hooks)
+        logger.log_hyperparams({"seed": cfg.seed, **exp.model_dump(by_alias=True)})
+        try:
+            if exp.fit.ensemble == 1:
+                fitted = fit_and_select(cfg, exp, prepared, logger, hooks, Path(ckpt_dir), cfg.seed)
+                members = [fitted]
+            else:
+                parent = Parent(logger.run_id, hooks.run_name or exp_name, tags)
+                members = fit_members(cfg, exp_name, parent, hooks, Path(ckpt_dir))
+        except SIGTERMException:
+            raise Interrupted(
+                f"{exp_name}: stopped by SIGTERM; run the train stage again to resume from "
+                f"{ckpt_dir}"
+            ) from None
         if not members[0].is_global_zero:
             return model_dir(exp_name)
         metrics = write_outputs(exp_name, members)
-    log_run(logger, exp_name, members, metrics)
+        log_run(logger, exp_name, members, metrics)
+        logger.finalize("success")  # an ensemble's run: no Trainer of its own ends it
     return model_dir(exp_name)

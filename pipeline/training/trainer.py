@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 
 from pipeline.config import Experiment, PipelineConfig
+from pipeline.errors import ConfigError, TrainingError
 
 
 class History(Callback):
@@ -37,6 +40,21 @@ class History(Callback):
             )
 
 
+class FiniteLoss(Callback):
+    """Stop with an error naming the epoch when a loss turns NaN/inf: EarlyStopping alone would
+    end the fit quietly and a NaN model would be saved. The epoch losses are synced across DDP
+    ranks, so every rank stops together."""
+
+    def on_train_epoch_end(self, trainer, _):
+        for key in ("train/loss", "val/loss"):
+            value = trainer.callback_metrics.get(key)
+            if value is not None and not math.isfinite(float(value)):
+                raise TrainingError(
+                    f"{key} is {float(value)} at epoch {trainer.current_epoch}: training "
+                    "diverged; lower fit.lr or set fit.gradient_clip_val"
+                )
+
+
 @dataclass(frozen=True)
 class TrainHooks:
     """What a caller other than the train stage adds: a Tune trial, a Ray Train worker."""
@@ -49,6 +67,7 @@ class TrainHooks:
     strategy: Any = None  # replaces trainer.strategy (Ray Train's RayDDPStrategy)
     plugins: tuple = ()
     prepare: Any = None  # called on the pl.Trainer (ray.train.lightning.prepare_trainer)
+    resumable: bool = False  # save a resume point each epoch in ckpt_dir, and resume from one
 
 
 def build_trainer(
@@ -63,7 +82,7 @@ def build_trainer(
     """The fit's Trainer; with `refit_epochs`, one without validation that trains that many
     epochs and keeps the last weights."""
     t = cfg.trainer
-    callbacks = list(callbacks)
+    callbacks = [*callbacks, FiniteLoss()]
     if not refit_epochs:
         callbacks[:0] = [
             # strict=False: a fit resumed from a checkpoint taken at validation end (Tune restore,
@@ -73,7 +92,18 @@ def build_trainer(
         ]
     if t.progress_bar:
         callbacks.append(RichProgressBar())
-    trainer = pl.Trainer(
+    try:
+        trainer = _trainer(t, exp, ckpt_dir, logger, callbacks, hooks, refit_epochs)
+    except MisconfigurationException as err:  # e.g. trainer=gpu on a machine without CUDA
+        raise ConfigError(
+            f"trainer (accelerator: {t.accelerator}, devices: {t.devices}, strategy: "
+            f"{t.strategy}, precision: {t.precision}): {err}"
+        ) from None
+    return hooks.prepare(trainer) if hooks.prepare else trainer
+
+
+def _trainer(t, exp, ckpt_dir, logger, callbacks, hooks, refit_epochs) -> pl.Trainer:
+    return pl.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         strategy=hooks.strategy or t.strategy,
@@ -91,4 +121,3 @@ def build_trainer(
         default_root_dir=ckpt_dir,
         log_every_n_steps=1,
     )
-    return hooks.prepare(trainer) if hooks.prepare else trainer

@@ -13,7 +13,7 @@ from pipeline.errors import ConfigError, DataError, PipelineError
 from pipeline.io import atomic_dir
 from pipeline.paths import prepared_dir, tune_dir
 from pipeline.ray_cluster import check_reachable, check_resources, ray_session, resolve_address
-from pipeline.tracking import absolute_tracking_uri, run_tags
+from pipeline.tracking import absolute_tracking_uri, ensure_reachable, run_tags
 from pipeline.tuning.results import best_params, results_table, write_results
 from pipeline.tuning.spaces import search_space, to_ray
 from pipeline.tuning.trial import run_trial
@@ -146,6 +146,7 @@ def _write_outputs(cfg, exp_name: str, state: Path, trials, grid, parent: str) -
 def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
     """Sweep, then write tune/<exp>/; one MLflow parent run with a child run per trial."""
     exp, t = cfg.experiment(exp_name), cfg.tune
+    ensure_reachable()
     space = search_space(exp, t)
     ray_space = to_ray(space, t.search)
     address, key = resolve_address(t.address)

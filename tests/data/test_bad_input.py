@@ -1,5 +1,7 @@
 """Each bad input: one clear error naming the culprit, a non-zero exit, nothing written."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -40,6 +42,22 @@ def _broken(kind: str) -> str | None:
         frame["label"] = "a"
     elif kind == "duplicate":
         frame = pd.concat([frame, frame.iloc[[5]]])
+    elif kind == "text_in_numeric_time":
+        frame["time"] = frame["time"].astype(object)
+        frame.loc[12, "time"] = "x"
+    elif kind == "text_time":
+        frame["time"] = "t" + frame["time"].astype(str)
+    elif kind == "empty_id":
+        frame.loc[3, "series_id"] = None
+    elif kind == "empty_time":
+        frame["time"] = frame["time"].astype(float)
+        frame.loc[3, "time"] = None
+    elif kind == "beyond_float32":
+        frame.loc[12, "value"] = 1e39
+    elif kind == "huge":
+        frame.loc[12, "value"] = 1e200
+    elif kind == "empty_label":
+        frame.loc[5, "label"] = None
     elif kind == "empty":
         open("in.csv", "w").close()
         return None
@@ -85,6 +103,25 @@ CLASSIFY = {
         ("duplicate", FORECAST, "in.csv: line 122: duplicate (series_id, time) = (s0, 5)"),
         ("empty", FORECAST, "in.csv: file is empty"),
         (
+            "text_in_numeric_time",
+            FORECAST,
+            "in.csv: column 'time' line 14: 'x' is not a number (the first time is one)",
+        ),
+        (
+            "text_time",
+            FORECAST,
+            "in.csv: column 'time' line 2: 't0' is neither a number nor a date",
+        ),
+        ("empty_id", FORECAST, "in.csv: column 'series_id' line 5: empty cell"),
+        ("empty_time", FORECAST, "in.csv: column 'time' line 5: empty cell"),
+        ("empty_label", CLASSIFY, "in.csv: column 'label' line 7: empty cell"),
+        (
+            "beyond_float32",
+            FORECAST,
+            "in.csv: column 'value' line 14: 1e+39 is beyond float32's range (±3.4e+38)",
+        ),
+        ("huge", FORECAST, "in.csv: column 'value' line 14: 1e+200 is beyond float32's range"),
+        (
             "bad_date",
             FORECAST,
             "in.csv: column 'time' line 22: '21.01.2020' is not a date in the format of the "
@@ -122,3 +159,15 @@ def test_failed_prepare_keeps_the_previous_output_intact(workdir, params):
     assert main(["prepare", "lstm_airline"]) == 3
     assert sorted(p.name for p in (workdir / "data/prepared/lstm_airline").iterdir()) == before
     assert [p.name for p in (workdir / "data/prepared").iterdir()] == ["lstm_airline"]
+
+
+def test_month_first_dates_sort_across_a_year_boundary(workdir, params):
+    """mm/dd/YYYY text sorts as dates: 12/31/2019 before 01/01/2020 (as text it would not)."""
+    days = pd.date_range("2019-12-01", periods=30, freq="D")
+    frame = _frame(n_series=2, length=30).assign(time=np.tile(days.strftime("%m/%d/%Y"), 2))
+    frame.iloc[::-1].to_csv("in.csv", index=False)  # rows in any order
+    params["experiments"]["lstm_airline"]["data"] = FORECAST
+    write_params(params)
+    assert main(["prepare", "lstm_airline"]) == 0
+    meta = json.loads((workdir / "data/prepared/lstm_airline/meta.json").read_text())
+    assert meta["freq"] == "D"  # regular daily steps: sorted by date

@@ -1,0 +1,121 @@
+"""Resumable training: a checkpoint of the whole fit (weights, optimizer, loops, callbacks, RNG)
+at every epoch end, in a folder that survives a kill, a preemption and DVC's output cleanup. The
+next training of the same config continues from it and ends with the same outputs as a run that
+was never stopped."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import random
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import PipelineError
+from pipeline.paths import resume_dir
+
+RESUME_FILE = "resume.ckpt"
+RUN_ID_FILE = "mlflow_run_id"
+
+
+class ResumeState(Callback):
+    """Saves the resume checkpoint at each train-epoch end (after validation, early stopping and
+    History), with the global RNGs (the datamodule saves its shuffle): a resumed fit draws the
+    same batches and dropout masks as a fit that was never stopped."""
+
+    def __init__(self, path: Path):
+        self.path, self.pending = path, None
+        self.stopped = False  # early stopping ended the fit at the saved epoch
+
+    def state_dict(self) -> dict:
+        return {
+            "torch": torch.get_rng_state(),
+            # as plain lists: a checkpoint holds nothing torch.load(weights_only=True) refuses
+            "numpy": [
+                v.tolist() if isinstance(v, np.ndarray) else v for v in np.random.get_state()
+            ],
+            "python": random.getstate(),
+            "stopped": self.stopped,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pending = state  # applied when the next epoch starts
+
+    def on_train_start(self, trainer, _):
+        if self.pending and self.pending["stopped"]:  # the restored epoch was the last one
+            trainer.should_stop = True
+
+    def on_train_epoch_start(self, trainer, _):
+        if self.pending is None:
+            return
+        state, self.pending = self.pending, None
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(tuple(state["numpy"]))
+        random.setstate(state["python"])
+
+    def on_train_epoch_end(self, trainer, _):
+        self.stopped = trainer.should_stop
+        trainer.save_checkpoint(self.path)  # Lightning writes it atomically, rank zero only
+
+
+def _key(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> str:
+    """What the fit depends on: a resume point of another config or data is never used."""
+    trainer = cfg.trainer.model_dump(exclude={"progress_bar", "gates"})
+    blob = {
+        "experiment": cfg.experiment(exp_name).model_dump(by_alias=True),
+        "seed": cfg.seed,
+        "trainer": trainer,
+        "data": data_sha256,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _is_launcher() -> bool:
+    """The process the user started (not a DDP rank Lightning launched after it)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+@contextmanager
+def resume_point(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> Iterator[Path]:
+    """The checkpoint folder of this training: kept when it fails or is killed, removed when it
+    succeeds. Resume points of other configs of the experiment are removed first. A lock makes
+    a second training of the same experiment (a second `dvc repro`) refuse to start."""
+    root = resume_dir(exp_name)
+    folder = root / _key(cfg, exp_name, data_sha256)
+    if not _is_launcher():  # a DDP rank: the launcher holds the lock and owns the folder
+        yield folder
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PipelineError(
+                f"{exp_name}: another training of this experiment is running (it holds "
+                f"{root / '.lock'}); wait for it to end"
+            ) from None
+        for other in root.iterdir():
+            if other.is_dir() and other != folder:
+                shutil.rmtree(other)
+        folder.mkdir(exist_ok=True)
+        yield folder
+        shutil.rmtree(root)  # done: nothing of this training is left behind
+
+
+def saved_run_id(folder: Path) -> str | None:
+    path = folder / RUN_ID_FILE
+    return path.read_text().strip() if path.exists() else None
+
+
+def save_run_id(folder: Path, run_id: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RUN_ID_FILE).write_text(run_id)

@@ -1,0 +1,291 @@
+"""The failure-mode catalogue: each fault gives one line naming the culprit and its documented
+exit code, writes nothing partial and keeps the earlier good output."""
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pipeline.cli import main
+from pipeline.tracking import ensure_reachable
+from tests.conftest import BIN, free_port, write_params
+
+EXP = "lstm_airline"
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.count("\n") == 0, err
+    return err
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "mlflow.db"
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mlflow_template):
+    """A tiny lstm_airline, prepared, trained, exported and validated (gates reported only)."""
+    root = tmp_path_factory.mktemp("trained")
+    raw = yaml.safe_load((Path(__file__).parent.parent / "params.yaml").read_text())
+    raw["trainer"].update(progress_bar=False, gates="report")
+    exp = raw["experiments"][EXP]
+    exp["model"]["hidden_size"] = 8
+    exp["fit"].update(max_epochs=2)
+    write_params(raw, root / "params.yaml")
+    shutil.copy(mlflow_template, root / "mlflow.db")
+    cwd, uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(root)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
+    try:
+        for stage in ("prepare", "train", "export", "validate"):
+            assert main([stage, EXP]) == 0, stage
+    finally:
+        os.chdir(cwd)
+        os.environ.pop("MLFLOW_TRACKING_URI")
+        if uri:
+            os.environ["MLFLOW_TRACKING_URI"] = uri
+    return root
+
+
+@pytest.fixture
+def repo(trained, tmp_path, monkeypatch):
+    """A private copy of `trained` as the working directory, with its own MLflow store."""
+    work = tmp_path / "repo"
+    shutil.copytree(trained, work)
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlflow.db")
+    return work
+
+
+def params(repo: Path) -> dict:
+    return yaml.safe_load((repo / "params.yaml").read_text())
+
+
+# --- config -------------------------------------------------------------------------------------
+
+
+def test_yaml_syntax_error_names_file_line_and_column(repo, capsys):
+    (repo / "params.yaml").write_text("trainer:\n  max_epochs: [1, 2\nseed: 3\n")
+    assert main(["prepare", EXP]) == 2
+    assert one_line(capsys).startswith("lstm-pipeline prepare: error: params.yaml: line 3, column")
+
+
+def test_params_that_are_not_a_mapping(repo, capsys):
+    (repo / "params.yaml").write_text("- a\n- b\n")
+    assert main(["train", EXP]) == 2
+    assert "params.yaml: expected a mapping of keys, got list" in one_line(capsys)
+
+
+# --- tracking -----------------------------------------------------------------------------------
+
+
+def test_unreachable_server_fails_train_fast_before_anything_is_written(repo, capsys, monkeypatch):
+    before = tree_digest(repo)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    start = time.monotonic()
+    assert main(["train", EXP]) == 6
+    assert time.monotonic() - start < 15
+    assert "is unreachable" in one_line(capsys)
+    assert tree_digest(repo) == before
+
+
+def test_validate_writes_nothing_when_the_server_is_unreachable(repo, capsys, monkeypatch):
+    before = tree_digest(repo)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    assert main(["validate", EXP]) == 6
+    one_line(capsys)
+    assert tree_digest(repo) == before
+
+
+def test_a_password_in_the_uri_is_never_printed(repo, capsys, monkeypatch):
+    port = free_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret@127.0.0.1:{port}")
+    assert main(["train", EXP]) == 6
+    err = one_line(capsys)
+    assert "s3cret" not in err and f"http://alice:***@127.0.0.1:{port}" in err
+
+
+def test_credentials_in_the_uri_reach_a_live_server(server):
+    ensure_reachable(server.replace("http://", "http://alice:s3cret@"))
+
+
+def test_locked_sqlite_store_fails_within_15_s(repo, capsys):
+    holder = sqlite3.connect(repo / "mlflow.db")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        start = time.monotonic()
+        assert main(["train", EXP]) == 6
+        assert time.monotonic() - start < 15
+    finally:
+        holder.rollback()
+        holder.close()
+    assert "database is locked" in one_line(capsys)
+
+
+def test_corrupt_sqlite_store(repo, capsys):
+    (repo / "mlflow.db").write_bytes(b"not a database" * 100)
+    assert main(["validate", EXP]) == 6
+    assert "mlflow.db: file is not a database" in one_line(capsys)
+
+
+# --- stage inputs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated"], ids=["empty", "truncated"])
+def test_broken_checkpoint(repo, capsys, content):
+    before = (repo / f"models/{EXP}/model.onnx").read_bytes()
+    (repo / f"models/{EXP}/model.ckpt").write_bytes(content)
+    assert main(["export", EXP]) == 3
+    assert f"models/{EXP}/model.ckpt: not a model checkpoint of this pipeline" in one_line(capsys)
+    assert (repo / f"models/{EXP}/model.onnx").read_bytes() == before
+
+
+def test_missing_prepared_data(repo, capsys):
+    shutil.rmtree(repo / "data/prepared")
+    assert main(["train", EXP]) == 3
+    assert "meta.json: not found; run the prepare stage first" in one_line(capsys)
+
+
+def test_truncated_prepared_array(repo, capsys):
+    series = repo / f"data/prepared/{EXP}/series.npy"
+    series.write_bytes(series.read_bytes()[:100])
+    before = tree_digest(repo / "models")
+    assert main(["train", EXP]) == 3
+    assert f"{EXP}/series.npy: unreadable" in one_line(capsys)
+    assert tree_digest(repo / "models") == before
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def test_a_diverging_loss_stops_with_the_epoch_and_keeps_the_old_model(repo, capsys):
+    raw = params(repo)
+    raw["experiments"][EXP]["fit"].update(lr=1e30, gradient_clip_val=0.0, max_epochs=3)
+    write_params(raw)
+    before = tree_digest(repo / "models")
+    assert main(["train", EXP]) == 7
+    assert "loss is inf at epoch 0: training diverged" in one_line(capsys)
+    assert tree_digest(repo / "models") == before
+
+
+def test_a_model_too_large_for_memory(repo, capsys):
+    raw = params(repo)
+    raw["experiments"][EXP]["model"]["hidden_size"] = 2_000_000
+    write_params(raw)
+    assert main(["train", EXP]) == 8
+    assert "out of memory; lower the model's size (model.hidden_size" in one_line(capsys)
+
+
+def test_disk_full_names_the_output_and_keeps_the_old_one(repo):
+    """RLIMIT_FSIZE makes writes fail as a full disk does (EFBIG instead of ENOSPC)."""
+    onnx = repo / f"models/{EXP}/model.onnx"
+    before = onnx.read_bytes()
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    proc = subprocess.run(
+        [BIN / "lstm-pipeline", "export", EXP],
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files,
+        timeout=300,
+    )
+    assert proc.returncode == 8, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"lstm-pipeline export: error: models/{EXP}/"), proc.stderr[-2000:]
+    assert "File too large" in last
+    assert onnx.read_bytes() == before
+    assert not list(onnx.parent.glob(".*")), "a temp file was left behind"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_gpu_trainer_without_a_gpu_names_the_trainer(repo, capsys):
+    raw = params(repo)
+    raw["trainer"].update(accelerator="gpu", precision="bf16-mixed")
+    write_params(raw)
+    assert main(["train", EXP]) == 2
+    assert "trainer (accelerator: gpu, devices: 1" in one_line(capsys)
+
+
+# --- release and predict ------------------------------------------------------------------------
+
+
+def _lock_validate(repo: Path) -> None:
+    """A dvc.lock whose validate@EXP records the current model.onnx and validate.json."""
+    entry = lambda p: {"path": p, "md5": hashlib.md5((repo / p).read_bytes()).hexdigest()}  # noqa: E731
+    stage = {"deps": [entry(f"models/{EXP}/model.onnx")],
+             "outs": [entry(f"metrics/{EXP}/validate.json")]}  # fmt: skip
+    (repo / "dvc.lock").write_text(yaml.safe_dump({"stages": {f"validate@{EXP}": stage}}))
+
+
+@pytest.mark.parametrize(
+    "report, expected",
+    [("{not json", "not valid JSON"), ('{"mape": 0.1}', "has no boolean 'passed'")],
+)
+def test_corrupt_report_refused_by_release(repo, capsys, report, expected):
+    (repo / f"metrics/{EXP}/validate.json").write_text(report)
+    assert main(["release", "--exp", EXP]) == 4
+    assert f"metrics/{EXP}/validate.json: {expected}" in one_line(capsys)
+
+
+def test_a_forged_metric_with_a_matching_dvc_lock_is_refused(repo, capsys):
+    report_path = repo / f"metrics/{EXP}/validate.json"
+    report = json.loads(report_path.read_text())
+    report.update(passed=True, failed_gates=[], mape=0.0001)
+    report_path.write_text(json.dumps(report))
+    _lock_validate(repo)  # the checksum edited to match
+    assert main(["release", "--exp", EXP]) == 4
+    assert "validate.json differs from what validate logged to training run" in one_line(capsys)
+
+
+def test_predict_output_that_is_a_folder(repo, capsys):
+    np.random.default_rng(0)
+    csv = repo / "in.csv"
+    rows = ["series_id,time,passengers"] + [f"a,{t},{100 + t}" for t in range(40)]
+    csv.write_text("\n".join(rows) + "\n")
+    (repo / "out").mkdir()
+    assert main(["predict", f"models/{EXP}/model.onnx", str(csv), "-o", "out"]) == 3
+    assert "out: is a folder" in one_line(capsys)
+
+
+# --- any other error ----------------------------------------------------------------------------
+
+
+def test_an_unexpected_error_is_one_line_unless_debug(repo, capsys, monkeypatch):
+    def boom(cfg, exp):
+        raise ValueError("something internal\nsecond line")
+
+    monkeypatch.setattr("pipeline.data.prepare.prepare", boom)
+    assert main(["prepare", EXP]) == 1
+    assert one_line(capsys) == (
+        "lstm-pipeline prepare: error: unexpected ValueError: something internal "
+        "(rerun with --debug for the traceback)"
+    )
+    with pytest.raises(ValueError):
+        main(["prepare", EXP, "--debug"])
+
+
+def test_outputs_honour_the_umask(repo):
+    mask = os.umask(0)
+    os.umask(mask)
+    meta = repo / f"data/prepared/{EXP}/meta.json"
+    assert meta.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert meta.parent.stat().st_mode & 0o777 == 0o777 & ~mask

@@ -1,0 +1,147 @@
+"""A training killed (kill -9) or stopped (SIGTERM) mid-fit resumes from its last epoch and ends
+with the same bytes as a training that was never stopped, in one MLflow run."""
+
+import fcntl
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import BIN, REPO, write_params
+
+pytestmark = pytest.mark.slow
+
+OUTPUTS = ("model.ckpt", "train.json", "learning_curve.csv")
+
+
+def setup_repo(root: Path, exp: str, template: Path, **fit) -> Path:
+    """A working dir with shrunk params for `exp`, its prepared data and an empty MLflow store."""
+    root.mkdir(parents=True)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["trainer"]["progress_bar"] = False
+    raw["experiments"][exp].setdefault("model", {})["hidden_size"] = 16
+    raw["experiments"][exp].setdefault("fit", {}).update(fit)
+    write_params(raw, root / "params.yaml")
+    shutil.copy(template, root / "mlflow.db")
+    assert train(root, exp, "prepare").wait() == 0
+    return root
+
+
+def train(root: Path, exp: str, stage: str = "train") -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
+    log = open(root / f"{stage}.log", "a")
+    return subprocess.Popen(
+        [BIN / "lstm-pipeline", stage, exp], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def outputs(root: Path, exp: str) -> dict[str, bytes]:
+    paths = [f"models/{exp}/model.ckpt", f"metrics/{exp}/train.json",
+             f"plots/{exp}/train/learning_curve.csv"]  # fmt: skip
+    return {Path(p).name: (root / p).read_bytes() for p in paths}
+
+
+def stop_mid_fit(root: Path, exp: str, sig: int) -> tuple[subprocess.Popen, int]:
+    """Start a training; once it has saved its first resume point, freeze it (SIGSTOP) and send
+    `sig`. Returns the process and the epoch its resume point holds."""
+    proc = train(root, exp)
+    deadline = time.monotonic() + 120
+    while not list((root / ".resume" / exp).glob("*/**/resume.ckpt")):
+        assert proc.poll() is None and time.monotonic() < deadline, (root / "train.log").read_text()
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGSTOP)
+    time.sleep(0.5)
+    points = sorted((root / ".resume" / exp).glob("*/**/resume.ckpt"))
+    epoch = max(torch.load(p, weights_only=False)["epoch"] for p in points)
+    os.kill(proc.pid, sig)
+    if sig != signal.SIGKILL:
+        os.kill(proc.pid, signal.SIGCONT)
+    proc.wait(60)
+    return proc, epoch
+
+
+def runs(root: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(root / "mlflow.db") as db:
+        return db.execute("SELECT name, status FROM runs ORDER BY name").fetchall()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, mlflow_template):
+    """Uninterrupted trainings: lstm_airline (one model, 150 epochs) and an ItalyPowerDemand
+    ensemble of 2 that stops early."""
+    root = tmp_path_factory.mktemp("reference")
+    out = {}
+    for exp, fit in CASES.items():
+        repo = setup_repo(root / exp, exp, mlflow_template, **fit)
+        assert train(repo, exp).wait() == 0, (repo / "train.log").read_text()[-3000:]
+        out[exp] = outputs(repo, exp)
+    return out
+
+
+CASES = {
+    "lstm_airline": {"max_epochs": 150},
+    "lstm_italypowerdemand": {"max_epochs": 60, "patience": 4, "ensemble": 2},
+}
+
+
+@pytest.mark.parametrize("exp", CASES)
+def test_kill_9_then_rerun_gives_the_same_bytes(reference, tmp_path, mlflow_template, exp):
+    repo = setup_repo(tmp_path / "repo", exp, mlflow_template, **CASES[exp])
+    proc, epoch = stop_mid_fit(repo, exp, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL and epoch < CASES[exp]["max_epochs"] - 1
+    rerun = train(repo, exp)
+    assert rerun.wait() == 0, (repo / "train.log").read_text()[-3000:]
+    assert "resuming from" in (repo / "train.log").read_text()
+    assert outputs(repo, exp) == reference[exp]
+    names = {name for name, _ in runs(repo)}
+    assert all(status == "FINISHED" for _, status in runs(repo)), runs(repo)
+    assert len(names) == len(runs(repo))  # each run (members too) continued, not started again
+    assert not (repo / ".resume").exists() or not any((repo / ".resume").iterdir())
+
+
+def test_sigterm_stops_with_one_line_and_resumes(reference, tmp_path, mlflow_template):
+    exp = "lstm_airline"
+    repo = setup_repo(tmp_path / "repo", exp, mlflow_template, **CASES[exp])
+    proc, _ = stop_mid_fit(repo, exp, signal.SIGTERM)
+    assert proc.returncode == 143
+    last = (repo / "train.log").read_text().strip().splitlines()[-1]
+    assert last.startswith(f"lstm-pipeline train: error: {exp}: stopped by SIGTERM; run the train")
+    assert not (repo / f"models/{exp}/model.ckpt").exists()
+    assert train(repo, exp).wait() == 0
+    assert outputs(repo, exp) == reference[exp]
+    assert runs(repo) == [(exp, "FINISHED")]
+
+
+def test_a_changed_config_starts_over(tmp_path, mlflow_template):
+    exp = "lstm_airline"
+    repo = setup_repo(tmp_path / "repo", exp, mlflow_template, max_epochs=150)
+    stop_mid_fit(repo, exp, signal.SIGKILL)
+    stale = [p for p in (repo / ".resume" / exp).iterdir() if p.is_dir()]
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["experiments"][exp]["fit"]["max_epochs"] = 3
+    write_params(raw, repo / "params.yaml")
+    (repo / "train.log").unlink()
+    assert train(repo, exp).wait() == 0
+    assert "resuming" not in (repo / "train.log").read_text()
+    assert not any(p.exists() for p in stale)
+    assert yaml.safe_load((repo / f"metrics/{exp}/train.json").read_text())["epochs_run"] == 3
+
+
+def test_a_second_training_of_the_same_experiment_refuses_to_start(tmp_path, mlflow_template):
+    exp = "lstm_airline"
+    repo = setup_repo(tmp_path / "repo", exp, mlflow_template, max_epochs=3)
+    lock_path = repo / ".resume" / exp / ".lock"
+    lock_path.parent.mkdir(parents=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running training holds it
+        assert train(repo, exp).wait() == 1
+    last = (repo / "train.log").read_text().strip().splitlines()[-1]
+    assert "another training of this experiment is running" in last
+    assert not (repo / "models").exists()
