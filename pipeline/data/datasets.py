@@ -113,10 +113,9 @@ class Shuffled(Sampler[int]):
     def __iter__(self):
         if self.n <= self.full:
             order = torch.randperm(self.n, generator=self.generator, dtype=torch.int32).numpy()
-            # RandomSampler's end-of-epoch draw, made before the first index: at the epoch's end
-            # the generator is then always at the next epoch's state (what a resume point saves)
-            torch.randperm(self.n, generator=self.generator, dtype=torch.int32)
             yield from order
+            del order
+            torch.randperm(self.n, generator=self.generator, dtype=torch.int32)
             return
         blocks = torch.randperm(-(-self.n // self.block), generator=self.generator).numpy()
         for i in range(0, len(blocks), self.pool):
