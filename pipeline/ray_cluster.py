@@ -26,12 +26,27 @@ def resolve_address(address: str | None) -> tuple[str | None, str]:
     return None, ""
 
 
+# An HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, the Ray
+# Client server) answers with its own SETTINGS frame (frame type 4 in the 4th byte).
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
 def check_reachable(address: str, key: str) -> None:
+    """The address answers, and answers as a gRPC server: ray.init waits without end on a port
+    where something else listens."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"{key}: {address!r} is not host:port (e.g. 10.0.0.5:6379)")
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S) as conn:
+            if os.environ.get("RAY_USE_TLS", "0") in ("0", ""):
+                conn.sendall(_HTTP2_HELLO)
+                answer = conn.recv(9)
+                if len(answer) < 4 or answer[3] != 4:
+                    raise ConfigError(
+                        f"{key}: {address} answers, but not as a Ray cluster (no gRPC "
+                        "handshake); check the host and port (`ray start --head` prints them)"
+                    )
     except OSError as err:
         raise ConfigError(
             f"{key}: cannot reach a Ray cluster at {address} ({err.strerror or err}); "

@@ -90,35 +90,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real `mlflow server` on a free loopback port, one per test module; yields its URI."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(  # the command the README gives (`make mlflow-server` runs it)
+def start_server(root: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` (the command the README gives; `make mlflow-server` runs it) on a
+    loopback port, its database and artifacts in `root`; returns once /health answers."""
+    log = open(root / "server.log", "a")
+    proc = subprocess.Popen(
         [BIN / "lstm-pipeline", "mlflow-server", "--port", str(port), "--root", root],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its uvicorn child shares the group: stopped together below
     )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, (root / "server.log").read_text()[-2000:]
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not answer /health in 60 s")
-        yield uri
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+    for _ in range(120):
         try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail((root / "server.log").read_text()[-2000:])
+            time.sleep(0.5)
+    stop_server(proc)
+    pytest.fail("mlflow server did not answer /health in 60 s")
+
+
+def stop_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real `mlflow server` on a free loopback port, one per test module; yields its URI."""
+    port = free_port()
+    proc = start_server(tmp_path_factory.mktemp("mlflow-server"), port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(proc)

@@ -17,6 +17,7 @@ from pipeline.data.prepared import Prepared
 from pipeline.paths import prepared_dir
 from pipeline.tracking import tracking_uri
 from pipeline.training.datamodule import PreparedDataModule
+from pipeline.training.logger import PatientMLFlowLogger
 from pipeline.training.module import SequenceModule
 from pipeline.training.resume import RESUME_FILE, ResumeState, save_run_id, saved_run_id
 from pipeline.training.trainer import History, TrainHooks, build_trainer
@@ -98,15 +99,17 @@ def fit_and_select(
 
 
 def mlflow_logger(
-    cfg: PipelineConfig, run_name: str, tags: dict, run_id: str | None = None
-) -> MLFlowLogger:
-    """A new MLflow run, or with `run_id` the one a killed training started (continued)."""
-    return MLFlowLogger(
+    cfg: PipelineConfig, run_name: str, tags: dict, run_id=None, pending_dir=None
+) -> PatientMLFlowLogger:
+    """A new MLflow run, or with `run_id` the one a killed training started (continued);
+    metrics the server does not take are kept (in `pending_dir` when the fit ends first)."""
+    return PatientMLFlowLogger(
         experiment_name=cfg.tracking.experiment_name,
         tracking_uri=tracking_uri(),
         run_name=run_name,
         tags=tags,
         run_id=run_id,
+        pending_dir=pending_dir,
     )
 
 
@@ -114,7 +117,7 @@ def continued_logger(cfg, run_name: str, tags: dict, ckpt_dir: Path, hooks) -> M
     """The fit's logger; a resumable fit continues the MLflow run its resume point recorded."""
     if not hooks.resumable:
         return mlflow_logger(cfg, run_name, tags)
-    logger = mlflow_logger(cfg, run_name, tags, saved_run_id(ckpt_dir))
+    logger = mlflow_logger(cfg, run_name, tags, saved_run_id(ckpt_dir), ckpt_dir)
     save_run_id(ckpt_dir, logger.run_id)
     return logger
 

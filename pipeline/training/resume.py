@@ -64,7 +64,7 @@ class ResumeState(Callback):
 
     def on_train_epoch_end(self, trainer, _):
         self.stopped = trainer.should_stop
-        trainer.save_checkpoint(self.path)  # Lightning writes it atomically, rank zero only
+        trainer.save_checkpoint(self.path, weights_only=False)  # atomic, by rank zero
 
 
 def _key(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> str:

@@ -27,6 +27,7 @@ from pipeline.io import atomic_dir, atomic_file, file_digest, write_json
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
 from pipeline.tracking import ensure_reachable, run_tags
 from pipeline.training.fit import Fitted, Parent, continued_logger, fit_and_select, fit_member
+from pipeline.training.logger import deliver
 from pipeline.training.resume import resume_point
 from pipeline.training.trainer import TrainHooks
 
@@ -116,6 +117,10 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
     """Fit, test the selected checkpoint, write the outputs (rank zero only), log one run."""
     hooks = hooks or TrainHooks()
     ensure_reachable()
+    # MLflow's client retries a request for minutes (7 times, backoff 2): the logger keeps what
+    # the server does not take and tries again later instead, so one quick attempt each
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     exp = cfg.experiment(exp_name)
     prepared = Prepared.load(prepared_dir(exp_name))
     if cfg.trainer.threads:
@@ -145,6 +150,5 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
         if not members[0].is_global_zero:
             return model_dir(exp_name)
         metrics = write_outputs(exp_name, members)
-        log_run(logger, exp_name, members, metrics)
-        logger.finalize("success")  # an ensemble's run: no Trainer of its own ends it
+        deliver(logger, lambda: log_run(logger, exp_name, members, metrics), Path(ckpt_dir))
     return model_dir(exp_name)

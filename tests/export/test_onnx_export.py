@@ -14,6 +14,7 @@ from pipeline.export.onnx_export import (
 from pipeline.export.parity import parity
 from pipeline.inference import session
 from pipeline.training.module import SequenceModule
+from tests.conftest import REPO
 
 META = {
     "task": "forecast",
@@ -101,3 +102,13 @@ def test_an_unreadable_checkpoint_is_one_data_error_naming_it(tmp_path, content)
     path.write_bytes(content)
     with pytest.raises(DataError, match=f"{path}: not a model checkpoint of this pipeline"):
         load_trained(path)
+
+
+def test_the_file_carries_no_source_paths_and_is_the_same_in_every_clone(exported):
+    """The exporter's stack traces named this checkout's files: a clone elsewhere wrote other
+    bytes for the same checkpoint (dvc.lock changed, `dvc checkout` found nothing in the cache)."""
+    _, path = exported
+    data = path.read_bytes()
+    assert str(REPO).encode() not in data and b"site-packages" not in data
+    graph = onnx.load(path).graph
+    assert not any(node.metadata_props or node.doc_string for node in graph.node)

@@ -1,5 +1,7 @@
 """Search spaces and the tune stage's bad input (no Ray cluster needed)."""
 
+import socket
+import threading
 import time
 
 import pytest
@@ -94,3 +96,31 @@ def test_resume_without_state_and_apply_without_sweep(tune_workdir, params, caps
     assert "--resume: no sweep state to resume" in capsys.readouterr().err
     assert main(["tune-apply", EXP]) == 2
     assert f"tune/{EXP}/best_params.yaml: not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\n\r\n", None])
+def test_a_port_where_something_else_listens_is_not_taken_for_ray(
+    tune_workdir, params, capsys, monkeypatch, reply
+):
+    """ray.init would wait without end on it: a web server, or one that never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve():
+        conn, _ = listener.accept()
+        conn.recv(64)
+        if reply:
+            conn.sendall(reply)
+        time.sleep(15)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    write_params(sweep_params(params))
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    start = time.monotonic()
+    assert main(["tune", EXP]) == 2
+    assert time.monotonic() - start < 15
+    err = capsys.readouterr().err
+    expected = "answers, but not as a Ray cluster" if reply else "cannot reach a Ray cluster"
+    assert err.startswith("lstm-pipeline tune: error: RAY_ADDRESS: ") and expected in err
+    listener.close()

@@ -1,0 +1,125 @@
+"""An MLflow logger that a tracking outage neither stalls nor kills: metrics the server does not
+take are kept and sent with the next ones once it answers again (one attempt per RETRY_S while it
+is down), and saved beside the resume point if the training ends first: the next run of the
+stage, which resumes, sends them."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from lightning_fabric.utilities.logger import _convert_params, _flatten_dict
+from mlflow.exceptions import MlflowException
+from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.utilities import rank_zero_only
+from requests.exceptions import RequestException
+
+from pipeline.errors import TrackingError
+from pipeline.io import write_json
+from pipeline.tracking import redacted, tracking_uri
+from pipeline.training.resume import saved_run_id
+
+RETRY_S = 30.0
+DELIVER_S = 120.0
+PENDING_FILE = "pending_metrics.json"
+
+
+class PatientMLFlowLogger(MLFlowLogger):
+    def __init__(self, *args, pending_dir: Path | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pending_file = pending_dir / PENDING_FILE if pending_dir else None
+        exists = self.pending_file and self.pending_file.exists()
+        self.pending: list = json.loads(self.pending_file.read_text()) if exists else []
+        self.retry_at, self.down = 0.0, False
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step=None) -> None:
+        values = {k: float(v) for k, v in metrics.items() if not isinstance(v, str)}
+        self.pending.append([values, step])
+        if time.monotonic() >= self.retry_at:
+            self.flush()
+
+    @rank_zero_only
+    def log_hyperparams(self, params) -> None:
+        # as MLFlowLogger sends them (flat, strings): Lightning logs them again at test()
+        flat = _flatten_dict(_convert_params(params))
+        self.pending.append([{k: str(v) for k, v in flat.items()}, "params"])
+        if time.monotonic() >= self.retry_at:
+            self.flush()
+
+    def flush(self) -> bool:
+        """Send what is kept, oldest first; False while the server does not answer."""
+        while self.pending:
+            values, step = self.pending[0]
+            try:
+                if step == "params":
+                    super().log_hyperparams(values)
+                else:
+                    super().log_metrics(values, step)
+            except Exception as err:  # MlflowException, requests' ConnectionError, timeouts
+                self.retry_at = time.monotonic() + RETRY_S
+                if not self.down:
+                    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+                    print(
+                        f"warning: MLflow tracking server unreachable ({reason}); training goes "
+                        "on, its metrics are kept and sent when the server answers",
+                        file=sys.stderr,
+                    )
+                self.down = True
+                return False
+            self.pending.pop(0)
+        if self.down:
+            print(
+                "MLflow tracking server answers again: the kept metrics were sent", file=sys.stderr
+            )
+        self.down = False
+        if self.pending_file:
+            self.pending_file.unlink(missing_ok=True)
+        return True
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        if self.flush():
+            try:
+                super().finalize(status)
+                return
+            except Exception:  # the run's status is set by a later, successful finalize
+                pass
+        if self.pending_file:
+            write_json(self.pending_file, self.pending)
+
+
+def deliver(logger: PatientMLFlowLogger, log_rest, folder: Path) -> None:
+    """After the outputs are written: every kept metric (the ensemble members' too), then
+    `log_rest()` (artifacts, tags) and the run's end, retried for DELIVER_S. If the server stays
+    away: TrackingError (exit 6), with the kept metrics saved in the resume point; the next run
+    of the stage resumes at the end, writes the same outputs and sends them."""
+    deadline, error = time.monotonic() + DELIVER_S, None
+    while time.monotonic() < deadline:
+        try:
+            members = [_member_logger(logger, f.parent) for f in folder.rglob(PENDING_FILE)]
+            if logger.flush() and all(m.flush() for m in members):
+                log_rest()
+                logger.finalize("success")
+                return
+        except (MlflowException, RequestException, OSError) as err:  # the server went away again
+            error = err
+        time.sleep(5)
+    logger.finalize("success")  # saves what is kept
+    raise TrackingError(
+        f"the outputs are written, but MLflow run {logger.run_id} at {redacted(tracking_uri())} "
+        f"is incomplete: the server did not answer for {DELIVER_S:.0f} s"
+        + (f" ({str(error).splitlines()[0][:200]})" if error else "")
+        + "; run the train stage again once it answers: it resumes at the end and sends the rest"
+    )
+
+
+def _member_logger(parent: PatientMLFlowLogger, folder: Path) -> PatientMLFlowLogger:
+    return PatientMLFlowLogger(
+        experiment_name=parent._experiment_name,
+        tracking_uri=parent._tracking_uri,
+        run_id=saved_run_id(folder),
+        pending_dir=folder,
+    )
