@@ -7,8 +7,10 @@ RAY_ADDRESS is set) and keeps every member in one model.ckpt.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import sys
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -113,6 +115,17 @@ def fit_members(cfg, exp_name: str, parent: Parent, hooks: TrainHooks, ckpt_dir:
     return [fit_member(cfg, exp_name, i, parent, hooks, ckpt_dir) for i in range(n)]
 
 
+def stop_with_dvc() -> None:
+    """Under `dvc repro` (which sets DVC_STAGE), a killed `dvc` sends this training SIGTERM (it
+    stops and keeps its resume point) instead of leaving it running unsupervised."""
+    if "DVC_STAGE" not in os.environ or sys.platform != "linux":
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:  # dvc died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -> Path:
     """Fit, test the selected checkpoint, write the outputs (rank zero only), log one run."""
     hooks = hooks or TrainHooks()
@@ -131,6 +144,7 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
         folder, hooks = nullcontext(hooks.ckpt_dir), hooks
     else:  # the train stage: resumable after a kill, SIGTERM or SIGUSR1
         signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+        stop_with_dvc()
         folder, hooks = resume_point(cfg, exp_name, data_sha256), replace(hooks, resumable=True)
     with folder as ckpt_dir:
         logger = continued_logger(cfg, hooks.run_name or exp_name, tags, Path(ckpt_dir), hooks)
