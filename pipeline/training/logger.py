@@ -6,6 +6,7 @@ stage, which resumes, sends them."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,10 @@ PENDING_FILE = "pending_metrics.json"
 
 class PatientMLFlowLogger(MLFlowLogger):
     def __init__(self, *args, pending_dir: Path | None = None, **kwargs):
+        # MLflow's client retries a request for minutes (7 times, backoff 2); this logger keeps
+        # what the server does not take and tries again later, so one quick attempt each
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         super().__init__(*args, **kwargs)
         self.pending_file = pending_dir / PENDING_FILE if pending_dir else None
         exists = self.pending_file and self.pending_file.exists()

@@ -5,12 +5,15 @@ was never stopped."""
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import json
 import os
 import random
 import shutil
+import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,6 +82,17 @@ def _key(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def stop_with_dvc() -> None:
+    """Under `dvc repro` (which sets DVC_STAGE), a killed `dvc` sends this training SIGTERM (it
+    stops and keeps its resume point) instead of leaving it running unsupervised."""
+    if "DVC_STAGE" not in os.environ or sys.platform != "linux":
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:  # dvc died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _is_launcher() -> bool:
     """The process the user started (not a DDP rank Lightning launched after it)."""
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
@@ -86,11 +100,14 @@ def _is_launcher() -> bool:
 
 @contextmanager
 def resume_point(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> Iterator[Path]:
-    """The checkpoint folder of this training: kept when it fails or is killed, removed when it
-    succeeds. Resume points of other configs of the experiment are removed first. A lock makes
-    a second training of the same experiment (a second `dvc repro`) refuse to start."""
+    """The checkpoint folder of this training: kept when it fails or is killed (SIGUSR1 stops it
+    as SIGTERM does; so does a killed `dvc`), removed when it succeeds. Resume points of other
+    configs of the experiment are removed first. A lock makes a second training of the same
+    experiment (a second `dvc repro`) refuse to start."""
     root = resume_dir(exp_name)
     folder = root / _key(cfg, exp_name, data_sha256)
+    signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    stop_with_dvc()
     if not _is_launcher():  # a DDP rank: the launcher holds the lock and owns the folder
         yield folder
         return

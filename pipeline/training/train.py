@@ -7,10 +7,7 @@ RAY_ADDRESS is set) and keeps every member in one model.ckpt.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
-import sys
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -115,25 +112,10 @@ def fit_members(cfg, exp_name: str, parent: Parent, hooks: TrainHooks, ckpt_dir:
     return [fit_member(cfg, exp_name, i, parent, hooks, ckpt_dir) for i in range(n)]
 
 
-def stop_with_dvc() -> None:
-    """Under `dvc repro` (which sets DVC_STAGE), a killed `dvc` sends this training SIGTERM (it
-    stops and keeps its resume point) instead of leaving it running unsupervised."""
-    if "DVC_STAGE" not in os.environ or sys.platform != "linux":
-        return
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() == 1:  # dvc died before the line above
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -> Path:
     """Fit, test the selected checkpoint, write the outputs (rank zero only), log one run."""
     hooks = hooks or TrainHooks()
     ensure_reachable()
-    # MLflow's client retries a request for minutes (7 times, backoff 2): the logger keeps what
-    # the server does not take and tries again later instead, so one quick attempt each
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     exp = cfg.experiment(exp_name)
     prepared = Prepared.load(prepared_dir(exp_name))
     if cfg.trainer.threads:
@@ -141,10 +123,8 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
     data_sha256 = prepared.meta.content_sha256
     tags = {**run_tags(exp_name, "train", data_sha256=data_sha256), **hooks.tags}
     if hooks.ckpt_dir:  # a Tune trial or Ray Train worker: the caller keeps the checkpoints
-        folder, hooks = nullcontext(hooks.ckpt_dir), hooks
+        folder = nullcontext(hooks.ckpt_dir)
     else:  # the train stage: resumable after a kill, SIGTERM or SIGUSR1
-        signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
-        stop_with_dvc()
         folder, hooks = resume_point(cfg, exp_name, data_sha256), replace(hooks, resumable=True)
     with folder as ckpt_dir:
         logger = continued_logger(cfg, hooks.run_name or exp_name, tags, Path(ckpt_dir), hooks)
