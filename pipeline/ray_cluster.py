@@ -64,7 +64,15 @@ def ray_session(address: str | None = None, key: str = "tune.address") -> Iterat
     temp_dir = None
     if address:
         check_reachable(address, key)
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, ray.exceptions.AuthenticationError) as err:
+            raise ConfigError(
+                f"{key}: the Ray cluster at {address} did not accept this client "
+                f"({str(err).splitlines()[0][:150]}); a cluster started with token "
+                "authentication (Ray's default) needs RAY_AUTH_MODE=token and its token "
+                "(~/.ray/auth_token or RAY_AUTH_TOKEN) here too, as the README shows"
+            ) from None
     else:
         # A short path: Ray's Unix sockets live under it (about 107 characters at most).
         temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
