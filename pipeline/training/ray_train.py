@@ -8,6 +8,10 @@ so on a multi-node cluster the repo must sit on shared storage (or at the same p
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.config import PipelineConfig, parse_config
@@ -35,8 +39,17 @@ def _worker(params: dict) -> None:
         plugins=(RayLightningEnvironment(),),
         prepare=prepare_trainer,
         tags={"ray_train_workers": str(params["workers"])},
+        ckpt_dir=Path(params["ckpt_dir"]),  # one folder for every worker (rank zero writes)
     )
     train(parse_config(params["raw"]), params["exp_name"], hooks)
+
+
+@contextmanager
+def _removed(folder: Path) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def train_on_ray(cfg: PipelineConfig, exp_name: str) -> Path:
@@ -51,7 +64,9 @@ def train_on_ray(cfg: PipelineConfig, exp_name: str) -> Path:
     raw = cfg.model_dump(by_alias=True)
     workers = cfg.trainer.ray_workers
     address, key = resolve_address(None)
-    with ray_session(address, key or "RAY_ADDRESS"):
+    Path(".ray_results").mkdir(exist_ok=True)
+    ckpt_dir = Path(tempfile.mkdtemp(prefix=f"train-{exp_name}-", dir=".ray_results")).resolve()
+    with ray_session(address, key or "RAY_ADDRESS"), _removed(ckpt_dir):
         trainer = TorchTrainer(
             _worker,
             train_loop_config={
@@ -60,6 +75,7 @@ def train_on_ray(cfg: PipelineConfig, exp_name: str) -> Path:
                 "root": str(Path.cwd()),
                 "tracking_uri": absolute_tracking_uri(),
                 "workers": workers,
+                "ckpt_dir": str(ckpt_dir),
             },
             scaling_config=ScalingConfig(
                 num_workers=workers, use_gpu=cfg.trainer.accelerator == "gpu"

@@ -14,6 +14,7 @@ import random
 import shutil
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,7 +107,8 @@ def resume_point(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> Iterat
     experiment (a second `dvc repro`) refuse to start."""
     root = resume_dir(exp_name)
     folder = root / _key(cfg, exp_name, data_sha256)
-    signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    if threading.current_thread() is threading.main_thread():  # signals are the main thread's
+        signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
     stop_with_dvc()
     if not _is_launcher():  # a DDP rank: the launcher holds the lock and owns the folder
         yield folder
