@@ -67,7 +67,7 @@ mlflow-ui: $(STAMP)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db \
 		--host 127.0.0.1 --port $(MLFLOW_UI_PORT) --workers 1
 
-# ~19 min on 2 CPU cores: benchmarks/results.json, results.md and the README's Performance table
+# ~8-19 min on 2 CPU cores: benchmarks/results.json, results.md and the README's Performance table
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 	$(BIN)/python benchmarks/tune_sweep.py

@@ -42,7 +42,10 @@ def monitored(cmd: list[str], cwd: Path, env: dict) -> dict:
     peak = 0
     busy0, total0 = proc_stat()
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # into a file, not a pipe: nobody reads a pipe until the sweep ends, and 40 trials' progress
+    # tables fill its 64 KB, which blocks the Tune driver on a write (the sweep never ends)
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     root = psutil.Process(proc.pid)
     while proc.poll() is None:
         try:
@@ -62,7 +65,8 @@ def monitored(cmd: list[str], cwd: Path, env: dict) -> dict:
             trial_running |= name.startswith(TRIAL_TITLES)
         samples.append((time.perf_counter(), sum(cpu.values()), trial_running))
         time.sleep(0.2)
-    out = proc.stdout.read().decode(errors="replace")
+    log.seek(0)
+    out = log.read().decode(errors="replace")
     wall = time.perf_counter() - start
     busy1, total1 = proc_stat()
     if proc.returncode:
