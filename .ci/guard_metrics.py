@@ -6,7 +6,7 @@ For every experiment whose metrics/<exp>/validate.json exists at BASE_REF, the f
 must pass its gates and its headline metric (accuracy, mape, mse) may be worse than BASE_REF's
 by at most the tolerance: 0.01 absolute for accuracy, 10 % relative for error metrics (another
 CPU model ends long trainings elsewhere: README "Default experiments"). Prints a Markdown table;
-exit 1 on a regression, 0 otherwise.
+exit 1 on a regression (or a missing or unreadable report), 2 on a bad ref, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -25,6 +25,16 @@ def at_ref(ref: str, path: str) -> dict | None:
     return json.loads(shown.stdout) if shown.returncode == 0 else None
 
 
+def fresh_report(path: Path) -> dict | str:
+    """The work tree's report, or why there is none ("missing", "not JSON")."""
+    if not path.exists():
+        return "missing"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "not JSON"
+
+
 def verdict(metric: str, base: float, new: float) -> tuple[str, bool]:
     if HEADLINES[metric]:
         floor = base - ABS_TOL
@@ -35,20 +45,22 @@ def verdict(metric: str, base: float, new: float) -> tuple[str, bool]:
 
 def main(ref: str) -> int:
     listed = subprocess.run(
-        ["git", "ls-tree", "-r", "--name-only", ref, "metrics/"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+        ["git", "ls-tree", "-r", "--name-only", ref, "metrics/"], capture_output=True, text=True
+    )
+    if listed.returncode:
+        print(
+            f"guard_metrics: {ref!r} is not a git ref here: {listed.stderr.strip()}",
+            file=sys.stderr,
+        )
+        return 2
     rows, failed = [], False
-    for path in sorted(p for p in listed if p.endswith("/validate.json")):
+    for path in sorted(p for p in listed.stdout.split() if p.endswith("/validate.json")):
         exp, base = path.split("/")[1], at_ref(ref, path)
-        fresh = Path(path)
-        if not fresh.exists():
-            rows.append(f"| {exp} | | | | missing: {path} | FAIL |")
+        new = fresh_report(Path(path))
+        if isinstance(new, str):
+            rows.append(f"| {exp} | | | | {new}: {path} | FAIL |")
             failed = True
             continue
-        new = json.loads(fresh.read_text())
         for metric in (m for m in HEADLINES if m in base):
             value = new.get(metric, float("nan"))
             bound, ok = verdict(metric, base[metric], value)
@@ -66,4 +78,6 @@ def main(ref: str) -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python .ci/guard_metrics.py BASE_REF")
     sys.exit(main(sys.argv[1]))

@@ -51,15 +51,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     with _named_faults(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        with _named_faults(path):
+        try:
             yield tmp
             tmp.chmod(0o777 & ~_UMASK)
             if path.exists():
                 shutil.rmtree(path)
             tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
@@ -69,15 +68,14 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     with _named_faults(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        with _named_faults(path):
+        os.close(fd)
+        tmp = Path(name)
+        try:
             yield tmp
             tmp.chmod(0o666 & ~_UMASK)
             os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def dumps_json(obj: Any) -> str:

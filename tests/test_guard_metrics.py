@@ -60,3 +60,18 @@ def test_a_missing_report_fails(repo, tmp_path):
     (tmp_path / "metrics/lstm_airline/validate.json").unlink()
     proc = repo()
     assert proc.returncode == 1 and "missing: metrics/lstm_airline/validate.json" in proc.stdout
+
+
+def test_an_unreadable_report_fails(repo, tmp_path):
+    (tmp_path / "metrics/lstm_airline/validate.json").write_text("{truncated")
+    proc = repo()
+    assert proc.returncode == 1 and "not JSON: metrics/lstm_airline/validate.json" in proc.stdout
+
+
+def test_a_bad_ref_is_one_line(tmp_path):
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    proc = subprocess.run(
+        [sys.executable, str(GUARD), "nosuchref"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("guard_metrics: 'nosuchref' is not a git ref here")

@@ -129,23 +129,22 @@ def _onnx_program(model: torch.nn.Module, example: tuple, scan: bool = True, **k
     return program
 
 
-def without_source_locations(graph: onnx.GraphProto) -> None:
+def without_source_locations(nodes) -> None:
     """Drop the exporter's per-node metadata (stack traces with this checkout's absolute source
-    paths, FX names): the same checkpoint then gives the same ONNX bytes in every clone, and a
-    shipped model does not carry the builder's paths."""
-    for node in graph.node:
+    paths, FX names), in subgraphs too: the same checkpoint then gives the same ONNX bytes in
+    every clone, and a shipped model does not carry the builder's paths."""
+    for node in nodes:
         del node.metadata_props[:]
         node.doc_string = ""
         for attr in node.attribute:
             for sub in [attr.g, *attr.graphs] if attr.HasField("g") else attr.graphs:
-                without_source_locations(sub)
+                without_source_locations(sub.node)
 
 
 def _save(proto: onnx.ModelProto, props: dict[str, str], path: Path) -> Path:
-    without_source_locations(proto.graph)
+    without_source_locations(proto.graph.node)
     for function in proto.functions:
-        for node in function.node:
-            del node.metadata_props[:]
+        without_source_locations(function.node)
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto)

@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
-from pytorch_lightning.loggers import MLFlowLogger
 
 from pipeline.config import Experiment, PipelineConfig
 from pipeline.data.prepared import Prepared
@@ -75,7 +73,7 @@ def fit_and_select(
         point = ckpt_dir / RESUME_FILE
         callbacks.append(ResumeState(point))
         if point.exists() and not resume_from:
-            print(f"resuming from {point} (epoch {torch.load(point, weights_only=False)['epoch']})")
+            print(f"resuming from {point}")
             resume_from = point
     trainer = build_trainer(cfg, exp, ckpt_dir, logger, callbacks, hooks)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
@@ -113,7 +111,7 @@ def mlflow_logger(
     )
 
 
-def continued_logger(cfg, run_name: str, tags: dict, ckpt_dir: Path, hooks) -> MLFlowLogger:
+def continued_logger(cfg, run_name: str, tags: dict, ckpt_dir: Path, hooks) -> PatientMLFlowLogger:
     """The fit's logger; a resumable fit continues the MLflow run its resume point recorded."""
     if not hooks.resumable:
         return mlflow_logger(cfg, run_name, tags)
