@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import PipelineError
+from pipeline.errors import Interrupted, PipelineError
 from pipeline.paths import resume_dir
 
 RESUME_FILE = "resume.ckpt"
@@ -99,6 +100,19 @@ def _is_launcher() -> bool:
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
 
 
+class _Terminate:
+    """SIGTERM: inside a Lightning fit (whose handler calls this one) the fit stops at its next
+    check; anywhere else at once. Either way the resume point is kept."""
+
+    def __init__(self, message: str):
+        self.message, self.received = message, False
+
+    def __call__(self, *_):
+        self.received = True
+        if signal.getsignal(signal.SIGTERM) is self:  # no Lightning handler in between
+            raise Interrupted(self.message)
+
+
 @contextmanager
 def resume_point(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> Iterator[Path]:
     """The checkpoint folder of this training: kept when it fails or is killed (SIGUSR1 stops it
@@ -107,12 +121,45 @@ def resume_point(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> Iterat
     experiment (a second `dvc repro`) refuse to start."""
     root = resume_dir(exp_name)
     folder = root / _key(cfg, exp_name, data_sha256)
-    if threading.current_thread() is threading.main_thread():  # signals are the main thread's
-        signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
-    stop_with_dvc()
-    if not _is_launcher():  # a DDP rank: the launcher holds the lock and owns the folder
-        yield folder
+    terminate = _Terminate(
+        f"{exp_name}: stopped by SIGTERM; run the train stage again to resume from {folder}"
+    )
+    with _signals_to(terminate):
+        stop_with_dvc()
+        try:
+            if not _is_launcher():  # a DDP rank: the launcher holds the lock and owns the folder
+                yield folder
+                return
+            with _locked(root, exp_name):
+                for other in root.iterdir():
+                    if other.is_dir() and other != folder:
+                        shutil.rmtree(other)
+                folder.mkdir(exist_ok=True)
+                yield folder
+                if terminate.received:  # after the fit's last check: not finished either
+                    raise Interrupted(terminate.message)
+                shutil.rmtree(root)  # done: nothing of this training is left behind
+        except SIGTERMException:
+            raise Interrupted(terminate.message) from None
+
+
+@contextmanager
+def _signals_to(terminate: _Terminate) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # signals are the main's
+        yield
         return
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
+def _locked(root: Path, exp_name: str) -> Iterator[None]:
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as lock:
         try:
@@ -122,12 +169,7 @@ def resume_point(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> Iterat
                 f"{exp_name}: another training of this experiment is running (it holds "
                 f"{root / '.lock'}); wait for it to end"
             ) from None
-        for other in root.iterdir():
-            if other.is_dir() and other != folder:
-                shutil.rmtree(other)
-        folder.mkdir(exist_ok=True)
-        yield folder
-        shutil.rmtree(root)  # done: nothing of this training is left behind
+        yield
 
 
 def saved_run_id(folder: Path) -> str | None:

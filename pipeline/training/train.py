@@ -15,13 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from pytorch_lightning.loggers import MLFlowLogger
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from pipeline import plots
 from pipeline.checkpoint import PREFIX
 from pipeline.config import PipelineConfig
 from pipeline.data.prepared import Prepared
-from pipeline.errors import Interrupted
 from pipeline.io import atomic_dir, atomic_file, file_digest, write_json
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
 from pipeline.tracking import ensure_reachable, run_tags
@@ -129,18 +127,12 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
     with folder as ckpt_dir:
         logger = continued_logger(cfg, hooks.run_name or exp_name, tags, Path(ckpt_dir), hooks)
         logger.log_hyperparams({"seed": cfg.seed, **exp.model_dump(by_alias=True)})
-        try:
-            if exp.fit.ensemble == 1:
-                fitted = fit_and_select(cfg, exp, prepared, logger, hooks, Path(ckpt_dir), cfg.seed)
-                members = [fitted]
-            else:
-                parent = Parent(logger.run_id, hooks.run_name or exp_name, tags)
-                members = fit_members(cfg, exp_name, parent, hooks, Path(ckpt_dir))
-        except SIGTERMException:
-            raise Interrupted(
-                f"{exp_name}: stopped by SIGTERM; run the train stage again to resume from "
-                f"{ckpt_dir}"
-            ) from None
+        if exp.fit.ensemble == 1:
+            fitted = fit_and_select(cfg, exp, prepared, logger, hooks, Path(ckpt_dir), cfg.seed)
+            members = [fitted]
+        else:
+            parent = Parent(logger.run_id, hooks.run_name or exp_name, tags)
+            members = fit_members(cfg, exp_name, parent, hooks, Path(ckpt_dir))
         if not members[0].is_global_zero:
             return model_dir(exp_name)
         metrics = write_outputs(exp_name, members)

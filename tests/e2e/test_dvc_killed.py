@@ -44,9 +44,13 @@ def test_killed_dvc_stops_its_training_and_the_next_repro_resumes(tmp_path):
         time.sleep(0.05)
     training = [p for p in psutil.Process(dvc.pid).children(recursive=True)
                 if "train" in " ".join(p.cmdline())]  # fmt: skip
-    assert training
+    for p in training:  # frozen, so that the kill lands before the training can end
+        p.suspend()
+    assert training and list((repo / ".resume" / EXP).glob("*/resume.ckpt"))
     dvc.send_signal(signal.SIGKILL)
     dvc.wait()
+    for p in training:
+        p.resume()
     _, alive = psutil.wait_procs(training, timeout=30)
     assert not alive, "the training went on after dvc was killed"
     assert list((repo / ".resume" / EXP).glob("*/resume.ckpt"))  # kept for the next run

@@ -145,3 +145,18 @@ def test_a_second_training_of_the_same_experiment_refuses_to_start(tmp_path, mlf
     last = (repo / "train.log").read_text().strip().splitlines()[-1]
     assert "another training of this experiment is running" in last
     assert not (repo / "models").exists()
+
+
+def test_sigterm_after_the_fit_keeps_the_resume_point(tmp_path, monkeypatch):
+    """A SIGTERM that lands after Lightning's last check (while the outputs are written, say)
+    stops the training too: it never ends as a success that removed its resume point."""
+    from pipeline.config import load_config
+    from pipeline.errors import Interrupted
+    from pipeline.training.resume import resume_point
+
+    monkeypatch.chdir(tmp_path)
+    cfg, before = load_config(REPO / "params.yaml"), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted, match="stopped by SIGTERM"):
+        with resume_point(cfg, "lstm_airline", "sha") as folder:
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert (tmp_path / folder).is_dir() and signal.getsignal(signal.SIGTERM) is before
