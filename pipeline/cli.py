@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from pipeline.config import PARAMS_FILE, compose, load_config
-from pipeline.errors import PipelineError, SystemFault
+from pipeline.errors import ConfigError, PipelineError, SystemFault
+from pipeline.quiet import quiet
 
 
 def _entry(target: str):
@@ -78,11 +79,15 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _release(args: argparse.Namespace) -> None:
-    _entry("pipeline.release:release")(load_config(args.params), args.exp, args.promote)
+    if args.history:
+        print(_entry("pipeline.release:release_history")(load_config(args.params), args.history))
+        return
+    card = args.card and Path(args.card)
+    _entry("pipeline.release:release")(load_config(args.params), args.exp, args.promote, card)
 
 
 def _mlflow_server(args: argparse.Namespace) -> None:
-    _entry("pipeline.tracking.server:serve")(args.port, args.root)
+    _entry("pipeline.tracking.server:serve")(args.port, args.root, args.artifacts_destination)
 
 
 STAGES = {
@@ -115,8 +120,11 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--params", default=PARAMS_FILE)
         s.set_defaults(func=func)
     r = sub.add_parser("release", help="register a validated model in the MLflow registry")
-    r.add_argument("--exp", required=True, help="a key of experiments in params.yaml")
+    which = r.add_mutually_exclusive_group(required=True)
+    which.add_argument("--exp", help="a key of experiments in params.yaml")
+    which.add_argument("--history", metavar="EXP", help="print who moved its aliases, and when")
     r.add_argument("--promote", action="store_true", help="make the new version @champion")
+    r.add_argument("--card", help="also write the version's model card (Markdown) here")
     r.add_argument("--params", default=PARAMS_FILE)
     r.set_defaults(func=_release)
     pr = sub.add_parser("predict", help="predict a long-format CSV/Parquet (or .npy frames)")
@@ -129,6 +137,9 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("mlflow-server", help="start a local MLflow tracking server")
     m.add_argument("--port", type=int, default=5000)
     m.add_argument("--root", default="mlflow-server", help="folder for its database and artifacts")
+    m.add_argument(
+        "--artifacts-destination", help="store artifacts there instead, e.g. s3://bucket/mlflow"
+    )
     m.set_defaults(func=_mlflow_server)
     t = sub.add_parser("tune", help="Ray Tune sweep over one experiment -> tune/<exp>/")
     t.add_argument("experiment")
@@ -149,11 +160,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# What the serving install (numpy, pandas, onnxruntime) lacks, and the extra that brings it
+EXTRA_OF = dict.fromkeys(
+    ["torch", "pytorch_lightning", "lightning_fabric", "torchmetrics", "hydra", "omegaconf", "dvc",
+     "ray", "optuna", "onnx", "onnxscript", "sklearn", "sktime", "matplotlib", "rich"],
+    "train",
+) | {"mlflow": "registry"}  # fmt: skip
+
+
 def _as_pipeline_error(err: BaseException) -> PipelineError:
-    """One line for an error no stage turned into a PipelineError: disk, permissions and memory
-    name the path (exit 8); anything else is a bug (exit 1)."""
+    """One line for an error no stage turned into a PipelineError: a package the serving install
+    lacks (exit 2); disk, permissions and memory name the path (exit 8); else a bug (exit 1)."""
     from pipeline.io import system_fault
 
+    package = isinstance(err, ModuleNotFoundError) and (err.name or "").partition(".")[0]
+    if package in EXTRA_OF:
+        extra = EXTRA_OF[package]
+        return ConfigError(f"{package} is not installed: pip install 'lstm-pipeline[{extra}]'")
     if fault := system_fault(err):
         return fault
     if isinstance(err, MemoryError) or "can't allocate memory" in str(err):
@@ -171,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     for var, value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1")):
         os.environ.setdefault(var, value)
+    if not args.debug:
+        quiet()
     try:
         args.func(args)
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ A file already registered (same sha256) is never registered twice: release names
 holds it and, with `promote`, moves `champion` there. A version's run is the training run that
 made the checkpoint, when this tracking server has it; the release run holds validate's report.
 Earlier versions are never deleted: a former champion stays reachable as `models:/<name>/<version>`.
+Each version carries a model card, and each alias move is recorded (registry.py).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from pipeline.data.prepared import Prepared
 from pipeline.errors import GateError, TrackingError
 from pipeline.evaluation import gate_table, release_gates
 from pipeline.inference import onnx_meta, session
-from pipeline.io import file_digest, read_json
+from pipeline.io import atomic_file, file_digest, read_json
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
+from pipeline.registry import history, history_table, model_card, move_alias
 from pipeline.tasks import task_of
 from pipeline.tracking import (
     ensure_reachable,
@@ -114,7 +116,10 @@ def _registered(client, name: str, sha256: str, champion) -> str | None:
     return min((v.version for v in found), key=int, default=None)
 
 
-def _register(cfg: PipelineConfig, exp: str, report: dict, name: str, training: str | None) -> str:
+def _register(
+    cfg: PipelineConfig, exp: str, report: dict, name: str, training: str | None
+) -> tuple[str, str, dict]:
+    """Log and register model.onnx; returns the version, the release run and its tags."""
     import mlflow
     import onnx
 
@@ -147,26 +152,55 @@ def _register(cfg: PipelineConfig, exp: str, report: dict, name: str, training: 
             tags={**tags, RELEASE_RUN: run.info.run_id},  # on the logged model and the version
             run_id=training,  # the model, and so the version, belong to the run that trained it
         )
-    return str(info.registered_model_version)
+    return str(info.registered_model_version), run.info.run_id, {**tags, **lineage}
 
 
-def _reuse(client, name: str, version: str, champion, promote: bool, path: Path) -> str:
+def _reuse(client, name: str, version: str, champion, promote: bool, path: Path, commit) -> str:
     """`path` is already `version`: nothing registered; with `promote` it becomes champion."""
     aliases = client.get_model_version(name, version).aliases
     held = f"{name} version {version}" + "".join(f" @{a}" for a in aliases)
     if not promote or CHAMPION in aliases:
         print(f"{held} already holds {path} (same sha256): nothing registered, aliases unchanged")
         return version
-    client.set_registered_model_alias(name, CHAMPION, version)
-    if CHALLENGER in aliases:
-        client.delete_registered_model_alias(name, CHALLENGER)
+    _promote(client, name, version, commit)
     before = f" (previous: version {champion.version})" if champion else ""
     print(f"{held} already holds {path} (same sha256): promoted it to @{CHAMPION}{before}")
     return version
 
 
-def release(cfg: PipelineConfig, exp_name: str, promote: bool = False) -> str:
-    """Gate, register and alias the model of `exp_name`; returns its version number."""
+def _promote(client, name: str, version: str, commit: str | None) -> None:
+    move_alias(client, name, CHAMPION, version, commit)
+    if client.get_registered_model(name).aliases.get(CHALLENGER) == version:
+        move_alias(client, name, CHALLENGER, None, commit)
+
+
+def _write_card(card: str, path: Path | None) -> None:
+    if path is not None:
+        with atomic_file(path) as tmp:
+            tmp.write_text(card)
+
+
+def release_history(cfg: PipelineConfig, exp_name: str) -> str:
+    """The recorded alias moves of the experiment's registered model, as a Markdown table."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    cfg.experiment(exp_name)
+    uri = tracking_uri()
+    ensure_reachable(uri)
+    name = cfg.release.model_name.format(exp=exp_name)
+    client = MlflowClient(uri)
+    try:
+        return history_table(history(client, name))
+    except MlflowException as err:
+        raise TrackingError(f"{name} at {redacted(uri)}: {err.message.splitlines()[0]}") from None
+
+
+def release(
+    cfg: PipelineConfig, exp_name: str, promote: bool = False, card: Path | None = None
+) -> str:
+    """Gate, register and alias the model of `exp_name`; returns its version number. `card`:
+    where to write the version's model card too (the GitHub release notes)."""
     from mlflow import MlflowClient
 
     cfg.experiment(exp_name)
@@ -193,14 +227,23 @@ def release(cfg: PipelineConfig, exp_name: str, promote: bool = False) -> str:
         raise GateError(f"{name}: release refused by {', '.join(failed)}; registry unchanged")
 
     if same := _registered(client, name, file_digest(onnx_path), champion):
-        return _reuse(client, name, same, champion, promote, onnx_path)
-    version = _register(cfg, exp_name, report, name, training)
-    client.set_registered_model_alias(name, CHALLENGER, version)
+        _write_card(client.get_model_version(name, same).description or "", card)
+        commit = run_tags(exp_name, "release").get("git_commit")
+        return _reuse(client, name, same, champion, promote, onnx_path, commit)
+    version, release_run, tags = _register(cfg, exp_name, report, name, training)
+    text = model_card(
+        name, version, report, tags, gate_table(gates),
+        champion and (champion.version, champion_metrics),
+    )  # fmt: skip
+    client.update_model_version(name, version, description=text)
+    client.log_text(release_run, text, "model_card.md")
+    _write_card(text, card)
     source = f"training run {training}" if training else "no run here trained this checkpoint"
-    print(f"registered {name} version {version} as @{CHALLENGER} ({source})")
-    if promote:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        client.delete_registered_model_alias(name, CHALLENGER)
-        before = f" (previous: version {champion.version})" if champion else ""
-        print(f"promoted {name} version {version} to @{CHAMPION}{before}")
+    if not promote:
+        move_alias(client, name, CHALLENGER, version, tags.get("git_commit"))
+        print(f"registered {name} version {version} as @{CHALLENGER} ({source})")
+        return version
+    _promote(client, name, version, tags.get("git_commit"))
+    before = f" (previous: version {champion.version})" if champion else ""
+    print(f"registered {name} version {version} as @{CHAMPION}{before} ({source})")
     return version

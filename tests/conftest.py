@@ -90,26 +90,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(root: Path, port: int) -> subprocess.Popen:
+def start_server(root: Path, port: int, *args: str, env: dict | None = None) -> subprocess.Popen:
     """A real `mlflow server` (the command the README gives; `make mlflow-server` runs it) on a
     loopback port, its database and artifacts in `root`; returns once /health answers."""
-    log = open(root / "server.log", "a")
+    cmd = [BIN / "lstm-pipeline", "mlflow-server", "--port", str(port), "--root", root, *args]
+    return start_process(cmd, root / "server.log", f"http://127.0.0.1:{port}/health", env)
+
+
+def start_process(cmd: list, log: Path, url: str, env: dict | None = None) -> subprocess.Popen:
+    """Start a server in its own process group; returns once `url` answers (60 s at most)."""
     proc = subprocess.Popen(
-        [BIN / "lstm-pipeline", "mlflow-server", "--port", str(port), "--root", root],
-        stdout=log,
+        cmd,
+        stdout=open(log, "a"),
         stderr=subprocess.STDOUT,
-        start_new_session=True,  # its uvicorn child shares the group: stopped together below
+        env={**os.environ, **(env or {})},
+        start_new_session=True,  # its children share the group: stopped together below
     )
     for _ in range(120):
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
+            urllib.request.urlopen(url, timeout=1).close()
             return proc
         except OSError:
             if proc.poll() is not None:
-                pytest.fail((root / "server.log").read_text()[-2000:])
+                pytest.fail(log.read_text()[-2000:])
             time.sleep(0.5)
     stop_server(proc)
-    pytest.fail("mlflow server did not answer /health in 60 s")
+    pytest.fail(f"{cmd[0]} did not answer {url} in 60 s")
 
 
 def stop_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:

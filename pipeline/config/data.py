@@ -64,6 +64,9 @@ class UcrData(Strict):
     @classmethod
     def _known(cls, name: str) -> str:
         allowed = shipped_ucr_sets()
+        if not allowed:
+            raise ValueError("sktime, which ships the UCR sets, is not installed: pip install "
+                             "'lstm-pipeline[train]'")  # fmt: skip
         if name not in allowed:
             raise ValueError(f"unknown UCR data set {name!r}; allowed: {', '.join(allowed)}")
         return name

@@ -23,10 +23,11 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from pipeline.config import Experiment
 from pipeline.evaluation import validate_failures
 from pipeline.inference import feeds, run_onnx, session
-from pipeline.io import atomic_dir
+from pipeline.io import atomic_dir, write_json
 from pipeline.tasks import task_of
 
 QUANTIZED_OPS = ["MatMul", "Gemm", "LSTM"]
+NOT_KEPT = "not_kept.json"  # why int8/ holds no model
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> Path:
@@ -83,6 +84,7 @@ def int8_report(
     v, task = exp.validation, task_of(meta)
     with atomic_dir(folder / "int8") as keep:
         if not v.quantize:
+            write_json(keep / NOT_KEPT, {"reason": "validate.quantize is false"})
             return {"int8_kept": False}, {}
         with tempfile.TemporaryDirectory(prefix="int8-") as tmp:
             path = quantize_int8(folder / "model.onnx", Path(tmp) / "model.onnx")
@@ -95,6 +97,14 @@ def int8_report(
             kept = drop <= v.int8_max_drop and passes
             if kept:
                 shutil.copy(path, keep / "model.onnx")
+            else:
+                why = (
+                    f"{metric} drops by {drop:.4g}, more than validate.int8_max_drop"
+                    f" ({v.int8_max_drop})"
+                    if drop > v.int8_max_drop
+                    else "the int8 model fails validate's gates"
+                )
+                write_json(keep / NOT_KEPT, {"reason": why})
             sample = np.ascontiguousarray(x[:1])
             fp32_ms = median_latency_ms(fp32 or session(folder / "model.onnx"), sample)
             int8_ms = median_latency_ms(sess8, sample)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline.config import PipelineConfig, parse_config
 from pipeline.errors import PipelineError
+from pipeline.quiet import quiet
 from pipeline.ray_cluster import ray_session, resolve_address
 from pipeline.tracking import absolute_tracking_uri
 from pipeline.training.fit import Fitted, Parent, fit_member
@@ -26,6 +27,7 @@ def _member(raw: dict, exp_name: str, index: int, parent: Parent, root: str, whe
     import torch
 
     os.chdir(root)
+    quiet()  # a Ray worker
     os.environ["MLFLOW_TRACKING_URI"] = where["tracking_uri"]
     cfg = parse_config(raw)
     if cfg.trainer.threads:

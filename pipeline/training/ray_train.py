@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline.config import PipelineConfig, parse_config
 from pipeline.errors import PipelineError
 from pipeline.paths import model_dir
+from pipeline.quiet import quiet
 from pipeline.ray_cluster import ray_session, resolve_address
 from pipeline.tracking import absolute_tracking_uri, ensure_reachable
 from pipeline.training.train import train
@@ -30,6 +31,7 @@ def _worker(params: dict) -> None:
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
     os.chdir(params["root"])
+    quiet()  # a Ray worker
     os.environ["MLFLOW_TRACKING_URI"] = params["tracking_uri"]
     # The MLflow logger is created before the Trainer sets ranks: only rank zero may log.
     rank = ray.train.get_context().get_world_rank()

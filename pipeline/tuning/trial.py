@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline.config import PipelineConfig, parse_config
 from pipeline.paths import prepared_dir
+from pipeline.quiet import quiet
 
 METRIC = "val/loss"
 
@@ -50,6 +51,7 @@ def run_trial(
     from pipeline.training.trainer import TrainHooks
     from pipeline.tuning.pbt import ApplyTrialHparams
 
+    quiet()  # a Ray worker
     cfg = trial_config(raw, exp_name, params, max_epochs)
     trial_id = tune.get_context().get_trial_id()
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri

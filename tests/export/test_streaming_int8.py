@@ -127,4 +127,6 @@ def test_validate_stage_checks_streaming_and_keeps_int8_within_the_bound(workdir
     )
     assert not entries["int8_kept"] and entries["int8_metric_drop"] > 0.01
     assert not Path("models/att/int8/model.onnx").exists()
+    reason = json.loads(Path("models/att/int8/not_kept.json").read_text())["reason"]
+    assert reason.startswith("mape drops by ") and "validate.int8_max_drop (0.01)" in reason
     assert timings["int8/latency_ms_batch1"] > 0

@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from pipeline.cli import main
 from pipeline.io import file_digest
+from pipeline.registry import history
 from pipeline.tracking import run_tags
 from tests.conftest import REPO, write_params
 
@@ -123,7 +124,7 @@ def test_the_same_model_twice_is_one_version(server, release):
     assert state(server, name) == (["1"], {"champion": "1"})
 
 
-def test_promoting_a_registered_challenger_moves_champion_to_it(server, release):
+def test_promoting_a_registered_challenger_moves_champion_to_it(server, release, tmp_path, capsys):
     name = f"promote-{CLASSIFY}"
     assert release("promote-{exp}", CLASSIFY)[0] == 0
     assert state(server, name) == (["1"], {"challenger": "1"})
@@ -131,6 +132,26 @@ def test_promoting_a_registered_challenger_moves_champion_to_it(server, release)
     assert code == 0
     assert out.splitlines()[-1].endswith("(same sha256): promoted it to @champion")
     assert state(server, name) == (["1"], {"champion": "1"})
+    moves = [(e["alias"], e["from"], e["to"]) for e in history(MlflowClient(server), name)]
+    assert moves == [("challenger", None, "1"), ("champion", None, "1"), ("challenger", "1", None)]
+    assert main(["release", "--history", CLASSIFY, "--params", str(tmp_path / "params.yaml")]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [row.split(" | ")[1:4] for row in rows] == [
+        ["@challenger", "-", "v1"], ["@champion", "-", "v1"], ["@challenger", "v1", "-"]
+    ]  # fmt: skip
+
+
+def test_the_history_of_a_model_never_released_is_one_line(
+    made, server, tmp_path, capsys, monkeypatch
+):
+    root, params = made
+    path = write_params({**params, "release": {**params["release"], "model_name": "never-{exp}"}},
+                        tmp_path / "params.yaml")  # fmt: skip
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    assert main(["release", "--history", CLASSIFY, "--params", str(path)]) == 6
+    err = capsys.readouterr().err
+    assert err.startswith(f"lstm-pipeline release: error: never-{CLASSIFY} at {server}: ")
+    assert err.count("\n") == 1
 
 
 def test_the_version_belongs_to_its_training_run_and_flags_a_dirty_tree(made, server, release):

@@ -1,0 +1,43 @@
+"""Library chatter kept off the user's terminal: Lightning's product tips, deprecation and future
+warnings meant for the pipeline's developers, ONNX Runtime's pre-processing advice. Progress bars,
+errors and the libraries' warnings about the user's run stay; `--debug` shows everything."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+NOISE = (
+    "💡 Tip:",  # Lightning advertising litlogger / litmodels
+    "`weights_only` was not set",  # Lightning restoring our own checkpoint
+    "Please consider to run pre-processing before quantization",  # ONNX Runtime
+)
+WARNINGS = "ignore::DeprecationWarning,ignore::FutureWarning"
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(NOISE)
+
+
+def quiet() -> None:
+    """Lightning imported after this logs through the root handler added here (it adds its own
+    only when the root logger has none); one imported before gets the filter on its handler.
+    Child processes (DDP ranks, a local Ray's workers) inherit PYTHONWARNINGS."""
+    os.environ.setdefault("PYTHONWARNINGS", WARNINGS)
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    # ConvLSTM's even kernels: torch pads a copy of the input, which is what we want
+    warnings.filterwarnings("ignore", message="Using padding='same' with even kernel lengths")
+    # the resume point holds resume.ckpt beside the fit's checkpoints, by design
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.StreamHandler(sys.stderr))
+    for name in ("", "pytorch_lightning", "lightning_fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _DropNoise) for f in handler.filters):
+                handler.addFilter(_DropNoise())
