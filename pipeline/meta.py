@@ -87,6 +87,9 @@ class DataMeta(BaseModel):
     # classification: series of different lengths, padded at the end; the model (and the ONNX
     # file's second input, `lengths`) takes each one's length
     variable_length: bool = False
+    # forecast: split-conformal intervals (export calibrates them on the validation split): per
+    # level ("0.8"), the half-width per [step][target] on the model's scale (log, standardised)
+    intervals: dict[str, list[list[float]]] | None = None
 
     def to_model_scale(self, x: np.ndarray) -> np.ndarray:
         """Raw feature values -> the scaled float32 inputs the model was trained on."""
@@ -107,6 +110,11 @@ class DataMeta(BaseModel):
         mean, std = (np.asarray(s) for s in self.target_scaler())
         y = inv_standard(z.astype(np.float64), mean, std)
         return inv_log(y) if self.transform == "log" else y
+
+    def interval(self, z: np.ndarray, level: str) -> tuple[np.ndarray, np.ndarray]:
+        """Scaled forecasts [n, horizon, targets] -> (lower, upper) bounds in original units."""
+        half = np.asarray(self.intervals[level])
+        return self.to_original(z - half), self.to_original(z + half)
 
     def to_props(self, **extra) -> dict[str, str]:
         """ONNX metadata_props: every field (and `extra`) as JSON."""

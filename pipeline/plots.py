@@ -71,26 +71,30 @@ def forecast(
     out: Path,
     target: str = "value",
     step: str = "step",
+    band: tuple[np.ndarray, np.ndarray] | None = None,
+    level: str | None = None,
 ) -> None:
     """Test windows [n, horizon] of one target: a CSV row per (window, step), a PNG of a few
-    (y: the target in its own units; x: `step`s ahead, e.g. months)."""
+    (y: the target in its own units; x: `step`s ahead, e.g. months), with the `level` % interval
+    (`band`: lower, upper) shaded when the model has one."""
     n, h = truth.shape
-    _csv(
-        pd.DataFrame(
-            {
-                "window": np.repeat(np.arange(n), h),
-                "step": np.tile(np.arange(1, h + 1), n),
-                "truth": truth.ravel(),
-                "forecast": pred.ravel(),
-                "baseline": baseline.ravel(),
-            }
-        ),
-        out / "forecast.csv",
-    )
+    table = {
+        "window": np.repeat(np.arange(n), h),
+        "step": np.tile(np.arange(1, h + 1), n),
+        "truth": truth.ravel(),
+        "forecast": pred.ravel(),
+        "baseline": baseline.ravel(),
+    }
+    if band is not None:
+        table.update({f"lo{level}": band[0].ravel(), f"hi{level}": band[1].ravel()})
+    _csv(pd.DataFrame(table), out / "forecast.csv")
     shown = sorted({0, n // 2, n - 1})
     fig, axes = figure(nrows=len(shown), figsize=(6, 2.2 * len(shown)), squeeze=False)
     ahead = np.arange(1, h + 1)
     for ax, i in zip(axes[:, 0], shown, strict=True):
+        if band is not None:
+            ax.fill_between(ahead, band[0][i], band[1][i], color="C0", alpha=0.2,
+                            label=f"{level} % interval")  # fmt: skip
         ax.plot(ahead, truth[i], "k-", label="truth")
         ax.plot(ahead, pred[i], "C0-", label="forecast")
         ax.plot(ahead, baseline[i], "C1--", label="baseline")

@@ -1,6 +1,7 @@
 """The task objects: one MAPE formula for train and validate, and a direction for every metric."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torchmetrics.functional import mean_absolute_percentage_error
@@ -10,7 +11,7 @@ from pipeline.config import Validate
 from pipeline.evaluation import validate_failures
 from pipeline.meta import DataMeta
 from pipeline.tasks import TASKS, higher_is_better
-from pipeline.tasks.forecast import errors
+from pipeline.tasks.forecast import conformal_halfwidths, errors
 
 RNG = np.random.default_rng(0)
 METAS = {
@@ -24,6 +25,7 @@ METAS = {
         target_index=[1],
         scaler={"mean": [0.0, 10.0], "std": [1.0, 2.0]},
         freq="MS",
+        intervals={"0.8": [[0.5], [0.6], [0.7]]},
     ),
     "frames": DataMeta(task="frames", input_shape=[4, 1, 8, 8], horizon=2),
 }
@@ -102,3 +104,21 @@ def test_every_plotted_axis_has_a_label(name, tmp_path, figures):
         assert ax.get_ylabel() or name == "frames", (name, ax.get_title())  # a row: one name
     labels = {(ax.get_xlabel(), ax.get_ylabel()) for ax in shown}
     assert AXIS_LABELS[name] <= labels, labels
+
+
+def test_conformal_intervals_take_the_finite_sample_rank_and_drop_what_n_cannot_certify():
+    pred = np.zeros((9, 2, 1))
+    truth = np.arange(1.0, 10.0)[:, None, None] * np.array([1.0, -2.0])[None, :, None]
+    half = conformal_halfwidths(pred, truth)  # 9 windows: rank ceil(10 * level)
+    assert half == {"0.5": [[5.0], [10.0]], "0.8": [[8.0], [16.0]], "0.9": [[9.0], [18.0]]}
+
+
+def test_forecast_intervals_hold_the_point_forecast_and_are_reported():
+    meta, task = METAS["forecast"], TASKS["forecast"]
+    out, x, y = _evaluation_inputs(meta)
+    report, _ = task.evaluate(out, x, y, meta)
+    assert 0 <= report["interval_80_coverage"] <= 1 and report["interval_80_width"] > 0
+    keys = pd.DataFrame({"series_id": np.repeat(range(len(out)), 3), "step": [1, 2, 3] * len(out)})
+    table = task.predictions(out, meta, keys, "series_id")
+    assert list(table.columns) == ["series_id", "step", "y", "y_lo80", "y_hi80"]
+    assert (table.y_lo80 < table.y).all() and (table.y < table.y_hi80).all()

@@ -8,17 +8,22 @@ from __future__ import annotations
 import logging
 import warnings
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
 from pipeline.checkpoint import Trained, load_trained
 from pipeline.config import PipelineConfig
+from pipeline.data.prepared import Prepared
 from pipeline.errors import PipelineError
+from pipeline.export.parity import run_torch
 from pipeline.export.streaming import StepModel, batch_axes
 from pipeline.io import atomic_dir, atomic_file, write_json
-from pipeline.paths import model_dir
+from pipeline.paths import model_dir, prepared_dir
+from pipeline.tasks import task_of
 
 DYNAMIC_DIMS = {0: "batch", 1: "seq"}
 # The example's batch and length: export time does not depend on the data's length, and the
@@ -202,10 +207,20 @@ def export_step(trained: Trained, path: Path, family: str) -> Path:
     return _save(proto, trained.meta.to_props(family=family, streaming_state=list(state)), path)
 
 
+def calibrated(trained: Trained, prepared: Prepared) -> Trained:
+    """The data contract plus what the task learns from the model on the validation split (a
+    forecaster's conformal intervals), carried into the ONNX metadata."""
+    x, y = prepared.arrays("val")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    lengths = prepared.lengths("val")
+    update = task_of(trained.meta).calibrate(lambda: run_torch(trained.model, x, lengths)[0], y)
+    return replace(trained, meta=trained.meta.model_copy(update=update))
+
+
 def export(cfg: PipelineConfig, exp_name: str) -> Path:
     exp = cfg.experiment(exp_name)
     out = model_dir(exp_name)
-    trained = load_trained(out / "model.ckpt")
+    trained = calibrated(load_trained(out / "model.ckpt"), Prepared.load(prepared_dir(exp_name)))
     export_module(trained, out / "model.onnx", exp.model.name)
     # models/<exp>/streaming/ always exists (a DVC out): the step model, or why there is none.
     with atomic_dir(out / "streaming") as tmp:

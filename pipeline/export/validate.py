@@ -19,7 +19,7 @@ from pipeline.evaluation import validate_failures
 from pipeline.export.onnx_export import EXAMPLE_SEQ
 from pipeline.export.parity import parity, streaming_report
 from pipeline.export.quantize import int8_report
-from pipeline.inference import run_onnx, session
+from pipeline.inference import onnx_meta, run_onnx, session
 from pipeline.io import atomic_dir, file_digest, write_json
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
 from pipeline.tasks import task_of
@@ -41,9 +41,9 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
     ensure_reachable()  # before anything is written: the report goes to the training run too
     exp, folder = cfg.experiment(exp_name), model_dir(exp_name)
     prepared = Prepared.load(prepared_dir(exp_name))
-    meta, rules = prepared.meta.contract(), exp.validation
-    task = task_of(meta)
     sess = session(folder / "model.onnx")
+    meta, rules = onnx_meta(sess), exp.validation  # the contract predict will use
+    task = task_of(meta)
     model = load_trained(folder / "model.ckpt").model
     x, y = prepared.arrays("test")
     x, lengths = np.ascontiguousarray(x, dtype=np.float32), prepared.lengths("test")

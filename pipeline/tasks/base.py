@@ -56,6 +56,11 @@ class Task:
     def plot(self, data: dict, out: Path) -> None:
         raise NotImplementedError
 
+    def calibrate(self, predict, y: np.ndarray) -> dict:
+        """DataMeta updates learnt from the model's outputs on the validation split (export):
+        `predict()` gives them, `y` is the truth."""
+        return {}
+
     def baseline_gate(self, report: dict) -> tuple[str, str] | None:
         """(metric, the baseline's metric it must beat) for validate.beat_baseline."""
         return None

@@ -3,6 +3,8 @@ beside the (seasonal) naive baseline."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
@@ -19,6 +21,26 @@ MAPE_EPS = 1.17e-06
 STEP_NAMES = {"MS": "month", "ME": "month", "W": "week", "D": "day", "B": "business day",
               "h": "hour", "min": "minute", "s": "second", "QS": "quarter", "QE": "quarter",
               "YS": "year", "YE": "year"}  # fmt: skip
+
+
+# Split-conformal interval levels export calibrates (as far as the validation windows allow);
+# the plot draws PLOTTED_LEVEL's band.
+INTERVAL_LEVELS = ("0.5", "0.8", "0.9", "0.95")
+PLOTTED_LEVEL = "0.8"
+
+
+def conformal_halfwidths(pred: np.ndarray, y: np.ndarray, levels=INTERVAL_LEVELS) -> dict:
+    """Split conformal, per step and target: the ceil((n+1) * level)-th smallest of the n
+    validation windows' absolute residuals covers a new window's value with probability >= level
+    (for exchangeable windows). A level that n windows cannot certify is left out."""
+    residuals = np.sort(np.abs(pred - y), axis=0)  # [n, horizon, targets]
+    n = len(residuals)
+    ranks = {level: math.ceil((n + 1) * float(level)) for level in levels}
+    return {level: residuals[r - 1].tolist() for level, r in ranks.items() if r <= n}
+
+
+def percent(level: str) -> str:
+    return f"{float(level) * 100:g}"
 
 
 def step_name(freq: str | None) -> str:
@@ -46,9 +68,13 @@ def naive_forecast(x: np.ndarray, meta: DataMeta) -> tuple[str, np.ndarray]:
 class Forecast(Task):
     name = "forecast"
     directions = {
-        f"{baseline}{metric}": False
-        for baseline in ("", "naive_", "seasonal_naive_")
-        for metric in ("mae", "rmse", "mape")
+        **{
+            f"{baseline}{metric}": False
+            for baseline in ("", "naive_", "seasonal_naive_")
+            for metric in ("mae", "rmse", "mape")
+        },
+        **{f"interval_{percent(level)}_coverage": True for level in INTERVAL_LEVELS},
+        **{f"interval_{percent(level)}_width": False for level in INTERVAL_LEVELS},
     }
     headline = "mape"
 
@@ -91,12 +117,25 @@ class Forecast(Task):
         unit = f"{', '.join(meta.targets)} (original scale)"
         report.update(mae_unit=unit, rmse_unit=unit, mape_unit="fraction (0.05 = 5 %)")
         data = {"truth": truth[..., 0], "pred": pred[..., 0], "baseline": base[..., 0]}
+        for level in meta.intervals or {}:
+            low, high = meta.interval(out, level)
+            inside = (truth >= low) & (truth <= high)
+            report[f"interval_{percent(level)}_coverage"] = float(inside.mean())
+            report[f"interval_{percent(level)}_width"] = float((high - low).mean())
+            if level == PLOTTED_LEVEL:
+                data.update(band=(low[..., 0], high[..., 0]), level=percent(level))
+        if meta.intervals:
+            report["interval_width_unit"] = unit
         return report, {**data, "target": meta.targets[0], "step": step_name(meta.freq)}
+
+    def calibrate(self, predict, y: np.ndarray) -> dict:
+        return {"intervals": conformal_halfwidths(predict(), y) or None}
 
     def plot(self, data: dict, out) -> None:
         plots.forecast(
-            data["truth"], data["pred"], data["baseline"], out, data["target"], data["step"]
-        )
+            data["truth"], data["pred"], data["baseline"], out, data["target"], data["step"],
+            data.get("band"), data.get("level"),
+        )  # fmt: skip
 
     def baseline_gate(self, report: dict) -> tuple[str, str] | None:
         base = next((k for k in report if k.endswith("naive_mape")), None)
@@ -123,8 +162,14 @@ class Forecast(Task):
         return x, keys
 
     def predictions(self, out, meta: DataMeta, keys, id_column: str) -> pd.DataFrame:
-        pred = meta.to_original(out)  # [n, horizon, targets]
+        """Per target its forecast, and for each calibrated level the interval's bounds
+        (`<target>_lo80`, `<target>_hi80`)."""
+        columns = {"": meta.to_original(out)}  # [n, horizon, targets]
+        for level in meta.intervals or {}:
+            low, high = meta.interval(out, level)
+            columns.update({f"_lo{percent(level)}": low, f"_hi{percent(level)}": high})
         table = keys.copy()
         for j, target in enumerate(meta.targets):
-            table[target] = pred[:, :, j].reshape(-1)
+            for suffix, values in columns.items():
+                table[target + suffix] = values[:, :, j].reshape(-1)
         return table

@@ -80,6 +80,10 @@ def test_int8_model_quantizes_the_lstm_and_keeps_metadata(tmp_path):
     assert np.abs(got - expected).max() < 0.05
 
 
+def session_meta(path: str) -> dict:
+    return session(path).get_modelmeta().custom_metadata_map
+
+
 @pytest.mark.slow
 def test_validate_stage_checks_streaming_and_keeps_int8_within_the_bound(workdir, params):
     """prepare -> train (2 epochs) -> export -> validate on a causal attention-LSTM forecaster."""
@@ -106,6 +110,10 @@ def test_validate_stage_checks_streaming_and_keeps_int8_within_the_bound(workdir
     assert saved["int8_kept"] and abs(saved["int8_metric_drop"]) <= 0.01
     assert Path("models/att/int8/model.onnx").exists()
     assert not any(isinstance(v, float) and "latency" in k for k, v in saved.items())
+    # conformal intervals calibrated on the validation split, checked on the test split
+    intervals = json.loads(session_meta("models/att/model.onnx")["intervals"])
+    assert set(intervals) <= {"0.5", "0.8", "0.9", "0.95"} and "0.8" in intervals
+    assert 0 < saved["interval_80_coverage"] <= 1 and saved["interval_80_width"] > 0
     client = MlflowClient(tracking_uri())
     run = client.search_runs([client.get_experiment_by_name("lstm-pipeline").experiment_id])[0]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
