@@ -122,3 +122,16 @@ def test_forecast_intervals_hold_the_point_forecast_and_are_reported():
     table = task.predictions(out, meta, keys, "series_id")
     assert list(table.columns) == ["series_id", "step", "y", "y_lo80", "y_hi80"]
     assert (table.y_lo80 < table.y).all() and (table.y < table.y_hi80).all()
+
+
+def test_frames_report_ssim_per_step_and_openstl_s_mse_beside_ours():
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+    meta, task = METAS["frames"], TASKS["frames"]
+    out, x, y = _evaluation_inputs(meta)
+    report, _ = task.evaluate(out, x, y, meta)
+    assert len(report["ssim_per_step"]) == len(report["mse_per_step"]) == meta.horizon
+    assert report["sse_per_frame"] == pytest.approx(report["mse"] * 8 * 8)  # 1 x 8 x 8 pixels
+    whole = ssim(torch.from_numpy(out).flatten(0, 1), torch.from_numpy(y).flatten(0, 1),
+                 data_range=1.0)  # fmt: skip
+    assert report["ssim"] == pytest.approx(float(whole), abs=1e-6)

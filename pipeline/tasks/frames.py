@@ -19,13 +19,18 @@ def frame_scores(pred: np.ndarray, truth: np.ndarray, prefix: str = "") -> dict:
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
     per_step = ((pred - truth) ** 2).mean(axis=(0, 2, 3, 4))
-    score = ssim(
-        torch.from_numpy(pred).flatten(0, 1), torch.from_numpy(truth).flatten(0, 1), data_range=1.0
-    )
+    ssim_per_step = [
+        float(ssim(torch.from_numpy(p), torch.from_numpy(t), data_range=1.0))
+        for p, t in zip(pred.swapaxes(0, 1), truth.swapaxes(0, 1), strict=True)
+    ]
+    pixels = int(np.prod(pred.shape[2:]))
     return {
         f"{prefix}mse": float(per_step.mean()),
-        f"{prefix}ssim": float(score),
+        # OpenSTL's "MSE": squared error summed over a frame's pixels, averaged over frames
+        f"{prefix}sse_per_frame": float(per_step.mean() * pixels),
+        f"{prefix}ssim": float(np.mean(ssim_per_step)),  # every step holds as many frames
         f"{prefix}mse_per_step": [float(v) for v in per_step],
+        f"{prefix}ssim_per_step": ssim_per_step,
     }
 
 
@@ -34,8 +39,10 @@ class Frames(Task):
     directions = {
         "mse": False,
         "ssim": True,
+        "sse_per_frame": False,
         "baseline_mse": False,
         "baseline_ssim": True,
+        "baseline_sse_per_frame": False,
         "mse_ratio_to_baseline": False,
     }
     headline = "mse"
@@ -58,7 +65,9 @@ class Frames(Task):
         report["mse_ratio_to_baseline"] = report["mse"] / report["baseline_mse"]
         # the baseline's metrics share these units
         report.update(
-            mse_unit="squared intensity, pixels scaled to [0, 1]", ssim_unit="index, -1 to 1"
+            mse_unit="squared intensity, pixels scaled to [0, 1]",
+            sse_per_frame_unit="squared intensity summed over a frame's pixels (OpenSTL's MSE)",
+            ssim_unit="index, -1 to 1",
         )
         per_step = {k: report[k] for k in ("mse_per_step", "baseline_mse_per_step")}
         return report, {"inputs": x[0], "pred": out[0], "truth": y[0], **per_step}
