@@ -97,7 +97,7 @@ def outputs(repo: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def serving(tmp_path_factory) -> tuple[Path, int]:
+def serving(tmp_path_factory) -> Path:
     """A venv with only the serving install (`pip install 'lstm-pipeline[registry]'`)."""
     root = tmp_path_factory.mktemp("serve") / "venv"
     source = copy_repo(root.parent / "source")  # a build writes build/ beside the sources
