@@ -211,9 +211,20 @@ def calibrated(trained: Trained, prepared: Prepared) -> Trained:
     """The data contract plus what the task learns from the model on the validation split (a
     forecaster's conformal intervals), carried into the ONNX metadata."""
     x, y = prepared.arrays("val")
-    x = np.ascontiguousarray(x, dtype=np.float32)
     lengths = prepared.lengths("val")
-    update = task_of(trained.meta).calibrate(lambda: run_torch(trained.model, x, lengths)[0], y)
+
+    def predict(chunk: int = 512) -> np.ndarray:
+        parts = [
+            run_torch(
+                trained.model,
+                np.ascontiguousarray(x[i : i + chunk], dtype=np.float32),
+                None if lengths is None else lengths[i : i + chunk],
+            )[0]
+            for i in range(0, len(x), chunk)
+        ]
+        return np.concatenate(parts)
+
+    update = task_of(trained.meta).calibrate(predict, y)
     return replace(trained, meta=trained.meta.model_copy(update=update))
 
 
