@@ -27,7 +27,8 @@ def _actor() -> tuple[str, str]:
 
 def move_alias(client, name: str, alias: str, version: str | None, commit: str | None) -> None:
     """Point `alias` at `version` (None: remove it) and record the move."""
-    before = client.get_registered_model(name).aliases.get(alias)
+    model = client.get_registered_model(name)
+    before = model.aliases.get(alias)
     if before == version:
         return
     if version is None:
@@ -44,7 +45,7 @@ def move_alias(client, name: str, alias: str, version: str | None, commit: str |
         "via": via,
         "commit": commit,
     }
-    count = sum(k.startswith(LOG_TAG) for k in client.get_registered_model(name).tags)
+    count = sum(k.startswith(LOG_TAG) for k in model.tags)
     client.set_registered_model_tag(name, f"{LOG_TAG}{count + 1:06d}", json.dumps(event))
 
 

@@ -18,7 +18,7 @@ import yaml
 
 from pipeline.config import PipelineConfig
 from pipeline.data.prepared import Prepared
-from pipeline.errors import GateError, TrackingError
+from pipeline.errors import DataError, GateError, TrackingError
 from pipeline.evaluation import gate_table, release_gates
 from pipeline.inference import onnx_meta, session
 from pipeline.io import atomic_file, file_digest, read_json
@@ -204,6 +204,8 @@ def release(
     from mlflow import MlflowClient
 
     cfg.experiment(exp_name)
+    if card is not None and card.is_dir():  # found before the registry changes, not after
+        raise DataError(f"{card}: is a folder; --card takes the card's file path")
     uri = tracking_uri()
     ensure_reachable(uri)
     report = validated_report(exp_name)

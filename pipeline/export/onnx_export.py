@@ -210,10 +210,11 @@ def export_step(trained: Trained, path: Path, family: str) -> Path:
 def calibrated(trained: Trained, prepared: Prepared) -> Trained:
     """The data contract plus what the task learns from the model on the validation split (a
     forecaster's conformal intervals), carried into the ONNX metadata."""
-    x, y = prepared.arrays("val")
-    lengths = prepared.lengths("val")
 
-    def predict(chunk: int = 512) -> np.ndarray:
+    def outputs(chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """(the model's outputs, the truth) on the validation split, read only when asked."""
+        x, y = prepared.arrays("val")
+        lengths = prepared.lengths("val")
         parts = [
             run_torch(
                 trained.model,
@@ -222,9 +223,9 @@ def calibrated(trained: Trained, prepared: Prepared) -> Trained:
             )[0]
             for i in range(0, len(x), chunk)
         ]
-        return np.concatenate(parts)
+        return np.concatenate(parts), y
 
-    update = task_of(trained.meta).calibrate(predict, y)
+    update = task_of(trained.meta).calibrate(outputs)
     return replace(trained, meta=trained.meta.model_copy(update=update))
 
 

@@ -56,9 +56,9 @@ class Task:
     def plot(self, data: dict, out: Path) -> None:
         raise NotImplementedError
 
-    def calibrate(self, predict, y: np.ndarray) -> dict:
-        """DataMeta updates learnt from the model's outputs on the validation split (export):
-        `predict()` gives them, `y` is the truth."""
+    def calibrate(self, outputs) -> dict:
+        """DataMeta updates learnt from the model on the validation split (export); `outputs()`
+        gives (the model's outputs, the truth)."""
         return {}
 
     def baseline_gate(self, report: dict) -> tuple[str, str] | None:

@@ -128,8 +128,8 @@ class Forecast(Task):
             report["interval_width_unit"] = unit
         return report, {**data, "target": meta.targets[0], "step": step_name(meta.freq)}
 
-    def calibrate(self, predict, y: np.ndarray) -> dict:
-        return {"intervals": conformal_halfwidths(predict(), y) or None}
+    def calibrate(self, outputs) -> dict:
+        return {"intervals": conformal_halfwidths(*outputs()) or None}
 
     def plot(self, data: dict, out) -> None:
         plots.forecast(

@@ -203,3 +203,11 @@ def test_run_tags_flag_changed_and_untracked_files_but_not_ignored_ones(tmp_path
     Path("new.txt").unlink()
     Path("tracked.txt").write_text("changed\n")
     assert dirty() == "true"
+
+
+def test_a_card_path_that_is_a_folder_is_refused_before_the_registry_changes(
+    server, release, tmp_path
+):
+    code, _, err = release("card-{exp}", CLASSIFY, "--card", str(tmp_path))
+    assert code == 3 and err.strip().endswith("is a folder; --card takes the card's file path")
+    assert not MlflowClient(server).search_registered_models(f"name = 'card-{CLASSIFY}'")

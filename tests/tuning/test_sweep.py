@@ -112,14 +112,18 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tune_workdir,
     )
     try:
         deadline = time.monotonic() + 180
-        # One trial at a time: once a second trial has started, Tune has seen the first end.
+        # One trial at a time: a trial that ended before another one's run started is one Tune
+        # has seen end. Read from the runs' times, not from catching a run while it is RUNNING
+        # (a busy machine's polls can miss that window in every trial).
         while time.monotonic() < deadline and proc.poll() is None:
             trial_runs = runs("tags.stage = 'tune-trial'")
-            finished = [r for r in trial_runs if r.info.status == "FINISHED"]
-            if finished and len(trial_runs) > len(finished):
+            latest_start = max((r.info.start_time for r in trial_runs), default=0)
+            finished = [r for r in trial_runs if r.info.status == "FINISHED"
+                        and r.info.end_time <= latest_start]  # fmt: skip
+            if finished:
                 break
-            time.sleep(0.5)
-        assert finished, "no trial finished in time"
+            time.sleep(0.2)
+        assert finished and proc.poll() is None, "no trial seen finished while the sweep ran"
         proc.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and stops
         _, err = proc.communicate(timeout=120)
     finally:
