@@ -5,12 +5,12 @@ was never stopped."""
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import hashlib
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import sys
@@ -89,10 +89,35 @@ def stop_with_dvc() -> None:
     stops and keeps its resume point) instead of leaving it running unsupervised."""
     if "DVC_STAGE" not in os.environ or sys.platform != "linux":
         return
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() == 1:  # dvc died before the line above
+    try:
+        dvc = os.pidfd_open(_dvc_pid())
+    except (ProcessLookupError, ValueError):  # dvc died before this line
         os.kill(os.getpid(), signal.SIGTERM)
+        return
+    threading.Thread(target=_terminate_when_closed, args=(dvc,), daemon=True).start()
+
+
+def _dvc_pid() -> int:
+    """The nearest ancestor started without DVC_STAGE. Not always the parent: /bin/sh (dash)
+    does not exec the stage's command, and that shell outlives a killed dvc."""
+    pid = os.getppid()
+    while pid > 1 and b"DVC_STAGE=" in _read(f"/proc/{pid}/environ"):
+        pid = int(_read(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()[1])
+    if pid <= 1:
+        raise ValueError("dvc is gone")
+    return pid
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError:  # another user's process: not one this training was started by
+        return b""
+
+
+def _terminate_when_closed(pidfd: int) -> None:
+    select.select([pidfd], [], [])  # readable once the process has ended
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _is_launcher() -> bool:

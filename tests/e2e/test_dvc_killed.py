@@ -22,7 +22,8 @@ SHRINK = [f"experiments.{EXP}.fit.max_epochs=120", f"experiments.{EXP}.model.hid
 
 
 def sh(repo: Path, *cmd, **kwargs):
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    # dvc runs a stage through $SHELL; /bin/sh (dash) stays between dvc and the training
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "SHELL": "/bin/sh",
            "MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db"}  # fmt: skip
     return subprocess.Popen(cmd, cwd=repo, env=env, **kwargs)
 
