@@ -163,7 +163,8 @@ def parser() -> argparse.ArgumentParser:
 # What the serving install (numpy, pandas, onnxruntime) lacks, and the extra that brings it
 EXTRA_OF = dict.fromkeys(
     ["torch", "pytorch_lightning", "lightning_fabric", "torchmetrics", "hydra", "omegaconf", "dvc",
-     "ray", "optuna", "onnx", "onnxscript", "sklearn", "sktime", "matplotlib", "rich"],
+     "ray", "optuna", "onnx", "onnxscript", "sklearn", "sktime", "statsmodels", "matplotlib",
+     "rich"],
     "train",
 ) | {"mlflow": "registry"}  # fmt: skip
 

@@ -50,6 +50,11 @@ def validate_failures(report: dict, rules: Validate, task: Task) -> list[str]:
         metric, base = pair
         if not report[metric] < report[base]:
             failed.append(f"{metric} {report[metric]:.6g} not below {base} {report[base]:.6g}")
+    if rules.beat_classical:
+        if "ets_mape" not in report:
+            failed.append("beat_classical: no ETS form could be fitted on the train part")
+        elif not report["mape"] < report["ets_mape"]:
+            failed.append(f"mape {report['mape']:.6g} not below ets_mape {report['ets_mape']:.6g}")
     return failed
 
 

@@ -73,6 +73,16 @@ def _error(raw) -> str:
             True,
             "experiments.lstm_italypowerdemand: model.level_norm applies to forecasting only",
         ),
+        (
+            ("experiments", "lstm_italypowerdemand", "model", "scale_norm"),
+            True,
+            "experiments.lstm_italypowerdemand: model.scale_norm applies to forecasting only",
+        ),
+        (
+            ("experiments", "lstm_italypowerdemand", "validate"),
+            {"beat_classical": True},
+            "experiments.lstm_italypowerdemand: validate.beat_classical needs a forecast task",
+        ),
     ],
 )
 def test_invalid_config_names_the_key(params, path, value, expected):

@@ -8,9 +8,12 @@ from torchmetrics.functional import mean_absolute_percentage_error
 
 from pipeline import plots
 from pipeline.config import Validate
+from pipeline.data.prepared import Prepared
+from pipeline.data.windows import split_ranges
 from pipeline.evaluation import validate_failures
-from pipeline.meta import DataMeta
+from pipeline.meta import DataMeta, PreparedMeta
 from pipeline.tasks import TASKS, higher_is_better
+from pipeline.tasks.classical import ets_forecasts
 from pipeline.tasks.forecast import conformal_halfwidths, errors
 
 RNG = np.random.default_rng(0)
@@ -135,3 +138,57 @@ def test_frames_report_ssim_per_step_and_openstl_s_mse_beside_ours():
     whole = ssim(torch.from_numpy(out).flatten(0, 1), torch.from_numpy(y).flatten(0, 1),
                  data_range=1.0)  # fmt: skip
     assert report["ssim"] == pytest.approx(float(whole), abs=1e-6)
+
+
+def _prepared_series(root, values: list[np.ndarray], window=8, horizon=3, val=6, test=6):
+    """A forecast `prepare` output of `values` (already on the model's scale), written by hand."""
+    ranges = {s: [] for s in ("train", "val", "test")}
+    offset = 0
+    for v in values:
+        for split, (first, count) in split_ranges(len(v), window, horizon, val, test).items():
+            ranges[split].append((offset + first, count))
+        offset += len(v)
+    np.save(root / "series.npy", np.concatenate(values)[:, None].astype(np.float32))
+    for split, r in ranges.items():
+        np.save(root / f"windows_{split}.npy", np.array(r, np.int64))
+    meta = PreparedMeta(
+        task="forecast", input_shape=[window, 1], features=["y"], window=window,
+        horizon=horizon, season=4, targets=["y"], target_index=[0],
+        scaler={"mean": [0.0], "std": [1.0]}, source="csv", dataset="t", content_sha256="0",
+        sizes={s: sum(c for _, c in r) for s, r in ranges.items()},
+    )  # fmt: skip
+    (root / "meta.json").write_text(meta.model_dump_json())
+    return Prepared.load(root)
+
+
+def test_ets_baseline_is_fitted_on_each_series_train_part_and_never_sees_a_test_value(tmp_path):
+    t = np.arange(60.0)
+    series = [
+        10 + 0.5 * t + 3 * np.sin(t * np.pi / 2),
+        -5 - 0.2 * t[:40] + np.cos(t[:40] * np.pi / 2),
+    ]
+    prepared = _prepared_series(tmp_path, series)
+    ets = ets_forecasts(prepared)
+    _, y = prepared.arrays("test")
+    assert ets.shape == y.shape == (8, 3, 1)
+    assert np.abs(ets - y).max() < 0.05  # trend + season 4: ETS finds both
+    changed = [v.copy() for v in series]
+    for v in changed:  # every value after the first test window's origin
+        v[len(v) - 6 :] += 100.0
+    first = [0, 4]  # each series' first test window
+    moved = ets_forecasts(_prepared_series(tmp_path, changed))
+    np.testing.assert_array_equal(moved[first], ets[first])
+    assert not np.allclose(moved, ets)  # later windows read the new history
+
+
+def test_forecast_reports_ets_and_beat_classical_gates_on_it(tmp_path):
+    t = np.arange(60.0)
+    prepared = _prepared_series(tmp_path, [10 + 0.5 * t + 3 * np.sin(t * np.pi / 2)])
+    x, y = prepared.arrays("test")
+    task, meta = TASKS["forecast"], prepared.meta.contract()
+    report = {**task.evaluate(y + 1.0, x, y, meta)[0], **task.classical_report(prepared, y, meta)}
+    assert report["ets_mape"] < report["mape"] and report["ets_mae"] < 0.05
+    assert validate_failures(report, Validate(beat_classical=True), task) == [
+        f"mape {report['mape']:.6g} not below ets_mape {report['ets_mape']:.6g}"
+    ]
+    assert not validate_failures(report, Validate(beat_classical=False), task)

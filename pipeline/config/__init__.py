@@ -76,8 +76,13 @@ class Experiment(Strict):
                 f"model.name {self.model.name!r} does not support the {self.task!r} task of "
                 f"data.source {self.data.source!r}; it supports: {', '.join(tasks)}"
             )
-        if getattr(self.model, "level_norm", False) and self.task != "forecast":
-            raise ValueError("model.level_norm applies to forecasting only")
+        for key in ("level_norm", "scale_norm"):
+            if getattr(self.model, key, False) and self.task != "forecast":
+                raise ValueError(f"model.{key} applies to forecasting only")
+        if self.validation.beat_classical and not (
+            self.task == "forecast" and self.validation.classical
+        ):
+            raise ValueError("validate.beat_classical needs a forecast task and validate.classical")
         return self
 
 

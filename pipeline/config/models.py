@@ -24,6 +24,7 @@ class RecurrentModel(Strict):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     bidirectional: bool = False
     level_norm: bool = False  # forecasting: model the change from the last observed step
+    scale_norm: bool = False  # forecasting: divide each window by its own std (RevIN-style)
 
 
 class LstmModel(RecurrentModel):

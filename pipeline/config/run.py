@@ -37,6 +37,8 @@ class Validate(Strict):
     min: dict[str, float] = {}  # metric -> lowest passing value, e.g. accuracy: 0.95
     max: dict[str, float] = {}  # metric -> highest passing value, e.g. mape: 10
     beat_baseline: bool = False  # forecast: mape < (seasonal-)naive mape; frames: mse < copy-last
+    classical: bool = True  # forecast: report ETS fitted on the train part (ets_mae, ...)
+    beat_classical: bool = False  # forecast: mape < ets_mape
     quantize: bool = True  # try a dynamic int8 model (models/<exp>/int8/model.onnx)
     # keep it only if accuracy falls (mape, mse rises) by at most this much, absolute
     int8_max_drop: Annotated[float, Field(ge=0)] = 0.01

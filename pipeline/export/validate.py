@@ -60,6 +60,8 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
     out, *extra = run_onnx(sess, x, lengths)
     scores, plot_data = task.evaluate(out, x, y, meta)
     report.update(scores)
+    if rules.classical:
+        report.update(task.classical_report(prepared, y, meta))
     with atomic_dir(plots_dir(exp_name, "validate")) as tmp:
         if extra:  # attention weights
             plots.attention(x[:, :, 0], extra[0], tmp)

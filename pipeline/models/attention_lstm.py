@@ -9,7 +9,9 @@ from torch import nn
 
 from pipeline.models.lstm import (
     State,
+    denormalise,
     make_rnn,
+    normalise,
     refuse_lengths,
     rnn_initial_state,
     rnn_step,
@@ -51,6 +53,7 @@ class AttentionLSTM(nn.Module):
         cell: str,
         attention_size: int,
         level_norm: bool,
+        scale_norm: bool,
         fcn_channels: tuple[int, ...],
         squeeze_excite: bool,
         target_index: tuple[int, ...] = (),
@@ -66,7 +69,7 @@ class AttentionLSTM(nn.Module):
         self.output_shape = tuple(output_shape)
         fcn_width = fcn_channels[-1] if fcn_channels else 0
         self.head = nn.Linear(width + fcn_width, math.prod(self.output_shape))
-        self.level_norm = level_norm
+        self.level_norm, self.scale_norm = level_norm, scale_norm
         self.register_buffer("target_index", torch.tensor(target_index, dtype=torch.long))
 
     def forward(
@@ -74,9 +77,7 @@ class AttentionLSTM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if x.shape[1] == 0:
             raise ValueError("attention_lstm: the input sequence has no time steps (seq = 0)")
-        if self.level_norm:
-            last = x[:, -1:, :]
-            x = x - last
+        x, stats = normalise(self, x)
         mask = None
         if lengths is not None:
             refuse_lengths(self)
@@ -90,9 +91,7 @@ class AttentionLSTM(nn.Module):
         if self.fcn is not None:
             context = torch.cat([context, self.fcn(x.transpose(1, 2), mask)], dim=1)
         out = self.head(context).reshape(-1, *self.output_shape)
-        if self.level_norm:
-            out = out + last.index_select(2, self.target_index)
-        return out, alpha
+        return denormalise(self, out, stats), alpha
 
     def streaming_unsupported(self) -> str | None:
         fcn = "fcn_channels: the convolutional branch pools over the whole window"

@@ -14,6 +14,7 @@ from pipeline.models.peephole_lstm import PeepholeLSTM
 RNN_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "peephole": PeepholeLSTM}
 
 State = dict[str, torch.Tensor]
+SCALE_EPS = 1e-10  # added to the variance: a window 1e5 times smaller than the scaler still counts
 
 
 def make_rnn(cell, input_size, hidden_size, num_layers, dropout, bidirectional) -> nn.Module:
@@ -47,13 +48,45 @@ def why_not_streamable(model: nn.Module) -> str | None:
         return "bidirectional: the backward direction needs the whole sequence"
     if model.level_norm:
         return "level_norm: every input is shifted by the last step, unknown until the end"
+    if model.scale_norm:
+        return "scale_norm: every input is divided by the whole window's std"
     return None
 
 
 def refuse_lengths(model: nn.Module) -> None:
     """Padded series need a causal RNN: a backward direction would read the padding first."""
-    if model.rnn.bidirectional or model.level_norm:
-        raise ValueError("series of different lengths need a unidirectional RNN, no level_norm")
+    if model.rnn.bidirectional or model.level_norm or model.scale_norm:
+        raise ValueError(
+            "series of different lengths need a unidirectional RNN, no level_norm or scale_norm"
+        )
+
+
+Stats = tuple[torch.Tensor | None, torch.Tensor | None]
+
+
+def normalise(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+    """Forecasting's per-window normalisation, inside the graph: `level_norm` subtracts the last
+    observed step, `scale_norm` divides by the window's std per feature (RevIN-style). With both,
+    a series a*x + b gets the forecast a*y + b, whatever scale and level each series has."""
+    shift = x[:, -1:, :] if model.level_norm else None
+    scale = None
+    if model.scale_norm:
+        scale = torch.sqrt(torch.var(x, dim=1, keepdim=True, unbiased=False) + SCALE_EPS)
+    if shift is not None:
+        x = x - shift
+    if scale is not None:
+        x = x / scale
+    return x, (shift, scale)
+
+
+def denormalise(model: nn.Module, out: torch.Tensor, stats: Stats) -> torch.Tensor:
+    """The forecast [batch, horizon, targets] back on the inputs' scale and level."""
+    shift, scale = (s.index_select(2, model.target_index) if s is not None else s for s in stats)
+    if scale is not None:
+        out = out * scale
+    if shift is not None:
+        out = out + shift
+    return out
 
 
 class StackedLSTM(nn.Module):
@@ -61,7 +94,7 @@ class StackedLSTM(nn.Module):
 
     `level_norm` (forecasting): inputs are shifted by the last observed step and the forecast is
     added back onto it, so the network models changes rather than absolute levels; this is what
-    lets it follow a trend beyond the range seen in training.
+    lets it follow a trend beyond the range seen in training. `scale_norm`: see `normalise`.
     """
 
     def __init__(
@@ -75,6 +108,7 @@ class StackedLSTM(nn.Module):
         bidirectional: bool,
         cell: str,
         level_norm: bool,
+        scale_norm: bool,
         target_index: tuple[int, ...] = (),
     ):
         super().__init__()
@@ -84,14 +118,12 @@ class StackedLSTM(nn.Module):
         self.head = nn.Linear(
             hidden_size * (2 if bidirectional else 1), math.prod(self.output_shape)
         )
-        self.level_norm = level_norm
+        self.level_norm, self.scale_norm = level_norm, scale_norm
         self.register_buffer("target_index", torch.tensor(target_index, dtype=torch.long))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """`lengths`: a batch of series padded at the end, each read up to its own length."""
-        if self.level_norm:
-            last = x[:, -1:, :]
-            x = x - last
+        x, stats = normalise(self, x)
         states, state = self.rnn(x)
         if lengths is not None:
             refuse_lengths(self)
@@ -100,10 +132,9 @@ class StackedLSTM(nn.Module):
             h = state[0] if isinstance(state, tuple) else state  # LSTM: (h, c); GRU: h
             directions = 2 if self.rnn.bidirectional else 1
             final = torch.cat(list(h[-directions:]), dim=-1)  # last layer, every direction
-        out = self.head(self.dropout(final)).reshape(-1, *self.output_shape)
-        if self.level_norm:
-            out = out + last.index_select(2, self.target_index)
-        return out
+        return denormalise(
+            self, self.head(self.dropout(final)).reshape(-1, *self.output_shape), stats
+        )
 
     def streaming_unsupported(self) -> str | None:
         return why_not_streamable(self)

@@ -61,6 +61,10 @@ class Task:
         gives (the model's outputs, the truth)."""
         return {}
 
+    def classical_report(self, prepared, y: np.ndarray, meta: DataMeta) -> dict[str, float]:
+        """Metrics of the classical model fitted on the train part (validate.classical)."""
+        return {}
+
     def baseline_gate(self, report: dict) -> tuple[str, str] | None:
         """(metric, the baseline's metric it must beat) for validate.beat_baseline."""
         return None

@@ -70,7 +70,7 @@ class Forecast(Task):
     directions = {
         **{
             f"{baseline}{metric}": False
-            for baseline in ("", "naive_", "seasonal_naive_")
+            for baseline in ("", "naive_", "seasonal_naive_", "ets_")
             for metric in ("mae", "rmse", "mape")
         },
         **{f"interval_{percent(level)}_coverage": True for level in INTERVAL_LEVELS},
@@ -127,6 +127,12 @@ class Forecast(Task):
         if meta.intervals:
             report["interval_width_unit"] = unit
         return report, {**data, "target": meta.targets[0], "step": step_name(meta.freq)}
+
+    def classical_report(self, prepared, y, meta: DataMeta) -> dict[str, float]:
+        from pipeline.tasks.classical import ets_forecasts
+
+        pred = ets_forecasts(prepared)
+        return {} if pred is None else errors(meta.to_original(pred), meta.to_original(y), "ets_")
 
     def calibrate(self, outputs) -> dict:
         return {"intervals": conformal_halfwidths(*outputs()) or None}

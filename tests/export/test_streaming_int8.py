@@ -114,6 +114,7 @@ def test_validate_stage_checks_streaming_and_keeps_int8_within_the_bound(workdir
     intervals = json.loads(session_meta("models/att/model.onnx")["intervals"])
     assert set(intervals) <= {"0.5", "0.8", "0.9", "0.95"} and "0.8" in intervals
     assert 0 < saved["interval_80_coverage"] <= 1 and saved["interval_80_width"] > 0
+    assert saved["ets_mape"] > 0  # the classical baseline, fitted on the train part
     client = MlflowClient(tracking_uri())
     run = client.search_runs([client.get_experiment_by_name("lstm-pipeline").experiment_id])[0]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -19,6 +19,7 @@ def test_attention_lstm_passes_the_model_checks(tmp_path, meta, fcn_channels):
         "bidirectional": True,
         "attention_size": 8,
         "fcn_channels": fcn_channels,
+        "scale_norm": meta is FORECAST,
     }
     check_all(cfg, meta, tmp_path)
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pipeline.training.module import SequenceModule
-from tests.models.checker import CLASSIFY, FORECAST, check_all
+from tests.models.checker import CLASSIFY, FORECAST, check_all, prediction
 
 
 @pytest.mark.parametrize(
@@ -18,6 +18,7 @@ def test_stacked_lstm_passes_the_model_checks(tmp_path, cell, bidirectional, met
         "num_layers": 2,
         "bidirectional": bidirectional,
         "level_norm": meta["task"] == "forecast",
+        "scale_norm": meta["task"] == "forecast",
     }
     check_all(cfg, meta, tmp_path)
 
@@ -29,3 +30,17 @@ def test_level_norm_follows_a_shift_in_level():
     shifted = x + torch.tensor([0.0, 5.0])
     with torch.no_grad():
         torch.testing.assert_close(model(shifted), model(x) + 5.0)
+
+
+@pytest.mark.parametrize("name", ["lstm", "attention_lstm"])
+def test_level_and_scale_norm_forecast_each_series_on_its_own_scale(name):
+    """One global model over series of any scale: a*x + b (per series and feature) in, a*y + b
+    out, so a series 1000 times larger than those trained on gets the same relative forecast."""
+    cfg = {"name": name, "hidden_size": 8, "level_norm": True, "scale_norm": True}
+    model = SequenceModule(cfg, FORECAST).model.eval()
+    x = torch.randn(2, 36, 2)
+    a, b = torch.tensor([[[1e3, 0.5]], [[2.0, 7.0]]]), torch.tensor([[[-40.0, 5.0]], [[3.0, 0.0]]])
+    target = model.target_index
+    with torch.no_grad():
+        y, y_scaled = (prediction(model(v)) for v in (x, a * x + b))
+    torch.testing.assert_close(y_scaled, a[..., target] * y + b[..., target], rtol=1e-4, atol=1e-4)
