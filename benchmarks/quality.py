@@ -17,9 +17,10 @@ test series: ROCKET (10,000 kernels) and 1-NN DTW (full window), 1 thread; their
 predict after a warm-up on a few series (numba compiles once per process).
 
 Usage: python benchmarks/quality.py [--sets GunPoint ...] [--members 5] [--long-members 1]
-       [--max-epochs K]
+       [--max-epochs K] [--fit KEY=VALUE ...]
 Prints one JSON object (and writes it to benchmarks/quality.json) and a Markdown table on stderr.
---max-epochs caps every fit: for smoke runs only.
+--max-epochs caps every fit: for smoke runs only. --fit overrides a key of the recipe's fit (a
+comparison, never the default); neither writes quality.json.
 """
 
 from __future__ import annotations
@@ -266,7 +267,9 @@ def main() -> None:
     p.add_argument("--members", type=int, default=5)
     p.add_argument("--long-members", type=int, default=1, help="members for GunPoint-1000")
     p.add_argument("--max-epochs", type=int, help="cap every fit (smoke runs only)")
+    p.add_argument("--fit", nargs="*", default=[], help="KEY=VALUE over the recipe's fit")
     args = p.parse_args()
+    fit = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.fit)}
     members = {n: args.long_members if n == "GunPoint-1000" else args.members for n in args.sets}
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         work = Path(tmp)
@@ -286,7 +289,7 @@ def main() -> None:
         experiments = {
             name.lower().replace("-", "_"): {
                 "data": data_config(name, d, work),
-                "fit": {"ensemble": members[name]},
+                "fit": {**fit, "ensemble": members[name]},
                 "validate": {"quantize": False},
             }
             for name, d in data.items()
@@ -300,10 +303,12 @@ def main() -> None:
         "command": " ".join(["python benchmarks/quality.py", *sys.argv[1:]]),
         "recipe": RECIPE,
         "max_epochs": args.max_epochs,
+        "fit_override": fit,
         "published_sources": PUBLISHED_SOURCES,
         "sets": sets,
     }
-    (HERE / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
+    if not (fit or args.max_epochs):  # a comparison or a smoke run is not the benchmark
+        (HERE / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
     print(table(sets), file=sys.stderr)
     print(json.dumps(result))
 

@@ -12,10 +12,10 @@ ONNX Runtime: each member's MAPE and MAE (each member exported alone), the ensem
 the baselines', the 80 % interval's coverage and the members' training wall time.
 
 Usage: python benchmarks/quality_forecast.py [--series airline-12 ...] [--members 5]
-       [--model KEY=VALUE ...] [--max-epochs K]
---model overrides a key of the recipe's model (a comparison, never the default); --max-epochs
-caps every fit (smoke runs only). Prints one JSON object (and writes it to
-benchmarks/quality_forecast.json unless --model or --max-epochs is given) and a Markdown table.
+       [--model KEY=VALUE ...] [--fit KEY=VALUE ...] [--max-epochs K]
+--model and --fit override a key of the recipe's (a comparison, never the default); --max-epochs
+caps every fit (smoke runs only). Prints one JSON object (written to
+benchmarks/quality_forecast.json unless --model, --fit or --max-epochs is given) and a table.
 """
 
 from __future__ import annotations
@@ -135,9 +135,11 @@ def main() -> None:
     p.add_argument("--series", nargs="+", default=list(SERIES), choices=SERIES)
     p.add_argument("--members", type=int, default=5)
     p.add_argument("--model", nargs="*", default=[], help="KEY=VALUE over the recipe's model")
+    p.add_argument("--fit", nargs="*", default=[], help="KEY=VALUE over the recipe's fit")
     p.add_argument("--max-epochs", type=int, help="cap every fit (smoke runs only)")
     args = p.parse_args()
-    model = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.model)}
+    model, fit = ({k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in pairs)}
+                  for pairs in (args.model, args.fit))  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-forecast-") as tmp:
         work = Path(tmp)
         env = {
@@ -154,7 +156,7 @@ def main() -> None:
         experiments = {
             name.replace("-", "_"): {
                 "data": data_config(name, work),
-                "fit": {"ensemble": args.members},
+                "fit": {**fit, "ensemble": args.members},
                 "validate": {"quantize": False},
                 **({"model": model} if model else {}),
             }
@@ -169,11 +171,12 @@ def main() -> None:
         "command": " ".join(["python benchmarks/quality_forecast.py", *sys.argv[1:]]),
         "recipe": RECIPE,
         "model_override": model,
+        "fit_override": fit,
         "members": args.members,
         "series": rows,
     }
     text = json.dumps(result, indent=2)
-    if not (model or args.max_epochs):
+    if not (model or fit or args.max_epochs):
         (HERE / "quality_forecast.json").write_text(text + "\n")
     print(text)
     print(table(rows), file=sys.stderr)

@@ -105,6 +105,7 @@ class TableData(ForecastWindows):
     features: Annotated[list[str], Field(min_length=1)]
     label: str | None = None  # classification: one label per series
     targets: list[str] = []  # forecast: columns to predict (default: all features)
+    freq: str | None = None  # forecast: the dates' pandas frequency ('D', 'MS'...); gaps refused
     val_fraction: Fraction = 0.2  # classification splits, by series
     test_fraction: Fraction = 0.2
     split_seed: int = 0
@@ -127,6 +128,17 @@ class TableData(ForecastWindows):
         missing = [t for t in self.targets if t not in self.features]
         if missing:
             raise ValueError(f"targets {missing} must also be listed in features")
+        if self.freq is not None:
+            if self.task != "forecast":
+                raise ValueError("freq applies to forecasting only")
+            from pandas.tseries.frequencies import to_offset
+
+            try:
+                to_offset(self.freq)
+            except ValueError:
+                raise ValueError(
+                    f"freq {self.freq!r} is not a pandas frequency ('D', 'h', 'MS', 'W-SUN'...)"
+                ) from None
         return self
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from pandas.tseries.api import guess_datetime_format
+from pandas.tseries.frequencies import to_offset
 
 from pipeline.config import TableData
 from pipeline.errors import DataError
@@ -91,6 +92,11 @@ def _row_name(path: Path, index: int) -> str:
     return f"line {index + 2}" if path.suffix.lower() == ".csv" else f"row {index}"
 
 
+def _file_row(path: Path, frame: pd.DataFrame, i: int) -> str:
+    """Where the i-th row of the sorted table stands in the file."""
+    return _row_name(path, int(frame.index[i]))
+
+
 def _numeric(frame: pd.DataFrame, columns: list[str], path: Path) -> np.ndarray:
     out = np.empty((len(frame), len(columns)), dtype=np.float64)
     for j, col in enumerate(columns):
@@ -164,13 +170,48 @@ def _refuse_unparsed(raw: pd.Series, parsed: pd.Series, column: str, path: Path,
         raise DataError(f"{path}: column {column!r} {_row_name(path, i)}: {raw.iloc[i]!r} {what}")
 
 
-def regular_freq(times: list[pd.Series]) -> str | None:
-    """The pandas frequency ('MS', 'D', 'h'...) every series' datetimes share, or None: numeric
-    or text times, irregular steps, series that disagree or have fewer than 3 steps."""
-    if not times or not pd.api.types.is_datetime64_any_dtype(times[0]):
+def series_freq(
+    times: list[pd.Series],
+    ids: list[str],
+    path: Path,
+    column: str,
+    freq: str | None = None,
+    given_by: str = "data.freq",
+) -> str | None:
+    """The series' frequency: `freq` when given, else the one pandas infers. Every series must
+    step exactly at it; a gap or a step off its grid is refused, naming the series and the file's
+    line (`times` keep the file's row numbers as their index). Without `freq`, series that are
+    all irregular (events) have none, but one that is irregular among series regular at one
+    frequency is refused too: almost surely a gap."""
+    if not pd.api.types.is_datetime64_any_dtype(times[0]):
+        if freq:
+            raise DataError(
+                f"{path}: column {column!r} holds numbers; {given_by} {freq!r} needs dates"
+            )
         return None
-    freqs = {pd.infer_freq(t) if len(t) >= 3 else None for t in times}
-    return freqs.pop() if len(freqs) == 1 else None
+    regular = {pd.infer_freq(t) for t in times if len(t) >= 3} - {None}
+    source = given_by if freq else "the other series' frequency"
+    freq = freq or (regular.pop() if len(regular) == 1 else None)
+    if freq is None:
+        return None
+    offset = to_offset(freq)
+    for t, sid in zip(times, ids, strict=True):
+        expected = pd.date_range(t.iloc[0], periods=len(t), freq=offset)
+        off = np.flatnonzero(t.to_numpy() != expected.to_numpy())
+        on_grid = offset.is_on_offset(t.iloc[0])
+        if on_grid and not off.size:
+            continue
+        i = int(off[0]) if on_grid else 0
+        why = (
+            f"{t.iloc[i]} follows {t.iloc[i - 1]}; a {freq!r} series steps to {expected[i]}"
+            if i
+            else f"{t.iloc[i]} is not a {freq!r} step"
+        )
+        raise DataError(
+            f"{path}: {_row_name(path, int(t.index[i]))}: series {sid!r}: {why} ({source}); "
+            "fill the gap or fix the date"
+        )
+    return freq
 
 
 def read_series_table(
@@ -181,7 +222,7 @@ def read_series_table(
 
     Columns are matched by name, so their order in the file does not matter.
     """
-    frame = _read_table(path, source)
+    frame = _read_table(path, source).reset_index(drop=True)
     needed = [id_column, time_column, *features, *extra]
     missing = [c for c in dict.fromkeys(needed) if c not in frame.columns]
     if missing:
@@ -205,7 +246,7 @@ def read_series_table(
             f"({sid}, {time})"
         )
     order = np.lexsort((frame[time_column].to_numpy(), frame[id_column].astype(str)))
-    return frame.iloc[order].reset_index(drop=True), values[order]
+    return frame.iloc[order], values[order]  # the index: each row's place in the file
 
 
 def series_bounds(ids: np.ndarray) -> list[tuple[int, int]]:
@@ -224,8 +265,9 @@ def load_table(cfg: TableData) -> Labelled | Series:
     bounds = series_bounds(ids)
     if cfg.task == "forecast":
         times = [frame[cfg.time_column].iloc[a:b] for a, b in bounds]
-        values = [values[a:b] for a, b in bounds]
-        return Series(values, [ids[a] for a, _ in bounds], cfg.features, regular_freq(times))
+        names = [ids[a] for a, _ in bounds]
+        freq = series_freq(times, names, path, cfg.time_column, cfg.freq)
+        return Series([values[a:b] for a, b in bounds], names, cfg.features, freq)
 
     per_series = {col: frame[col].astype(str).to_numpy() for col in (cfg.label, cfg.split_column)
                   if col in frame.columns}  # fmt: skip
@@ -234,7 +276,7 @@ def load_table(cfg: TableData) -> Labelled | Series:
             if (column[a:b] != column[a]).any():
                 i = a + int(np.flatnonzero(column[a:b] != column[a])[0])
                 raise DataError(
-                    f"{path}: {_row_name(path, i)}: series {ids[a]!r} has more than one "
+                    f"{path}: {_file_row(path, frame, i)}: series {ids[a]!r} has more than one "
                     f"{col!r} value ({column[a]!r}, {column[i]!r})"
                 )
     split = per_series.get(cfg.split_column)
@@ -243,7 +285,8 @@ def load_table(cfg: TableData) -> Labelled | Series:
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise DataError(
-                f"{path}: column {cfg.split_column!r} {_row_name(path, i)}: {split[i]!r} is not "
+                f"{path}: column {cfg.split_column!r} {_file_row(path, frame, i)}: "
+                f"{split[i]!r} is not "
                 f"one of {', '.join(SPLIT_NAMES)}"
             )
     x = []

@@ -10,7 +10,7 @@ import pandas as pd
 from pandas.tseries.frequencies import to_offset
 
 from pipeline import plots
-from pipeline.data.sources import last_windows, regular_freq
+from pipeline.data.sources import last_windows, series_freq
 from pipeline.meta import DataMeta, inv_log, inv_standard
 from pipeline.tasks.base import Task
 
@@ -155,7 +155,8 @@ class Forecast(Task):
         steps = np.arange(1, meta.horizon + 1)
         keys = pd.DataFrame({id_column: np.repeat(ids, meta.horizon)})
         dated = pd.api.types.is_datetime64_any_dtype(times[0])
-        freq = dated and (meta.freq or regular_freq(times))
+        fed = [t.iloc[-meta.window :] for t in times]  # a gap before them changes nothing
+        freq = dated and series_freq(fed, ids, path, time_column, meta.freq, "the model's freq")
         if freq:
             offset = to_offset(freq)
             keys[time_column] = [t.iloc[-1] + k * offset for t in times for k in steps]

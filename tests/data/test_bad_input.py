@@ -58,6 +58,13 @@ def _broken(kind: str) -> str | None:
         frame.loc[12, "value"] = 1e200
     elif kind == "empty_label":
         frame.loc[5, "label"] = None
+    elif kind in ("gap", "numbers"):
+        if kind == "gap":
+            frame["time"] = pd.Timestamp("2020-01-01") + pd.to_timedelta(frame.time, "D")
+        frame = frame.drop(index=40)  # series s1's 11th day
+    elif kind == "off_grid":  # month starts, but one series mid-month
+        frame["time"] = pd.Timestamp("2020-01-01") + pd.DateOffset(months=1) * frame.time
+        frame.loc[frame.series_id == "s3", "time"] += pd.Timedelta("14D")
     elif kind == "empty":
         open("in.csv", "w").close()
         return None
@@ -127,6 +134,28 @@ CLASSIFY = {
             "in.csv: column 'time' line 22: '21.01.2020' is not a date in the format of the "
             "first one (%Y-%m-%d)",
         ),
+        (
+            "gap",
+            FORECAST,
+            "in.csv: line 42: series 's1': 2020-01-12 00:00:00 follows 2020-01-10 00:00:00; a 'D' "
+            "series steps to 2020-01-11 00:00:00 (the other series' frequency); fill the gap",
+        ),
+        (
+            "gap",
+            {**FORECAST, "freq": "D"},
+            "in.csv: line 42: series 's1': 2020-01-12 00:00:00 follows 2020-01-10 00:00:00; a 'D' "
+            "series steps to 2020-01-11 00:00:00 (data.freq)",
+        ),
+        (
+            "off_grid",
+            {**FORECAST, "freq": "MS"},
+            "in.csv: line 92: series 's3': 2020-01-15 00:00:00 is not a 'MS' step (data.freq)",
+        ),
+        (
+            "numbers",
+            {**FORECAST, "freq": "D"},
+            "in.csv: column 'time' holds numbers; data.freq 'D' needs dates",
+        ),
     ],
 )
 def test_bad_csv(workdir, params, capsys, kind, data, expected):
@@ -171,3 +200,12 @@ def test_month_first_dates_sort_across_a_year_boundary(workdir, params):
     assert main(["prepare", "lstm_airline"]) == 0
     meta = json.loads((workdir / "data/prepared/lstm_airline/meta.json").read_text())
     assert meta["freq"] == "D"  # regular daily steps: sorted by date
+
+
+def test_a_freq_pandas_does_not_know_is_a_config_error(workdir, params, capsys):
+    _broken("gap")
+    params["experiments"]["lstm_airline"]["data"] = {**FORECAST, "freq": "fortnight"}
+    write_params(params)
+    assert main(["prepare", "lstm_airline"]) == 2
+    err = capsys.readouterr().err
+    assert "freq 'fortnight' is not a pandas frequency ('D', 'h', 'MS', 'W-SUN'...)" in err, err

@@ -120,7 +120,7 @@ def test_forecast_on_original_scale(models, tmp_path):
     np.testing.assert_allclose(got.y.to_numpy().reshape(2, 4), expected, rtol=1e-5)
 
 
-def test_forecast_dates_the_horizon_after_each_series_last_month(models, tmp_path):
+def test_forecast_dates_the_horizon_after_each_series_last_month(models, tmp_path, capsys):
     _, onnx_path = models["monthly"]
     rng = np.random.default_rng(4)
     series = [np.exp(rng.normal([0.5, 3.0], 0.2, size=(n, 2))) for n in (12, 30)]
@@ -141,6 +141,16 @@ def test_forecast_dates_the_horizon_after_each_series_last_month(models, tmp_pat
     assert list(steps.columns) == ["series_id", "step", "y"]  # numeric time: steps only
     assert list(got.step) == list(steps.step) == list(range(1, 13)) * 2
     np.testing.assert_allclose(got.y, steps.y, rtol=1e-6)  # the same last windows
+
+    frame = frame[frame.time != "1959-05"]  # a gap inside s1's last window: refused (the line
+    # is the shuffled file's own)
+    gap = _write_csv(tmp_path / "gap.csv", frame)
+    assert main(["predict", str(onnx_path), gap, "-o", "gap_out.csv"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        "gap.csv: line 3: series 's1': 1959-06-01 00:00:00 follows 1959-04-01 00:00:00; a 'MS' "
+        "series steps to 1959-05-01 00:00:00 (the model's freq); fill the gap or fix the date"
+    ), err
 
 
 def test_forecast_dates_without_a_frequency_fall_back_to_steps(models, tmp_path, capsys):
