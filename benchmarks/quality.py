@@ -143,12 +143,12 @@ def member_accuracies(exp: str, work: Path) -> list[float]:
     trained = load_trained(work / model_dir(exp) / "model.ckpt")
     prepared = Prepared.load(work / prepared_dir(exp))
     x, y = prepared.arrays("test")
-    x, lengths = np.ascontiguousarray(x, np.float32), prepared.lengths("test")
+    x, extra = np.ascontiguousarray(x, np.float32), prepared.extra_inputs("test")
     accuracies = []
     for i, member in enumerate(getattr(trained.model, "members", [trained.model])):
         path = work / f"{exp}-member{i}.onnx"
         export_module(Trained(member, trained.meta), path, RECIPE["model"]["name"])
-        out = run_onnx(session(path), x, lengths)[0]
+        out = run_onnx(session(path), x, extra)[0]
         accuracies.append(float((out.argmax(axis=1) == y).mean()))
     return accuracies
 

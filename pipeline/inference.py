@@ -39,23 +39,29 @@ def onnx_meta(sess: ort.InferenceSession) -> DataMeta:
         ) from None
 
 
-def feeds(sess: ort.InferenceSession, x: np.ndarray, lengths: np.ndarray | None = None) -> dict:
-    """The session's inputs: `x`, and for a model of variable-length series `lengths` (each
-    series' steps; None: every series fills x)."""
-    if all(i.name != "lengths" for i in sess.get_inputs()):
-        return {"x": x}
-    if lengths is None:
-        lengths = np.full(len(x), x.shape[1], dtype=np.int64)
-    return {"x": x, "lengths": np.asarray(lengths, dtype=np.int64)}
+def feeds(sess: ort.InferenceSession, x: np.ndarray, extra: dict | None = None) -> dict:
+    """The session's inputs: `x`, then its other inputs from `extra` by name (DataMeta.
+    extra_inputs): a model of variable-length series takes `lengths` (each series' steps;
+    missing: every series fills x), a forecaster with covariates `future` and `static`."""
+    inputs, extra = {"x": x}, extra or {}
+    for i in sess.get_inputs()[1:]:
+        if i.name == "lengths":
+            lengths = extra.get("lengths", np.full(len(x), x.shape[1]))
+            inputs["lengths"] = np.asarray(lengths, dtype=np.int64)
+        elif i.name in extra:
+            inputs[i.name] = np.ascontiguousarray(extra[i.name], dtype=np.float32)
+        else:
+            raise DataError(f"the ONNX model needs its input {i.name!r}, which was not given")
+    return inputs
 
 
 def run_onnx(
-    sess: ort.InferenceSession, x: np.ndarray, lengths=None, chunk: int = 512
+    sess: ort.InferenceSession, x: np.ndarray, extra: dict | None = None, chunk: int = 512
 ) -> list[np.ndarray]:
     """Every output of the model (prediction first), run in chunks over the batch."""
-    parts = []
+    parts, extra = [], extra or {}
     for i in range(0, len(x), chunk):
-        part = None if lengths is None else lengths[i : i + chunk]
+        part = {name: v[i : i + chunk] for name, v in extra.items()}
         parts.append(sess.run(None, feeds(sess, x[i : i + chunk], part)))
     return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 

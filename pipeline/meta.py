@@ -90,14 +90,35 @@ class DataMeta(BaseModel):
     # forecast: split-conformal intervals (export calibrates them on the validation split): per
     # level ("0.8"), the half-width per [step][target] on the model's scale (log, standardised)
     intervals: dict[str, list[list[float]]] | None = None
+    # forecast covariates: the ONNX inputs `future` [batch, horizon, len(future)] and `static`
+    # [batch, len(static)]; the future covariates' past values are x's last columns (after the
+    # features). `future` names the user's columns, then `calendar`'s sin/cos pairs.
+    future: list[str] = []
+    calendar: list[str] = []
+    static: list[str] = []
+    covariate_scaler: dict[str, Scaler] = {}  # "future", "static": from the train part
+
+    @property
+    def extra_inputs(self) -> list[str]:
+        """The ONNX model's inputs after `x`, in order."""
+        if self.variable_length:
+            return ["lengths"]
+        return [name for name in ("future", "static") if getattr(self, name)]
 
     def to_model_scale(self, x: np.ndarray) -> np.ndarray:
-        """Raw feature values -> the scaled float32 inputs the model was trained on."""
-        if self.transform == "log":
-            x = log(x)
-        return standard(x, np.asarray(self.scaler.mean), np.asarray(self.scaler.std)).astype(
-            np.float32
-        )
+        """Raw input values (features, then the future covariates' past values) -> the scaled
+        float32 inputs the model was trained on."""
+        split = x.shape[-1] - len(self.future)
+        features = log(x[..., :split]) if self.transform == "log" else x[..., :split]
+        mean, std = np.asarray(self.scaler.mean), np.asarray(self.scaler.std)
+        scaled = standard(features, mean, std).astype(np.float32)
+        if not self.future:
+            return scaled
+        return np.concatenate([scaled, self.scale_covariate("future", x[..., split:])], axis=-1)
+
+    def scale_covariate(self, name: str, x: np.ndarray) -> np.ndarray:
+        scaler = self.covariate_scaler[name]
+        return standard(x, np.asarray(scaler.mean), np.asarray(scaler.std)).astype(np.float32)
 
     def target_scaler(self) -> tuple[list[float], list[float]]:
         """(mean, std) of the forecast targets."""

@@ -65,10 +65,10 @@ def predict(
         sess = session(onnx_file)
         meta = onnx_meta(sess)
         task = task_of(meta)
-        x, keys = task.read_inputs(path, output, meta, id_column, time_column)
-        x, lengths = task.scale_inputs(x, meta), None
+        x, keys, extra = task.read_inputs(path, output, meta, id_column, time_column)
+        x = task.scale_inputs(x, meta)
         if meta.variable_length:  # series of different lengths: padded, with their lengths
-            x, lengths = padded(x)
-        out = run_onnx(sess, x, lengths)[0]
+            x, extra["lengths"] = padded(x)
+        out = run_onnx(sess, x, extra)[0]
     task.write(task.predictions(out, meta, keys, id_column), output)
     return output

@@ -79,6 +79,41 @@ def _error(raw) -> str:
             "experiments.lstm_italypowerdemand: model.scale_norm applies to forecasting only",
         ),
         (
+            ("experiments", "lstm_airline", "data"),
+            {
+                "source": "csv",
+                "path": "x.csv",
+                "task": "forecast",
+                "features": ["load", "temp"],
+                "future": ["temp"],
+            },  # fmt: skip
+            "column 'temp' has two roles: features and future",
+        ),
+        (
+            ("experiments", "lstm_italypowerdemand", "data"),
+            {
+                "source": "csv",
+                "path": "x.csv",
+                "task": "classification",
+                "features": ["x"],
+                "label": "y",
+                "static": ["size"],
+            },  # fmt: skip
+            "future, static and calendar apply to forecasting only",
+        ),
+        (
+            ("experiments", "lstm_airline", "data"),
+            {
+                "source": "csv",
+                "path": "x.csv",
+                "task": "forecast",
+                "features": ["load"],
+                "calendar": ["fortnight"],
+            },  # fmt: skip
+            "calendar.0: Input should be 'hour', 'day_of_week', 'day_of_month', 'month' or "
+            "'day_of_year'",
+        ),
+        (
             ("experiments", "lstm_italypowerdemand", "validate"),
             {"beat_classical": True},
             "experiments.lstm_italypowerdemand: validate.beat_classical needs a forecast task",
@@ -178,7 +213,8 @@ def test_model_defaults_live_in_conf_and_the_schema_only(name):
     shipped = yaml.safe_load((CONF_DIR / "model" / f"{name}.yaml").read_text())
     assert shipped == parse_model({"name": name}).model_dump()
     params = inspect.signature(REGISTRY[name]).parameters.values()
-    defaults = [p.name for p in params if p.default is not p.empty and p.name != "target_index"]
+    data = {"target_index", "future_size", "static_size"}  # a forecast's Task.model_kwargs
+    defaults = [p.name for p in params if p.default is not p.empty and p.name not in data]
     assert not defaults, f"{name}: the nn.Module repeats defaults of {defaults}"
 
 

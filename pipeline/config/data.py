@@ -14,6 +14,8 @@ from pipeline.config.base import Fraction, PositiveInt, Strict
 # What prepare's DVC stage depends on (dvc.yaml: ${item.data.path}): the user's file, or for data
 # that ships in a package, the loader that builds it.
 PACKAGED = "pipeline/data/sources.py"
+# Calendar covariates, each encoded as a sin/cos pair of its cycle (pipeline/data/sources.py).
+CALENDAR_FIELDS = ("hour", "day_of_week", "day_of_month", "month", "day_of_year")
 
 
 @cache
@@ -106,6 +108,12 @@ class TableData(ForecastWindows):
     label: str | None = None  # classification: one label per series
     targets: list[str] = []  # forecast: columns to predict (default: all features)
     freq: str | None = None  # forecast: the dates' pandas frequency ('D', 'MS'...); gaps refused
+    # forecast covariates (README "Covariates"): `features` are observed up to the forecast's
+    # origin; `future` columns are known over the horizon too; `static`: one value per series;
+    # `calendar`: fields derived from the dates (known ahead at `freq`)
+    future: list[str] = []
+    static: list[str] = []
+    calendar: list[Literal[CALENDAR_FIELDS]] = []
     val_fraction: Fraction = 0.2  # classification splits, by series
     test_fraction: Fraction = 0.2
     split_seed: int = 0
@@ -128,6 +136,15 @@ class TableData(ForecastWindows):
         missing = [t for t in self.targets if t not in self.features]
         if missing:
             raise ValueError(f"targets {missing} must also be listed in features")
+        roles = {"features": self.features, "future": self.future, "static": self.static}
+        seen: dict[str, str] = {}
+        for role, columns in roles.items():
+            for column in columns:
+                if column in seen:
+                    raise ValueError(f"column {column!r} has two roles: {seen[column]} and {role}")
+                seen[column] = role
+        if (self.future or self.static or self.calendar) and self.task != "forecast":
+            raise ValueError("future, static and calendar apply to forecasting only")
         if self.freq is not None:
             if self.task != "forecast":
                 raise ValueError("freq applies to forecasting only")

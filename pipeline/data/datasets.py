@@ -22,6 +22,8 @@ def dataset(prepared: Prepared, split: str) -> Dataset:
         meta.window,
         meta.horizon,
         meta.target_index,
+        prepared.npy("future", mmap=True) if meta.future else None,
+        prepared.npy("static", mmap=True) if meta.static else None,
     )
 
 
@@ -54,7 +56,9 @@ class FramesDataset(Dataset):
 
 
 class WindowDataset(Dataset):
-    """Sample i = (series[s : s+window], series[s+window : s+window+horizon, targets]).
+    """Sample i = (series[s : s+window], series[s+window : s+window+horizon, targets]); with
+    covariates (rows aligned with the series), x also holds the future covariates' window and
+    the sample ends with their horizon (`future`) and the series' `static` values.
 
     The DataLoader fetches a whole batch at once (`__getitems__`: one fancy index into the
     strided view, one copy) and `pass_batch` skips collation, instead of one Python call and
@@ -62,25 +66,33 @@ class WindowDataset(Dataset):
     """
 
     def __init__(
-        self, series, starts: WindowStarts, window: int, horizon: int, target_index: list[int]
-    ):
+        self, series, starts: WindowStarts, window: int, horizon: int, target_index: list[int],
+        future: np.ndarray | None = None, static: np.ndarray | None = None,
+    ):  # fmt: skip
         self.views = window_view(series, window, horizon)
         self.starts, self.window, self.target_index = starts, window, np.asarray(target_index)
+        self.future = None if future is None else window_view(future, window, horizon)
+        self.static = static
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def __getitem__(self, i: int):
-        w = self.views[self.starts[i]]
-        x = np.array(w[: self.window])  # copies one window only
-        y = np.array(w[self.window :, self.target_index])
-        return torch.from_numpy(x), torch.from_numpy(y)
+        return tuple(t[0] for t in self.__getitems__([i]))
 
-    def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        w = self.views[self.starts[np.asarray(indices)]]  # [batch, window + horizon, features]
+    def __getitems__(self, indices) -> tuple[torch.Tensor, ...]:
+        starts = self.starts[np.asarray(indices)]
+        w = self.views[starts]  # [batch, window + horizon, features]: one copy per batch
         x = np.ascontiguousarray(w[:, : self.window])
         y = np.ascontiguousarray(w[:, self.window :, self.target_index])
-        return torch.from_numpy(x), torch.from_numpy(y)
+        extra = []
+        if self.future is not None:
+            f = self.future[starts]
+            x = np.concatenate([x, f[:, : self.window]], axis=-1)
+            extra.append(np.ascontiguousarray(f[:, self.window :]))
+        if self.static is not None:
+            extra.append(np.ascontiguousarray(self.static[starts]))
+        return tuple(torch.from_numpy(a) for a in (x, y, *extra))
 
 
 def pass_batch(batch):

@@ -185,8 +185,11 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
         offset += len(v)
     arrays = {"series": _scaled(raw, mean, std)}
     arrays.update({f"windows_{s}": np.array(ranges[s], np.int64).reshape(-1, 2) for s in SPLITS})
+    covariates = _covariates(data, cfg.val_size + cfg.test_size)
+    arrays.update(covariates.pop("arrays"))
     meta = {
-        "input_shape": [cfg.window, len(data.features)],
+        **covariates,
+        "input_shape": [cfg.window, len(data.features) + len(data.future_names)],
         "window": cfg.window,
         "horizon": cfg.horizon,
         "features": data.features,
@@ -198,9 +201,37 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
         "scaler": {"mean": mean.tolist(), "std": std.tolist()},
         "series_ids": data.ids,
         "sizes": {s: int(arrays[f"windows_{s}"][:, 1].sum()) for s in SPLITS},
-        "content_sha256": _digest(*data.values),
+        "content_sha256": _digest(*data.values, *(data.future or []), *_listed(data.static)),
     }
     return arrays, meta
+
+
+def _listed(array: np.ndarray | None) -> list[np.ndarray]:
+    return [] if array is None else [array]
+
+
+def _covariates(data: Series, held_out: int) -> dict:
+    """The covariates' arrays, aligned with `series` row by row (scaled: the future ones by
+    their train parts, the static ones over the series), and their meta.json entries."""
+    out, scalers = {"arrays": {}}, {}
+    if data.future is not None:
+        mean, std = fit_standard([f[: len(f) - held_out] for f in data.future])
+        out["arrays"]["future"] = _scaled(data.future, mean, std)
+        scalers["future"] = {"mean": mean.tolist(), "std": std.tolist()}
+        out["future"] = data.future_names
+        out["calendar"] = data.calendar
+    if data.static is not None:
+        mean, std = fit_standard([data.static])
+        rows = [
+            np.repeat(s[None], len(v), axis=0)
+            for s, v in zip(data.static, data.values, strict=True)
+        ]
+        out["arrays"]["static"] = _scaled(rows, mean, std)
+        scalers["static"] = {"mean": mean.tolist(), "std": std.tolist()}
+        out["static"] = data.static_names
+    if scalers:
+        out["covariate_scaler"] = scalers
+    return out
 
 
 def _frames(exp: Experiment) -> tuple[dict, dict]:

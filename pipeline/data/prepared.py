@@ -60,9 +60,30 @@ class Prepared:
             return frames_xy(self.npy(f"frames_{split}"), self.meta.window)
         views = window_view(self.npy("series", mmap=True), self.meta.window, self.meta.horizon)
         starts, w = self.window_starts(split).all(), self.meta.window
-        return np.asarray(views[starts, :w]), np.asarray(
-            views[starts, w:][..., self.meta.target_index]
+        x, y = (
+            np.asarray(views[starts, :w]),
+            np.asarray(views[starts, w:][..., self.meta.target_index]),
         )
+        if self.meta.future:  # the future covariates' past values: x's last columns
+            x = np.concatenate([x, np.asarray(self._future_views()[starts, :w])], axis=-1)
+        return x, y
+
+    def extra_inputs(self, split: str) -> dict[str, np.ndarray]:
+        """The model's inputs after x for a split (DataMeta.extra_inputs): a padded split's
+        `lengths`, or a forecaster's covariates over the horizon (`future`) and `static`."""
+        if self.meta.variable_length:
+            return {"lengths": self.lengths(split)}
+        if not self.meta.extra_inputs:
+            return {}
+        starts, extra = self.window_starts(split).all(), {}
+        if self.meta.future:
+            extra["future"] = np.asarray(self._future_views()[starts, self.meta.window :])
+        if self.meta.static:
+            extra["static"] = np.asarray(self.npy("static", mmap=True)[starts])
+        return extra
+
+    def _future_views(self) -> np.ndarray:
+        return window_view(self.npy("future", mmap=True), self.meta.window, self.meta.horizon)
 
 
 def frames_xy(frames: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:

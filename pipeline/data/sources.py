@@ -7,7 +7,7 @@ Every check on the user's file raises one DataError naming the file, column and 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,13 @@ class Series:
     ids: list[str]
     features: list[str]
     freq: str | None = None
+    # covariates: per series [time, len(future_names)] (the user's columns, then calendar's),
+    # and [series, len(static_names)]
+    future: list[np.ndarray] | None = None
+    future_names: list[str] = field(default_factory=list)
+    static: np.ndarray | None = None
+    static_names: list[str] = field(default_factory=list)
+    calendar: list[str] = field(default_factory=list)
 
 
 def load_ucr(name: str) -> Labelled:
@@ -97,7 +104,8 @@ def _file_row(path: Path, frame: pd.DataFrame, i: int) -> str:
     return _row_name(path, int(frame.index[i]))
 
 
-def _numeric(frame: pd.DataFrame, columns: list[str], path: Path) -> np.ndarray:
+def _numeric(frame: pd.DataFrame, columns: list[str], path: Path, empty_ok=()) -> np.ndarray:
+    """The columns as float64; `empty_ok` columns keep their empty cells as NaN."""
     out = np.empty((len(frame), len(columns)), dtype=np.float64)
     for j, col in enumerate(columns):
         raw = frame[col]
@@ -109,7 +117,7 @@ def _numeric(frame: pd.DataFrame, columns: list[str], path: Path) -> np.ndarray:
                 f"{path}: column {col!r} {_row_name(path, i)}: {raw.iloc[i]!r} is not a number"
             )
         arr = values.to_numpy(np.float64)
-        nonfinite = ~np.isfinite(arr)
+        nonfinite = ~np.isfinite(arr) & ~(raw.isna().to_numpy() if col in empty_ok else False)
         if nonfinite.any():
             i = int(np.flatnonzero(nonfinite)[0])
             raise DataError(f"{path}: column {col!r} {_row_name(path, i)}: {arr[i]} (NaN/inf)")
@@ -215,7 +223,13 @@ def series_freq(
 
 
 def read_series_table(
-    path: Path, source: str, id_column: str, time_column: str, features: list[str], extra=()
+    path: Path,
+    source: str,
+    id_column: str,
+    time_column: str,
+    features: list[str],
+    extra=(),
+    empty_ok=(),
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Read and check a long-format file; rows sorted by (id, time), features as float64, dates
     in the time column as datetimes.
@@ -235,7 +249,7 @@ def read_series_table(
         if empty.any():
             i = int(np.flatnonzero(empty.to_numpy())[0])
             raise DataError(f"{path}: column {col!r} {_row_name(path, i)}: empty cell")
-    values = _numeric(frame, features, path)
+    values = _numeric(frame, features, path, empty_ok)
     frame[time_column] = _times(frame[time_column], time_column, path)
     dup = frame.duplicated([id_column, time_column])
     if dup.any():
@@ -255,19 +269,81 @@ def series_bounds(ids: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(starts, np.r_[starts[1:], len(ids)], strict=True))
 
 
+# Calendar covariates: the field of a date, and its cycle.
+CYCLES = {
+    "hour": (lambda t: t.hour, 24),
+    "day_of_week": (lambda t: t.dayofweek, 7),
+    "day_of_month": (lambda t: t.day - 1, 31),
+    "month": (lambda t: t.month - 1, 12),
+    "day_of_year": (lambda t: t.dayofyear - 1, 366),
+}
+
+
+def calendar_names(fields: list[str]) -> list[str]:
+    return [f"{f}_{part}" for f in fields for part in ("sin", "cos")]
+
+
+def calendar_columns(times, fields: list[str]) -> np.ndarray:
+    """[len(times), 2 * len(fields)]: each field's sin and cos around its cycle."""
+    times, columns = pd.DatetimeIndex(times), []
+    for name in fields:
+        get, period = CYCLES[name]
+        angle = 2 * np.pi * np.asarray(get(times), np.float64) / period
+        columns += [np.sin(angle), np.cos(angle)]
+    return np.stack(columns, axis=1) if columns else np.empty((len(times), 0))
+
+
+def _static_values(frame, values: np.ndarray, bounds, names: list[str], path: Path, ids):
+    """[series, static]: each series' one value per static column (a second value is refused)."""
+    for j, name in enumerate(names):
+        for (a, b), sid in zip(bounds, ids, strict=True):
+            column = values[a:b, j]
+            if (column != column[0]).any():
+                i = a + int(np.flatnonzero(column != column[0])[0])
+                raise DataError(
+                    f"{path}: column {name!r} {_file_row(path, frame, i)}: static, but series "
+                    f"{sid!r} has a second value ({column[0]:g}, then {values[i, j]:g})"
+                )
+    return values[[a for a, _ in bounds]]
+
+
+def _forecast_series(frame, values: np.ndarray, bounds, cfg: TableData, path: Path) -> Series:
+    ids = frame[cfg.id_column].astype(str).to_numpy()
+    times = [frame[cfg.time_column].iloc[a:b] for a, b in bounds]
+    names = [ids[a] for a, _ in bounds]
+    freq = series_freq(times, names, path, cfg.time_column, cfg.freq)
+    if cfg.calendar and freq is None:
+        raise DataError(
+            f"{path}: data.calendar needs dates at one frequency in column {cfg.time_column!r} "
+            "(set data.freq)"
+        )
+    nf, nu = len(cfg.features), len(cfg.future)
+    future = None
+    if cfg.future or cfg.calendar:
+        future = [
+            np.concatenate([values[a:b, nf : nf + nu], calendar_columns(t, cfg.calendar)], 1)
+            for (a, b), t in zip(bounds, times, strict=True)
+        ]
+    static = None
+    if cfg.static:
+        static = _static_values(frame, values[:, nf + nu :], bounds, cfg.static, path, names)
+    return Series(
+        [values[a:b, :nf] for a, b in bounds], names, cfg.features, freq, future,
+        [*cfg.future, *calendar_names(cfg.calendar)], static, list(cfg.static), list(cfg.calendar),
+    )  # fmt: skip
+
+
 def load_table(cfg: TableData) -> Labelled | Series:
     path = Path(cfg.path)
     extra = [cfg.label] if cfg.task == "classification" else []
+    numeric = [*cfg.features, *cfg.future, *cfg.static]
     frame, values = read_series_table(
-        path, cfg.source, cfg.id_column, cfg.time_column, cfg.features, extra
+        path, cfg.source, cfg.id_column, cfg.time_column, numeric, extra
     )
     ids = frame[cfg.id_column].astype(str).to_numpy()
     bounds = series_bounds(ids)
     if cfg.task == "forecast":
-        times = [frame[cfg.time_column].iloc[a:b] for a, b in bounds]
-        names = [ids[a] for a, _ in bounds]
-        freq = series_freq(times, names, path, cfg.time_column, cfg.freq)
-        return Series([values[a:b] for a, b in bounds], names, cfg.features, freq)
+        return _forecast_series(frame, values, bounds, cfg, path)
 
     per_series = {col: frame[col].astype(str).to_numpy() for col in (cfg.label, cfg.split_column)
                   if col in frame.columns}  # fmt: skip
@@ -368,3 +444,72 @@ def last_windows(path: Path, meta, id_column: str, time_column: str):
     if meta.transform == "log" and any((w <= 0).any() for w in x):
         raise DataError(f"{path}: the model log-transforms its inputs; all values must be > 0")
     return np.stack(x), *keys
+
+
+def covariate_windows(path: Path, meta, id_column: str, time_column: str):
+    """What predict feeds a forecaster with covariates, raw: x [n, window, features + future]
+    (the future covariates' past values last), the future covariates over the horizon [n,
+    horizon, future], the static ones [n, static], the series ids and each one's observed times.
+    A model with future columns of the user's reads them from `horizon` rows after each series'
+    last observed one (its features left empty); calendar fields come from the dates."""
+    source = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
+    calendar = calendar_names(meta.calendar)
+    user = meta.future[: len(meta.future) - len(calendar)]
+    nf, nu, h, w = len(meta.features), len(user), meta.horizon, meta.window
+    frame, values = read_series_table(
+        path, source, id_column, time_column, [*meta.features, *user, *meta.static],
+        empty_ok=meta.features if user else (),
+    )  # fmt: skip
+    ids = frame[id_column].astype(str).to_numpy()
+    bounds, names = series_bounds(ids), [ids[a] for a, _ in series_bounds(ids)]
+    static = _static_values(frame, values[:, nf + nu :], bounds, meta.static, path, names)
+    times = frame[time_column]
+    if meta.calendar and not pd.api.types.is_datetime64_any_dtype(times):
+        raise DataError(
+            f"{path}: column {time_column!r}: the model's calendar covariates need dates"
+        )
+    x, future, observed = [], [], []
+    for (a, b), sid in zip(bounds, names, strict=True):
+        empty = np.isnan(values[a:b, :nf])
+        full = np.flatnonzero(~empty.all(axis=1))
+        ahead = (b - a - 1 - int(full[-1]) if full.size else b - a) if user else 0
+        if ahead != (h if user else 0):
+            raise DataError(
+                f"{path}: series {sid!r} ends with {ahead} rows without {', '.join(meta.features)}"
+                f"; the model forecasts {h} steps and reads {', '.join(user)} on each: give "
+                f"{h} rows after the last observed one"
+            )
+        end = b - ahead
+        if empty[: end - a].any():
+            i = a + int(np.flatnonzero(empty[: end - a].any(axis=1))[0])
+            column = meta.features[int(np.flatnonzero(empty[i - a])[0])]
+            raise DataError(f"{path}: column {column!r} {_file_row(path, frame, i)}: empty cell")
+        if end - a < w:
+            raise DataError(
+                f"{path}: series {sid!r} has {end - a} observed steps; the model needs its "
+                f"window of {w}"
+            )
+        observed.append(times.iloc[a:end])
+        if not meta.future:
+            x.append(values[end - w : end, :nf])
+            continue
+        if user:  # the horizon rows' own dates, which must continue the series' steps
+            dates = times.iloc[end - w : b]
+            if meta.freq and meta.calendar:
+                series_freq([dates], [sid], path, time_column, meta.freq, "the model's freq")
+        else:
+            dates = pd.date_range(times.iloc[end - w], periods=w + h, freq=to_offset(meta.freq))
+        span = np.concatenate(
+            [values[end - w : b, nf : nf + nu] if user else np.empty((w + h, 0)),
+             calendar_columns(dates, meta.calendar)], axis=1,
+        )  # fmt: skip
+        x.append(np.concatenate([values[end - w : end, :nf], span[:w]], axis=1))
+        future.append(span[w:])
+    if meta.transform == "log" and any((v[:, :nf] <= 0).any() for v in x):
+        raise DataError(f"{path}: the model log-transforms its inputs; all values must be > 0")
+    extra = {}
+    if meta.future:
+        extra["future"] = np.stack(future)
+    if meta.static:
+        extra["static"] = static
+    return np.stack(x), extra, names, observed

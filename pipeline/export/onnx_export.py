@@ -160,21 +160,26 @@ def _save(proto: onnx.ModelProto, props: dict[str, str], path: Path) -> Path:
 
 def export_module(trained: Trained, path: Path, family: str) -> Path:
     """model.onnx: input `x` [batch, seq, ...], and for variable-length series `lengths`
-    [batch] (int64, each series' steps; x padded at the end)."""
-    example = (torch.zeros(EXAMPLE_BATCH, EXAMPLE_SEQ, *trained.meta.input_shape[1:]),)
-    model = trained.model
+    [batch] (int64, each series' steps; x padded at the end), for a forecaster with covariates
+    `future` [batch, horizon, len(future)] and `static` [batch, len(static)]."""
+    meta, model = trained.meta, trained.model
+    example = (torch.zeros(EXAMPLE_BATCH, EXAMPLE_SEQ, *meta.input_shape[1:]),)
     # min=2: otherwise torch.export guards "dim != 1" (0/1 specialisation), and torch.onnx
     # resolves that guard by silently fixing seq. The ONNX graph itself runs at size 1 too
     # (validate's parity check includes batch 1).
     batch, seq = (torch.export.Dim(name, min=2) for name in DYNAMIC_DIMS.values())
-    dims = ({0: batch, 1: seq},)
-    if trained.meta.variable_length:
-        example += (torch.arange(EXAMPLE_BATCH) % EXAMPLE_SEQ + 1,)
-        dims += ({0: batch},)
+    extras = {
+        "lengths": lambda: torch.arange(EXAMPLE_BATCH) % EXAMPLE_SEQ + 1,
+        "future": lambda: torch.zeros(EXAMPLE_BATCH, meta.horizon, len(meta.future)),
+        "static": lambda: torch.zeros(EXAMPLE_BATCH, len(meta.static)),
+    }
+    kwargs = {name: extras[name]() for name in meta.extra_inputs}
+    dims = {"x": {0: batch, 1: seq}, **{name: {0: batch} for name in kwargs}}
     program = _onnx_program(
         model,
         example,
-        input_names=["x", "lengths"][: len(example)],
+        kwargs=kwargs,
+        input_names=["x", *kwargs],
         output_names=["y", *getattr(model, "extra_outputs", ())],
         dynamic_shapes=dims,
     )
@@ -214,12 +219,12 @@ def calibrated(trained: Trained, prepared: Prepared) -> Trained:
     def outputs(chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """(the model's outputs, the truth) on the validation split, read only when asked."""
         x, y = prepared.arrays("val")
-        lengths = prepared.lengths("val")
+        extra = prepared.extra_inputs("val")
         parts = [
             run_torch(
                 trained.model,
                 np.ascontiguousarray(x[i : i + chunk], dtype=np.float32),
-                None if lengths is None else lengths[i : i + chunk],
+                {k: v[i : i + chunk] for k, v in extra.items()},
             )[0]
             for i in range(0, len(x), chunk)
         ]

@@ -14,11 +14,12 @@ from pipeline.inference import run_onnx, session
 from pipeline.io import read_json
 
 
-def run_torch(model: nn.Module, x: np.ndarray, lengths: np.ndarray | None = None):
-    """Every output of the model (prediction first), as numpy arrays."""
+def run_torch(model: nn.Module, x: np.ndarray, extra: dict | None = None):
+    """Every output of the model (prediction first), as numpy arrays; `extra`: its inputs
+    after x by name (lengths, future, static)."""
     with torch.no_grad():
-        args = () if lengths is None else (torch.from_numpy(lengths),)
-        out = model(torch.from_numpy(x), *args)
+        kwargs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in (extra or {}).items()}
+        out = model(torch.from_numpy(x), **kwargs)
     return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
@@ -35,10 +36,16 @@ def mixed_lengths(batch: int, seq: int) -> np.ndarray:
 
 
 def parity(
-    sess, model: nn.Module, x: np.ndarray, batch_sizes: list[int], variable_length: bool = False
+    sess,
+    model: nn.Module,
+    x: np.ndarray,
+    batch_sizes: list[int],
+    variable_length: bool = False,
+    covariates: dict | None = None,
 ) -> tuple[float, float, list[list[int]]]:
     """The largest |ORT - torch| over every output, at half, equal and twice the length of `x`
-    (a model of variable-length series gets a mix of lengths in each batch): absolute, and
+    (a model of variable-length series gets a mix of lengths in each batch, a forecaster with
+    covariates the test windows' `future` and `static` rows beside x's): absolute, and
     relative to the output's largest magnitude where that exceeds 1 (float32 keeps ~7 digits:
     a confident classifier's logits of 6 differed by 1.3e-5 between two correct runtimes)."""
     seq = x.shape[1]
@@ -47,8 +54,10 @@ def parity(
     for b in batch_sizes:
         for t in lengths:
             xb = parity_inputs(x, b, t)
-            lb = mixed_lengths(b, t) if variable_length else None
-            pairs = zip(run_onnx(sess, xb, lb), run_torch(model, xb, lb), strict=True)
+            extra = {k: v[np.arange(b) % len(v)] for k, v in (covariates or {}).items()}
+            if variable_length:
+                extra["lengths"] = mixed_lengths(b, t)
+            pairs = zip(run_onnx(sess, xb, extra), run_torch(model, xb, extra), strict=True)
             for got, expected in pairs:
                 diff = float(np.abs(got - expected).max())
                 worst = max(worst, diff)

@@ -56,8 +56,10 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
     return Path(dst)
 
 
-def median_latency_ms(sess: ort.InferenceSession, x: np.ndarray, runs: int = 50) -> float:
-    inputs = feeds(sess, x)
+def median_latency_ms(
+    sess: ort.InferenceSession, x: np.ndarray, extra: dict | None = None, runs: int = 50
+) -> float:
+    inputs = feeds(sess, x, extra)
     for _ in range(5):
         sess.run(None, inputs)
     times = []
@@ -76,7 +78,7 @@ def int8_report(
     y,
     meta,
     fp32: ort.InferenceSession | None = None,
-    lengths: np.ndarray | None = None,
+    extra: dict | None = None,
 ) -> tuple[dict, dict]:
     """Quantize model.onnx, score it like the float model, and keep models/<exp>/int8/model.onnx
     only when the task's headline metric drops by at most validate.int8_max_drop and the metric
@@ -89,7 +91,7 @@ def int8_report(
         with tempfile.TemporaryDirectory(prefix="int8-") as tmp:
             path = quantize_int8(folder / "model.onnx", Path(tmp) / "model.onnx")
             sess8 = session(path)
-            scores, _ = task.evaluate(run_onnx(sess8, x, lengths)[0], x, y, meta)
+            scores, _ = task.evaluate(run_onnx(sess8, x, extra)[0], x, y, meta)
             metric = task.headline
             drop = report[metric] - scores[metric]
             drop = drop if task.directions[metric] else -drop
@@ -106,8 +108,9 @@ def int8_report(
                 )
                 write_json(keep / NOT_KEPT, {"reason": why})
             sample = np.ascontiguousarray(x[:1])
-            fp32_ms = median_latency_ms(fp32 or session(folder / "model.onnx"), sample)
-            int8_ms = median_latency_ms(sess8, sample)
+            first = {k: v[:1] for k, v in (extra or {}).items()}
+            fp32_ms = median_latency_ms(fp32 or session(folder / "model.onnx"), sample, first)
+            int8_ms = median_latency_ms(sess8, sample, first)
     entries = {
         f"int8_{metric}": scores[metric],
         "int8_metric_drop": float(drop),

@@ -46,10 +46,13 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
     task = task_of(meta)
     model = load_trained(folder / "model.ckpt").model
     x, y = prepared.arrays("test")
-    x, lengths = np.ascontiguousarray(x, dtype=np.float32), prepared.lengths("test")
+    x, extra = np.ascontiguousarray(x, dtype=np.float32), prepared.extra_inputs("test")
+    covariates = {k: v for k, v in extra.items() if k != "lengths"}
 
     batches = rules.parity_batch_sizes
-    max_diff, scaled_diff, shapes = parity(sess, model, x, batches, meta.variable_length)
+    max_diff, scaled_diff, shapes = parity(
+        sess, model, x, batches, meta.variable_length, covariates
+    )
     report = {
         "parity_max_abs_diff": max_diff,
         "parity_max_scaled_diff": scaled_diff,  # the gated one (validate.parity_tol)
@@ -57,18 +60,18 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
         "export_seq_len": EXAMPLE_SEQ,  # parity runs at the data's length, its half and double
         "test_size": len(x),
     }
-    out, *extra = run_onnx(sess, x, lengths)
+    out, *outputs = run_onnx(sess, x, extra)
     scores, plot_data = task.evaluate(out, x, y, meta)
     report.update(scores)
     if rules.classical:
         report.update(task.classical_report(prepared, y, meta))
     with atomic_dir(plots_dir(exp_name, "validate")) as tmp:
-        if extra:  # attention weights
-            plots.attention(x[:, :, 0], extra[0], tmp)
+        if outputs:  # attention weights
+            plots.attention(x[:, :, 0], outputs[0], tmp)
         task.plot(plot_data, tmp)
     report.update(streaming_report(folder / "streaming", model, x))
     failed = validate_failures(report, rules, task)
-    int8, timings = int8_report(exp, folder, report, x, y, meta, sess, lengths)
+    int8, timings = int8_report(exp, folder, report, x, y, meta, sess, extra)
     report.update(int8)
     report.update(passed=not failed, failed_gates=failed)
     report_path = metrics_file(exp_name, "validate")

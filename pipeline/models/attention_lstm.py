@@ -9,6 +9,7 @@ from torch import nn
 
 from pipeline.models.lstm import (
     State,
+    covariate_width,
     denormalise,
     make_rnn,
     normalise,
@@ -16,6 +17,7 @@ from pipeline.models.lstm import (
     rnn_initial_state,
     rnn_step,
     why_not_streamable,
+    with_covariates,
 )
 from pipeline.models.masking import conv_branch, step_mask
 
@@ -57,6 +59,8 @@ class AttentionLSTM(nn.Module):
         fcn_channels: tuple[int, ...],
         squeeze_excite: bool,
         target_index: tuple[int, ...] = (),
+        future_size: int = 0,
+        static_size: int = 0,
     ):
         super().__init__()
         self.rnn = make_rnn(cell, input_size, hidden_size, num_layers, dropout, bidirectional)
@@ -68,12 +72,14 @@ class AttentionLSTM(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output_shape = tuple(output_shape)
         fcn_width = fcn_channels[-1] if fcn_channels else 0
-        self.head = nn.Linear(width + fcn_width, math.prod(self.output_shape))
+        self.future_size, self.static_size = future_size, static_size
+        covariates = covariate_width(self.output_shape, future_size, static_size)
+        self.head = nn.Linear(width + fcn_width + covariates, math.prod(self.output_shape))
         self.level_norm, self.scale_norm = level_norm, scale_norm
         self.register_buffer("target_index", torch.tensor(target_index, dtype=torch.long))
 
     def forward(
-        self, x: torch.Tensor, lengths: torch.Tensor | None = None
+        self, x: torch.Tensor, lengths: torch.Tensor | None = None, future=None, static=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if x.shape[1] == 0:
             raise ValueError("attention_lstm: the input sequence has no time steps (seq = 0)")
@@ -90,6 +96,7 @@ class AttentionLSTM(nn.Module):
         context = self.dropout(torch.bmm(alpha.unsqueeze(1), states).squeeze(1))
         if self.fcn is not None:
             context = torch.cat([context, self.fcn(x.transpose(1, 2), mask)], dim=1)
+        context = with_covariates(self, context, future, static)
         out = self.head(context).reshape(-1, *self.output_shape)
         return denormalise(self, out, stats), alpha
 

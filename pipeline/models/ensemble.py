@@ -20,8 +20,10 @@ class Ensemble(nn.Module):
         self.probabilities = probabilities
         self.extra_outputs = getattr(members[0], "extra_outputs", {})
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
-        outs = [m(x) if lengths is None else m(x, lengths) for m in self.members]
+    def forward(self, x: torch.Tensor, lengths=None, future=None, static=None):
+        inputs = {"lengths": lengths, "future": future, "static": static}
+        given = {k: v for k, v in inputs.items() if v is not None}
+        outs = [m(x, **given) for m in self.members]
         outs = [o if isinstance(o, tuple) else (o,) for o in outs]
         first = torch.stack([o[0] for o in outs])
         if self.probabilities:

@@ -50,6 +50,8 @@ def why_not_streamable(model: nn.Module) -> str | None:
         return "level_norm: every input is shifted by the last step, unknown until the end"
     if model.scale_norm:
         return "scale_norm: every input is divided by the whole window's std"
+    if model.future_size or model.static_size:
+        return "covariates: the forecast reads the horizon's future and the static covariates"
     return None
 
 
@@ -67,7 +69,11 @@ Stats = tuple[torch.Tensor | None, torch.Tensor | None]
 def normalise(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Stats]:
     """Forecasting's per-window normalisation, inside the graph: `level_norm` subtracts the last
     observed step, `scale_norm` divides by the window's std per feature (RevIN-style). With both,
-    a series a*x + b gets the forecast a*y + b, whatever scale and level each series has."""
+    a series a*x + b gets the forecast a*y + b, whatever scale and level each series has. The
+    future covariates' past values (x's last columns) are left as they are."""
+    covariates = None
+    if model.future_size:
+        x, covariates = x[..., : -model.future_size], x[..., -model.future_size :]
     shift = x[:, -1:, :] if model.level_norm else None
     scale = None
     if model.scale_norm:
@@ -76,7 +82,28 @@ def normalise(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Stats]:
         x = x - shift
     if scale is not None:
         x = x / scale
+    if covariates is not None:
+        x = torch.cat([x, covariates], dim=-1)
     return x, (shift, scale)
+
+
+def with_covariates(model: nn.Module, final: torch.Tensor, future, static) -> torch.Tensor:
+    """The head's input: the encoding, then the horizon's future covariates and the static ones."""
+    parts = [final]
+    for name, size, value in (
+        ("future", model.future_size, future),
+        ("static", model.static_size, static),
+    ):
+        if size and value is None:
+            raise ValueError(f"this forecaster takes {name} covariates: pass `{name}`")
+        if size:
+            parts.append(value.flatten(1))
+    return torch.cat(parts, dim=1) if len(parts) > 1 else final
+
+
+def covariate_width(output_shape: tuple[int, ...], future_size: int, static_size: int) -> int:
+    """What with_covariates adds to the head's input: horizon x future, plus static."""
+    return (output_shape[0] * future_size if future_size else 0) + static_size
 
 
 def denormalise(model: nn.Module, out: torch.Tensor, stats: Stats) -> torch.Tensor:
@@ -110,19 +137,27 @@ class StackedLSTM(nn.Module):
         level_norm: bool,
         scale_norm: bool,
         target_index: tuple[int, ...] = (),
+        future_size: int = 0,
+        static_size: int = 0,
     ):
         super().__init__()
         self.rnn = make_rnn(cell, input_size, hidden_size, num_layers, dropout, bidirectional)
         self.dropout = nn.Dropout(dropout)
         self.output_shape = tuple(output_shape)
+        self.future_size, self.static_size = future_size, static_size
+        width = hidden_size * (2 if bidirectional else 1)
         self.head = nn.Linear(
-            hidden_size * (2 if bidirectional else 1), math.prod(self.output_shape)
+            width + covariate_width(self.output_shape, future_size, static_size),
+            math.prod(self.output_shape),
         )
         self.level_norm, self.scale_norm = level_norm, scale_norm
         self.register_buffer("target_index", torch.tensor(target_index, dtype=torch.long))
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """`lengths`: a batch of series padded at the end, each read up to its own length."""
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor | None = None, future=None, static=None
+    ) -> torch.Tensor:
+        """`lengths`: a batch of series padded at the end, each read up to its own length;
+        `future` [batch, horizon, future_size], `static` [batch, static_size]: covariates."""
         x, stats = normalise(self, x)
         states, state = self.rnn(x)
         if lengths is not None:
@@ -132,9 +167,8 @@ class StackedLSTM(nn.Module):
             h = state[0] if isinstance(state, tuple) else state  # LSTM: (h, c); GRU: h
             directions = 2 if self.rnn.bidirectional else 1
             final = torch.cat(list(h[-directions:]), dim=-1)  # last layer, every direction
-        return denormalise(
-            self, self.head(self.dropout(final)).reshape(-1, *self.output_shape), stats
-        )
+        final = with_covariates(self, self.dropout(final), future, static)
+        return denormalise(self, self.head(final).reshape(-1, *self.output_shape), stats)
 
     def streaming_unsupported(self) -> str | None:
         return why_not_streamable(self)

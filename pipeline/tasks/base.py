@@ -71,9 +71,10 @@ class Task:
 
     # -- predict (numpy) --
     def read_inputs(self, path: Path, output: Path, meta: DataMeta, id_column, time_column):
-        """(raw inputs [n, window, ...], one key per input) from the user's file."""
+        """(raw inputs [n, window, ...], one key per input, the model's other inputs by name)
+        from the user's file."""
         x, ids, _ = last_windows(path, meta, id_column, time_column)
-        return x, ids
+        return x, ids, {}
 
     def scale_inputs(self, x: np.ndarray, meta: DataMeta) -> np.ndarray:
         return meta.to_model_scale(x)

@@ -10,7 +10,7 @@ import pandas as pd
 from pandas.tseries.frequencies import to_offset
 
 from pipeline import plots
-from pipeline.data.sources import last_windows, series_freq
+from pipeline.data.sources import covariate_windows, last_windows, series_freq
 from pipeline.meta import DataMeta, inv_log, inv_standard
 from pipeline.tasks.base import Task
 
@@ -82,7 +82,11 @@ class Forecast(Task):
         return (meta.horizon, len(meta.targets))
 
     def model_kwargs(self, meta: DataMeta) -> dict:
-        return {"target_index": tuple(meta.target_index)}
+        return {
+            "target_index": tuple(meta.target_index),
+            "future_size": len(meta.future),
+            "static_size": len(meta.static),
+        }
 
     def torchmetrics(self, meta: DataMeta) -> dict:
         from torchmetrics import MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError
@@ -148,10 +152,14 @@ class Forecast(Task):
         return None if base is None else ("mape", base)
 
     def read_inputs(self, path, output, meta: DataMeta, id_column, time_column):
-        """The windows, and the output's keys: per series and step its id, the time (dates:
-        the step's timestamp after the series' last, at the model's frequency or else the
-        input's own) and the step number 1..horizon."""
-        x, ids, times = last_windows(path, meta, id_column, time_column)
+        """The windows, the output's keys (per series and step its id, the time (dates: the
+        step's timestamp after the series' last observed one, at the model's frequency or else
+        the input's own) and the step number 1..horizon) and the covariate inputs, scaled."""
+        if meta.future or meta.static:
+            x, extra, ids, times = covariate_windows(path, meta, id_column, time_column)
+            extra = {name: meta.scale_covariate(name, v) for name, v in extra.items()}
+        else:
+            (x, ids, times), extra = last_windows(path, meta, id_column, time_column), {}
         steps = np.arange(1, meta.horizon + 1)
         keys = pd.DataFrame({id_column: np.repeat(ids, meta.horizon)})
         dated = pd.api.types.is_datetime64_any_dtype(times[0])
@@ -166,7 +174,7 @@ class Forecast(Task):
                 "(and the model records none): forecasts are numbered by step only"
             )
         keys["step"] = np.tile(steps, len(ids))
-        return x, keys
+        return x, keys, extra
 
     def predictions(self, out, meta: DataMeta, keys, id_column: str) -> pd.DataFrame:
         """Per target its forecast, and for each calibrated level the interval's bounds

@@ -98,7 +98,7 @@ class Frames(Task):
             )
         if not np.isfinite(x).all():
             raise DataError(f"{path}: holds NaN or inf pixels")
-        return x, None
+        return x, None, {}
 
     def scale_inputs(self, x, meta: DataMeta):
         # uint8 pixels, divided in float32 as the training data was

@@ -45,17 +45,17 @@ class SequenceModule(pl.LightningModule):
         losses = {k: MeanMetric(nan_strategy=float("nan")) for k in self.stage_metrics}
         self.stage_losses = torch.nn.ModuleDict(losses)
 
-    def forward(self, x: torch.Tensor, *lengths: torch.Tensor) -> torch.Tensor:
-        """The prediction alone (models with extra outputs return them after it); `lengths`:
-        of a batch of padded series."""
-        out = self.model(x, *lengths)
+    def forward(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        """The prediction alone (models with extra outputs return them after it); `extra`: the
+        data's inputs after x (DataMeta.extra_inputs: padded series' lengths, covariates)."""
+        out = self.model(x, **dict(zip(self.meta.extra_inputs, extra, strict=False)))
         return out[0] if isinstance(out, tuple) else out
 
     def _step(self, batch, stage: str) -> torch.Tensor:
-        x, y, *lengths = batch
-        if lengths:  # padded to the longest series of the data: cut to the batch's longest
-            x = x[:, : int(lengths[0].max())]
-        out = self(x, *lengths)
+        x, y, *extra = batch
+        if self.meta.variable_length:  # padded to the data's longest series: cut to the batch's
+            x = x[:, : int(extra[0].max())]
+        out = self(x, *extra)
         loss = self.task.loss(out, y)
         # A ModuleDict key cannot be "train" (nn.Module.train): training metrics live under "fit".
         key = "fit" if stage == "train" else stage

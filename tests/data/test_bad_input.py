@@ -65,6 +65,9 @@ def _broken(kind: str) -> str | None:
     elif kind == "off_grid":  # month starts, but one series mid-month
         frame["time"] = pd.Timestamp("2020-01-01") + pd.DateOffset(months=1) * frame.time
         frame.loc[frame.series_id == "s3", "time"] += pd.Timedelta("14D")
+    elif kind == "static_varies":
+        frame["size"] = 1.0
+        frame.loc[45, "size"] = 2.0  # series s1
     elif kind == "empty":
         open("in.csv", "w").close()
         return None
@@ -150,6 +153,16 @@ CLASSIFY = {
             "off_grid",
             {**FORECAST, "freq": "MS"},
             "in.csv: line 92: series 's3': 2020-01-15 00:00:00 is not a 'MS' step (data.freq)",
+        ),
+        (
+            "static_varies",
+            {**FORECAST, "static": ["size"]},
+            "in.csv: column 'size' line 47: static, but series 's1' has a second value (1, then 2)",
+        ),
+        (
+            "unchanged",  # numeric times
+            {**FORECAST, "calendar": ["month"]},
+            "in.csv: data.calendar needs dates at one frequency in column 'time' (set data.freq)",
         ),
         (
             "numbers",

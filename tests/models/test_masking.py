@@ -88,7 +88,7 @@ def test_onnx_takes_padded_series_and_lengths(tmp_path, name):
     assert inputs == {"x": ["batch", "seq", None], "lengths": ["batch"]}
     series = _series(1)
     x, lengths = _with_garbage_padding(series)
-    got = run_onnx(sess, x.numpy(), lengths.numpy())[0]
+    got = run_onnx(sess, x.numpy(), {"lengths": lengths.numpy()})[0]
     for i, s in enumerate(series):
         alone = _outputs(model, torch.from_numpy(s)[None])[0][0].numpy()
         np.testing.assert_allclose(got[i], alone, atol=1e-5)
