@@ -307,8 +307,7 @@ def _static_values(frame, values: np.ndarray, bounds, names: list[str], path: Pa
     return values[[a for a, _ in bounds]]
 
 
-def _forecast_series(frame, values: np.ndarray, bounds, cfg: TableData, path: Path) -> Series:
-    ids = frame[cfg.id_column].astype(str).to_numpy()
+def _forecast_series(frame, values: np.ndarray, ids, bounds, cfg: TableData, path: Path) -> Series:
     times = [frame[cfg.time_column].iloc[a:b] for a, b in bounds]
     names = [ids[a] for a, _ in bounds]
     freq = series_freq(times, names, path, cfg.time_column, cfg.freq)
@@ -343,7 +342,7 @@ def load_table(cfg: TableData) -> Labelled | Series:
     ids = frame[cfg.id_column].astype(str).to_numpy()
     bounds = series_bounds(ids)
     if cfg.task == "forecast":
-        return _forecast_series(frame, values, bounds, cfg, path)
+        return _forecast_series(frame, values, ids, bounds, cfg, path)
 
     per_series = {col: frame[col].astype(str).to_numpy() for col in (cfg.label, cfg.split_column)
                   if col in frame.columns}  # fmt: skip
@@ -362,8 +361,7 @@ def load_table(cfg: TableData) -> Labelled | Series:
             i = int(np.flatnonzero(bad)[0])
             raise DataError(
                 f"{path}: column {cfg.split_column!r} {_file_row(path, frame, i)}: "
-                f"{split[i]!r} is not "
-                f"one of {', '.join(SPLIT_NAMES)}"
+                f"{split[i]!r} is not one of {', '.join(SPLIT_NAMES)}"
             )
     x = []
     for a, b in bounds:
@@ -461,7 +459,8 @@ def covariate_windows(path: Path, meta, id_column: str, time_column: str):
         empty_ok=meta.features if user else (),
     )  # fmt: skip
     ids = frame[id_column].astype(str).to_numpy()
-    bounds, names = series_bounds(ids), [ids[a] for a, _ in series_bounds(ids)]
+    bounds = series_bounds(ids)
+    names = [ids[a] for a, _ in bounds]
     static = _static_values(frame, values[:, nf + nu :], bounds, meta.static, path, names)
     times = frame[time_column]
     if meta.calendar and not pd.api.types.is_datetime64_any_dtype(times):
@@ -473,7 +472,7 @@ def covariate_windows(path: Path, meta, id_column: str, time_column: str):
         empty = np.isnan(values[a:b, :nf])
         full = np.flatnonzero(~empty.all(axis=1))
         ahead = (b - a - 1 - int(full[-1]) if full.size else b - a) if user else 0
-        if ahead != (h if user else 0):
+        if user and ahead != h:
             raise DataError(
                 f"{path}: series {sid!r} ends with {ahead} rows without {', '.join(meta.features)}"
                 f"; the model forecasts {h} steps and reads {', '.join(user)} on each: give "

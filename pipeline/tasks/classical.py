@@ -4,8 +4,9 @@ statsmodels), what a forecaster tries first.
 Per series and target, the form with the lowest AICc among additive-error models (no trend,
 additive trend or damped trend; additive seasonality where `season` is set and the train part
 holds two seasons) is fitted on the series' train part only, on the model's scale (so `transform:
-log` makes it a log-ETS). Each test window is then forecast with those parameters, filtered over
-the series' history up to the window's origin: no test value reaches the fit.
+log` makes it a log-ETS). Each test window is then forecast with those parameters from the state
+filtered over the series' history up to the window's origin (one filtering pass per series, a
+dynamic prediction per window): no test value reaches the fit or a forecast.
 """
 
 from __future__ import annotations
@@ -57,12 +58,12 @@ def ets_forecasts(prepared: Prepared) -> np.ndarray | None:
                 if best is None:
                     return None
                 form, fit = best
+                filtered = ETSModel(values, **form).smooth(fit.params)
+                origins = np.arange(count) + first + meta.window - start
                 windows.append(
                     [
-                        ETSModel(values[: origin - start], **form)
-                        .smooth(fit.params)
-                        .forecast(meta.horizon)
-                        for origin in range(first + meta.window, first + count + meta.window)
+                        filtered.predict(start=o, end=o + meta.horizon - 1, dynamic=0)
+                        for o in origins
                     ]
                 )
             out.append(np.stack(windows, axis=-1))  # [count, horizon, targets]
