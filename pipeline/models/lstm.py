@@ -103,7 +103,7 @@ def with_covariates(model: nn.Module, final: torch.Tensor, future, static) -> to
 
 def covariate_width(output_shape: tuple[int, ...], future_size: int, static_size: int) -> int:
     """What with_covariates adds to the head's input: horizon x future, plus static."""
-    return (output_shape[0] * future_size if future_size else 0) + static_size
+    return output_shape[0] * future_size + static_size
 
 
 def denormalise(model: nn.Module, out: torch.Tensor, stats: Stats) -> torch.Tensor:
