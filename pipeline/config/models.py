@@ -63,6 +63,15 @@ class ConvLstmModel(Strict):
     num_layers: PositiveInt = 2
     kernel_size: PositiveInt = 3
     peephole: bool = False
+    # 0: predict pixels; odd k >= 3: move the previous frame's pixels (a k x k dynamic filter)
+    motion_filter: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("motion_filter")
+    @classmethod
+    def _motion(cls, k: int) -> int:
+        if k and (k < 3 or k % 2 == 0):
+            raise ValueError(f"must be 0 (pixels) or odd and >= 3 (got {k})")
+        return k
 
     @field_validator("kernel_size")
     @classmethod

@@ -7,7 +7,8 @@ from tests.models.checker import FRAMES, check_all, check_loop_and_scan_agree
 C, H, W = 2, 8, 8
 K = 3
 T = 6
-FAMILY = {"hidden_channels": 4, "num_layers": 2, "kernel_size": 3, "peephole": True}
+FAMILY = {"hidden_channels": 4, "num_layers": 2, "kernel_size": 3, "peephole": True,
+          "motion_filter": 0}  # fmt: skip
 
 
 def make(peephole: bool = True, seed: int = 0, **kw) -> ConvLSTM:
@@ -38,10 +39,37 @@ def test_loop_and_scan_paths_agree(peephole):
     check_loop_and_scan_agree(make(peephole), frames, (1, T))
 
 
-@pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
-def test_conv_lstm_passes_the_model_checks(tmp_path, peephole):
-    cfg = {"name": "conv_lstm", "hidden_channels": 4, "num_layers": 2, "peephole": peephole}
+@pytest.mark.parametrize(
+    "peephole, motion_filter",
+    [(False, 0), (True, 0), (False, 3)],
+    ids=["plain", "peephole", "motion"],
+)
+def test_conv_lstm_passes_the_model_checks(tmp_path, peephole, motion_filter):
+    cfg = {"name": "conv_lstm", "hidden_channels": 4, "num_layers": 2, "peephole": peephole,
+           "motion_filter": motion_filter}  # fmt: skip
     check_all(cfg, FRAMES, tmp_path, loss_ratio=0.8)
+
+
+def test_the_motion_filter_moves_pixels_instead_of_painting_them():
+    """A head that always picks the offset 'one pixel left' of a 5x5 filter: each predicted
+    frame is the previous one moved one pixel right, as sharp as the input (zeros come in)."""
+    model = make(peephole=False, motion_filter=5).eval()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.fill_(-30.0)
+        model.head.bias[2 * 5 + 1] = 30.0  # (dy, dx) = (0, -1) around the centre (2, 2)
+        x = frames(2, T)
+        y = model(x)
+    last = x[:, -1]
+    for step in range(K):
+        moved = torch.zeros_like(last)
+        moved[..., step + 1 :] = last[..., : W - step - 1]
+        torch.testing.assert_close(y[:, step], moved)
+
+
+def test_an_even_motion_filter_is_refused():
+    with pytest.raises(ValueError, match="motion_filter must be 0 or odd and >= 3; got 4"):
+        make(motion_filter=4)
 
 
 def test_even_kernel_size_is_refused():
