@@ -17,6 +17,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,7 @@ def _key(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@cache  # one watcher per process, however many trainings (ensemble members) it runs
 def stop_with_dvc() -> None:
     """Under `dvc repro` (which sets DVC_STAGE), a killed `dvc` sends this training SIGTERM (it
     stops and keeps its resume point) instead of leaving it running unsupervised."""
@@ -102,7 +104,8 @@ def _dvc_pid() -> int:
     does not exec the stage's command, and that shell outlives a killed dvc."""
     pid = os.getppid()
     while pid > 1 and b"DVC_STAGE=" in _read(f"/proc/{pid}/environ"):
-        pid = int(_read(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()[1])
+        stat = _read(f"/proc/{pid}/stat")
+        pid = int(stat.rsplit(b")", 1)[1].split()[1]) if stat else 0  # 0: it has just ended
     if pid <= 1:
         raise ValueError("dvc is gone")
     return pid
