@@ -21,7 +21,12 @@ def clone_repo(tmp: str) -> tuple[Path, dict[str, str]]:
     an MLflow store inside `tmp` and telemetry off."""
     work = Path(tmp) / "repo"
     subprocess.run(["git", "clone", "-q", str(REPO), str(work)], check=True)
-    env = {
+    return work, cli_env(tmp)
+
+
+def cli_env(tmp: str) -> dict[str, str]:
+    """An environment that runs the CLI with this venv, an MLflow store in `tmp`, telemetry off."""
+    return {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
@@ -30,7 +35,13 @@ def clone_repo(tmp: str) -> tuple[Path, dict[str, str]]:
         "RAY_USAGE_STATS_ENABLED": "0",
         "DO_NOT_TRACK": "1",
     }
-    return work, env
+
+
+def overrides(pairs: list[str]) -> dict:
+    """KEY=VALUE arguments as a dict, each value read as YAML (5 -> int, true -> bool)."""
+    import yaml
+
+    return {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in pairs)}
 
 
 def device() -> torch.device:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from common import machine
+from common import cli_env, machine, overrides
 from sktime.classification.distance_based import KNeighborsTimeSeriesClassifier
 from sktime.classification.kernel_based import RocketClassifier
 
@@ -269,19 +268,10 @@ def main() -> None:
     p.add_argument("--max-epochs", type=int, help="cap every fit (smoke runs only)")
     p.add_argument("--fit", nargs="*", default=[], help="KEY=VALUE over the recipe's fit")
     args = p.parse_args()
-    fit = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.fit)}
+    fit = overrides(args.fit)
     members = {n: args.long_members if n == "GunPoint-1000" else args.members for n in args.sets}
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
-        work = Path(tmp)
-        env = {
-            **os.environ,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "DVC_NO_ANALYTICS": "1",
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "DO_NOT_TRACK": "1",
-        }
+        work, env = Path(tmp), cli_env(tmp)
         data = {name: load(name) for name in args.sets}
         trainer = {"progress_bar": False}
         if args.max_epochs:

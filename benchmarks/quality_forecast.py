@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from common import machine
+from common import cli_env, machine, overrides
 from quality import member_seconds, run_stages
 
 from pipeline.checkpoint import Trained, load_trained
@@ -138,18 +137,9 @@ def main() -> None:
     p.add_argument("--fit", nargs="*", default=[], help="KEY=VALUE over the recipe's fit")
     p.add_argument("--max-epochs", type=int, help="cap every fit (smoke runs only)")
     args = p.parse_args()
-    model, fit = ({k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in pairs)}
-                  for pairs in (args.model, args.fit))  # fmt: skip
+    model, fit = overrides(args.model), overrides(args.fit)
     with tempfile.TemporaryDirectory(prefix="bench-forecast-") as tmp:
-        work = Path(tmp)
-        env = {
-            **os.environ,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "DVC_NO_ANALYTICS": "1",
-            "DO_NOT_TRACK": "1",
-        }
+        work, env = Path(tmp), cli_env(tmp)
         trainer = {"progress_bar": False}
         if args.max_epochs:
             trainer["max_epochs"] = args.max_epochs

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,21 @@ def mlflow_template(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
     MlflowClient(f"sqlite:///{path}").search_experiments()
     return path
+
+
+@contextmanager
+def module_workdir(root: Path, mlflow_template: Path):
+    """`workdir` for a module-scoped fixture (monkeypatch is per test): cwd and MLflow store in
+    `root`, both restored on the way out."""
+    cwd = Path.cwd()
+    os.chdir(root)
+    shutil.copy(mlflow_template, root / "mlflow.db")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
+    try:
+        yield root
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI")
+        os.chdir(cwd)
 
 
 @pytest.fixture

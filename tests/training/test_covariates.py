@@ -14,7 +14,7 @@ from pipeline.cli import main
 from pipeline.config import parse_config
 from pipeline.data.prepared import Prepared
 from pipeline.inference import run_onnx, session
-from tests.conftest import write_params
+from tests.conftest import REPO, module_workdir, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -40,23 +40,14 @@ def sales() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, mlflow_template):
     """Two forecasters of the same sales, with and without the covariates."""
-    import os
-    import shutil
-
     import yaml
 
     from pipeline.data.prepare import prepare
     from pipeline.export.onnx_export import export
     from pipeline.export.validate import validate
     from pipeline.training.train import train
-    from tests.conftest import REPO
 
-    root = tmp_path_factory.mktemp("covariates")
-    cwd = Path.cwd()
-    os.chdir(root)
-    shutil.copy(mlflow_template, root / "mlflow.db")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
-    try:
+    with module_workdir(tmp_path_factory.mktemp("covariates"), mlflow_template) as root:
         sales().to_csv("sales.csv", index=False)
         params = yaml.safe_load((REPO / "params.yaml").read_text())
         common = {"model": {"name": "lstm", "hidden_size": 16, "num_layers": 1},
@@ -72,9 +63,6 @@ def trained(tmp_path_factory, mlflow_template):
             for stage in (prepare, train, export, validate):
                 stage(cfg, exp)
         yield root
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_URI")
-        os.chdir(cwd)
 
 
 def report(root: Path, exp: str) -> dict:

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from pipeline.checkpoint import load_trained
 from pipeline.cli import main
 from pipeline.inference import session
-from tests.conftest import write_params
+from tests.conftest import module_workdir, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -43,15 +43,7 @@ def _table(values, labels=None, split=None) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, mlflow_template):
-    import os
-    import shutil
-
-    root = tmp_path_factory.mktemp("ensemble")
-    cwd = os.getcwd()
-    os.chdir(root)
-    shutil.copy(mlflow_template, root / "mlflow.db")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
-    try:
+    with module_workdir(tmp_path_factory.mktemp("ensemble"), mlflow_template) as root:
         values, labels = _series(48, seed=0)
         split = ["test" if i % 4 == 3 else "train" for i in range(48)]
         _table(values, labels, split).to_csv("series.csv", index=False)
@@ -65,9 +57,6 @@ def run(tmp_path_factory, mlflow_template):
         )
         codes = [main([stage, "mine"]) for stage in ("prepare", "train", "export", "validate")]
         yield root, codes
-    finally:
-        os.chdir(cwd)
-        os.environ.pop("MLFLOW_TRACKING_URI")
 
 
 def test_every_stage_passes_and_parity_holds_with_mixed_lengths(run):
