@@ -4,9 +4,11 @@ temp dir (never the host's default one, which other Ray instances may share)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +17,7 @@ from pipeline.config import Resources
 from pipeline.errors import ConfigError
 
 CONNECT_TIMEOUT_S = 10
+LOOPBACK = "127.0.0.1"
 
 
 def resolve_address(address: str | None) -> tuple[str | None, str]:
@@ -55,6 +58,38 @@ def check_reachable(address: str, key: str) -> None:
 
 
 @contextmanager
+def held_stderr() -> Iterator[None]:
+    """Ray's C++ client writes each refused connection attempt, once a second, to file
+    descriptor 2: hold it back, and pass it on only if the block succeeds (the error that
+    follows a failure says it in one line)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        sys.stderr.write(held.read().decode(errors="replace"))
+
+
+def refusal_reason(err: BaseException) -> str:
+    """Why ray.init was refused, in a line: Ray wraps the authentication error in a
+    ConnectionError whose text is empty or a traceback."""
+    chain = []
+    while err is not None:
+        chain.append(str(err))
+        err = err.__cause__ or err.__context__
+    text = "\n".join(chain)
+    if "InvalidAuthToken" in text:
+        return "its authentication token is missing or wrong here"
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[0].split(" Traceback")[0][:150] if lines else "no reason given"
+
+
+@contextmanager
 def ray_session(address: str | None = None, key: str = "tune.address") -> Iterator[str | None]:
     """ray.init on the cluster at `address` (checked first), else on a new local Ray; shut down
     on exit. Yields the address used (None: local)."""
@@ -65,18 +100,25 @@ def ray_session(address: str | None = None, key: str = "tune.address") -> Iterat
     if address:
         check_reachable(address, key)
         try:
-            ray.init(address=address, log_to_driver=False)
+            with held_stderr():
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, ray.exceptions.AuthenticationError) as err:
             raise ConfigError(
                 f"{key}: the Ray cluster at {address} did not accept this client "
-                f"({str(err).splitlines()[0][:150]}); a cluster started with token "
-                "authentication (Ray's default) needs RAY_AUTH_MODE=token and its token "
+                f"({refusal_reason(err)}); a cluster started with token "
+                "authentication needs RAY_AUTH_MODE=token and its token "
                 "(~/.ray/auth_token or RAY_AUTH_TOKEN) here too, as the README shows"
             ) from None
     else:
         # A short path: Ray's Unix sockets live under it (about 107 characters at most).
         temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-        ray.init(address="local", _temp_dir=temp_dir, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local",
+            _node_ip_address=LOOPBACK,  # private: its servers listen on loopback only
+            _temp_dir=temp_dir,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
     try:
         yield address
     finally:

@@ -1,6 +1,7 @@
 import shutil
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pipeline.cli import main
@@ -48,3 +49,18 @@ def prepared_data(tmp_path_factory):
 def tune_workdir(workdir, prepared_data):
     shutil.copytree(prepared_data, Path("data/prepared") / EXP)
     return workdir
+
+
+def listening_ips(procs: list[psutil.Process]) -> set[str]:
+    """The addresses the processes' TCP servers listen on."""
+    ips = set()
+    for proc in procs:
+        try:
+            conns = proc.net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            continue
+        ips |= {c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN}
+    return ips
+
+
+LOOPBACK_IPS = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}

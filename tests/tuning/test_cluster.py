@@ -184,3 +184,34 @@ def test_ensemble_members_train_in_parallel_on_the_cluster(cluster, tune_workdir
     members = [r for r in runs if "member" in r.data.tags]
     assert len(members) == 2 and all("ray_node_id" in r.data.tags for r in members)
     assert not any((tune_workdir / ".ray_results").iterdir())  # the shared checkpoints went
+
+
+def test_a_client_without_the_clusters_token_gets_one_line(tune_workdir, params):
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0123456789abcdef" * 2}
+    env = {**os.environ, **token, "RAY_USAGE_STATS_ENABLED": "0"}
+    address = f"127.0.0.1:{free_port()}"
+    port = address.rsplit(":", 1)[1]
+    head = start_node(["--head", f"--port={port}", "--include-dashboard=false"], env)
+    try:
+        deadline = time.monotonic() + 60
+        while alive_nodes(address, env) < 1:
+            assert time.monotonic() < deadline, "head node did not start"
+            time.sleep(1)
+        write_params(sweep_params(params, address=address))
+        client_env = {k: v for k, v in os.environ.items() if k not in token}
+        proc = subprocess.run(
+            [sys.executable, "-m", "pipeline", "tune", EXP],
+            env={**client_env, "RAY_AUTH_MODE": "disabled"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        end_by_pid([head])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"lstm-pipeline tune: error: tune.address: the Ray cluster at {address} did not accept "
+        "this client (its authentication token is missing or wrong here); a cluster started with "
+        "token authentication needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token or "
+        "RAY_AUTH_TOKEN) here too, as the README shows"
+    ]
