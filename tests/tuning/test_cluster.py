@@ -16,10 +16,19 @@ from mlflow import MlflowClient
 
 from pipeline.cli import main
 from tests.conftest import free_port, write_params
-from tests.tuning.conftest import EXP, sweep_params
+from tests.tuning.conftest import EXP, LOOPBACK_IPS, listening_ips, sweep_params
 
 pytestmark = pytest.mark.slow
-RAY = str(Path(sys.executable).parent / "ray")
+# `ray start`, except that it keeps --node-ip-address=127.0.0.1 (and the head's 127.0.0.1
+# address): Ray's CLI swaps loopback for the host's address (resolve_ip_for_localhost), and a
+# node on that address listens on every interface. On 127.0.0.1 Ray listens on loopback only.
+# Clients keep 127.0.0.1 too with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (CLIENT_ENV).
+RAY_START_ON_LOOPBACK = (
+    "import sys; from ray._private import services; "
+    "services.resolve_ip_for_localhost = lambda host: host; "
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()"
+)
+CLIENT_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 CPUS_PER_NODE = 2
 
 
@@ -40,7 +49,8 @@ def start_node(args: list[str], env: dict) -> subprocess.Popen:
     # --block keeps `ray start` as the parent of the node's processes: they are its descendants
     temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: Unix socket path limit
     cmd = [
-        RAY, "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={CPUS_PER_NODE}",
+        sys.executable, "-c", RAY_START_ON_LOOPBACK, "start", "--block",
+        "--node-ip-address=127.0.0.1", f"--num-cpus={CPUS_PER_NODE}",
         f"--temp-dir={temp_dir}", *node_ports(), *args,
     ]  # fmt: skip
     return subprocess.Popen(
@@ -82,32 +92,53 @@ def alive_nodes(address: str, env: dict) -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster_nodes():
+    """(the head's address, the `ray start --block` process of each node)."""
+    from ray._private import ray_constants
+
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
+    client_env = {**env, **CLIENT_ENV}
     address = f"127.0.0.1:{free_port()}"
     port = address.rsplit(":", 1)[1]
     head_args = ["--head", f"--port={port}", "--include-dashboard=false"]
     procs = [start_node(head_args, env)]
-    previous = os.environ.get("RAY_AUTH_MODE")
+    previous = {key: os.environ.get(key) for key in CLIENT_ENV}
     try:
         deadline = time.monotonic() + 60
-        while alive_nodes(address, env) < 1:
+        while alive_nodes(address, client_env) < 1:
             assert time.monotonic() < deadline, "head node did not start"
             time.sleep(1)
         procs.append(start_node([f"--address={address}"], env))
-        while alive_nodes(address, env) < 2:
+        while alive_nodes(address, client_env) < 2:
             assert time.monotonic() < deadline, "second node did not join"
             time.sleep(1)
-        os.environ["RAY_AUTH_MODE"] = "disabled"  # clients must match the cluster
-        yield address
+        os.environ.update(CLIENT_ENV)  # clients must match the cluster
+        ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray already
+        yield address, procs
     finally:
         end_by_pid(procs)
-        if previous is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = previous
+        ray_constants.ENABLE_RAY_CLUSTER = True
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     assert not any(p.poll() is None for p in procs)
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_nodes):
+    return cluster_nodes[0]
+
+
+def test_the_cluster_listens_on_loopback_only(cluster_nodes):
+    _, procs = cluster_nodes
+    nodes = [psutil.Process(p.pid) for p in procs]
+    tree = [*nodes, *(child for node in nodes for child in node.children(recursive=True))]
+    assert {"gcs_server", "raylet"} <= {p.name() for p in tree}
+    ips = listening_ips(tree)
+    assert ips and ips <= LOOPBACK_IPS, ips
 
 
 def test_sweep_on_an_existing_cluster_uses_both_nodes(cluster, tune_workdir, params):
@@ -194,14 +225,14 @@ def test_a_client_without_the_clusters_token_gets_one_line(tune_workdir, params)
     head = start_node(["--head", f"--port={port}", "--include-dashboard=false"], env)
     try:
         deadline = time.monotonic() + 60
-        while alive_nodes(address, env) < 1:
+        while alive_nodes(address, {**env, **CLIENT_ENV, **token}) < 1:
             assert time.monotonic() < deadline, "head node did not start"
             time.sleep(1)
         write_params(sweep_params(params, address=address))
         client_env = {k: v for k, v in os.environ.items() if k not in token}
         proc = subprocess.run(
             [sys.executable, "-m", "pipeline", "tune", EXP],
-            env={**client_env, "RAY_AUTH_MODE": "disabled"},
+            env={**client_env, **CLIENT_ENV},
             capture_output=True,
             text=True,
             timeout=120,
