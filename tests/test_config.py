@@ -79,6 +79,18 @@ def _error(raw) -> str:
             "experiments.lstm_italypowerdemand: model.scale_norm applies to forecasting only",
         ),
         (
+            ("experiments", "lstm_airline", "model", "season_norm"),
+            24,
+            "experiments.lstm_airline: model.season_norm: 24 needs windows of 2 periods or more "
+            "(data.window is 36)",
+        ),
+        (
+            ("experiments", "lstm_airline", "model", "season_norm"),
+            1,
+            "experiments.lstm_airline.model.season_norm: must be 0 (off) or a period of 2 steps "
+            "or more (got 1)",
+        ),
+        (
             ("experiments", "lstm_airline", "data"),
             {
                 "source": "csv",
@@ -221,10 +233,13 @@ def test_model_defaults_live_in_conf_and_the_schema_only(name):
 def test_an_experiment_that_sets_only_its_data_gets_the_tasks_default_recipe():
     from pipeline.config.recipes import RECIPES
 
+    monthly = {"source": "airline", "window": 36, "season": 12}
     raw = {
         "only_data": {"data": {"source": "ucr", "name": "GunPoint"}},
         "fit_override": {"data": {"source": "ucr", "name": "GunPoint"}, "fit": {"ensemble": 5}},
-        "swept": {"data": {"source": "airline"}, "model": {"hidden_size": 8}},
+        "swept": {"data": monthly, "model": {"hidden_size": 8}},
+        "one_season": {"data": {**monthly, "window": 18}},
+        "season_off": {"data": monthly, "model": {"season_norm": 0}},
     }
     exps = parse_config({"experiments": raw}).experiments
     recipe = RECIPES["classification"]
@@ -234,3 +249,6 @@ def test_an_experiment_that_sets_only_its_data_gets_the_tasks_default_recipe():
     assert exps["fit_override"].fit.schedule == recipe["fit"]["schedule"]
     swept = exps["swept"]  # a sweep's best key on top of the forecasting recipe
     assert swept.model.name == "lstm" and swept.model.hidden_size == 8 and swept.model.level_norm
+    # the season (12) fits twice in the 36-step window: the recipe takes it out
+    assert swept.model.season_norm == 12
+    assert exps["one_season"].model.season_norm == 0 and exps["season_off"].model.season_norm == 0

@@ -61,11 +61,14 @@ class Experiment(Strict):
         if not isinstance(raw, dict) or (isinstance(given, dict) and "name" in given):
             return raw
         try:
-            task = TypeAdapter(DataConfig).validate_python(raw.get("data")).task
+            data = TypeAdapter(DataConfig).validate_python(raw.get("data"))
         except ValidationError:
             return raw  # the field validation reports what is wrong with `data`
-        recipe = RECIPES[task]
+        recipe = RECIPES[data.task]
         model, fit = {**recipe["model"], **(given or {})}, {**recipe["fit"], **raw.get("fit", {})}
+        season = getattr(data, "season", None)
+        if data.task == "forecast" and season and data.window >= 2 * season:
+            model.setdefault("season_norm", season)
         return {**raw, "model": model, "fit": fit}
 
     @model_validator(mode="after")
@@ -76,9 +79,15 @@ class Experiment(Strict):
                 f"model.name {self.model.name!r} does not support the {self.task!r} task of "
                 f"data.source {self.data.source!r}; it supports: {', '.join(tasks)}"
             )
-        for key in ("level_norm", "scale_norm"):
+        for key in ("level_norm", "scale_norm", "season_norm"):
             if getattr(self.model, key, False) and self.task != "forecast":
                 raise ValueError(f"model.{key} applies to forecasting only")
+        period = getattr(self.model, "season_norm", 0)
+        if period and self.data.window < 2 * period:
+            raise ValueError(
+                f"model.season_norm: {period} needs windows of 2 periods or more "
+                f"(data.window is {self.data.window})"
+            )
         if self.validation.beat_classical and not (
             self.task == "forecast" and self.validation.classical
         ):

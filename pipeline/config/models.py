@@ -25,6 +25,16 @@ class RecurrentModel(Strict):
     bidirectional: bool = False
     level_norm: bool = False  # forecasting: model the change from the last observed step
     scale_norm: bool = False  # forecasting: divide each window by its own std (RevIN-style)
+    # forecasting: the season's period; each window's seasonal profile is taken out, then added
+    # back to the forecast (0: off)
+    season_norm: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("season_norm")
+    @classmethod
+    def _period(cls, period: int) -> int:
+        if period == 1:
+            raise ValueError("must be 0 (off) or a period of 2 steps or more (got 1)")
+        return period
 
 
 class LstmModel(RecurrentModel):

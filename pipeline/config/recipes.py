@@ -32,7 +32,8 @@ RECIPES: dict[str, dict[str, dict]] = {
             "gradient_clip_val": 1.0,
         },
     },
-    # The airline recipe (conf/experiment/lstm_airline.yaml).
+    # The airline recipe (conf/experiment/lstm_airline.yaml); with a `data.season` that the
+    # window holds twice, `model.season_norm` is that season (pipeline/config/__init__.py).
     "forecast": {
         "model": {"name": "lstm", "hidden_size": 64, "num_layers": 1, "level_norm": True},
         "fit": {"max_epochs": 300, "batch_size": 64, "lr": 5e-3, "patience": 300},

@@ -31,6 +31,12 @@ DYNAMIC_DIMS = {0: "batch", 1: "seq"}
 EXAMPLE_BATCH, EXAMPLE_SEQ = 7, 5
 
 
+def example_length(model: torch.nn.Module) -> int:
+    """The export example's length: EXAMPLE_SEQ, or more for a model that needs longer windows
+    (one step above its shortest, so that torch.export does not specialise on it)."""
+    return max(EXAMPLE_SEQ, getattr(model, "min_length", 1) + 1)
+
+
 class ExportError(PipelineError):
     exit_code = 5
 
@@ -163,13 +169,16 @@ def export_module(trained: Trained, path: Path, family: str) -> Path:
     [batch] (int64, each series' steps; x padded at the end), for a forecaster with covariates
     `future` [batch, horizon, len(future)] and `static` [batch, len(static)]."""
     meta, model = trained.meta, trained.model
-    example = (torch.zeros(EXAMPLE_BATCH, EXAMPLE_SEQ, *meta.input_shape[1:]),)
+    shortest = getattr(model, "min_length", 1)  # e.g. season_norm's two periods
+    example_seq = example_length(model)
+    example = (torch.zeros(EXAMPLE_BATCH, example_seq, *meta.input_shape[1:]),)
     # min=2: otherwise torch.export guards "dim != 1" (0/1 specialisation), and torch.onnx
     # resolves that guard by silently fixing seq. The ONNX graph itself runs at size 1 too
     # (validate's parity check includes batch 1).
-    batch, seq = (torch.export.Dim(name, min=2) for name in DYNAMIC_DIMS.values())
+    batch = torch.export.Dim("batch", min=2)
+    seq = torch.export.Dim("seq", min=max(2, shortest))
     extras = {
-        "lengths": lambda: torch.arange(EXAMPLE_BATCH) % EXAMPLE_SEQ + 1,
+        "lengths": lambda: torch.arange(EXAMPLE_BATCH) % example_seq + 1,
         "future": lambda: torch.zeros(EXAMPLE_BATCH, meta.horizon, len(meta.future)),
         "static": lambda: torch.zeros(EXAMPLE_BATCH, len(meta.static)),
     }

@@ -16,7 +16,7 @@ from pipeline.config import PipelineConfig
 from pipeline.data.prepared import Prepared
 from pipeline.errors import GateError
 from pipeline.evaluation import validate_failures
-from pipeline.export.onnx_export import EXAMPLE_SEQ
+from pipeline.export.onnx_export import example_length
 from pipeline.export.parity import parity, streaming_report
 from pipeline.export.quantize import int8_report
 from pipeline.inference import onnx_meta, run_onnx, session
@@ -57,7 +57,7 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
         "parity_max_abs_diff": max_diff,
         "parity_max_scaled_diff": scaled_diff,  # the gated one (validate.parity_tol)
         "parity_shapes": shapes,
-        "export_seq_len": EXAMPLE_SEQ,  # parity runs at the data's length, its half and double
+        "export_seq_len": example_length(model),  # parity: the data's length, its half, double
         "test_size": len(x),
     }
     out, *outputs = run_onnx(sess, x, extra)

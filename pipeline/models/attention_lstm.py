@@ -12,6 +12,7 @@ from pipeline.models.lstm import (
     covariate_width,
     denormalise,
     make_rnn,
+    min_length,
     normalise,
     refuse_lengths,
     rnn_initial_state,
@@ -56,6 +57,7 @@ class AttentionLSTM(nn.Module):
         attention_size: int,
         level_norm: bool,
         scale_norm: bool,
+        season_norm: int,
         fcn_channels: tuple[int, ...],
         squeeze_excite: bool,
         target_index: tuple[int, ...] = (),
@@ -75,7 +77,8 @@ class AttentionLSTM(nn.Module):
         self.future_size, self.static_size = future_size, static_size
         covariates = covariate_width(self.output_shape, future_size, static_size)
         self.head = nn.Linear(width + fcn_width + covariates, math.prod(self.output_shape))
-        self.level_norm, self.scale_norm = level_norm, scale_norm
+        self.level_norm, self.scale_norm, self.season_norm = level_norm, scale_norm, season_norm
+        self.min_length = min_length(season_norm)
         self.register_buffer("target_index", torch.tensor(target_index, dtype=torch.long))
 
     def forward(

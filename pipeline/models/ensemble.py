@@ -19,6 +19,7 @@ class Ensemble(nn.Module):
         self.members = nn.ModuleList(members)
         self.probabilities = probabilities
         self.extra_outputs = getattr(members[0], "extra_outputs", {})
+        self.min_length = getattr(members[0], "min_length", 1)
 
     def forward(self, x: torch.Tensor, lengths=None, future=None, static=None):
         inputs = {"lengths": lengths, "future": future, "static": static}

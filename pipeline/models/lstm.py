@@ -50,6 +50,8 @@ def why_not_streamable(model: nn.Module) -> str | None:
         return "level_norm: every input is shifted by the last step, unknown until the end"
     if model.scale_norm:
         return "scale_norm: every input is divided by the whole window's std"
+    if model.season_norm:
+        return "season_norm: the seasonal profile is estimated from the whole window"
     if model.future_size or model.static_size:
         return "covariates: the forecast reads the horizon's future and the static covariates"
     return None
@@ -57,13 +59,51 @@ def why_not_streamable(model: nn.Module) -> str | None:
 
 def refuse_lengths(model: nn.Module) -> None:
     """Padded series need a causal RNN: a backward direction would read the padding first."""
-    if model.rnn.bidirectional or model.level_norm or model.scale_norm:
+    if model.rnn.bidirectional or model.level_norm or model.scale_norm or model.season_norm:
         raise ValueError(
-            "series of different lengths need a unidirectional RNN, no level_norm or scale_norm"
+            "series of different lengths need a unidirectional RNN, no level_norm, scale_norm "
+            "or season_norm"
         )
 
 
-Stats = tuple[torch.Tensor | None, torch.Tensor | None]
+Stats = tuple[torch.Tensor | None, ...]
+
+
+def phases(length: torch.Tensor | int, period: int, start: int = 0) -> torch.Tensor:
+    """One-hot [length, period]: row t marks the phase (start + t) mod period."""
+    t = torch.arange(length) + start
+    return (t.unsqueeze(1) % period == torch.arange(period).unsqueeze(0)).float()
+
+
+def min_length(season_norm: int) -> int:
+    """The shortest window whose every phase season_norm's profile reaches: two periods."""
+    return 2 * season_norm if season_norm else 1
+
+
+def seasonal_profile(x: torch.Tensor, period: int) -> torch.Tensor:
+    """Classical decomposition of each window, in the graph: x [batch, seq, features] minus its
+    centred moving average (2 x period for an even period), averaged per phase and centred:
+    [batch, period, features], phase 0 at the window's first step. A phase the detrended part
+    never reaches (a window shorter than 2 periods) gets 0."""
+    batch, seq, features = x.shape
+    even = period % 2 == 0
+    weights = torch.ones(period + even, dtype=x.dtype)
+    if even:
+        weights[0] = weights[-1] = 0.5
+    weights = (weights / period).view(1, 1, -1)
+    series = x.transpose(1, 2).reshape(batch * features, 1, seq)
+    trend = nn.functional.conv1d(series, weights).reshape(batch, features, -1).transpose(1, 2)
+    offset = period // 2
+    detrended = x[:, offset : offset + trend.shape[1], :] - trend
+    onehot = phases(trend.shape[1], period, offset)  # [n, period]
+    sums = torch.einsum("bnf,np->bpf", detrended, onehot)
+    profile = sums / onehot.sum(0).clamp(min=1).view(1, period, 1)
+    return profile - profile.mean(dim=1, keepdim=True)
+
+
+def season_at(profile: torch.Tensor, length: torch.Tensor | int, start) -> torch.Tensor:
+    """The profile laid over `length` steps from phase `start`: [batch, length, features]."""
+    return torch.einsum("np,bpf->bnf", phases(length, profile.shape[1], start), profile)
 
 
 def normalise(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Stats]:
@@ -74,6 +114,10 @@ def normalise(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Stats]:
     covariates = None
     if model.future_size:
         x, covariates = x[..., : -model.future_size], x[..., -model.future_size :]
+    season = None
+    if model.season_norm:
+        season = seasonal_profile(x, model.season_norm)
+        x = x - season_at(season, x.shape[1], 0)
     shift = x[:, -1:, :] if model.level_norm else None
     scale = None
     if model.scale_norm:
@@ -84,7 +128,7 @@ def normalise(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Stats]:
         x = x / scale
     if covariates is not None:
         x = torch.cat([x, covariates], dim=-1)
-    return x, (shift, scale)
+    return x, (shift, scale, season, x.shape[1])
 
 
 def with_covariates(model: nn.Module, final: torch.Tensor, future, static) -> torch.Tensor:
@@ -108,11 +152,16 @@ def covariate_width(output_shape: tuple[int, ...], future_size: int, static_size
 
 def denormalise(model: nn.Module, out: torch.Tensor, stats: Stats) -> torch.Tensor:
     """The forecast [batch, horizon, targets] back on the inputs' scale and level."""
-    shift, scale = (s.index_select(2, model.target_index) if s is not None else s for s in stats)
+    *stats, seq = stats
+    shift, scale, season = (
+        s.index_select(2, model.target_index) if s is not None else s for s in stats
+    )
     if scale is not None:
         out = out * scale
     if shift is not None:
         out = out + shift
+    if season is not None:  # the horizon's phases continue the window's
+        out = out + season_at(season, out.shape[1], seq)
     return out
 
 
@@ -136,6 +185,7 @@ class StackedLSTM(nn.Module):
         cell: str,
         level_norm: bool,
         scale_norm: bool,
+        season_norm: int,
         target_index: tuple[int, ...] = (),
         future_size: int = 0,
         static_size: int = 0,
@@ -150,7 +200,8 @@ class StackedLSTM(nn.Module):
             width + covariate_width(self.output_shape, future_size, static_size),
             math.prod(self.output_shape),
         )
-        self.level_norm, self.scale_norm = level_norm, scale_norm
+        self.level_norm, self.scale_norm, self.season_norm = level_norm, scale_norm, season_norm
+        self.min_length = min_length(season_norm)
         self.register_buffer("target_index", torch.tensor(target_index, dtype=torch.long))
 
     def forward(

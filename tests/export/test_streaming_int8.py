@@ -93,7 +93,7 @@ def test_validate_stage_checks_streaming_and_keeps_int8_within_the_bound(workdir
     from pipeline.training.train import train
 
     exp = params["experiments"]["attention_lstm_airline"]
-    exp["model"].update(level_norm=False, hidden_size=16)
+    exp["model"].update(level_norm=False, season_norm=0, hidden_size=16)  # causal: streams
     exp["validate"] = {"beat_baseline": False, "int8_max_drop": 0.01}
     params["experiments"] = {"att": exp}
     params["trainer"].update(max_epochs=2, progress_bar=False)

@@ -20,6 +20,7 @@ def test_attention_lstm_passes_the_model_checks(tmp_path, meta, fcn_channels):
         "attention_size": 8,
         "fcn_channels": fcn_channels,
         "scale_norm": meta is FORECAST,
+        "season_norm": 7 if meta is FORECAST else 0,
     }
     check_all(cfg, meta, tmp_path)
 

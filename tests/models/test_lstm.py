@@ -19,6 +19,7 @@ def test_stacked_lstm_passes_the_model_checks(tmp_path, cell, bidirectional, met
         "bidirectional": bidirectional,
         "level_norm": meta["task"] == "forecast",
         "scale_norm": meta["task"] == "forecast",
+        "season_norm": 12 if meta["task"] == "forecast" else 0,
     }
     check_all(cfg, meta, tmp_path)
 
@@ -44,3 +45,19 @@ def test_level_and_scale_norm_forecast_each_series_on_its_own_scale(name):
     with torch.no_grad():
         y, y_scaled = (prediction(model(v)) for v in (x, a * x + b))
     torch.testing.assert_close(y_scaled, a[..., target] * y + b[..., target], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["lstm", "attention_lstm"])
+def test_season_norm_takes_each_windows_season_out_and_continues_it_over_the_horizon(name):
+    """A zero-mean pattern of the period added to the window comes back, at the horizon's
+    phases, in the forecast: the network sees the window without its season."""
+    cfg = {"name": name, "hidden_size": 8, "level_norm": True, "season_norm": 12}
+    model = SequenceModule(cfg, FORECAST).model.eval()
+    x = torch.randn(2, 36, 2)
+    pattern = torch.randn(12, 2)
+    pattern -= pattern.mean(dim=0)
+    horizon = FORECAST["horizon"]
+    later = pattern[torch.arange(36, 36 + horizon) % 12][:, model.target_index]
+    with torch.no_grad():
+        y, y_seasonal = (prediction(model(v)) for v in (x, x + pattern.repeat(3, 1)))
+    torch.testing.assert_close(y_seasonal, y + later, rtol=1e-4, atol=1e-4)

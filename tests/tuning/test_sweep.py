@@ -172,8 +172,11 @@ def test_pbt_sweep_exploits_but_never_at_the_last_epoch(tune_workdir, params):
     )
     proc = subprocess.run(tune_cmd(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # no trial error; Ray's driver logs an RpcError when its metrics agent starts slowly (a
+    # busy machine), which says nothing about the trials
     out = proc.stdout + proc.stderr
-    assert "Error" not in out, out[-3000:]
+    errors = [line for line in out.splitlines() if "Error" in line and "metrics agent" not in line]
+    assert not errors, out[-3000:]
 
     table = pd.read_csv(tune_workdir / "tune" / EXP / "results.csv")
     assert table["trial"].nunique() == 6 and table["epoch"].max() == 3
