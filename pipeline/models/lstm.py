@@ -66,7 +66,7 @@ def refuse_lengths(model: nn.Module) -> None:
         )
 
 
-Stats = tuple[torch.Tensor | None, ...]
+Stats = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, int]
 
 
 def phases(length: torch.Tensor | int, period: int, start: int = 0) -> torch.Tensor:
@@ -107,10 +107,11 @@ def season_at(profile: torch.Tensor, length: torch.Tensor | int, start) -> torch
 
 
 def normalise(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Stats]:
-    """Forecasting's per-window normalisation, inside the graph: `level_norm` subtracts the last
-    observed step, `scale_norm` divides by the window's std per feature (RevIN-style). With both,
-    a series a*x + b gets the forecast a*y + b, whatever scale and level each series has. The
-    future covariates' past values (x's last columns) are left as they are."""
+    """Forecasting's per-window normalisation, inside the graph: `season_norm` first takes out
+    the window's seasonal profile, `level_norm` subtracts the last observed step, `scale_norm`
+    divides by the window's std per feature (RevIN-style). With the last two, a series a*x + b
+    gets the forecast a*y + b, whatever scale and level each series has. The future covariates'
+    past values (x's last columns) are left as they are. Stats: (shift, scale, profile, seq)."""
     covariates = None
     if model.future_size:
         x, covariates = x[..., : -model.future_size], x[..., -model.future_size :]
