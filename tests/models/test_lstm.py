@@ -47,17 +47,24 @@ def test_level_and_scale_norm_forecast_each_series_on_its_own_scale(name):
     torch.testing.assert_close(y_scaled, a[..., target] * y + b[..., target], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("scale_norm", [False, True])
 @pytest.mark.parametrize("name", ["lstm", "attention_lstm"])
-def test_season_norm_takes_each_windows_season_out_and_continues_it_over_the_horizon(name):
+def test_season_norm_takes_each_windows_season_out_and_continues_it_over_the_horizon(
+    name, scale_norm
+):
     """A zero-mean pattern of the period added to the window comes back, at the horizon's
-    phases, in the forecast: the network sees the window without its season."""
-    cfg = {"name": name, "hidden_size": 8, "level_norm": True, "season_norm": 12}
+    phases, in the forecast: the network sees the window without its season. With scale_norm
+    too, a*x + b + pattern gets a*y + b + the pattern's continuation."""
+    cfg = {"name": name, "hidden_size": 8, "level_norm": True, "scale_norm": scale_norm,
+           "season_norm": 12}  # fmt: skip
     model = SequenceModule(cfg, FORECAST).model.eval()
     x = torch.randn(2, 36, 2)
     pattern = torch.randn(12, 2)
     pattern -= pattern.mean(dim=0)
-    horizon = FORECAST["horizon"]
-    later = pattern[torch.arange(36, 36 + horizon) % 12][:, model.target_index]
+    a, b = (torch.tensor([3.0, 0.5]), torch.tensor([-4.0, 2.0])) if scale_norm else (1.0, 0.0)
+    horizon, target = FORECAST["horizon"], model.target_index
+    later = pattern[torch.arange(36, 36 + horizon) % 12][:, target]
     with torch.no_grad():
-        y, y_seasonal = (prediction(model(v)) for v in (x, x + pattern.repeat(3, 1)))
-    torch.testing.assert_close(y_seasonal, y + later, rtol=1e-4, atol=1e-4)
+        y, y_seasonal = (prediction(model(v)) for v in (x, a * x + b + pattern.repeat(3, 1)))
+    a, b = (v[target] if scale_norm else v for v in (a, b))
+    torch.testing.assert_close(y_seasonal, a * y + b + later, rtol=1e-4, atol=1e-4)
