@@ -91,6 +91,12 @@ def alive_nodes(address: str, env: dict) -> int:
     return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
 
 
+def wait_for_nodes(address: str, env: dict, count: int, deadline: float) -> None:
+    while alive_nodes(address, env) < count:
+        assert time.monotonic() < deadline, f"{count} node(s) did not come up"
+        time.sleep(1)
+
+
 @pytest.fixture(scope="module")
 def cluster_nodes():
     """(the head's address, the `ray start --block` process of each node)."""
@@ -106,13 +112,9 @@ def cluster_nodes():
     previous = {key: os.environ.get(key) for key in CLIENT_ENV}
     try:
         deadline = time.monotonic() + 60
-        while alive_nodes(address, client_env) < 1:
-            assert time.monotonic() < deadline, "head node did not start"
-            time.sleep(1)
+        wait_for_nodes(address, client_env, 1, deadline)
         procs.append(start_node([f"--address={address}"], env))
-        while alive_nodes(address, client_env) < 2:
-            assert time.monotonic() < deadline, "second node did not join"
-            time.sleep(1)
+        wait_for_nodes(address, client_env, 2, deadline)
         os.environ.update(CLIENT_ENV)  # clients must match the cluster
         ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray already
         yield address, procs
@@ -224,10 +226,7 @@ def test_a_client_without_the_clusters_token_gets_one_line(tune_workdir, params)
     port = address.rsplit(":", 1)[1]
     head = start_node(["--head", f"--port={port}", "--include-dashboard=false"], env)
     try:
-        deadline = time.monotonic() + 60
-        while alive_nodes(address, {**env, **CLIENT_ENV, **token}) < 1:
-            assert time.monotonic() < deadline, "head node did not start"
-            time.sleep(1)
+        wait_for_nodes(address, {**env, **CLIENT_ENV, **token}, 1, time.monotonic() + 60)
         write_params(sweep_params(params, address=address))
         client_env = {k: v for k, v in os.environ.items() if k not in token}
         proc = subprocess.run(
