@@ -46,10 +46,9 @@ def validate_failures(report: dict, rules: Validate, task: Task) -> list[str]:
             raise ConfigError(f"validate thresholds: unknown metric {metric!r}; known: {known}")
     gates = threshold_gates(report, rules.min, rules.max)
     failed += [f"{g.name} {g.value} not {g.threshold}" for g in gates if not g.passed]
-    if rules.beat_baseline and (pair := task.baseline_gate(report)):
-        metric, base = pair
-        if not report[metric] < report[base]:
-            failed.append(f"{metric} {report[metric]:.6g} not below {base} {report[base]:.6g}")
+    if rules.beat_baseline:
+        failed += [f"{g.name}: {g.value} not {g.threshold}" for g in baseline_gates(report, task)
+                   if not g.passed]  # fmt: skip
     if rules.beat_classical:
         if "ets_mape" not in report:
             failed.append("beat_classical: no ETS form could be fitted on the train part")
@@ -72,14 +71,21 @@ def champion_gate(metric: str, value: float, margin: float, champion: dict | Non
     return Gate(name, f"{value:.6g}", f"<= {bound:.6g}", value <= bound)
 
 
-def baseline_gate(report: dict, task: Task) -> Gate:
-    """Better than the naive forecast a task reports beside its own (classification has none)."""
-    if (pair := task.baseline_gate(report)) is None:
+def baseline_gates(report: dict, task: Task) -> list[Gate]:
+    """Better than the naive prediction a task reports beside its own (classification has none),
+    in each metric the task gates on."""
+    pairs = task.baseline_gates(report)
+    if not pairs:
         value = f"{report[task.headline]:.6g}" if task.headline in report else "-"
-        return Gate(f"{task.headline} vs baseline", value, f"skipped: {task.name} has none", True)
-    metric, base = pair
-    value, bound = report[metric], report[base]
-    return Gate(f"{metric} vs baseline", f"{value:.6g}", f"< {bound:.6g} ({base})", value < bound)
+        return [Gate(f"{task.headline} vs baseline", value, f"skipped: {task.name} has none", True)]
+    gates = []
+    for metric, base in pairs:
+        value, bound = report[metric], report[base]
+        higher = higher_is_better(metric)
+        passed = value > bound if higher else value < bound
+        threshold = f"{'>' if higher else '<'} {bound:.6g} ({base})"
+        gates.append(Gate(f"{metric} vs baseline", f"{value:.6g}", threshold, passed))
+    return gates
 
 
 def release_gates(report: dict, rules: Release, task: Task, champion: dict | None) -> list[Gate]:
@@ -97,7 +103,7 @@ def release_gates(report: dict, rules: Release, task: Task, champion: dict | Non
         if metric in report
     ]
     thresholds = threshold_gates(report, rules.min, rules.max)
-    baseline = [baseline_gate(report, task)] if rules.beat_baseline else []
+    baseline = baseline_gates(report, task) if rules.beat_baseline else []
     return [passed, *thresholds, *baseline, *margins]
 
 

@@ -126,6 +126,17 @@ def _error(raw) -> str:
             "'day_of_year'",
         ),
         (
+            ("experiments", "lstm_airline", "fit", "teacher_forcing"),
+            0.5,
+            "experiments.lstm_airline: fit.teacher_forcing applies to the frames task",
+        ),
+        (
+            ("experiments", "conv_lstm_moving_digits", "fit", "teacher_forcing"),
+            1.5,
+            "experiments.conv_lstm_moving_digits.fit.teacher_forcing: Input should be less than "
+            "or equal to 1",
+        ),
+        (
             ("experiments", "lstm_italypowerdemand", "validate"),
             {"beat_classical": True},
             "experiments.lstm_italypowerdemand: validate.beat_classical needs a forecast task",

@@ -192,3 +192,19 @@ def test_forecast_reports_ets_and_beat_classical_gates_on_it(tmp_path):
         f"mape {report['mape']:.6g} not below ets_mape {report['ets_mape']:.6g}"
     ]
     assert not validate_failures(report, Validate(beat_classical=False), task)
+
+
+def test_frames_beat_baseline_gates_on_mse_and_ssim():
+    """A constant grey image has a lower MSE than copy-last-frame on moving frames, but no
+    structure: validate.beat_baseline fails it on SSIM alone."""
+    frames = np.zeros((4, 6, 1, 16, 16), np.float32)
+    for i in range(4):  # a bright 5x5 square moving 2 px right a frame, from its own row
+        for t in range(6):
+            frames[i, t, 0, 2 * i : 2 * i + 5, 2 * t : 2 * t + 5] = 1.0
+    x, y = frames[:, :4], frames[:, 4:]
+    task = TASKS["frames"]
+    report = task.evaluate(np.full_like(y, y.mean()), x, y, METAS["frames"])[0]
+    assert report["mse"] < report["baseline_mse"] and report["ssim"] < report["baseline_ssim"]
+    (failure,) = validate_failures(report, Validate(beat_baseline=True), task)
+    assert failure.startswith("ssim vs baseline: ")
+    assert not validate_failures(report, Validate(beat_baseline=False), task)

@@ -88,6 +88,8 @@ class Experiment(Strict):
                 f"model.season_norm: {period} needs windows of 2 periods or more "
                 f"(data.window is {self.data.window})"
             )
+        if self.fit.teacher_forcing and self.task != "frames":
+            raise ValueError("fit.teacher_forcing applies to the frames task (conv_lstm) only")
         if self.validation.beat_classical and not (
             self.task == "forecast" and self.validation.classical
         ):

@@ -38,8 +38,15 @@ RECIPES: dict[str, dict[str, dict]] = {
         "model": {"name": "lstm", "hidden_size": 64, "num_layers": 1, "level_norm": True},
         "fit": {"max_epochs": 300, "batch_size": 64, "lr": 5e-3, "patience": 300},
     },
+    # The moving-digits recipe (conf/experiment/conv_lstm_moving_digits.yaml)
     "frames": {
-        "model": {"name": "conv_lstm", "hidden_channels": 16, "num_layers": 2},
-        "fit": {"max_epochs": 10, "batch_size": 16, "lr": 2e-3, "patience": 5},
+        "model": {"name": "conv_lstm", "hidden_channels": 16, "num_layers": 2, "motion_filter": 5},
+        "fit": {
+            "max_epochs": 10,
+            "batch_size": 8,
+            "lr": 2e-3,
+            "patience": 5,
+            "teacher_forcing": 1.0,
+        },
     },
 }

@@ -28,6 +28,9 @@ class Fit(Strict):
     select: Literal["best", "last"] = "best"
     # Members trained with seeds seed, seed+1, ...; one ONNX file averages their probabilities.
     ensemble: PositiveInt = 1
+    # Frames (conv_lstm): the probability that a training forecast step is fed the true previous
+    # frame instead of the model's own prediction (1: always). Validation and inference never are.
+    teacher_forcing: Annotated[float, Field(ge=0, le=1)] = 0.0
 
 
 class Validate(Strict):
@@ -36,7 +39,8 @@ class Validate(Strict):
     parity_batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [1, 4, 16]
     min: dict[str, float] = {}  # metric -> lowest passing value, e.g. accuracy: 0.95
     max: dict[str, float] = {}  # metric -> highest passing value, e.g. mape: 10
-    beat_baseline: bool = False  # forecast: mape < (seasonal-)naive mape; frames: mse < copy-last
+    # forecast: mape < (seasonal-)naive mape; frames: mse below and ssim above copy-last-frame's
+    beat_baseline: bool = False
     classical: bool = True  # forecast: report ETS fitted on the train part (ets_mae, ...)
     beat_classical: bool = False  # forecast: mape < ets_mape
     quantize: bool = True  # try a dynamic int8 model (models/<exp>/int8/model.onnx)

@@ -22,6 +22,11 @@ its k x k neighbourhood, and the frame is the previous one's pixels mixed by tho
 model then moves pixels rather than painting them, which keeps digits from dissolving into the
 mean image that an MSE-trained pixel head drifts to.
 
+Teacher forcing (training only): given the true frames `teacher` [batch, K, C, H, W] and a mask
+[batch, K], the forecaster's next input is the true frame where the mask is set and its own
+prediction elsewhere (scheduled sampling, Bengio et al. 2015, when the mask is drawn with a
+probability below 1). Without them the forecaster always runs on its own predictions.
+
 The encoder's time loop has two paths with the same math, chosen by `scan_for_export`: a plain
 Python loop (training; fast in eager) and `torch._higher_order_ops.scan` (export). torch.onnx
 unrolls a Python loop over seq, which silently fixes seq (or claims it dynamic and computes
@@ -145,7 +150,12 @@ class ConvLSTM(nn.Module):
         outputs = motion_filter**2 if motion_filter else channels
         self.head = nn.Conv2d(num_layers * hidden_channels, outputs, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        teacher: torch.Tensor | None = None,
+        teacher_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if x.dim() != 5:
             raise ValueError(
                 "ConvLSTM expects frames [batch, seq, channels, height, width]; "
@@ -157,18 +167,28 @@ class ConvLSTM(nn.Module):
                 f"ConvLSTM was built for frames of shape {expected} (channels, height, width); "
                 f"got shape {tuple(x.shape)}"
             )
-        return self._forecast(self._encode(x), x[:, -1])
+        return self._forecast(self._encode(x), x[:, -1], teacher, teacher_mask)
 
-    def _forecast(self, states: list[State], frame: torch.Tensor) -> torch.Tensor:
-        """The K predicted frames from the encoder's states, fed the last observed frame first."""
+    def _forecast(
+        self,
+        states: list[State],
+        frame: torch.Tensor,
+        teacher: torch.Tensor | None = None,
+        teacher_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The K predicted frames from the encoder's states, fed the last observed frame first,
+        then each prediction (or, under teacher forcing, the true frame where the mask says)."""
         frames = []
-        for _ in range(self.output_shape[0]):
+        for t in range(self.output_shape[0]):
             inp = frame
             for k, cell in enumerate(self.forecaster):
                 states[k] = cell.step(cell.input_gates(inp), states[k])
                 inp = states[k][0]
             frame = self._next_frame(self.head(torch.cat([h for h, _ in states], dim=1)), frame)
             frames.append(frame)
+            if teacher is not None:
+                forced = teacher_mask[:, t].view(-1, *[1] * (frame.dim() - 1))
+                frame = torch.where(forced, teacher[:, t], frame)
         return torch.stack(frames, dim=1)
 
     def _next_frame(self, out: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:

@@ -65,9 +65,9 @@ class Task:
         """Metrics of the classical model fitted on the train part (validate.classical)."""
         return {}
 
-    def baseline_gate(self, report: dict) -> tuple[str, str] | None:
-        """(metric, the baseline's metric it must beat) for validate.beat_baseline."""
-        return None
+    def baseline_gates(self, report: dict) -> list[tuple[str, str]]:
+        """(metric, the baseline's metric it must beat) pairs for validate.beat_baseline."""
+        return []
 
     # -- predict (numpy) --
     def read_inputs(self, path: Path, output: Path, meta: DataMeta, id_column, time_column):

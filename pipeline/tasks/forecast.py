@@ -147,9 +147,9 @@ class Forecast(Task):
             data.get("band"), data.get("level"),
         )  # fmt: skip
 
-    def baseline_gate(self, report: dict) -> tuple[str, str] | None:
+    def baseline_gates(self, report: dict) -> list[tuple[str, str]]:
         base = next((k for k in report if k.endswith("naive_mape")), None)
-        return None if base is None else ("mape", base)
+        return [] if base is None else [("mape", base)]
 
     def read_inputs(self, path, output, meta: DataMeta, id_column, time_column):
         """The windows, the output's keys (per series and step its id, the time (dates: the

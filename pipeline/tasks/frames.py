@@ -82,8 +82,9 @@ class Frames(Task):
             out,
         )
 
-    def baseline_gate(self, report: dict) -> tuple[str, str]:
-        return "mse", "baseline_mse"
+    def baseline_gates(self, report: dict) -> list[tuple[str, str]]:
+        # MSE alone rewards the blurred mean image; SSIM must beat copy-last-frame as well
+        return [("mse", "baseline_mse"), ("ssim", "baseline_ssim")]
 
     def read_inputs(self, path, output, meta: DataMeta, id_column, time_column):
         for file, role in ((path, "reads"), (output, "writes")):

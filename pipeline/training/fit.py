@@ -42,7 +42,9 @@ def seeded_module_and_data(
     its refit."""
     pl.seed_everything(seed, workers=True)
     meta = prepared.meta.contract().model_dump()
-    fit = exp.fit.model_dump(include={"lr", "weight_decay", "schedule", "patience"})
+    fit = exp.fit.model_dump(
+        include={"lr", "weight_decay", "schedule", "patience", "teacher_forcing"}
+    )
     module = SequenceModule(exp.model.model_dump(), meta, **fit)
     data = PreparedDataModule(
         prepared, exp.fit.batch_size, cfg.trainer.num_workers, seed, train_splits

@@ -20,6 +20,7 @@ class SequenceModule(pl.LightningModule):
         weight_decay: float = 0.0,
         schedule: str = "constant",
         patience: int = 20,
+        teacher_forcing: float = 0.0,
     ):
         """`meta`: the data contract as a dict (DataMeta.model_dump()), as checkpoints keep it;
         the rest: fit.* (config/run.py)."""
@@ -55,7 +56,11 @@ class SequenceModule(pl.LightningModule):
         x, y, *extra = batch
         if self.meta.variable_length:  # padded to the data's longest series: cut to the batch's
             x = x[:, : int(extra[0].max())]
-        out = self(x, *extra)
+        if stage == "train" and self.hparams.teacher_forcing:
+            forced = torch.rand(y.shape[:2], device=y.device) < self.hparams.teacher_forcing
+            out = self.model(x, teacher=y, teacher_mask=forced)
+        else:
+            out = self(x, *extra)
         loss = self.task.loss(out, y)
         # A ModuleDict key cannot be "train" (nn.Module.train): training metrics live under "fit".
         key = "fit" if stage == "train" else stage

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from pipeline.models.conv_lstm import ConvLSTM
+from pipeline.training.module import SequenceModule
 from tests.models.checker import FRAMES, check_all, check_loop_and_scan_agree
 
 C, H, W = 2, 8, 8
@@ -65,6 +66,40 @@ def test_the_motion_filter_moves_pixels_instead_of_painting_them():
         moved = torch.zeros_like(last)
         moved[..., step + 1 :] = last[..., : W - step - 1]
         torch.testing.assert_close(y[:, step], moved)
+
+
+@pytest.mark.parametrize("motion_filter", [0, 3], ids=["pixels", "motion"])
+def test_teacher_forcing_feeds_the_true_frame_where_the_mask_says(motion_filter):
+    model = make(motion_filter=motion_filter).eval()
+    x, truth = frames(2, T), frames(2, K, seed=1)
+    with torch.no_grad():
+        free = model(x)
+        never = model(x, teacher=truth, teacher_mask=torch.zeros(2, K, dtype=torch.bool))
+        forced = model(x, teacher=truth, teacher_mask=torch.ones(2, K, dtype=torch.bool))
+        other = truth.clone()
+        other[:, 1] = 0.5
+        forced_other = model(x, teacher=other, teacher_mask=torch.ones(2, K, dtype=torch.bool))
+        # sample 0 forced at step 0 only: its step 1 sees truth[0, 0], step 2 its own step 1
+        mixed_mask = torch.tensor([[True, False, False], [False, False, False]])
+        mixed = model(x, teacher=truth, teacher_mask=mixed_mask)
+    torch.testing.assert_close(never, free)
+    torch.testing.assert_close(forced[:, :2], forced_other[:, :2])  # steps 0 and 1 precede it
+    assert not torch.allclose(forced[:, 2], forced_other[:, 2])  # step 2 is fed truth[:, 1]
+    torch.testing.assert_close(mixed[1], free[1])
+    torch.testing.assert_close(mixed[0, :2], forced[0, :2])
+    assert not torch.allclose(mixed[0, 2], forced[0, 2])
+
+
+def test_the_module_forces_true_frames_in_training_steps_only():
+    cfg = {"name": "conv_lstm", "hidden_channels": 4, "num_layers": 1, "motion_filter": 3}
+    module = SequenceModule(cfg, FRAMES, teacher_forcing=1.0)
+    x, y = torch.rand(2, 6, 1, 8, 8), torch.rand(2, 3, 1, 8, 8)
+    with torch.no_grad():
+        train, val = module._step((x, y), "train"), module._step((x, y), "val")
+        forced = module.model(x, teacher=y, teacher_mask=torch.ones(2, 3, dtype=torch.bool))
+    torch.testing.assert_close(train, torch.nn.functional.mse_loss(forced, y))
+    torch.testing.assert_close(val, torch.nn.functional.mse_loss(module.model(x), y))
+    assert not torch.isclose(train, val)
 
 
 def test_an_even_motion_filter_is_refused():

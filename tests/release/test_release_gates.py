@@ -51,8 +51,13 @@ def test_thresholds_apply_to_the_metrics_a_report_has():
         ),
         (
             "frames",
-            {"mse": 0.06, "baseline_mse": 0.05},
+            {"mse": 0.06, "baseline_mse": 0.05, "ssim": 0.3, "baseline_ssim": 0.25},
             Gate("mse vs baseline", "0.06", "< 0.05 (baseline_mse)", False),
+        ),
+        (  # a blurred mean image: MSE below copy-last-frame's, SSIM not above it
+            "frames",
+            {"mse": 0.04, "baseline_mse": 0.05, "ssim": 0.2, "baseline_ssim": 0.25},
+            Gate("ssim vs baseline", "0.2", "> 0.25 (baseline_ssim)", False),
         ),
         (
             "classification",
