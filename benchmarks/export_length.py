@@ -37,7 +37,13 @@ FAMILIES = {  # the model configs of the default experiments (params.yaml), on t
         {"task": "classification", "input_shape": [0, 1], "labels": ["a", "b"]},
     ),
     "conv_lstm": (
-        {"name": "conv_lstm", "hidden_channels": 16, "num_layers": 2, "kernel_size": 3},
+        {
+            "name": "conv_lstm",
+            "hidden_channels": 16,
+            "num_layers": 2,
+            "kernel_size": 3,
+            "motion_filter": 5,
+        },
         {"task": "frames", "input_shape": [0, 1, 16, 16], "horizon": 8},
     ),
 }

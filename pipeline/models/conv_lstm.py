@@ -147,6 +147,9 @@ class ConvLSTM(nn.Module):
         self.encoder = stack()
         self.forecaster = stack()
         self.motion_filter = motion_filter
+        if motion_filter:  # one-hot k x k kernels: a convolution with them lists the shifts
+            shifts = torch.eye(motion_filter**2).view(-1, 1, motion_filter, motion_filter)
+            self.register_buffer("shift_kernels", shifts, persistent=False)
         outputs = motion_filter**2 if motion_filter else channels
         self.head = nn.Conv2d(num_layers * hidden_channels, outputs, kernel_size=1)
 
@@ -195,12 +198,13 @@ class ConvLSTM(nn.Module):
         """The head's output as a frame: pixels, or the motion filter applied to `previous`."""
         if not self.motion_filter:
             return torch.sigmoid(out)
-        k, (height, width) = self.motion_filter, previous.shape[-2:]
-        padded = F.pad(previous, (k // 2,) * 4)
-        shifted = torch.stack(
-            [padded[..., dy : dy + height, dx : dx + width] for dy in range(k) for dx in range(k)],
-            dim=1,
-        )  # [batch, k*k, C, H, W]: the previous frame moved by each offset
+        batch, channels, height, width = previous.shape
+        shifted = F.conv2d(
+            previous.reshape(batch * channels, 1, height, width),
+            self.shift_kernels,
+            padding=self.motion_filter // 2,
+        )  # [batch * C, k*k, H, W]: the previous frame moved by each offset
+        shifted = shifted.view(batch, channels, -1, height, width).transpose(1, 2)
         return (torch.softmax(out, dim=1).unsqueeze(2) * shifted).sum(dim=1)
 
     def streaming_unsupported(self) -> str | None:

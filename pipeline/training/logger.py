@@ -1,7 +1,11 @@
 """An MLflow logger that a tracking outage neither stalls nor kills: metrics the server does not
 take are kept and sent with the next ones once it answers again (one attempt per RETRY_S while it
 is down), and saved beside the resume point if the training ends first: the next run of the
-stage, which resumes, sends them."""
+stage, which resumes, sends them.
+
+Metrics go out in one batch at most every SEND_S, not one request per epoch: a request costs
+~12 ms on a SQLite store, which was a quarter of a 300-epoch training's time. Until sent they are
+also kept beside the resume point, so a killed training loses none."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import time
 from pathlib import Path
 
 from lightning_fabric.utilities.logger import _convert_params, _flatten_dict
+from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
@@ -23,7 +28,9 @@ from pipeline.tracking import redacted, tracking_uri
 from pipeline.training.resume import saved_run_id
 
 RETRY_S = 30.0
+SEND_S = 2.0
 DELIVER_S = 120.0
+BATCH = 1000  # MLflow's limit of metrics per log_batch
 PENDING_FILE = "pending_metrics.json"
 
 
@@ -37,34 +44,50 @@ class PatientMLFlowLogger(MLFlowLogger):
         self.pending_file = pending_dir / PENDING_FILE if pending_dir else None
         exists = self.pending_file and self.pending_file.exists()
         self.pending: list = json.loads(self.pending_file.read_text()) if exists else []
-        self.retry_at, self.down = 0.0, False
+        self.send_at, self.down = 0.0, False
 
     @rank_zero_only
     def log_metrics(self, metrics, step=None) -> None:
         values = {k: float(v) for k, v in metrics.items() if not isinstance(v, str)}
-        self.pending.append([values, step])
-        if time.monotonic() >= self.retry_at:
+        self.pending.append([values, step or 0, int(time.time() * 1000)])
+        if time.monotonic() >= self.send_at:
             self.flush()
+        elif self.pending_file:
+            write_json(self.pending_file, self.pending)
 
     @rank_zero_only
     def log_hyperparams(self, params) -> None:
         # as MLFlowLogger sends them (flat, strings): Lightning logs them again at test()
         flat = _flatten_dict(_convert_params(params))
         self.pending.append([{k: str(v) for k, v in flat.items()}, "params"])
-        if time.monotonic() >= self.retry_at:
+        if not self.down:
             self.flush()
+
+    def _send_first(self) -> int:
+        """Send the oldest kept params, or the oldest metrics (up to BATCH) in one request;
+        returns how many entries went."""
+        if self.pending[0][1] == "params":
+            super().log_hyperparams(self.pending[0][0])
+            return 1
+        metrics, count = [], 0
+        for values, step, *stamp in self.pending:
+            if step == "params" or len(metrics) + len(values) > BATCH and metrics:
+                break
+            when = stamp[0] if stamp else int(time.time() * 1000)
+            metrics += [
+                Metric(key=k, value=v, timestamp=when, step=step) for k, v in values.items()
+            ]
+            count += 1
+        self.experiment.log_batch(run_id=self.run_id, metrics=metrics, **self._log_batch_kwargs)
+        return count
 
     def flush(self) -> bool:
         """Send what is kept, oldest first; False while the server does not answer."""
         while self.pending:
-            values, step = self.pending[0]
             try:
-                if step == "params":
-                    super().log_hyperparams(values)
-                else:
-                    super().log_metrics(values, step)
+                sent = self._send_first()
             except Exception as err:  # MlflowException, requests' ConnectionError, timeouts
-                self.retry_at = time.monotonic() + RETRY_S
+                self.send_at = time.monotonic() + RETRY_S
                 if not self.down:
                     reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
                     print(
@@ -74,12 +97,12 @@ class PatientMLFlowLogger(MLFlowLogger):
                     )
                 self.down = True
                 return False
-            self.pending.pop(0)
+            del self.pending[:sent]
         if self.down:
             print(
                 "MLflow tracking server answers again: the kept metrics were sent", file=sys.stderr
             )
-        self.down = False
+        self.down, self.send_at = False, time.monotonic() + SEND_S
         if self.pending_file:
             self.pending_file.unlink(missing_ok=True)
         return True

@@ -1,0 +1,30 @@
+"""The training logger sends metrics in batches, and keeps what it has not sent beside the resume
+point, so a training killed between two batches loses none of them."""
+
+from mlflow import MlflowClient
+
+from pipeline.training.logger import PENDING_FILE, PatientMLFlowLogger
+
+
+def test_metrics_go_in_batches_and_a_killed_trainings_unsent_metrics_are_sent_next_time(workdir):
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    first = PatientMLFlowLogger(experiment_name="e", tracking_uri=uri, pending_dir=workdir)
+    run_id, client = first.run_id, MlflowClient(uri)
+
+    def steps() -> list[int]:
+        return sorted(m.step for m in client.get_metric_history(run_id, "val/loss"))
+
+    for epoch in range(50):
+        first.log_metrics({"val/loss": 1 / (epoch + 1), "epoch": epoch}, step=epoch)
+    assert steps() == [0]  # the first went at once; the rest wait for the next batch
+    assert len(first.pending) == 49 and (workdir / PENDING_FILE).exists()
+
+    # the process is killed here; the next training (it resumes) continues the same run
+    second = PatientMLFlowLogger(
+        experiment_name="e", tracking_uri=uri, run_id=run_id, pending_dir=workdir
+    )
+    assert second.flush()
+    assert steps() == list(range(50))
+    history = client.get_metric_history(run_id, "epoch")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == list(range(50))
+    assert not (workdir / PENDING_FILE).exists()
