@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 from pipeline.config import PipelineConfig, parse_config
@@ -60,22 +61,24 @@ def run_trial(
     if not link.exists():
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(prepared, target_is_directory=True)
-    resume_from = None
-    if (checkpoint := tune.get_checkpoint()) is not None:
-        resume_from = str(Path(checkpoint.to_directory()) / "checkpoint")
-    hooks = TrainHooks(
-        callbacks=(
-            TuneReportCheckpointCallback({METRIC: METRIC}, filename="checkpoint"),
-            ApplyTrialHparams(),
-        ),
-        resume_from=resume_from,
-        ckpt_dir=Path(ckpt_root) / trial_id,
-        run_name=f"{exp_name}-{trial_id}",
-        tags={
-            "mlflow.parentRunId": parent_run_id,
-            "stage": "tune-trial",
-            "trial_id": trial_id,
-            "ray_node_id": ray.get_runtime_context().get_node_id(),
-        },
-    )
-    train(cfg, exp_name, hooks)
+    checkpoint = tune.get_checkpoint()  # a restored trial's (PBT's exploits, retries)
+    # as_directory: the checkpoint in place where it is local, else a copy removed at the end
+    # (to_directory() left a /tmp/checkpoint_tmp_* behind at each restore)
+    with checkpoint.as_directory() if checkpoint else nullcontext() as folder:
+        resume_from = str(Path(folder) / "checkpoint") if folder else None
+        hooks = TrainHooks(
+            callbacks=(
+                TuneReportCheckpointCallback({METRIC: METRIC}, filename="checkpoint"),
+                ApplyTrialHparams(),
+            ),
+            resume_from=resume_from,
+            ckpt_dir=Path(ckpt_root) / trial_id,
+            run_name=f"{exp_name}-{trial_id}",
+            tags={
+                "mlflow.parentRunId": parent_run_id,
+                "stage": "tune-trial",
+                "trial_id": trial_id,
+                "ray_node_id": ray.get_runtime_context().get_node_id(),
+            },
+        )
+        train(cfg, exp_name, hooks)

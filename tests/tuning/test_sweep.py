@@ -170,8 +170,12 @@ def test_pbt_sweep_exploits_but_never_at_the_last_epoch(tune_workdir, params):
             space=space,
         )
     )
-    proc = subprocess.run(tune_cmd(), capture_output=True, text=True, timeout=300)
+    tmp = tune_workdir / "tmp"  # the sweep's TMPDIR: what its trials leave in temp shows there
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    proc = subprocess.run(tune_cmd(), capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not list(tmp.glob("checkpoint_tmp_*")), "restored trials left checkpoint copies behind"
     # no trial error; Ray's driver logs an RpcError when its metrics agent starts slowly (a
     # busy machine), which says nothing about the trials
     out = proc.stdout + proc.stderr
