@@ -43,11 +43,17 @@ def learning_curve(history: list[dict], out: Path) -> None:
     save_png(fig, out / "learning_curve.png")
 
 
+def confusion_counts(actual, predicted, labels: list) -> np.ndarray:
+    """[k, k] counts, rows the true label and columns the predicted one, in `labels`' order."""
+    index = {label: i for i, label in enumerate(labels)}
+    counts = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    np.add.at(counts, ([index[a] for a in actual], [index[p] for p in predicted]), 1)
+    return counts
+
+
 def confusion(actual: list[str], predicted: list[str], labels: list[str], out: Path) -> None:
     _csv(pd.DataFrame({"actual": actual, "predicted": predicted}), out / "confusion.csv")
-    from sklearn.metrics import confusion_matrix
-
-    counts = confusion_matrix(actual, predicted, labels=labels)
+    counts = confusion_counts(actual, predicted, labels)
     fig, ax = figure(figsize=(4, 4))
     ax.imshow(counts, cmap="Blues")
     for (i, j), n in np.ndenumerate(counts):

@@ -208,3 +208,19 @@ def test_frames_beat_baseline_gates_on_mse_and_ssim():
     (failure,) = validate_failures(report, Validate(beat_baseline=True), task)
     assert failure.startswith("ssim vs baseline: ")
     assert not validate_failures(report, Validate(beat_baseline=False), task)
+
+
+def test_macro_f1_and_confusion_counts_match_sklearn():
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    from pipeline.tasks.classification import macro_f1
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # some classes absent from the truth, the predictions, or both
+        k, n = rng.integers(2, 7), rng.integers(1, 40)
+        y, pred = rng.integers(0, k, n), rng.integers(0, k - 1, n)
+        counts = plots.confusion_counts(y, pred, range(k))
+        assert (counts == confusion_matrix(y, pred, labels=range(k))).all()
+        assert macro_f1(counts) == f1_score(y, pred, average="macro", zero_division=0)
+    names = plots.confusion_counts(["a", "c", "c"], ["b", "c", "a"], ["a", "b", "c"])
+    assert names.tolist() == [[0, 1, 0], [0, 0, 0], [1, 0, 1]]
