@@ -53,7 +53,13 @@ FAMILIES = {
         FORECAST,
     ),
     "conv_lstm": (
-        {"name": "conv_lstm", "hidden_channels": 16, "num_layers": 2, "kernel_size": 3},
+        {
+            "name": "conv_lstm",
+            "hidden_channels": 16,
+            "num_layers": 2,
+            "kernel_size": 3,
+            "motion_filter": 5,
+        },
         {"task": "frames", "horizon": 8},
     ),
 }

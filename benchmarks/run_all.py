@@ -125,7 +125,9 @@ def stage_sums(stages: dict[str, float]) -> str:
         kind, _, exp = name.partition("@")
         kinds.setdefault(kind, []).append(f"{exp} {seconds:.0f}")
     totals = {k: sum(v for n, v in stages.items() if n.startswith(f"{k}@")) for k in kinds}
-    return "; ".join(f"{k} {totals[k]:.0f} s ({', '.join(parts)})" for k, parts in kinds.items())
+    order = [k for k in ("prepare", "train", "export", "validate") if k in kinds]
+    order += [k for k in kinds if k not in order]
+    return "; ".join(f"{k} {totals[k]:.0f} s ({', '.join(kinds[k])})" for k in order)
 
 
 def markdown(results: dict) -> str:

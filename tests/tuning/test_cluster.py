@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,13 +54,16 @@ def start_node(args: list[str], env: dict) -> subprocess.Popen:
         "--node-ip-address=127.0.0.1", f"--num-cpus={CPUS_PER_NODE}",
         f"--temp-dir={temp_dir}", *node_ports(), *args,
     ]  # fmt: skip
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )  # fmt: skip
+    proc.temp_dir = temp_dir  # removed by end_by_pid
+    return proc
 
 
 def end_by_pid(procs: list[subprocess.Popen]) -> None:
+    """End each node's process tree, then remove its temp dir (sessions, logs, sockets)."""
     tree = []
     for proc in procs:
         try:
@@ -78,6 +82,8 @@ def end_by_pid(procs: list[subprocess.Popen]) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=10)
+    for proc in procs:
+        shutil.rmtree(proc.temp_dir, ignore_errors=True)
 
 
 def alive_nodes(address: str, env: dict) -> int:
