@@ -144,6 +144,29 @@ def test_corrupt_sqlite_store(repo, capsys):
     assert "mlflow.db: file is not a database" in one_line(capsys)
 
 
+def test_two_processes_creating_a_new_store_at_once_both_succeed(tmp_path):
+    # MLflow alone: both usually failed in alembic's migration ("expected to match one row")
+    code = (
+        "from mlflow import MlflowClient; from pipeline.tracking import ensure_reachable; "
+        "ensure_reachable('sqlite:///mlflow.db'); "
+        "MlflowClient('sqlite:///mlflow.db').create_experiment(__import__('sys').argv[1])"
+    )
+    procs = [
+        subprocess.Popen([BIN / "python", "-c", code, name], cwd=tmp_path, stderr=subprocess.PIPE)
+        for name in ("a", "b")
+    ]
+    errors = [proc.communicate(timeout=120)[1].decode()[-2000:] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], errors
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]  # no temp store left
+
+
+def test_a_store_that_cannot_be_created_gives_one_line(repo, capsys, monkeypatch):
+    uri = f"sqlite:///{repo}/params.yaml/mlflow.db"  # under a file
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["train", EXP]) == 6
+    assert one_line(capsys).startswith(f"lstm-pipeline train: error: MLflow store {uri}: cannot")
+
+
 # --- stage inputs -------------------------------------------------------------------------------
 
 

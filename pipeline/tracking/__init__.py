@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from contextlib import closing
+from contextlib import closing, suppress
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -84,7 +84,8 @@ def _check_sqlite(uri: str, timeout: float) -> None:
     import sqlite3
 
     path = Path(uri.removeprefix("sqlite:///"))
-    if not path.exists():  # MLflow creates it
+    if not path.exists():
+        _create_sqlite(uri, path)
         return
     try:
         with closing(sqlite3.connect(path, timeout=timeout)) as db:
@@ -93,6 +94,30 @@ def _check_sqlite(uri: str, timeout: float) -> None:
             db.rollback()
     except sqlite3.Error as err:
         raise TrackingError(f"MLflow store {uri}: {err}") from None
+
+
+def _create_sqlite(uri: str, path: Path) -> None:
+    """Create and migrate a new store beside `path`, then link it into place unless another
+    process got there first: two processes migrating the same new file both fail in alembic
+    ("expected to match one row"), as two trainings started at once on a fresh clone did."""
+    from mlflow import MlflowClient
+
+    new = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:
+        MlflowClient(f"sqlite:///{new}").search_experiments()  # creates the tables
+        try:
+            os.link(new, path)  # atomic, and fails where the store now exists
+        except FileExistsError:  # another process's complete store: use that
+            pass
+        except OSError:  # a filesystem without hard links
+            if not path.exists():
+                os.replace(new, path)
+    except Exception as err:  # sqlite/SQLAlchemy/MLflow errors, a folder that cannot be made
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise TrackingError(f"MLflow store {uri}: cannot create it ({reason})") from None
+    finally:
+        with suppress(OSError):
+            new.unlink()
 
 
 def _git(*args: str) -> str | None:
