@@ -121,10 +121,11 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
 def stage_sums(stages: dict[str, float]) -> str:
     """'prepare 14 s (...), train ...': each kind of stage's total, then each experiment's."""
     kinds: dict[str, list[str]] = {}
+    totals: dict[str, float] = {}
     for name, seconds in stages.items():
         kind, _, exp = name.partition("@")
         kinds.setdefault(kind, []).append(f"{exp} {seconds:.0f}")
-    totals = {k: sum(v for n, v in stages.items() if n.startswith(f"{k}@")) for k in kinds}
+        totals[kind] = totals.get(kind, 0.0) + seconds
     order = [k for k in ("prepare", "train", "export", "validate") if k in kinds]
     order += [k for k in kinds if k not in order]
     return "; ".join(f"{k} {totals[k]:.0f} s ({', '.join(kinds[k])})" for k in order)

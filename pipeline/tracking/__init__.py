@@ -99,7 +99,7 @@ def _check_sqlite(uri: str, timeout: float) -> None:
 def _create_sqlite(uri: str, path: Path) -> None:
     """Create and migrate a new store beside `path`, then link it into place unless another
     process got there first: two processes migrating the same new file both fail in alembic
-    ("expected to match one row"), as two trainings started at once on a fresh clone did."""
+    ("expected to match one row"), as two trainings started at once on a fresh clone would."""
     from mlflow import MlflowClient
 
     new = path.with_name(f".{path.name}.{os.getpid()}.new")

@@ -4,7 +4,7 @@ is down), and saved beside the resume point if the training ends first: the next
 stage, which resumes, sends them.
 
 Metrics go out in one batch at most every SEND_S, not one request per epoch: a request costs
-~12 ms on a SQLite store, which was a quarter of a 300-epoch training's time. Until sent they are
+~5.5 ms on a SQLite store, 600 of them in a 300-epoch training. Until sent they are
 also kept beside the resume point, so a killed training loses none."""
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class PatientMLFlowLogger(MLFlowLogger):
             return 1
         metrics, count = [], 0
         for values, step, *stamp in self.pending:
-            if step == "params" or len(metrics) + len(values) > BATCH and metrics:
+            if step == "params" or (metrics and len(metrics) + len(values) > BATCH):
                 break
             when = stamp[0] if stamp else int(time.time() * 1000)
             metrics += [
