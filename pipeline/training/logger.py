@@ -5,7 +5,8 @@ stage, which resumes, sends them.
 
 Metrics go out in one batch at most every SEND_S, not one request per epoch: a request costs
 ~5.5 ms on a SQLite store, 600 of them in a 300-epoch training. Until sent they are
-also kept beside the resume point, so a killed training loses none."""
+also kept beside the resume point, one JSON line appended per entry (so a day-long outage costs
+each epoch one line, not a rewrite of everything kept), and a killed training loses none."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from requests.exceptions import RequestException
 
 from pipeline.errors import TrackingError
-from pipeline.io import write_json
+from pipeline.io import atomic_file
 from pipeline.tracking import redacted, tracking_uri
 from pipeline.training.resume import saved_run_id
 
@@ -31,7 +32,7 @@ RETRY_S = 30.0
 SEND_S = 2.0
 DELIVER_S = 120.0
 BATCH = 1000  # MLflow's limit of metrics per log_batch
-PENDING_FILE = "pending_metrics.json"
+PENDING_FILE = "pending_metrics.jsonl"
 
 
 class PatientMLFlowLogger(MLFlowLogger):
@@ -42,18 +43,39 @@ class PatientMLFlowLogger(MLFlowLogger):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         super().__init__(*args, **kwargs)
         self.pending_file = pending_dir / PENDING_FILE if pending_dir else None
-        exists = self.pending_file and self.pending_file.exists()
-        self.pending: list = json.loads(self.pending_file.read_text()) if exists else []
+        self.pending: list = self._read_kept()
+        self.kept = len(self.pending)  # how many of them the file holds
         self.send_at, self.down = 0.0, False
+
+    def _read_kept(self) -> list:
+        """The entries a killed training kept; a line cut short by the kill is dropped (and
+        the file rewritten whole, so the next appended line starts on a line of its own)."""
+        if not (self.pending_file and self.pending_file.exists()):
+            return []
+        lines = self.pending_file.read_text().splitlines(keepends=True)
+        whole = [json.loads(line) for line in lines if line.endswith("\n")]
+        if len(whole) < len(lines):
+            self._rewrite(whole)
+        return whole
+
+    def _rewrite(self, entries: list) -> None:
+        with atomic_file(self.pending_file) as tmp:
+            tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
+        self.kept = len(entries)
+
+    def _keep(self) -> None:
+        """Append the entries the file does not hold yet."""
+        if self.pending_file and self.kept < len(self.pending):
+            with open(self.pending_file, "a") as f:
+                f.writelines(json.dumps(e) + "\n" for e in self.pending[self.kept :])
+            self.kept = len(self.pending)
 
     @rank_zero_only
     def log_metrics(self, metrics, step=None) -> None:
         values = {k: float(v) for k, v in metrics.items() if not isinstance(v, str)}
         self.pending.append([values, step or 0, int(time.time() * 1000)])
-        if time.monotonic() >= self.send_at:
-            self.flush()
-        elif self.pending_file:
-            write_json(self.pending_file, self.pending)
+        if time.monotonic() < self.send_at or not self.flush():
+            self._keep()
 
     @rank_zero_only
     def log_hyperparams(self, params) -> None:
@@ -83,10 +105,13 @@ class PatientMLFlowLogger(MLFlowLogger):
 
     def flush(self) -> bool:
         """Send what is kept, oldest first; False while the server does not answer."""
+        sent_now = 0
         while self.pending:
             try:
                 sent = self._send_first()
             except Exception as err:  # MlflowException, requests' ConnectionError, timeouts
+                if sent_now and self.pending_file and self.kept:
+                    self._rewrite(self.pending)  # the file must not hold what was sent
                 self.send_at = time.monotonic() + RETRY_S
                 if not self.down:
                     reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
@@ -98,6 +123,7 @@ class PatientMLFlowLogger(MLFlowLogger):
                 self.down = True
                 return False
             del self.pending[:sent]
+            sent_now += sent
         if self.down:
             print(
                 "MLflow tracking server answers again: the kept metrics were sent", file=sys.stderr
@@ -105,6 +131,7 @@ class PatientMLFlowLogger(MLFlowLogger):
         self.down, self.send_at = False, time.monotonic() + SEND_S
         if self.pending_file:
             self.pending_file.unlink(missing_ok=True)
+        self.kept = 0
         return True
 
     @rank_zero_only
@@ -115,8 +142,7 @@ class PatientMLFlowLogger(MLFlowLogger):
                 return
             except Exception:  # the run's status is set by a later, successful finalize
                 pass
-        if self.pending_file:
-            write_json(self.pending_file, self.pending)
+        self._keep()
 
 
 def deliver(logger: PatientMLFlowLogger, log_rest, folder: Path) -> None:

@@ -17,9 +17,13 @@ def test_metrics_go_in_batches_and_a_killed_trainings_unsent_metrics_are_sent_ne
     for epoch in range(50):
         first.log_metrics({"val/loss": 1 / (epoch + 1), "epoch": epoch}, step=epoch)
     assert steps() == [0]  # the first went at once; the rest wait for the next batch
-    assert len(first.pending) == 49 and (workdir / PENDING_FILE).exists()
+    assert len(first.pending) == 49
+    kept = workdir / PENDING_FILE
+    assert len(kept.read_text().splitlines()) == 49  # one line appended per epoch
 
-    # the process is killed here; the next training (it resumes) continues the same run
+    # the process is killed here, in the middle of appending a line; the next training (it
+    # resumes) continues the same run without the cut line
+    kept.write_text(kept.read_text() + '[{"val/loss": 0.0')
     second = PatientMLFlowLogger(
         experiment_name="e", tracking_uri=uri, run_id=run_id, pending_dir=workdir
     )
