@@ -137,6 +137,16 @@ def _error(raw) -> str:
             "or equal to 1",
         ),
         (
+            ("experiments", "lstm_airline", "fit", "jitter"),
+            0.03,
+            "experiments.lstm_airline: fit.jitter applies to classification only",
+        ),
+        (
+            ("experiments", "lstm_italypowerdemand", "fit", "label_smoothing"),
+            1.0,
+            "experiments.lstm_italypowerdemand.fit.label_smoothing: Input should be less than 1",
+        ),
+        (
             ("experiments", "lstm_italypowerdemand", "validate"),
             {"beat_classical": True},
             "experiments.lstm_italypowerdemand: validate.beat_classical needs a forecast task",

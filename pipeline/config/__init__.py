@@ -90,6 +90,9 @@ class Experiment(Strict):
             )
         if self.fit.teacher_forcing and self.task != "frames":
             raise ValueError("fit.teacher_forcing applies to the frames task (conv_lstm) only")
+        for key in ("label_smoothing", "scaling", "jitter"):
+            if getattr(self.fit, key) and self.task != "classification":
+                raise ValueError(f"fit.{key} applies to classification only")
         if self.validation.beat_classical and not (
             self.task == "forecast" and self.validation.classical
         ):

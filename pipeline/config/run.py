@@ -31,6 +31,12 @@ class Fit(Strict):
     # Frames (conv_lstm): the probability that a training forecast step is fed the true previous
     # frame instead of the model's own prediction (1: always). Validation and inference never are.
     teacher_forcing: Annotated[float, Field(ge=0, le=1)] = 0.0
+    # Classification, training steps only: cross-entropy against labels smoothed by this much
+    # (Szegedy et al. 2016); each series' channels scaled by 1 + N(0, scaling²), then Gaussian
+    # noise of sd `jitter` on every input value (Um et al. 2017; the inputs are standardised).
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    scaling: Annotated[float, Field(ge=0)] = 0.0
+    jitter: Annotated[float, Field(ge=0)] = 0.0
 
 
 class Validate(Strict):

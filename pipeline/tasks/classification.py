@@ -19,10 +19,10 @@ class Classification(Task):
     def output_shape(self, meta: DataMeta) -> tuple[int, ...]:
         return (len(meta.labels),)
 
-    def loss(self, out, y):
+    def loss(self, out, y, label_smoothing: float = 0.0):
         import torch.nn.functional as F
 
-        return F.cross_entropy(out, y)
+        return F.cross_entropy(out, y, label_smoothing=label_smoothing)
 
     def torchmetrics(self, meta: DataMeta) -> dict:
         from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score

@@ -43,8 +43,9 @@ def seeded_module_and_data(
     pl.seed_everything(seed, workers=True)
     meta = prepared.meta.contract().model_dump()
     fit = exp.fit.model_dump(
-        include={"lr", "weight_decay", "schedule", "patience", "teacher_forcing"}
-    )
+        include={"lr", "weight_decay", "schedule", "patience", "teacher_forcing",
+                 "label_smoothing", "scaling", "jitter"}
+    )  # fmt: skip
     module = SequenceModule(exp.model.model_dump(), meta, **fit)
     data = PreparedDataModule(
         prepared, exp.fit.batch_size, cfg.trainer.num_workers, seed, train_splits

@@ -21,6 +21,9 @@ class SequenceModule(pl.LightningModule):
         schedule: str = "constant",
         patience: int = 20,
         teacher_forcing: float = 0.0,
+        label_smoothing: float = 0.0,
+        scaling: float = 0.0,
+        jitter: float = 0.0,
     ):
         """`meta`: the data contract as a dict (DataMeta.model_dump()), as checkpoints keep it;
         the rest: fit.* (config/run.py)."""
@@ -56,17 +59,28 @@ class SequenceModule(pl.LightningModule):
         x, y, *extra = batch
         if self.meta.variable_length:  # padded to the data's longest series: cut to the batch's
             x = x[:, : int(extra[0].max())]
-        if stage == "train" and self.hparams.teacher_forcing:
-            forced = torch.rand(y.shape[:2], device=y.device) < self.hparams.teacher_forcing
+        hp, train = self.hparams, stage == "train"
+        if train and hp.teacher_forcing:
+            forced = torch.rand(y.shape[:2], device=y.device) < hp.teacher_forcing
             out = self.model(x, teacher=y, teacher_mask=forced)
         else:
-            out = self(x, *extra)
-        loss = self.task.loss(out, y)
+            out = self(self._augmented(x) if train else x, *extra)
+        smoothing = {"label_smoothing": hp.label_smoothing} if train and hp.label_smoothing else {}
+        loss = self.task.loss(out, y, **smoothing)
         # A ModuleDict key cannot be "train" (nn.Module.train): training metrics live under "fit".
-        key = "fit" if stage == "train" else stage
+        key = "fit" if train else stage
         self.stage_losses[key].update(loss.detach(), len(x))  # the epoch's mean over samples
         self.stage_metrics[key].update(*self.task.metric_inputs(self, out, y))
         return loss
+
+    def _augmented(self, x: torch.Tensor) -> torch.Tensor:
+        """fit.scaling and fit.jitter (classification): x [batch, seq, channels]."""
+        if self.hparams.scaling:
+            factor = torch.randn(x.shape[0], 1, x.shape[-1], device=x.device)
+            x = x * (1 + self.hparams.scaling * factor)
+        if self.hparams.jitter:
+            x = x + self.hparams.jitter * torch.randn_like(x)
+        return x
 
     def _log_epoch_metrics(self, key: str) -> None:
         # Logged once per epoch. torchmetrics sync their state across DDP ranks in compute():
