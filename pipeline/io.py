@@ -87,6 +87,12 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(dumps_json(obj))
 
 
+def append_text(path: str | Path, text: str) -> None:
+    """Append to a file, created if missing (a disk or permission error names it)."""
+    with _named_faults(Path(path)), open(path, "a") as f:
+        f.write(text)
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 

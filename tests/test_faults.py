@@ -18,6 +18,8 @@ import torch
 import yaml
 
 from pipeline.cli import main
+from pipeline.errors import SystemFault
+from pipeline.io import append_text
 from pipeline.tracking import ensure_reachable
 from tests.conftest import BIN, free_port, write_params
 
@@ -312,3 +314,9 @@ def test_outputs_honour_the_umask(repo):
     meta = repo / f"data/prepared/{EXP}/meta.json"
     assert meta.stat().st_mode & 0o777 == 0o666 & ~mask
     assert meta.parent.stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_an_append_to_a_full_disk_names_the_file():
+    """The logger appends unsent metrics with append_text: /dev/full fails every write (ENOSPC)."""
+    with pytest.raises(SystemFault, match="^/dev/full: No space left on device$"):
+        append_text("/dev/full", "[]\n")

@@ -24,7 +24,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from requests.exceptions import RequestException
 
 from pipeline.errors import TrackingError
-from pipeline.io import atomic_file
+from pipeline.io import append_text, atomic_file
 from pipeline.tracking import redacted, tracking_uri
 from pipeline.training.resume import saved_run_id
 
@@ -60,14 +60,13 @@ class PatientMLFlowLogger(MLFlowLogger):
 
     def _rewrite(self, entries: list) -> None:
         with atomic_file(self.pending_file) as tmp:
-            tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
+            tmp.write_text(_lines(entries))
         self.kept = len(entries)
 
     def _keep(self) -> None:
         """Append the entries the file does not hold yet."""
         if self.pending_file and self.kept < len(self.pending):
-            with open(self.pending_file, "a") as f:
-                f.writelines(json.dumps(e) + "\n" for e in self.pending[self.kept :])
+            append_text(self.pending_file, _lines(self.pending[self.kept :]))
             self.kept = len(self.pending)
 
     @rank_zero_only
@@ -143,6 +142,10 @@ class PatientMLFlowLogger(MLFlowLogger):
             except Exception:  # the run's status is set by a later, successful finalize
                 pass
         self._keep()
+
+
+def _lines(entries: list) -> str:
+    return "".join(json.dumps(e) + "\n" for e in entries)
 
 
 def deliver(logger: PatientMLFlowLogger, log_rest, folder: Path) -> None:
