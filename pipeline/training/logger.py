@@ -81,8 +81,8 @@ class PatientMLFlowLogger(MLFlowLogger):
         # as MLFlowLogger sends them (flat, strings): Lightning logs them again at test()
         flat = _flatten_dict(_convert_params(params))
         self.pending.append([{k: str(v) for k, v in flat.items()}, "params"])
-        if not self.down:
-            self.flush()
+        if self.down or not self.flush():
+            self._keep()
 
     def _send_first(self) -> int:
         """Send the oldest kept params, or the oldest metrics (up to BATCH) in one request;
