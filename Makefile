@@ -32,8 +32,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[train,dev]'
 	touch $@
 
+# dvc repro with the experiments side by side, one lane per core (pipeline/repro.py)
 repro: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" lstm-pipeline repro
 
 # The quick check: every experiment for 2 epochs, gates reported not enforced, as a temp DVC
 # experiment (the workspace's outputs are never touched; `dvc exp show` lists it).

@@ -2,9 +2,9 @@
 beside ROCKET and 1-NN DTW on the same splits and the papers' figures.
 
 Dev sets: GunPoint, ItalyPowerDemand, BasicMotions (sktime's copies, official train/test split)
-and two written here as long CSVs that keep that split (a `split` column): GunPoint-VL (each
-series cut to its first L steps, L uniform in [T/2, T], seeded) and GunPoint-1000 (each series
-linearly interpolated to 1,050 steps).
+and three written here as long CSVs that keep that split (a `split` column): GunPoint-VL (each
+series cut to its first L steps, L uniform in [T/2, T], seeded), GunPoint-1000 and
+BasicMotions-1000 (each series linearly interpolated to 1,050 steps).
 
 Per set, in one temp working dir: the recipe unchanged as an N-member seed ensemble
 (`fit: {ensemble: N}`, seeds 0..N-1) through prepare, train, export and validate (the val split
@@ -17,10 +17,10 @@ test series: ROCKET (10,000 kernels) and 1-NN DTW (full window), 1 thread; their
 predict after a warm-up on a few series (numba compiles once per process).
 
 Usage: python benchmarks/quality.py [--sets GunPoint ...] [--members 5] [--long-members 1]
-       [--max-epochs K] [--fit KEY=VALUE ...]
+       [--max-epochs K] [--model KEY=VALUE ...] [--fit KEY=VALUE ...]
 Prints one JSON object (and writes it to benchmarks/quality.json) and a Markdown table on stderr.
---max-epochs caps every fit: for smoke runs only. --fit overrides a key of the recipe's fit (a
-comparison, never the default); neither writes quality.json.
+--max-epochs caps every fit: for smoke runs only. --model and --fit override a key of the recipe's
+model or fit (a comparison, never the default); none of the three writes quality.json.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ from pipeline.paths import metrics_file, model_dir, prepared_dir
 
 HERE = Path(__file__).resolve().parent
 RECIPE = RECIPES["classification"]
-SETS = ("GunPoint", "ItalyPowerDemand", "BasicMotions", "GunPoint-VL", "GunPoint-1000")
+LONG = ("GunPoint-1000", "BasicMotions-1000")
+SETS = ("GunPoint", "ItalyPowerDemand", "BasicMotions", "GunPoint-VL", *LONG)
 LONG_STEPS, VL_SEED = 1050, 0
 STAGES = ("prepare", "train", "export", "validate")
 BASELINES = {
@@ -96,14 +97,14 @@ def load(name: str) -> Labelled:
         rng = np.random.default_rng(VL_SEED)
         x = [s[: rng.integers(len(s) // 2, len(s) + 1)] for s in data.x]
         return replace(data, x=x, variable_length=True)
-    if name == "GunPoint-1000":
+    if name in LONG:
         return replace(data, x=[stretch(s, LONG_STEPS) for s in data.x])
     return data
 
 
 def data_config(name: str, data: Labelled, work: Path) -> dict:
     """The experiment's `data`: sktime's set, or the derived set written as a long CSV."""
-    if name not in ("GunPoint-VL", "GunPoint-1000"):
+    if name not in ("GunPoint-VL", *LONG):
         return {"source": "ucr", "name": name}
     path = work / f"{name}.csv"
     pd.concat(
@@ -264,12 +265,13 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     p.add_argument("--members", type=int, default=5)
-    p.add_argument("--long-members", type=int, default=1, help="members for GunPoint-1000")
+    p.add_argument("--long-members", type=int, default=1, help="members for the 1,000-step sets")
     p.add_argument("--max-epochs", type=int, help="cap every fit (smoke runs only)")
+    p.add_argument("--model", nargs="*", default=[], help="KEY=VALUE over the recipe's model")
     p.add_argument("--fit", nargs="*", default=[], help="KEY=VALUE over the recipe's fit")
     args = p.parse_args()
-    fit = overrides(args.fit)
-    members = {n: args.long_members if n == "GunPoint-1000" else args.members for n in args.sets}
+    fit, model = overrides(args.fit), overrides(args.model)
+    members = {n: args.long_members if n in LONG else args.members for n in args.sets}
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         work, env = Path(tmp), cli_env(tmp)
         data = {name: load(name) for name in args.sets}
@@ -279,6 +281,7 @@ def main() -> None:
         experiments = {
             name.lower().replace("-", "_"): {
                 "data": data_config(name, d, work),
+                **({"model": model} if model else {}),
                 "fit": {**fit, "ensemble": members[name]},
                 "validate": {"quantize": False},
             }
@@ -293,11 +296,12 @@ def main() -> None:
         "command": " ".join(["python benchmarks/quality.py", *sys.argv[1:]]),
         "recipe": RECIPE,
         "max_epochs": args.max_epochs,
+        "model_override": model,
         "fit_override": fit,
         "published_sources": PUBLISHED_SOURCES,
         "sets": sets,
     }
-    if not (fit or args.max_epochs):  # a comparison or a smoke run is not the benchmark
+    if not (fit or model or args.max_epochs):  # a comparison or a smoke run is not the benchmark
         (HERE / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
     print(table(sets), file=sys.stderr)
     print(json.dumps(result))

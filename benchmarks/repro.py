@@ -1,6 +1,7 @@
 """Wall time of the default `dvc repro` from scratch (and of each stage in it: from the line
-where dvc starts the stage to the next one, so DVC's own hashing and caching included) and of a
-no-op repro, in a temp copy.
+where dvc starts the stage to the next one, so DVC's own hashing and caching included), of a
+no-op repro, and of `lstm-pipeline repro -f` (the experiments on one lane per core, as `make
+repro` runs them) from scratch again, in a temp copy.
 
 Usage: python benchmarks/repro.py   (prints one JSON object)
 """
@@ -8,6 +9,7 @@ Usage: python benchmarks/repro.py   (prints one JSON object)
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -60,6 +62,10 @@ def main() -> None:
             "stages_s": stages,
             "repro_noop_s": timed(["dvc", "repro"], work, env),
         }
+        for path in ("data/prepared", "models", "metrics"):
+            shutil.rmtree(work / path)
+        result["lanes"] = len(os.sched_getaffinity(0))
+        result["lanes_from_scratch_s"] = timed(["lstm-pipeline", "repro", "-f"], work, env)
     print(json.dumps(result))
 
 

@@ -26,7 +26,11 @@ def model_for(model_cfg: dict, meta: DataMeta, members: int = 1) -> nn.Module:
     task = task_of(meta)
     models = [
         build_model(
-            model_cfg, meta.input_shape[1], task.output_shape(meta), **task.model_kwargs(meta)
+            model_cfg,
+            meta.input_shape[1],
+            task.output_shape(meta),
+            meta.input_shape[0],
+            **task.model_kwargs(meta),
         )
         for _ in range(members)
     ]

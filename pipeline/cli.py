@@ -57,6 +57,11 @@ def _compose(args: argparse.Namespace) -> None:
         tmp.write_text(text)
 
 
+def _repro(args: argparse.Namespace) -> None:
+    experiments = list(load_config(args.params).experiments)
+    _entry("pipeline.repro:repro")(experiments, args.jobs, args.force)
+
+
 def _tune(args: argparse.Namespace) -> None:
     _entry("pipeline.tuning.sweep:tune")(
         load_config(args.params), args.experiment, resume=args.resume
@@ -119,6 +124,13 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("experiment", help="a key of experiments in params.yaml")
         s.add_argument("--params", default=PARAMS_FILE)
         s.set_defaults(func=func)
+    rp = sub.add_parser("repro", help="dvc repro, with experiments side by side on --jobs lanes")
+    rp.add_argument(
+        "--jobs", type=int, default=len(os.sched_getaffinity(0)), help="default: the usable cores"
+    )
+    rp.add_argument("-f", "--force", action="store_true", help="rerun every stage (dvc repro -f)")
+    rp.add_argument("--params", default=PARAMS_FILE)
+    rp.set_defaults(func=_repro)
     r = sub.add_parser("release", help="register a validated model in the MLflow registry")
     which = r.add_mutually_exclusive_group(required=True)
     which.add_argument("--exp", help="a key of experiments in params.yaml")

@@ -137,6 +137,11 @@ def _error(raw) -> str:
             "or equal to 1",
         ),
         (
+            ("experiments", "attention_lstm_airline", "model", "max_steps"),
+            64,
+            "experiments.attention_lstm_airline: model.max_steps applies to classification only",
+        ),
+        (
             ("experiments", "lstm_airline", "fit", "jitter"),
             0.03,
             "experiments.lstm_airline: fit.jitter applies to classification only",

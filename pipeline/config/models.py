@@ -59,6 +59,9 @@ class AttentionLstmModel(RecurrentModel):
     attention_size: PositiveInt = 32
     fcn_channels: list[PositiveInt] = []  # e.g. [128, 256, 128]: the ALSTM-FCN conv branch
     squeeze_excite: bool = False  # MLSTM-FCN: squeeze-and-excite after each conv block but the last
+    # classification: series longer than this are read as means of ceil(length / max_steps)
+    # consecutive steps (the length: the training data's longest series); None: never
+    max_steps: PositiveInt | None = None
 
 
 class ConvLstmModel(Strict):

@@ -10,6 +10,8 @@ the config schema (pipeline/config/models.py).
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 from pipeline.config import parse_model
@@ -25,9 +27,11 @@ REGISTRY: dict[str, type[nn.Module]] = {
 
 
 def build_model(
-    model_cfg: dict, input_size: int, output_shape: tuple[int, ...], **data
+    model_cfg: dict, input_size: int, output_shape: tuple[int, ...], steps: int, **data
 ) -> nn.Module:
-    """The module named by `model_cfg["name"]`, the schema's defaults filled in; `data`: what the
-    task adds (a forecaster's `target_index`)."""
+    """The module named by `model_cfg["name"]`, the schema's defaults filled in, for inputs of
+    `steps` steps (the longest); `data`: what the task adds (a forecaster's `target_index`)."""
     cfg = parse_model(model_cfg).model_dump()
+    if "max_steps" in cfg:
+        cfg["time_pool"] = math.ceil(steps / (cfg.pop("max_steps") or steps))
     return REGISTRY[cfg.pop("name")](input_size, output_shape, **cfg, **data)

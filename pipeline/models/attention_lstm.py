@@ -20,7 +20,7 @@ from pipeline.models.lstm import (
     why_not_streamable,
     with_covariates,
 )
-from pipeline.models.masking import conv_branch, step_mask
+from pipeline.models.masking import conv_branch, pool_steps, step_mask, unpool_weights
 
 
 class AttentionLSTM(nn.Module):
@@ -35,6 +35,10 @@ class AttentionLSTM(nn.Module):
     globally average-pooled over time and concatenated to the context; dropout applies to the
     RNN's context, as after LSTM-FCN's LSTM. Both branches take any sequence length, and with
     `lengths` a batch of padded series (see masking.py).
+
+    `time_pool` k > 1: both branches read the means of k consecutive steps (a long series at a
+    scale the FCN's kernels and the RNN can span); the attention weights are spread back over
+    the steps each mean pooled.
 
     Streaming (`step`): the softmax over time becomes an online softmax over the step scores e_t:
     running max m, running sum s = sum exp(e - m) and running weighted sum a = sum exp(e - m) h,
@@ -60,6 +64,7 @@ class AttentionLSTM(nn.Module):
         season_norm: int,
         fcn_channels: tuple[int, ...],
         squeeze_excite: bool,
+        time_pool: int,
         target_index: tuple[int, ...] = (),
         future_size: int = 0,
         static_size: int = 0,
@@ -78,7 +83,9 @@ class AttentionLSTM(nn.Module):
         covariates = covariate_width(self.output_shape, future_size, static_size)
         self.head = nn.Linear(width + fcn_width + covariates, math.prod(self.output_shape))
         self.level_norm, self.scale_norm, self.season_norm = level_norm, scale_norm, season_norm
-        self.min_length = min_length(season_norm)
+        self.time_pool = time_pool
+        # export traces two pooled steps or more (one would make torch.export fix seq)
+        self.min_length = max(min_length(season_norm), time_pool + 1)
         self.register_buffer("target_index", torch.tensor(target_index, dtype=torch.long))
 
     def forward(
@@ -87,10 +94,14 @@ class AttentionLSTM(nn.Module):
         if x.shape[1] == 0:
             raise ValueError("attention_lstm: the input sequence has no time steps (seq = 0)")
         x, stats = normalise(self, x)
-        mask = None
+        seq, mask = x.shape[1], None
         if lengths is not None:
             refuse_lengths(self)
-            mask = step_mask(lengths, x.shape[1])
+            mask = step_mask(lengths, seq)
+        step_level_mask = mask
+        if self.time_pool > 1:
+            x, share = pool_steps(x, self.time_pool, mask)
+            mask = None if mask is None else share > 0
         states, _ = self.rnn(x)  # [batch, seq, width]
         scores = self.score(states).squeeze(-1)
         if mask is not None:
@@ -101,11 +112,18 @@ class AttentionLSTM(nn.Module):
             context = torch.cat([context, self.fcn(x.transpose(1, 2), mask)], dim=1)
         context = with_covariates(self, context, future, static)
         out = self.head(context).reshape(-1, *self.output_shape)
+        if self.time_pool > 1:
+            alpha = unpool_weights(alpha, share, self.time_pool, step_level_mask, seq)
         return denormalise(self, out, stats), alpha
 
     def streaming_unsupported(self) -> str | None:
         fcn = "fcn_channels: the convolutional branch pools over the whole window"
-        return why_not_streamable(self) or (fcn if self.fcn is not None else None)
+        pool = f"max_steps: the model reads means of {self.time_pool} steps"
+        return (
+            why_not_streamable(self)
+            or (fcn if self.fcn is not None else None)
+            or (pool if self.time_pool > 1 else None)
+        )
 
     def initial_state(self, batch: int) -> State:
         """The RNN's zeros and an empty softmax (max -inf, sums 0)."""

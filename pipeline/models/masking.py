@@ -8,6 +8,7 @@ steps; convolutions see zeros past the end, as 'same' padding of the unpadded se
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -22,6 +23,31 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return x.mean(dim=2)
     m = mask.unsqueeze(1).to(x.dtype)
     return (x * m).sum(dim=2) / m.sum(dim=2)
+
+
+def pool_steps(
+    x: torch.Tensor, k: int, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [batch, seq, features] -> the means of k consecutive steps [batch, ceil(seq / k),
+    features] (the last group may be shorter), padded steps left out; and the share of real steps
+    in each group [batch, ceil(seq / k)] (0: a group of padding only, whose mean is 0).
+
+    Padded at the end by a fixed k - 1 steps, never by seq's remainder: torch.export keeps seq
+    symbolic then."""
+    real = torch.ones_like(x[:, :, :1]) if mask is None else mask.unsqueeze(2).to(x.dtype)
+    share = F.avg_pool1d(F.pad(real.transpose(1, 2), (0, k - 1)), k, k)
+    means = F.avg_pool1d(F.pad((x * real).transpose(1, 2), (0, k - 1)), k, k)
+    return (means / share.clamp(min=0.5 / k)).transpose(1, 2), share.squeeze(1)
+
+
+def unpool_weights(
+    weights: torch.Tensor, share: torch.Tensor, k: int, mask: torch.Tensor | None, seq: int
+) -> torch.Tensor:
+    """Weights over pool_steps' groups [batch, groups] -> over the steps [batch, seq], each
+    group's weight split evenly among its real steps (so they still sum as before)."""
+    per_step = weights / (share * k).clamp(min=1)
+    spread = per_step.unsqueeze(2).expand(-1, -1, k).reshape(weights.shape[0], -1)[:, :seq]
+    return spread if mask is None else spread * mask.to(weights.dtype)
 
 
 def last_step(states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,14 @@ FAMILIES = {
         "fcn_channels": [8, 16, 8],
         "squeeze_excite": True,
     },
+    # 20 steps read as means of 4 (the last group of the 13- and 2-step series is partial)
+    "mlstm-fcn-pooled": {
+        "name": "attention_lstm",
+        "hidden_size": 8,
+        "attention_size": 4,
+        "fcn_channels": [8, 16, 8],
+        "max_steps": 6,
+    },
 }
 LENGTHS = [20, 13, 5, 2]
 
@@ -58,6 +66,20 @@ def test_padding_changes_no_prediction(cfg):
         if len(batch) > 1:  # attention: the same weights on the series' steps, none on padding
             torch.testing.assert_close(batch[1][i, : len(s)], alone[1][0], atol=1e-5, rtol=1e-5)
             assert (batch[1][i, len(s) :] == 0).all()
+            torch.testing.assert_close(batch[1][i].sum(), torch.tensor(1.0))
+
+
+def test_long_series_are_read_as_means_of_consecutive_steps():
+    torch.manual_seed(0)
+    model = model_for(FAMILIES["mlstm-fcn-pooled"], META).eval()
+    assert model.time_pool == 4  # ceil(20 / 6)
+    x = torch.randn(2, 20, 3)
+    group_means = x.reshape(2, 5, 4, 3).mean(2).repeat_interleave(4, dim=1)
+    with torch.no_grad():
+        y, weights = model(x)
+        torch.testing.assert_close(model(group_means)[0], y)
+        assert not torch.allclose(model(x.roll(1, dims=1))[0], y)
+    torch.testing.assert_close(weights[:, ::4], weights[:, 3::4])  # a group's weight, split
 
 
 def test_batch_norm_statistics_skip_padding():
@@ -77,7 +99,7 @@ def test_bidirectional_rnn_refuses_lengths():
         model(*_with_garbage_padding(_series()))
 
 
-@pytest.mark.parametrize("name", ["gru-2-layers", "mlstm-fcn"])
+@pytest.mark.parametrize("name", ["gru-2-layers", "mlstm-fcn", "mlstm-fcn-pooled"])
 def test_onnx_takes_padded_series_and_lengths(tmp_path, name):
     torch.manual_seed(0)
     model = model_for(FAMILIES[name], META).eval()

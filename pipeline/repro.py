@@ -1,0 +1,94 @@
+"""`lstm-pipeline repro`: the default `dvc repro`, with experiments side by side.
+
+DVC runs one stage at a time, and every stage here uses one thread (so that results do not depend
+on the core count): a plain `dvc repro` leaves all cores but one idle. DVC releases its repository
+lock while a stage's command runs, so `dvc repro validate@<exp>` for different experiments can run
+at once; `--wait-for-lock` queues their short bookkeeping. Each experiment's stages still run in
+order, into the same dvc.lock. Only experiments that `dvc status` finds changed get a lane (unless
+forced); a last plain `dvc repro` runs whatever no experiment's chain reached, and says when all
+is up to date.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+
+def _dvc() -> str:
+    beside = Path(sys.executable).parent / "dvc"  # the project's venv, whatever PATH says
+    return str(beside) if beside.exists() else "dvc"
+
+
+def _changed(experiments: list[str]) -> list[str]:
+    """The experiments with a stage that dvc status finds changed, in the given order."""
+    status = subprocess.run(
+        [_dvc(), "--wait-for-lock", "status", "--json", "dvc.yaml"],
+        capture_output=True,
+        text=True,
+    )
+    if status.returncode:  # dvc's own message names what is wrong; the plain repro repeats it
+        return experiments
+    stages = json.loads(status.stdout or "{}")
+    return [exp for exp in experiments if any(name.endswith(f"@{exp}") for name in stages)]
+
+
+def repro(experiments: list[str], jobs: int, force: bool) -> None:
+    """Reproduce each experiment's chain (up to validate@<exp>) on `jobs` lanes, in the given
+    order; after a failure no further experiment starts. Output lines carry `[exp] `."""
+    if not force:
+        experiments = _changed(experiments)
+    printing, stopped = threading.Lock(), threading.Event()
+    running: set[subprocess.Popen] = set()
+    failures: list[tuple[str, int]] = []
+
+    def lane(exp: str) -> None:
+        if stopped.is_set():
+            return
+        cmd = [_dvc(), "--wait-for-lock", "repro", *(["-f"] if force else []), f"validate@{exp}"]
+        with subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        ) as proc:
+            running.add(proc)
+            for line in proc.stdout:
+                with printing:
+                    print(f"[{exp}] {line}", end="", flush=True)
+        running.discard(proc)
+        if proc.returncode:
+            failures.append((exp, proc.returncode))
+            stopped.set()
+
+    def terminate(*_) -> None:
+        stopped.set()
+        for proc in list(running):
+            proc.terminate()  # dvc passes it on to the stage, which keeps its resume point
+        raise SystemExit(143)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(experiments)))) as pool:
+            list(pool.map(lane, experiments))
+    except KeyboardInterrupt:
+        stopped.set()  # the terminal's Ctrl-C reached the dvc processes too
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if failures:
+        err = PipelineError(
+            "; ".join(f"validate@{exp}: dvc repro failed (exit {rc})" for exp, rc in failures)
+            + " (its lines above start with [exp])"
+        )
+        err.exit_code = failures[0][1]
+        raise err
+    rest = subprocess.run([_dvc(), "--wait-for-lock", "repro"])
+    if rest.returncode:
+        err = PipelineError(f"dvc repro failed (exit {rest.returncode})")
+        err.exit_code = rest.returncode
+        raise err

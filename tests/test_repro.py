@@ -1,0 +1,70 @@
+"""`lstm-pipeline repro`'s lanes on a real DVC repo whose stages are small shell commands (the
+real pipeline on lanes: tests/e2e/test_dvc_repro.py)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.errors import PipelineError
+from pipeline.repro import repro
+
+DVC = Path(sys.executable).parent / "dvc"
+
+# validate@<exp> sleeps 2 s and records when it ran; `fail` exits 3
+STAGE = """\
+stages:
+  validate:
+    foreach: [{items}]
+    do:
+      cmd: sh stage.sh ${{item}}
+      outs:
+        - out/${{item}}.txt
+"""
+SCRIPT = """\
+mkdir -p out
+[ "$1" = fail ] && exit 3
+start=$(date +%s.%N); sleep 2; echo "$start $(date +%s.%N)" > out/$1.txt
+"""
+
+
+@pytest.fixture
+def dvc_repo(tmp_path, monkeypatch):
+    def make(*experiments: str) -> Path:
+        (tmp_path / "dvc.yaml").write_text(STAGE.format(items=", ".join(experiments)))
+        (tmp_path / "stage.sh").write_text(SCRIPT)
+        for cmd in (["git", "init", "-q"], [str(DVC), "init", "-q"]):
+            subprocess.run(cmd, cwd=tmp_path, check=True)
+        monkeypatch.chdir(tmp_path)
+        return tmp_path
+
+    return make
+
+
+def _ran(repo: Path, exp: str) -> tuple[float, float]:
+    start, end = (repo / "out" / f"{exp}.txt").read_text().split()
+    return float(start), float(end)
+
+
+def test_experiments_run_side_by_side_into_one_dvc_lock(dvc_repo, capfd):
+    repo = dvc_repo("slow", "last")
+    repro(["slow", "last"], jobs=2, force=False)
+    (a_start, a_end), (b_start, b_end) = _ran(repo, "slow"), _ran(repo, "last")
+    assert a_start < b_end and b_start < a_end  # they overlapped
+    stages = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert {"validate@slow", "validate@last"} <= set(stages)
+    assert "Data and pipelines are up to date" in capfd.readouterr().out  # the last, plain repro
+    repro(["slow", "last"], jobs=2, force=False)  # nothing changed: no lane starts
+    out = capfd.readouterr().out
+    assert "[slow]" not in out and "Data and pipelines are up to date" in out
+
+
+def test_a_failed_experiment_names_its_stage_and_no_further_one_starts(dvc_repo, capsys):
+    repo = dvc_repo("fail", "slow", "last")
+    with pytest.raises(PipelineError, match=r"validate@fail: dvc repro failed") as err:
+        repro(["fail", "slow", "last"], jobs=1, force=False)
+    assert err.value.exit_code != 0
+    assert not (repo / "out" / "slow.txt").exists()
+    assert "[fail] " in capsys.readouterr().out  # dvc's lines, marked with their experiment
