@@ -29,7 +29,13 @@ LAYERS = [
     ["pipeline.plots", "pipeline.tasks", "pipeline.evaluation", "pipeline.checkpoint"],
     ["pipeline.training"],
     ["pipeline.export"],
-    ["pipeline.export.validate", "pipeline.release", "pipeline.predict", "pipeline.tuning"],
+    [
+        "pipeline.export.validate",
+        "pipeline.release",
+        "pipeline.predict",
+        "pipeline.tuning",
+        "pipeline.repro",
+    ],
     ["pipeline.cli", "pipeline.__main__"],
 ]
 STAGE_ENTRIES = {  # (pipeline file, stage) -> the module of its stage function
