@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -45,36 +44,45 @@ def repro(experiments: list[str], jobs: int, force: bool) -> None:
     order; after a failure no further experiment starts. Output lines carry `[exp] `."""
     if not force:
         experiments = _changed(experiments)
-    printing, stopped = threading.Lock(), threading.Event()
+    pending, failures = list(experiments), []
+    lock, stopped = threading.Lock(), threading.Event()
     running: set[subprocess.Popen] = set()
-    failures: list[tuple[str, int]] = []
 
-    def lane(exp: str) -> None:
-        if stopped.is_set():
-            return
-        cmd = [_dvc(), "--wait-for-lock", "repro", *(["-f"] if force else []), f"validate@{exp}"]
-        with subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        ) as proc:
-            running.add(proc)
-            for line in proc.stdout:
-                with printing:
-                    print(f"[{exp}] {line}", end="", flush=True)
-        running.discard(proc)
-        if proc.returncode:
-            failures.append((exp, proc.returncode))
-            stopped.set()
+    def lane() -> None:
+        while not stopped.is_set():
+            with lock:
+                if not pending:
+                    return
+                exp = pending.pop(0)
+            forced = ["-f"] if force else []
+            cmd = [_dvc(), "--wait-for-lock", "repro", *forced, f"validate@{exp}"]
+            with subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            ) as proc:
+                running.add(proc)
+                for line in proc.stdout:
+                    with lock:
+                        print(f"[{exp}] {line}", end="", flush=True)
+            running.discard(proc)
+            if proc.returncode:
+                failures.append((exp, proc.returncode))
+                stopped.set()
 
     def terminate(*_) -> None:
+        # a stage's training stops when its dvc goes (the resume point is kept); daemon lanes do
+        # not hold the exit while a stage's last output drains
         stopped.set()
         for proc in list(running):
-            proc.terminate()  # dvc passes it on to the stage, which keeps its resume point
+            proc.terminate()
         raise SystemExit(143)
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(experiments)))) as pool:
-            list(pool.map(lane, experiments))
+        lanes = [threading.Thread(target=lane, daemon=True) for _ in range(max(1, jobs))]
+        for thread in lanes:
+            thread.start()
+        for thread in lanes:
+            thread.join()
     except KeyboardInterrupt:
         stopped.set()  # the terminal's Ctrl-C reached the dvc processes too
         raise

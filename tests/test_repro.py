@@ -1,10 +1,15 @@
 """`lstm-pipeline repro`'s lanes on a real DVC repo whose stages are small shell commands (the
 real pipeline on lanes: tests/e2e/test_dvc_repro.py)."""
 
+import os
+import signal
 import subprocess
 import sys
+import time
+from contextlib import suppress
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -13,7 +18,7 @@ from pipeline.repro import repro
 
 DVC = Path(sys.executable).parent / "dvc"
 
-# validate@<exp> sleeps 2 s and records when it ran; `fail` exits 3
+# validate@<exp> sleeps 2 s ($SLEEP) and records when it ran; `fail` exits 3
 STAGE = """\
 stages:
   validate:
@@ -26,7 +31,7 @@ stages:
 SCRIPT = """\
 mkdir -p out
 [ "$1" = fail ] && exit 3
-start=$(date +%s.%N); sleep 2; echo "$start $(date +%s.%N)" > out/$1.txt
+start=$(date +%s.%N); sleep ${SLEEP:-2}; echo "$start $(date +%s.%N)" > out/$1.txt
 """
 
 
@@ -68,3 +73,25 @@ def test_a_failed_experiment_names_its_stage_and_no_further_one_starts(dvc_repo,
     assert err.value.exit_code != 0
     assert not (repo / "out" / "slow.txt").exists()
     assert "[fail] " in capsys.readouterr().out  # dvc's lines, marked with their experiment
+
+
+def test_sigterm_ends_the_lanes_at_once(dvc_repo):
+    repo = dvc_repo("slow", "last")
+    code = "from pipeline.repro import repro; repro(['slow', 'last'], jobs=2, force=False)"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=repo, env={**os.environ, "SLEEP": "60"}
+    )
+    deadline, stages = time.monotonic() + 60, []
+    while len(stages) < 2 and time.monotonic() < deadline:  # both lanes' stages started
+        time.sleep(0.2)
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        stages = [p for p in tree if p.name() == "sleep"]
+    try:
+        assert len(stages) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 143  # not held until the stages' commands end
+    finally:
+        proc.kill()
+        for stage in tree:  # the shell commands dvc left (a training stops by itself)
+            with suppress(psutil.NoSuchProcess):
+                stage.kill()
