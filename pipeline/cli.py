@@ -58,7 +58,7 @@ def _compose(args: argparse.Namespace) -> None:
 
 
 def _repro(args: argparse.Namespace) -> None:
-    experiments = list(load_config(args.params).experiments)
+    experiments = list(load_config(PARAMS_FILE).experiments)  # dvc reads no other file
     _entry("pipeline.repro:repro")(experiments, args.jobs, args.force)
 
 
@@ -129,7 +129,6 @@ def parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=len(os.sched_getaffinity(0)), help="default: the usable cores"
     )
     rp.add_argument("-f", "--force", action="store_true", help="rerun every stage (dvc repro -f)")
-    rp.add_argument("--params", default=PARAMS_FILE)
     rp.set_defaults(func=_repro)
     r = sub.add_parser("release", help="register a validated model in the MLflow registry")
     which = r.add_mutually_exclusive_group(required=True)

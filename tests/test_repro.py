@@ -95,3 +95,14 @@ def test_sigterm_ends_the_lanes_at_once(dvc_repo):
         for stage in tree:  # the shell commands dvc left (a training stops by itself)
             with suppress(psutil.NoSuchProcess):
                 stage.kill()
+
+
+def test_a_config_error_is_one_line_naming_the_key(tmp_path, monkeypatch, capsys):
+    from pipeline.cli import main
+
+    (tmp_path / "params.yaml").write_text("experiments:\n  x:\n    data: {source: nope}\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["repro"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lstm-pipeline repro: error: ") and "experiments.x.data" in err
+    assert "\n" not in err
