@@ -21,6 +21,14 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 
 
+class DvcFailed(PipelineError):
+    """A dvc repro failed: exit with dvc's own code (255 for a failed stage)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def _dvc() -> str:
     beside = Path(sys.executable).parent / "dvc"  # the project's venv, whatever PATH says
     return str(beside) if beside.exists() else "dvc"
@@ -89,14 +97,8 @@ def repro(experiments: list[str], jobs: int, force: bool) -> None:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if failures:
-        err = PipelineError(
-            "; ".join(f"validate@{exp}: dvc repro failed (exit {rc})" for exp, rc in failures)
-            + " (its lines above start with [exp])"
-        )
-        err.exit_code = failures[0][1]
-        raise err
+        failed = "; ".join(f"validate@{exp}: dvc repro failed (exit {rc})" for exp, rc in failures)
+        raise DvcFailed(f"{failed} (its lines above start with [exp])", failures[0][1])
     rest = subprocess.run([_dvc(), "--wait-for-lock", "repro"])
     if rest.returncode:
-        err = PipelineError(f"dvc repro failed (exit {rest.returncode})")
-        err.exit_code = rest.returncode
-        raise err
+        raise DvcFailed(f"dvc repro failed (exit {rest.returncode})", rest.returncode)
