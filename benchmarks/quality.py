@@ -17,10 +17,11 @@ test series: ROCKET (10,000 kernels) and 1-NN DTW (full window), 1 thread; their
 predict after a warm-up on a few series (numba compiles once per process).
 
 Usage: python benchmarks/quality.py [--sets GunPoint ...] [--members 5] [--long-members 1]
-       [--max-epochs K] [--model KEY=VALUE ...] [--fit KEY=VALUE ...]
+       [--max-epochs K] [--model KEY=VALUE ...] [--fit KEY=VALUE ...] [--data KEY=VALUE ...]
 Prints one JSON object (and writes it to benchmarks/quality.json) and a Markdown table on stderr.
---max-epochs caps every fit: for smoke runs only. --model and --fit override a key of the recipe's
-model or fit (a comparison, never the default); none of the three writes quality.json.
+--max-epochs caps every fit: for smoke runs only. --model, --fit and --data override a key of the
+recipe's model or fit or of every set's data (a comparison, never the default); none of these
+writes quality.json.
 """
 
 from __future__ import annotations
@@ -269,8 +270,9 @@ def main() -> None:
     p.add_argument("--max-epochs", type=int, help="cap every fit (smoke runs only)")
     p.add_argument("--model", nargs="*", default=[], help="KEY=VALUE over the recipe's model")
     p.add_argument("--fit", nargs="*", default=[], help="KEY=VALUE over the recipe's fit")
+    p.add_argument("--data", nargs="*", default=[], help="KEY=VALUE over every set's data")
     args = p.parse_args()
-    fit, model = overrides(args.fit), overrides(args.model)
+    fit, model, data_keys = overrides(args.fit), overrides(args.model), overrides(args.data)
     members = {n: args.long_members if n in LONG else args.members for n in args.sets}
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         work, env = Path(tmp), cli_env(tmp)
@@ -280,7 +282,7 @@ def main() -> None:
             trainer["max_epochs"] = args.max_epochs
         experiments = {
             name.lower().replace("-", "_"): {
-                "data": data_config(name, d, work),
+                "data": {**data_config(name, d, work), **data_keys},
                 **({"model": model} if model else {}),
                 "fit": {**fit, "ensemble": members[name]},
                 "validate": {"quantize": False},
@@ -298,10 +300,12 @@ def main() -> None:
         "max_epochs": args.max_epochs,
         "model_override": model,
         "fit_override": fit,
+        "data_override": data_keys,
         "published_sources": PUBLISHED_SOURCES,
         "sets": sets,
     }
-    if not (fit or model or args.max_epochs):  # a comparison or a smoke run is not the benchmark
+    # a comparison or a smoke run is not the benchmark
+    if not (fit or model or data_keys or args.max_epochs):
         (HERE / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
     print(table(sets), file=sys.stderr)
     print(json.dumps(result))

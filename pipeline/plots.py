@@ -132,7 +132,8 @@ def attention(x: np.ndarray, weights: np.ndarray, out: Path, shown: int = 4) -> 
         ax.set_xlabel("time step", fontsize=8)
         ax.set_ylabel("input (scaled)", fontsize=8)
         twin = ax.twinx()
-        twin.bar(np.arange(t), weights[i], color="C1", alpha=0.5)
+        # one patch per panel: t bars are t patches, seconds of drawing for long series
+        twin.stairs(weights[i], np.arange(t + 1) - 0.5, fill=True, color="C1", alpha=0.5)
         twin.set_ylabel("attention weight", fontsize=8)
         ax.set_title(f"test example {i}", fontsize=9)
     fig.tight_layout()

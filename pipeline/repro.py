@@ -6,7 +6,7 @@ lock while a stage's command runs, so `dvc repro validate@<exp>` for different e
 at once; `--wait-for-lock` queues their short bookkeeping. Each experiment's stages still run in
 order, into the same dvc.lock. Only experiments that `dvc status` finds changed get a lane (unless
 forced); a last plain `dvc repro` runs whatever no experiment's chain reached, and says when all
-is up to date.
+is up to date. `lstm-pipeline repro a b` does the same for experiments a and b only.
 """
 
 from __future__ import annotations
@@ -47,9 +47,12 @@ def _changed(experiments: list[str]) -> list[str]:
     return [exp for exp in experiments if any(name.endswith(f"@{exp}") for name in stages)]
 
 
-def repro(experiments: list[str], jobs: int, force: bool) -> None:
+def repro(experiments: list[str], jobs: int, force: bool, only: list[str] = ()) -> None:
     """Reproduce each experiment's chain (up to validate@<exp>) on `jobs` lanes, in the given
-    order; after a failure no further experiment starts. Output lines carry `[exp] `."""
+    order (`only`: just these); after a failure no further experiment starts. Output lines
+    carry `[exp] `."""
+    targets = [f"validate@{exp}" for exp in only]  # none: the last plain repro takes them all
+    experiments = [exp for exp in experiments if exp in only] if only else experiments
     if not force:
         experiments = _changed(experiments)
     pending, failures = list(experiments), []
@@ -99,6 +102,6 @@ def repro(experiments: list[str], jobs: int, force: bool) -> None:
     if failures:
         failed = "; ".join(f"validate@{exp}: dvc repro failed (exit {rc})" for exp, rc in failures)
         raise DvcFailed(f"{failed} (its lines above start with [exp])", failures[0][1])
-    rest = subprocess.run([_dvc(), "--wait-for-lock", "repro"])
+    rest = subprocess.run([_dvc(), "--wait-for-lock", "repro", *targets])
     if rest.returncode:
         raise DvcFailed(f"dvc repro failed (exit {rest.returncode})", rest.returncode)

@@ -320,3 +320,23 @@ def test_an_append_to_a_full_disk_names_the_file():
     """The logger appends unsent metrics with append_text: /dev/full fails every write (ENOSPC)."""
     with pytest.raises(SystemFault, match="^/dev/full: No space left on device$"):
         append_text("/dev/full", "[]\n")
+
+
+def test_the_command_skips_teardown_but_keeps_exit_code_handlers_and_threads(tmp_path):
+    """`lstm-pipeline` (cli.console) exits without the interpreter's teardown; the exit code,
+    the exit handlers, a non-daemon thread's work and buffered output survive."""
+    code = (
+        "import atexit, sys, threading, time\n"
+        "from pipeline import cli\n"
+        "atexit.register(lambda: print('handler ran'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.5), print('thread done'))).start()\n"
+        "print('buffered', end='')\n"
+        "sys.argv = ['lstm-pipeline', 'prepare', 'nope']\n"
+        "cli.console()\n"
+    )
+    proc = subprocess.run(
+        [BIN / "python", "-c", code], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 2  # no params.yaml: a config error
+    assert proc.stdout == "bufferedthread done\nhandler ran\n"
+    assert proc.stderr.startswith("lstm-pipeline prepare: error: ")

@@ -106,3 +106,15 @@ def test_a_config_error_is_one_line_naming_the_key(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith("lstm-pipeline repro: error: ") and "experiments.x.data" in err
     assert "\n" not in err
+    (tmp_path / "params.yaml").write_text("experiments: {}\n")
+    assert main(["repro", "nope"]) == 2  # a named experiment params.yaml does not define
+    assert (
+        capsys.readouterr().err.strip().endswith("experiments.nope: no such experiment; defined:")
+    )
+
+
+def test_named_experiments_run_alone(dvc_repo, capfd):
+    repo = dvc_repo("a", "b")
+    repro(["a", "b"], jobs=2, force=False, only=["b"])
+    assert (repo / "out/b.txt").exists() and not (repo / "out/a.txt").exists()
+    assert "[a]" not in capfd.readouterr().out
