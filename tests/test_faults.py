@@ -324,19 +324,23 @@ def test_an_append_to_a_full_disk_names_the_file():
 
 def test_the_command_skips_teardown_but_keeps_exit_code_handlers_and_threads(tmp_path):
     """`lstm-pipeline` (cli.console) exits without the interpreter's teardown; the exit code,
-    the exit handlers, a non-daemon thread's work and buffered output survive."""
+    the exit handlers, a non-daemon thread's work and buffered output survive, and an idle
+    thread pool (MLflow's downloads leave one) does not hold the exit."""
     code = (
         "import atexit, sys, threading, time\n"
         "from pipeline import cli\n"
         "atexit.register(lambda: print('handler ran'))\n"
         "threading.Thread(target=lambda: (time.sleep(0.5), print('thread done'))).start()\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"  # a kept, idle pool: no hang
+        "pool = ThreadPoolExecutor(1)\n"
+        "pool.submit(print, 'pool ran', end=' ').result()\n"
         "print('buffered', end='')\n"
         "sys.argv = ['lstm-pipeline', 'prepare', 'nope']\n"
         "cli.console()\n"
     )
     proc = subprocess.run(
-        [BIN / "python", "-c", code], cwd=tmp_path, capture_output=True, text=True
+        [BIN / "python", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2  # no params.yaml: a config error
-    assert proc.stdout == "bufferedthread done\nhandler ran\n"
+    assert proc.stdout == "pool ran bufferedthread done\nhandler ran\n"
     assert proc.stderr.startswith("lstm-pipeline prepare: error: ")

@@ -168,16 +168,21 @@ def log_to_training_run(
     never land on another training's run. Returns the run id, or None if no such run exists
     (e.g. MLFLOW_TRACKING_URI now points elsewhere).
     """
+    import time
+
     from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
 
     run_id = training_run(experiment_name, ckpt)
     if run_id is None:
         return None
     client = MlflowClient(tracking_uri())
-    for key, value in metrics.items():
-        client.log_metric(run_id, key, value)
-    for key, value in (tags or {}).items():
-        client.set_tag(run_id, key, value)
+    now = int(time.time() * 1000)
+    client.log_batch(  # one request, not one per metric and tag
+        run_id,
+        metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()],
+        tags=[RunTag(key, str(value)) for key, value in (tags or {}).items()],
+    )
     for item in artifacts:  # a path, or (path, artifact folder)
         path, folder = item if isinstance(item, tuple) else (item, None)
         client.log_artifact(run_id, str(path), folder)
