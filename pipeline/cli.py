@@ -63,7 +63,10 @@ def _repro(args: argparse.Namespace) -> None:
     cfg = load_config(PARAMS_FILE)  # dvc reads no other file
     for name in args.experiments:
         cfg.experiment(name)  # an unknown one is a config error naming it
-    _entry("pipeline.repro:repro")(list(cfg.experiments), args.jobs, args.force, args.experiments)
+    named = [exp for exp in cfg.experiments if exp in args.experiments]  # params.yaml's order
+    _entry("pipeline.repro:repro")(
+        named or list(cfg.experiments), args.jobs, args.force, bool(named)
+    )
 
 
 def _tune(args: argparse.Namespace) -> None:

@@ -47,12 +47,11 @@ def _changed(experiments: list[str]) -> list[str]:
     return [exp for exp in experiments if any(name.endswith(f"@{exp}") for name in stages)]
 
 
-def repro(experiments: list[str], jobs: int, force: bool, only: list[str] = ()) -> None:
+def repro(experiments: list[str], jobs: int, force: bool, named: bool = False) -> None:
     """Reproduce each experiment's chain (up to validate@<exp>) on `jobs` lanes, in the given
-    order (`only`: just these); after a failure no further experiment starts. Output lines
-    carry `[exp] `."""
-    targets = [f"validate@{exp}" for exp in only]  # none: the last plain repro takes them all
-    experiments = [exp for exp in experiments if exp in only] if only else experiments
+    order; after a failure no further experiment starts. Output lines carry `[exp] `. The last
+    dvc call covers the whole pipeline, or with `named` only these experiments' chains."""
+    targets = [f"validate@{exp}" for exp in experiments] if named else []
     if not force:
         experiments = _changed(experiments)
     pending, failures = list(experiments), []

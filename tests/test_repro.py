@@ -115,6 +115,6 @@ def test_a_config_error_is_one_line_naming_the_key(tmp_path, monkeypatch, capsys
 
 def test_named_experiments_run_alone(dvc_repo, capfd):
     repo = dvc_repo("a", "b")
-    repro(["a", "b"], jobs=2, force=False, only=["b"])
+    repro(["b"], jobs=2, force=False, named=True)
     assert (repo / "out/b.txt").exists() and not (repo / "out/a.txt").exists()
     assert "[a]" not in capfd.readouterr().out
