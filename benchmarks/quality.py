@@ -4,7 +4,9 @@ beside ROCKET and 1-NN DTW on the same splits and the papers' figures.
 Dev sets: GunPoint, ItalyPowerDemand, BasicMotions (sktime's copies, official train/test split)
 and three written here as long CSVs that keep that split (a `split` column): GunPoint-VL (each
 series cut to its first L steps, L uniform in [T/2, T], seeded), GunPoint-1000 and
-BasicMotions-1000 (each series linearly interpolated to 1,050 steps).
+BasicMotions-1000 (each series linearly interpolated to 1,050 steps). Not in the default run:
+GunPoint-AG, each series multiplied by a gain log-uniform in [0.2, 5] and shifted by an offset
+N(0, 3²) (seeded): series recorded at different gains and offsets, for `model.series_norm`.
 
 Per set, in one temp working dir: the recipe unchanged as an N-member seed ensemble
 (`fit: {ensemble: N}`, seeds 0..N-1) through prepare, train, export and validate (the val split
@@ -56,7 +58,9 @@ HERE = Path(__file__).resolve().parent
 RECIPE = RECIPES["classification"]
 LONG = ("GunPoint-1000", "BasicMotions-1000")
 SETS = ("GunPoint", "ItalyPowerDemand", "BasicMotions", "GunPoint-VL", *LONG)
-LONG_STEPS, VL_SEED = 1050, 0
+SHIFTED = "GunPoint-AG"
+DERIVED = ("GunPoint-VL", SHIFTED, *LONG)  # written as long CSVs
+LONG_STEPS, VL_SEED, AG_SEED = 1050, 0, 0
 STAGES = ("prepare", "train", "export", "validate")
 BASELINES = {
     "ROCKET": lambda: RocketClassifier(num_kernels=10000, random_state=0),
@@ -100,12 +104,17 @@ def load(name: str) -> Labelled:
         return replace(data, x=x, variable_length=True)
     if name in LONG:
         return replace(data, x=[stretch(s, LONG_STEPS) for s in data.x])
+    if name == SHIFTED:
+        rng = np.random.default_rng(AG_SEED)
+        gains = np.exp(rng.uniform(np.log(0.2), np.log(5), len(data.x)))
+        offsets = rng.normal(0, 3, len(data.x))
+        return replace(data, x=[s * g + o for s, g, o in zip(data.x, gains, offsets, strict=True)])
     return data
 
 
 def data_config(name: str, data: Labelled, work: Path) -> dict:
     """The experiment's `data`: sktime's set, or the derived set written as a long CSV."""
-    if name not in ("GunPoint-VL", *LONG):
+    if name not in DERIVED:
         return {"source": "ucr", "name": name}
     path = work / f"{name}.csv"
     pd.concat(
@@ -264,7 +273,7 @@ def table(sets: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    p.add_argument("--sets", nargs="+", default=list(SETS), choices=(*SETS, SHIFTED))
     p.add_argument("--members", type=int, default=5)
     p.add_argument("--long-members", type=int, default=1, help="members for the 1,000-step sets")
     p.add_argument("--max-epochs", type=int, help="cap every fit (smoke runs only)")

@@ -79,6 +79,11 @@ def _error(raw) -> str:
             "experiments.lstm_italypowerdemand: model.scale_norm applies to forecasting only",
         ),
         (
+            ("experiments", "lstm_airline", "model", "series_norm"),
+            True,
+            "experiments.lstm_airline: model.series_norm applies to classification only",
+        ),
+        (
             ("experiments", "lstm_airline", "model", "season_norm"),
             24,
             "experiments.lstm_airline: model.season_norm: 24 needs windows of 2 periods or more "

@@ -82,8 +82,9 @@ class Experiment(Strict):
         for key in ("level_norm", "scale_norm", "season_norm"):
             if getattr(self.model, key, False) and self.task != "forecast":
                 raise ValueError(f"model.{key} applies to forecasting only")
-        if getattr(self.model, "max_steps", None) and self.task != "classification":
-            raise ValueError("model.max_steps applies to classification only")
+        for key in ("max_steps", "series_norm"):
+            if getattr(self.model, key, None) and self.task != "classification":
+                raise ValueError(f"model.{key} applies to classification only")
         period = getattr(self.model, "season_norm", 0)
         if period and self.data.window < 2 * period:
             raise ValueError(

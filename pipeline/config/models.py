@@ -25,6 +25,8 @@ class RecurrentModel(Strict):
     bidirectional: bool = False
     level_norm: bool = False  # forecasting: model the change from the last observed step
     scale_norm: bool = False  # forecasting: divide each window by its own std (RevIN-style)
+    # classification: z-normalise each series per feature over its own steps (inside the graph)
+    series_norm: bool = False
     # forecasting: the season's period; each window's seasonal profile is taken out, then added
     # back to the forecast (0: off)
     season_norm: Annotated[int, Field(ge=0)] = 0

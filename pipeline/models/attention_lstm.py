@@ -17,6 +17,7 @@ from pipeline.models.lstm import (
     refuse_lengths,
     rnn_initial_state,
     rnn_step,
+    standardise,
     why_not_streamable,
     with_covariates,
 )
@@ -61,6 +62,7 @@ class AttentionLSTM(nn.Module):
         attention_size: int,
         level_norm: bool,
         scale_norm: bool,
+        series_norm: bool,
         season_norm: int,
         fcn_channels: tuple[int, ...],
         squeeze_excite: bool,
@@ -83,6 +85,7 @@ class AttentionLSTM(nn.Module):
         covariates = covariate_width(self.output_shape, future_size, static_size)
         self.head = nn.Linear(width + fcn_width + covariates, math.prod(self.output_shape))
         self.level_norm, self.scale_norm, self.season_norm = level_norm, scale_norm, season_norm
+        self.series_norm = series_norm
         self.time_pool = time_pool
         # export traces two pooled steps or more (one would make torch.export fix seq)
         self.min_length = max(min_length(season_norm), time_pool + 1)
@@ -93,7 +96,7 @@ class AttentionLSTM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if x.shape[1] == 0:
             raise ValueError("attention_lstm: the input sequence has no time steps (seq = 0)")
-        x, stats = normalise(self, x)
+        x, stats = normalise(self, standardise(self, x, lengths))
         seq, mask = x.shape[1], None
         if lengths is not None:
             refuse_lengths(self)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from pipeline.models.masking import last_step
+from pipeline.models.masking import last_step, step_mask
 from pipeline.models.peephole_lstm import PeepholeLSTM
 
 # nn.LSTM/GRU export to native ONNX LSTM/GRU ops; the peephole cell is ours (a Scan in ONNX).
@@ -50,6 +50,8 @@ def why_not_streamable(model: nn.Module) -> str | None:
         return "level_norm: every input is shifted by the last step, unknown until the end"
     if model.scale_norm:
         return "scale_norm: every input is divided by the whole window's std"
+    if model.series_norm:
+        return "series_norm: every step is standardised by the whole series' mean and std"
     if model.season_norm:
         return "season_norm: the seasonal profile is estimated from the whole window"
     if model.future_size or model.static_size:
@@ -132,6 +134,22 @@ def normalise(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Stats]:
     return x, (shift, scale, season, x.shape[1])
 
 
+def standardise(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """`series_norm` (classification): each series z-normalised per feature over its own steps,
+    the UCR archive's convention, so a series a*x + b (a > 0) is classified as x is; padded
+    steps are left out of the mean and std."""
+    if not model.series_norm:
+        return x
+    if lengths is None:
+        mean, var = x.mean(dim=1, keepdim=True), x.var(dim=1, keepdim=True, unbiased=False)
+    else:
+        real = step_mask(lengths, x.shape[1]).unsqueeze(2)
+        count = lengths.view(-1, 1, 1).to(x.dtype)
+        mean = torch.where(real, x, 0.0).sum(dim=1, keepdim=True) / count
+        var = torch.where(real, x - mean, 0.0).square().sum(dim=1, keepdim=True) / count
+    return (x - mean) / torch.sqrt(var + SCALE_EPS)
+
+
 def with_covariates(model: nn.Module, final: torch.Tensor, future, static) -> torch.Tensor:
     """The head's input: the encoding, then the horizon's future covariates and the static ones."""
     parts = [final]
@@ -186,6 +204,7 @@ class StackedLSTM(nn.Module):
         cell: str,
         level_norm: bool,
         scale_norm: bool,
+        series_norm: bool,
         season_norm: int,
         target_index: tuple[int, ...] = (),
         future_size: int = 0,
@@ -202,6 +221,7 @@ class StackedLSTM(nn.Module):
             math.prod(self.output_shape),
         )
         self.level_norm, self.scale_norm, self.season_norm = level_norm, scale_norm, season_norm
+        self.series_norm = series_norm
         self.min_length = min_length(season_norm)
         self.register_buffer("target_index", torch.tensor(target_index, dtype=torch.long))
 
@@ -210,7 +230,7 @@ class StackedLSTM(nn.Module):
     ) -> torch.Tensor:
         """`lengths`: a batch of series padded at the end, each read up to its own length;
         `future` [batch, horizon, future_size], `static` [batch, static_size]: covariates."""
-        x, stats = normalise(self, x)
+        x, stats = normalise(self, standardise(self, x, lengths))
         states, state = self.rnn(x)
         if lengths is not None:
             refuse_lengths(self)

@@ -148,7 +148,7 @@ def check_loop_and_scan_agree(model: torch.nn.Module, inputs, lengths) -> None:
 
 # What makes a family causal; non-causal variants have no exact step (see streaming_unsupported).
 CAUSAL = {"bidirectional": False, "level_norm": False, "scale_norm": False, "season_norm": 0,
-          "fcn_channels": []}  # fmt: skip
+          "series_norm": False, "fcn_channels": []}  # fmt: skip
 
 
 def check_step_equals_forward(model_cfg: dict, meta: dict):

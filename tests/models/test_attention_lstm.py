@@ -21,6 +21,7 @@ def test_attention_lstm_passes_the_model_checks(tmp_path, meta, fcn_channels):
         "fcn_channels": fcn_channels,
         "scale_norm": meta is FORECAST,
         "season_norm": 7 if meta is FORECAST else 0,
+        "series_norm": meta is CLASSIFY,
     }
     check_all(cfg, meta, tmp_path)
 

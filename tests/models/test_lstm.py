@@ -20,6 +20,7 @@ def test_stacked_lstm_passes_the_model_checks(tmp_path, cell, bidirectional, met
         "level_norm": meta["task"] == "forecast",
         "scale_norm": meta["task"] == "forecast",
         "season_norm": 12 if meta["task"] == "forecast" else 0,
+        "series_norm": meta["task"] == "classification",
     }
     check_all(cfg, meta, tmp_path)
 

@@ -32,6 +32,13 @@ FAMILIES = {
         "fcn_channels": [8, 16, 8],
         "max_steps": 6,
     },
+    "mlstm-fcn-series-norm": {
+        "name": "attention_lstm",
+        "hidden_size": 8,
+        "attention_size": 4,
+        "fcn_channels": [8, 16, 8],
+        "series_norm": True,
+    },
 }
 LENGTHS = [20, 13, 5, 2]
 
@@ -82,6 +89,25 @@ def test_long_series_are_read_as_means_of_consecutive_steps():
     torch.testing.assert_close(weights[:, ::4], weights[:, 3::4])  # a group's weight, split
 
 
+@pytest.mark.parametrize("name", ["lstm", "attention_lstm"])
+def test_series_norm_reads_each_series_z_normalised_over_its_own_steps(name):
+    """a*x + b (a > 0, per series and feature) is classified as x is, padded or not, and the
+    model sees exactly the z-normalised series."""
+    torch.manual_seed(0)
+    model = model_for({"name": name, "hidden_size": 8, "series_norm": True}, META).eval()
+    assert model.streaming_unsupported().startswith("series_norm: ")
+    series = _series()
+    rng = np.random.default_rng(2)
+    scaled = [s * rng.uniform(0.1, 10, 3) + rng.normal(0, 50, 3) for s in series]
+    z = [(s - s.mean(0)) / s.std(0) for s in series]
+    got = _outputs(model, *_with_garbage_padding(scaled))[0]
+    for i, s in enumerate(series):
+        torch.testing.assert_close(got[i], _outputs(model, torch.from_numpy(s)[None])[0][0])
+    model.series_norm = False
+    expected = _outputs(model, *_with_garbage_padding([s.astype(np.float32) for s in z]))[0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
 def test_batch_norm_statistics_skip_padding():
     torch.manual_seed(0)
     norm = MaskedBatchNorm1d(2, momentum=1.0)  # running stats = this batch's
@@ -99,7 +125,9 @@ def test_bidirectional_rnn_refuses_lengths():
         model(*_with_garbage_padding(_series()))
 
 
-@pytest.mark.parametrize("name", ["gru-2-layers", "mlstm-fcn", "mlstm-fcn-pooled"])
+@pytest.mark.parametrize(
+    "name", ["gru-2-layers", "mlstm-fcn", "mlstm-fcn-pooled", "mlstm-fcn-series-norm"]
+)
 def test_onnx_takes_padded_series_and_lengths(tmp_path, name):
     torch.manual_seed(0)
     model = model_for(FAMILIES[name], META).eval()
