@@ -1,6 +1,11 @@
+import numpy as np
 import pytest
 import torch
 
+from pipeline.checkpoint import Trained, model_for
+from pipeline.export.onnx_export import export_module
+from pipeline.inference import run_onnx, session
+from pipeline.meta import DataMeta
 from pipeline.training.module import SequenceModule
 from tests.models.checker import CLASSIFY, FORECAST, check_all, prediction
 
@@ -69,3 +74,24 @@ def test_season_norm_takes_each_windows_season_out_and_continues_it_over_the_hor
         y, y_seasonal = (prediction(model(v)) for v in (x, a * x + b + pattern.repeat(3, 1)))
     a, b = (v[target] if scale_norm else v for v in (a, b))
     torch.testing.assert_close(y_seasonal, a * y + b + later, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "meta, norm", [(FORECAST, "scale_norm"), (CLASSIFY, "series_norm")], ids=["scale", "series"]
+)
+def test_flat_windows_keep_the_std_floor_through_onnx(tmp_path, meta, norm):
+    """A constant window and a near-flat one far from 0: ONNX Runtime gives torch's finite
+    outputs (torch.onnx's optimizer once dropped `var + 1e-10`, leaving a division by 0)."""
+    torch.manual_seed(0)
+    cfg = {"name": "lstm", "hidden_size": 8, norm: True, "level_norm": norm == "scale_norm"}
+    meta = DataMeta.model_validate(meta)
+    model = model_for(cfg, meta).eval()
+    path = export_module(Trained(model, meta), tmp_path / "model.onnx", "lstm")
+    steps, features = meta.input_shape
+    x = np.full((2, steps, features), 3.0, dtype=np.float32)
+    x[1] += np.linspace(0, 1e-3, steps, dtype=np.float32)[:, None]
+    got = run_onnx(session(path), x)[0]
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
