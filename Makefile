@@ -42,10 +42,11 @@ smoke: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc exp run --temp -S trainer=smoke
 
 # Test workers: one per core. loadscope keeps each module in one worker, so a module-scoped
-# fixture (the end-to-end repo, the release story's server) is built once.
+# fixture (the end-to-end repo, the release story's server) is built once; modules with slow
+# tests go first (tests/conftest.py).
 TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 lint: $(STAMP) actionlint
 	$(BIN)/ruff check pipeline tests benchmarks

@@ -25,6 +25,16 @@ for var, value in {
     os.environ[var] = value
 
 
+def pytest_collection_modifyitems(items):
+    """Under xdist (`make test`), the modules with slow tests first. loadscope hands modules to
+    the workers in this order (`--no-loadscope-reorder`; by default it starts with the modules of
+    most tests), so the long ones start at once and the short ones fill the end, instead of one
+    long module running alone while the other worker idles."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+        items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """Tests run small models: one intra-op thread is faster than two fighting over 2 cores

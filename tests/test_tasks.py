@@ -1,5 +1,7 @@
 """The task objects: one MAPE formula for train and validate, and a direction for every metric."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +14,7 @@ from pipeline.data.prepared import Prepared
 from pipeline.data.windows import split_ranges
 from pipeline.evaluation import validate_failures
 from pipeline.meta import DataMeta, PreparedMeta
-from pipeline.tasks import TASKS, higher_is_better
+from pipeline.tasks import TASKS, classical, higher_is_better
 from pipeline.tasks.classical import ets_forecasts
 from pipeline.tasks.forecast import conformal_halfwidths, errors
 
@@ -179,6 +181,20 @@ def test_ets_baseline_is_fitted_on_each_series_train_part_and_never_sees_a_test_
     moved = ets_forecasts(_prepared_series(tmp_path, changed))
     np.testing.assert_array_equal(moved[first], ets[first])
     assert not np.allclose(moved, ets)  # later windows read the new history
+
+
+def test_ets_baseline_fits_many_series_on_every_core_with_the_serial_numbers(tmp_path, monkeypatch):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one usable core: the fits never run in workers")
+    t = np.arange(40.0)
+    series = [
+        i + (1 + i / 8) * t + np.sin(t * np.pi / 2 + i) for i in range(classical.PARALLEL_FROM)
+    ]
+    prepared = _prepared_series(tmp_path, series)
+    in_workers = ets_forecasts(prepared)
+    monkeypatch.setattr(classical, "PARALLEL_FROM", len(series) + 1)
+    np.testing.assert_array_equal(in_workers, ets_forecasts(prepared))
+    assert in_workers.shape == (4 * len(series), 3, 1)  # 4 test windows each
 
 
 def test_forecast_reports_ets_and_beat_classical_gates_on_it(tmp_path):
