@@ -9,7 +9,6 @@ Usage: python benchmarks/repro.py   (prints one JSON object)
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import yaml
 from common import clone_repo, machine
+
+from pipeline.io import usable_cores
 
 
 def timed(cmd: list[str], cwd: Path, env: dict) -> float:
@@ -64,7 +65,7 @@ def main() -> None:
         }
         for path in ("data/prepared", "models", "metrics"):
             shutil.rmtree(work / path)
-        result["lanes"] = len(os.sched_getaffinity(0))
+        result["lanes"] = usable_cores()
         result["lanes_from_scratch_s"] = timed(["lstm-pipeline", "repro", "-f"], work, env)
     print(json.dumps(result))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline.config import PARAMS_FILE, compose, load_config
 from pipeline.errors import ConfigError, PipelineError, SystemFault
+from pipeline.io import usable_cores
 from pipeline.quiet import quiet
 
 
@@ -133,9 +134,7 @@ def parser() -> argparse.ArgumentParser:
         s.set_defaults(func=func)
     rp = sub.add_parser("repro", help="dvc repro, with experiments side by side on --jobs lanes")
     rp.add_argument("experiments", nargs="*", help="only these (default: all of params.yaml's)")
-    rp.add_argument(
-        "--jobs", type=int, default=len(os.sched_getaffinity(0)), help="default: the usable cores"
-    )
+    rp.add_argument("--jobs", type=int, default=usable_cores(), help="default: the usable cores")
     rp.add_argument("-f", "--force", action="store_true", help="rerun every stage (dvc repro -f)")
     rp.set_defaults(func=_repro)
     r = sub.add_parser("release", help="register a validated model in the MLflow registry")

@@ -101,3 +101,11 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
     """Hex digest of a file (md5 is what dvc.lock records)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS has one (Linux: a
+    container's cpuset, `taskset`), every core elsewhere (macOS has no sched_getaffinity)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

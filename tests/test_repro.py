@@ -118,3 +118,13 @@ def test_named_experiments_run_alone(dvc_repo, capfd):
     repro(["b"], jobs=2, force=False, named=True)
     assert (repo / "out/b.txt").exists() and not (repo / "out/a.txt").exists()
     assert "[a]" not in capfd.readouterr().out
+
+
+def test_lanes_default_to_every_core_where_the_os_has_no_cpu_affinity(monkeypatch):
+    """macOS has no os.sched_getaffinity: the CLI still builds, with one lane per core."""
+    from pipeline.cli import parser
+    from pipeline.io import usable_cores
+
+    assert parser().parse_args(["repro"]).jobs == usable_cores() == len(os.sched_getaffinity(0))
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert parser().parse_args(["repro"]).jobs == usable_cores() == os.cpu_count()

@@ -11,12 +11,12 @@ dynamic prediction per window): no test value reaches the fit or a forecast.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
 
 from pipeline.data.prepared import Prepared
+from pipeline.io import usable_cores
 
 PARALLEL_FROM = 8  # series x targets
 
@@ -74,7 +74,7 @@ def _map(jobs: list[tuple]) -> list:
     the fits are independent, so the numbers are the serial ones)."""
     from joblib import Parallel, delayed
 
-    workers = min(len(os.sched_getaffinity(0)), len(jobs))
+    workers = min(usable_cores(), len(jobs))
     if len(jobs) < PARALLEL_FROM or workers < 2:
         return [_forecasts(*job) for job in jobs]
     return Parallel(n_jobs=workers)(delayed(_forecasts)(*job) for job in jobs)
