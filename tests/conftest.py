@@ -31,8 +31,8 @@ def pytest_collection_modifyitems(items):
     most tests), so the long ones start at once and the short ones fill the end, instead of one
     long module running alone while the other worker idles."""
     if "PYTEST_XDIST_WORKER" in os.environ:
-        slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
-        items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
+        slow = {item.path for item in items if item.get_closest_marker("slow")}
+        items.sort(key=lambda item: item.path not in slow)
 
 
 @pytest.fixture(scope="session", autouse=True)
