@@ -252,8 +252,10 @@ class ConvLSTM(nn.Module):
     @staticmethod
     def _loop_layer(cell: ConvLSTMCell, gx: torch.Tensor, state: State, keep: bool):
         outs = []
-        for t in range(gx.shape[1]):
-            state = cell.step(gx[:, t], state)
+        # unbind, not gx[:, t]: each indexing step's backward would zero-fill a gradient of all
+        # of gx (T of them); unbind's backward stacks the T step gradients once.
+        for gx_t in gx.unbind(1):
+            state = cell.step(gx_t, state)
             if keep:
                 outs.append(state[0])
         return state, torch.stack(outs, dim=1) if keep else None
