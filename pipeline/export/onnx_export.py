@@ -140,6 +140,11 @@ def _onnx_program(model: torch.nn.Module, example: tuple, scan: bool = True, **k
     return program
 
 
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The bodies a node carries (Scan, Loop, If)."""
+    return [g for a in node.attribute for g in ([a.g] if a.HasField("g") else a.graphs)]
+
+
 def without_source_locations(nodes) -> None:
     """Drop the exporter's per-node metadata (stack traces with this checkout's absolute source
     paths, FX names), in subgraphs too: the same checkpoint then gives the same ONNX bytes in
@@ -147,13 +152,29 @@ def without_source_locations(nodes) -> None:
     for node in nodes:
         del node.metadata_props[:]
         node.doc_string = ""
-        for attr in node.attribute:
-            for sub in [attr.g, *attr.graphs] if attr.HasField("g") else attr.graphs:
-                without_source_locations(sub.node)
+        for sub in subgraphs(node):
+            without_source_locations(sub.node)
+
+
+def read_names(graph: onnx.GraphProto) -> set[str]:
+    """Every value name a node of `graph`, or of a body inside it, reads."""
+    return {name for node in graph.node for name in node.input} | {
+        name for node in graph.node for sub in subgraphs(node) for name in read_names(sub)
+    }
+
+
+def without_unused_initializers(graph: onnx.GraphProto) -> None:
+    """The exporter can leave a constant that no node reads (the ConvLSTM's Scan did), and ONNX
+    Runtime then prints a warning at every session start, in validate and in users' predict."""
+    read = read_names(graph) | {output.name for output in graph.output}
+    kept = [init for init in graph.initializer if init.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 def _save(proto: onnx.ModelProto, props: dict[str, str], path: Path) -> Path:
     without_source_locations(proto.graph.node)
+    without_unused_initializers(proto.graph)
     for function in proto.functions:
         without_source_locations(function.node)
     for key, value in props.items():

@@ -8,7 +8,7 @@ import onnx
 import torch
 
 from pipeline.config import parse_model
-from pipeline.export.onnx_export import export_module
+from pipeline.export.onnx_export import export_module, read_names
 from pipeline.export.parity import parity
 from pipeline.inference import session
 from pipeline.training.module import SequenceModule
@@ -121,6 +121,7 @@ def check_onnx_parity(module: SequenceModule, tmp_path):
     module.eval()
     path = export_module(module, tmp_path / "model.onnx", "test")
     graph = onnx.load(path).graph
+    assert {init.name for init in graph.initializer} <= read_names(graph)  # no ORT warning
     dims = graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param for d in dims[:2]] == ["batch", "seq"]
     for name, names in getattr(module.model, "extra_outputs", {}).items():
