@@ -164,7 +164,7 @@ def read_names(graph: onnx.GraphProto) -> set[str]:
 
 
 def without_unused_initializers(graph: onnx.GraphProto) -> None:
-    """The exporter can leave a constant that no node reads (the ConvLSTM's Scan did), and ONNX
+    """The exporter can leave a constant that no node reads (the ConvLSTM had one), and ONNX
     Runtime then prints a warning at every session start, in validate and in users' predict."""
     read = read_names(graph) | {output.name for output in graph.output}
     kept = [init for init in graph.initializer if init.name in read]
