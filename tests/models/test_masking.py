@@ -9,6 +9,7 @@ from pipeline.checkpoint import Trained, model_for
 from pipeline.export.onnx_export import export_module
 from pipeline.inference import run_onnx, session
 from pipeline.meta import DataMeta, padded
+from pipeline.models.lstm import standardise
 from pipeline.models.masking import MaskedBatchNorm1d
 
 META = DataMeta(
@@ -106,6 +107,35 @@ def test_series_norm_reads_each_series_z_normalised_over_its_own_steps(name):
     model.series_norm = False
     expected = _outputs(model, *_with_garbage_padding([s.astype(np.float32) for s in z]))[0]
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+class _Standardise(torch.nn.Module):
+    series_norm = True
+
+    def forward(self, x, lengths=None):
+        return standardise(self, x, lengths)
+
+
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "whole"])
+def test_series_norm_keeps_float32_precision_through_onnx_on_long_series(tmp_path, padded):
+    """2,000-step series whose mean is 20 stds from their first step: ONNX Runtime's float32
+    sums were 1.4e-5 off the exact z-scores (PLAID failed validate's parity gate)."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(2000)
+    x = 1 + 0.05 * np.sin(steps / 5)[None] * rng.uniform(0.5, 2, (4, 1))
+    x[:, 0] = 0
+    inputs = {"x": x[:, :, None].astype(np.float32)}
+    if padded:
+        inputs["lengths"] = np.array([2000, 1900, 1500, 1000])
+    args = tuple(torch.from_numpy(v) for v in inputs.values())
+    path = tmp_path / "standardise.onnx"
+    torch.onnx.export(_Standardise(), args, path, dynamo=True, verbose=False)
+    got = session(path).run(None, inputs)[0]
+    with torch.no_grad():
+        exact = _Standardise()(args[0].double(), *args[1:]).numpy()
+    real = steps[None] < inputs.get("lengths", np.full(4, 2000))[:, None]
+    # float32's rounding of z-scores up to 20: 1.2e-6
+    np.testing.assert_allclose(got[real], exact[real], rtol=0, atol=2e-6)
 
 
 def test_batch_norm_statistics_skip_padding():
