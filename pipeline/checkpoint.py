@@ -24,6 +24,8 @@ def model_for(model_cfg: dict, meta: DataMeta, members: int = 1) -> nn.Module:
     """The family's module for this data: input size, the task's output shape and extras;
     with `members` > 1, an Ensemble of that many."""
     task = task_of(meta)
+    if model_cfg.get("series_norm") == "auto":
+        model_cfg = {**model_cfg, "series_norm": meta.auto_series_norm()}
     models = [
         build_model(
             model_cfg,

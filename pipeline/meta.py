@@ -32,6 +32,19 @@ def fit_standard(parts: list[np.ndarray], chunk: int = 1 << 18):
     return mean, np.where(std > 0, std, 1.0)
 
 
+# `series_norm: auto` turns on above this std_spread: a series whose std is a thousandth of the
+# others' reaches the network as a near-constant once one scaler serves them all.
+SPREAD_LIMIT = 1e3
+
+
+def std_spread(series: list[np.ndarray]) -> float:
+    """How far apart the series' amplitudes are: per feature, the 90th over the 10th percentile
+    of the series' own stds (constant series left out); the largest over the features."""
+    stds = np.stack([s.std(axis=0, dtype=np.float64) for s in series])
+    spreads = [np.percentile(f[f > 0], 90) / np.percentile(f[f > 0], 10) for f in stds.T if f.any()]
+    return float(max(spreads, default=1.0))
+
+
 def padded(series: list[np.ndarray], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Series of different lengths [steps, ...] -> (float32 [n, length or the longest, ...]
     zero-padded at the end, each one's length): how variable-length series meet a model."""
@@ -87,6 +100,8 @@ class DataMeta(BaseModel):
     # classification: series of different lengths, padded at the end; the model (and the ONNX
     # file's second input, `lengths`) takes each one's length
     variable_length: bool = False
+    # classification: std_spread of the train split (`series_norm: auto` reads it)
+    std_spread: float | None = None
     # forecast: split-conformal intervals (export calibrates them on the validation split): per
     # level ("0.8"), the half-width per [step][target] on the model's scale (log, standardised)
     intervals: dict[str, list[list[float]]] | None = None
@@ -97,6 +112,10 @@ class DataMeta(BaseModel):
     calendar: list[str] = []
     static: list[str] = []
     covariate_scaler: dict[str, Scaler] = {}  # "future", "static": from the train part
+
+    def auto_series_norm(self) -> bool:
+        """`series_norm: auto`: on where the train split's amplitudes span SPREAD_LIMIT."""
+        return (self.std_spread or 1.0) > SPREAD_LIMIT
 
     @property
     def extra_inputs(self) -> list[str]:

@@ -84,6 +84,12 @@ def _error(raw) -> str:
             "experiments.lstm_airline: model.series_norm applies to classification only",
         ),
         (
+            ("experiments", "lstm_italypowerdemand", "model", "series_norm"),
+            "ture",
+            "experiments.lstm_italypowerdemand.model.series_norm: must be true, false or auto "
+            "(got 'ture')",
+        ),
+        (
             ("experiments", "lstm_airline", "model", "season_norm"),
             24,
             "experiments.lstm_airline: model.season_norm: 24 needs windows of 2 periods or more "

@@ -25,11 +25,19 @@ class RecurrentModel(Strict):
     bidirectional: bool = False
     level_norm: bool = False  # forecasting: model the change from the last observed step
     scale_norm: bool = False  # forecasting: divide each window by its own std (RevIN-style)
-    # classification: z-normalise each series per feature over its own steps (inside the graph)
-    series_norm: bool = False
+    # classification: z-normalise each series per feature over its own steps (inside the graph);
+    # auto: where the train split's series amplitudes are 1,000 times apart (pipeline.meta)
+    series_norm: Literal[False, True, "auto"] = False
     # forecasting: the season's period; each window's seasonal profile is taken out, then added
     # back to the forecast (0: off)
     season_norm: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("series_norm", mode="before")
+    @classmethod
+    def _series_norm(cls, value):
+        if value not in (True, False, "auto"):
+            raise ValueError("must be true, false or auto")
+        return value
 
     @field_validator("season_norm")
     @classmethod

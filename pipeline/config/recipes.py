@@ -23,6 +23,7 @@ RECIPES: dict[str, dict[str, dict]] = {
             "fcn_channels": [128, 256, 128],
             "squeeze_excite": True,
             "max_steps": 256,
+            "series_norm": "auto",
         },
         "fit": {
             "max_epochs": 150,

@@ -30,7 +30,7 @@ from pipeline.data.sources import (
 from pipeline.data.windows import min_length, split_ranges
 from pipeline.errors import DataError
 from pipeline.io import atomic_dir, write_json
-from pipeline.meta import PreparedMeta, fit_standard, log, padded, standard
+from pipeline.meta import PreparedMeta, fit_standard, log, padded, standard, std_spread
 from pipeline.paths import prepared_dir
 
 
@@ -112,7 +112,8 @@ def _classification(exp: Experiment, data: Labelled) -> tuple[dict, dict]:
         empty = "test" if not len(splits["test"]) else "train"
         raise DataError(f"{_source_name(exp)}: the {empty} split has no series")
 
-    mean, std = fit_standard([data.x[i] for i in splits["train"]])
+    train = [data.x[i] for i in splits["train"]]
+    mean, std = fit_standard(train)
     longest = max(len(s) for s in data.x)
     arrays = {}
     for split, rows in splits.items():
@@ -126,6 +127,7 @@ def _classification(exp: Experiment, data: Labelled) -> tuple[dict, dict]:
         "input_shape": [longest, len(data.features)],
         "window": longest,
         "variable_length": data.variable_length,
+        "std_spread": std_spread(train),
         "features": data.features,
         "scaler": {"mean": mean.tolist(), "std": std.tolist()},
         "sizes": {s: len(rows) for s, rows in splits.items()},

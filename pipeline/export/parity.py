@@ -23,11 +23,16 @@ def run_torch(model: nn.Module, x: np.ndarray, extra: dict | None = None):
     return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
-def parity_inputs(x: np.ndarray, batch: int, seq: int) -> np.ndarray:
-    """Real test inputs resized to [batch, seq]: repeated samples, then truncated or tiled steps."""
-    rows = x[np.arange(batch) % len(x)]
-    reps = -(-seq // rows.shape[1])
-    return np.ascontiguousarray(np.concatenate([rows] * reps, axis=1)[:, -seq:])
+def parity_inputs(x: np.ndarray, batch: int, seq: int, lengths: np.ndarray | None = None):
+    """Real test inputs resized to [batch, seq]: repeated samples, then truncated or tiled steps;
+    padded series (`lengths`) each tiled from its own steps, so no row is padding."""
+    rows = np.arange(batch) % len(x)
+    if lengths is not None:
+        return np.stack(
+            [np.tile(x[i, : lengths[i]], (-(-seq // lengths[i]), 1))[:seq] for i in rows]
+        )
+    reps = -(-seq // x.shape[1])
+    return np.ascontiguousarray(np.concatenate([x[rows]] * reps, axis=1)[:, -seq:])
 
 
 def mixed_lengths(batch: int, seq: int) -> np.ndarray:
@@ -40,22 +45,22 @@ def parity(
     model: nn.Module,
     x: np.ndarray,
     batch_sizes: list[int],
-    variable_length: bool = False,
+    lengths: np.ndarray | None = None,
     covariates: dict | None = None,
 ) -> tuple[float, float, list[list[int]]]:
     """The largest |ORT - torch| over every output, at half, equal and twice the length of `x`
-    (a model of variable-length series gets a mix of lengths in each batch, a forecaster with
+    (padded series, `lengths` theirs, get a mix of lengths in each batch, a forecaster with
     covariates the test windows' `future` and `static` rows beside x's): absolute, and
     relative to the output's largest magnitude where that exceeds 1 (float32 keeps ~7 digits:
     a confident classifier's logits of 6 differed by 1.3e-5 between two correct runtimes)."""
     seq = x.shape[1]
-    lengths = sorted({max(seq // 2, 1), seq, 2 * seq})
+    seqs = sorted({max(seq // 2, 1), seq, 2 * seq})
     worst, scaled, shapes = 0.0, 0.0, []
     for b in batch_sizes:
-        for t in lengths:
-            xb = parity_inputs(x, b, t)
+        for t in seqs:
+            xb = parity_inputs(x, b, t, lengths)
             extra = {k: v[np.arange(b) % len(v)] for k, v in (covariates or {}).items()}
-            if variable_length:
+            if lengths is not None:
                 extra["lengths"] = mixed_lengths(b, t)
             pairs = zip(run_onnx(sess, xb, extra), run_torch(model, xb, extra), strict=True)
             for got, expected in pairs:

@@ -51,7 +51,7 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
 
     batches = rules.parity_batch_sizes
     max_diff, scaled_diff, shapes = parity(
-        sess, model, x, batches, meta.variable_length, covariates
+        sess, model, x, batches, extra.get("lengths"), covariates
     )
     report = {
         "parity_max_abs_diff": max_diff,

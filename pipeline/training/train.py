@@ -116,6 +116,12 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
     ensure_reachable()
     exp = cfg.experiment(exp_name)
     prepared = Prepared.load(prepared_dir(exp_name))
+    if getattr(exp.model, "series_norm", None) == "auto":
+        on, spread = prepared.meta.auto_series_norm(), prepared.meta.std_spread or 1.0
+        print(
+            f"model.series_norm: auto -> {'on' if on else 'off'} (the train split's series "
+            f"stds are {spread:,.0f} times apart, 90th over 10th percentile)"
+        )
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     data_sha256 = prepared.meta.content_sha256

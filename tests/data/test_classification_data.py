@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.checkpoint import model_for
 from pipeline.cli import main
 from pipeline.config import parse_config
 from pipeline.data.prepare import prepare
@@ -60,6 +61,22 @@ def test_split_column_without_val_draws_val_from_train(workdir):
     _frame(split=split).to_csv("in.csv", index=False)
     assert _prepare(workdir, dict(DATA, val_fraction=0.25)).meta.sizes == {
         "train": 6, "val": 2, "test": 2}  # fmt: skip
+
+
+@pytest.mark.parametrize("gains, on", [((1, 3), False), ((1e-4, 1), True)])
+def test_series_norm_auto_turns_on_where_amplitudes_are_orders_of_magnitude_apart(
+    workdir, gains, on
+):
+    """prepare records how far apart the train split's series stds are (90th over 10th
+    percentile); `series_norm: auto`, the recipe's, z-normalises each series only beyond 1,000:
+    there one scaler leaves the small series near-constant."""
+    frame = _frame(split=["test", "test"] + ["train"] * 8)
+    frame["v"] *= np.where(frame["series_id"].str[1:].astype(int) % 4 < 2, *gains)
+    frame.to_csv("in.csv", index=False)
+    p = _prepare(workdir, dict(DATA, val_fraction=0.25))
+    assert p.meta.std_spread == pytest.approx(gains[1] / gains[0], rel=0.3)
+    cfg = {"name": "lstm", "hidden_size": 4, "series_norm": "auto"}
+    assert model_for(cfg, p.meta.contract()).series_norm is on
 
 
 def test_variable_length_ucr_set(workdir):

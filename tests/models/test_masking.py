@@ -7,6 +7,7 @@ import torch
 
 from pipeline.checkpoint import Trained, model_for
 from pipeline.export.onnx_export import export_module
+from pipeline.export.parity import parity_inputs
 from pipeline.inference import run_onnx, session
 from pipeline.meta import DataMeta, padded
 from pipeline.models.lstm import standardise
@@ -136,6 +137,18 @@ def test_series_norm_keeps_float32_precision_through_onnx_on_long_series(tmp_pat
     real = steps[None] < inputs.get("lengths", np.full(4, 2000))[:, None]
     # float32's rounding of z-scores up to 20: 1.2e-6
     np.testing.assert_allclose(got[real], exact[real], rtol=0, atol=2e-6)
+
+
+def test_parity_reads_each_padded_series_own_steps():
+    """validate's parity check of a model of padded series: at every length it tries, each
+    row is its series' own steps from the start, tiled, never the padding."""
+    series = _series()
+    x, lengths = (t.numpy() for t in _with_garbage_padding(series))
+    for seq in (10, 20, 40):
+        rows = parity_inputs(x, 6, seq, lengths)
+        assert rows.shape == (6, seq, 3) and not (rows == 1e3).any()
+        for row, s in zip(rows, series + series, strict=False):
+            np.testing.assert_array_equal(row, np.tile(s, (-(-seq // len(s)), 1))[:seq])
 
 
 def test_batch_norm_statistics_skip_padding():
