@@ -3,7 +3,8 @@
 Classification: an MLSTM-FCN-style attention LSTM (Karim et al. 2019: an LSTM branch beside a
 fully convolutional branch of 128-256-128 filters with squeeze-and-excite), AdamW with a
 cosine-annealed learning rate and the last epoch kept; series longer than 256 steps are read as
-means of consecutive steps (the FCN's kernels span a fixed number of steps). Chosen on the dev
+means of consecutive steps (the FCN's kernels span a fixed number of steps), and each series is
+z-normalised where the train split's amplitudes are orders of magnitude apart. Chosen on the dev
 suite (GunPoint, ItalyPowerDemand, BasicMotions, variable-length and 1,050-step versions of them)
 from the literature's candidates, never per data set: see README "Default recipes" and
 benchmarks/quality.py.

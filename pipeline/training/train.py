@@ -21,6 +21,7 @@ from pipeline.checkpoint import PREFIX
 from pipeline.config import PipelineConfig
 from pipeline.data.prepared import Prepared
 from pipeline.io import atomic_dir, atomic_file, file_digest, write_json
+from pipeline.meta import SPREAD_LIMIT
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
 from pipeline.tracking import ensure_reachable, run_tags
 from pipeline.training.fit import Fitted, Parent, continued_logger, fit_and_select, fit_member
@@ -119,8 +120,8 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
     if getattr(exp.model, "series_norm", None) == "auto":
         on, spread = prepared.meta.auto_series_norm(), prepared.meta.std_spread or 1.0
         print(
-            f"model.series_norm: auto -> {'on' if on else 'off'} (the train split's series "
-            f"stds are {spread:,.0f} times apart, 90th over 10th percentile)"
+            f"model.series_norm: auto -> {'on' if on else 'off'} (std_spread {spread:,.0f}: the "
+            f"train split's series stds, 90th over 10th percentile; on above {SPREAD_LIMIT:,.0f})"
         )
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
