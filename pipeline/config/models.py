@@ -88,6 +88,7 @@ class ConvLstmModel(Strict):
     peephole: bool = False
     # 0: predict pixels; odd k >= 3: move the previous frame's pixels (a k x k dynamic filter)
     motion_filter: Annotated[int, Field(ge=0)] = 0
+    frame_differences: bool = False  # the first layers also read each frame minus the one before
 
     @field_validator("motion_filter")
     @classmethod

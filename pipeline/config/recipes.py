@@ -45,7 +45,13 @@ RECIPES: dict[str, dict[str, dict]] = {
     },
     # The moving-digits recipe (conf/experiment/conv_lstm_moving_digits.yaml)
     "frames": {
-        "model": {"name": "conv_lstm", "hidden_channels": 16, "num_layers": 2, "motion_filter": 5},
+        "model": {
+            "name": "conv_lstm",
+            "hidden_channels": 16,
+            "num_layers": 2,
+            "motion_filter": 5,
+            "frame_differences": True,
+        },
         "fit": {
             "max_epochs": 10,
             "batch_size": 8,

@@ -22,6 +22,10 @@ its k x k neighbourhood, and the frame is the previous one's pixels mixed by tho
 model then moves pixels rather than painting them, which keeps digits from dissolving into the
 mean image that an MSE-trained pixel head drifts to.
 
+`frame_differences`: the first layer of both stacks reads each frame beside its difference from
+the frame before (a black frame before the first), the motion encoder's input of Villegas et al.
+2017 (MCnet): motion is in the input instead of having to be inferred from two hidden states.
+
 Teacher forcing (training only): given the true frames `teacher` [batch, K, C, H, W] and a mask
 [batch, K], the forecaster's next input is the true frame where the mask is set and its own
 prediction elsewhere (scheduled sampling, Bengio et al. 2015, when the mask is drawn with a
@@ -106,6 +110,7 @@ class ConvLSTM(nn.Module):
         kernel_size: int,
         peephole: bool,
         motion_filter: int,
+        frame_differences: bool = False,
     ):
         super().__init__()
         if motion_filter and (motion_filter < 3 or motion_filter % 2 == 0):
@@ -131,11 +136,13 @@ class ConvLSTM(nn.Module):
             )
         self.output_shape = (horizon, channels, height, width)
         self.scan_for_export = False
+        self.frame_differences = frame_differences
+        first_input = 2 * input_size if frame_differences else input_size
 
         def stack() -> nn.ModuleList:
             return nn.ModuleList(
                 ConvLSTMCell(
-                    input_size if k == 0 else hidden_channels,
+                    first_input if k == 0 else hidden_channels,
                     hidden_channels,
                     kernel_size,
                     (height, width),
@@ -170,25 +177,38 @@ class ConvLSTM(nn.Module):
                 f"ConvLSTM was built for frames of shape {expected} (channels, height, width); "
                 f"got shape {tuple(x.shape)}"
             )
-        return self._forecast(self._encode(x), x[:, -1], teacher, teacher_mask)
+        if not self.frame_differences:
+            return self._forecast(self._encode(x), x[:, -1], None, teacher, teacher_mask)
+        before = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+        states = self._encode(self._cell_input(x, before, dim=2))
+        return self._forecast(states, x[:, -1], before[:, -1], teacher, teacher_mask)
+
+    def _cell_input(self, frame: torch.Tensor, previous: torch.Tensor | None, dim: int = 1):
+        """What the first layer reads: the frame, beside its difference from `previous`."""
+        if not self.frame_differences:
+            return frame
+        return torch.cat([frame, frame - previous], dim=dim)
 
     def _forecast(
         self,
         states: list[State],
         frame: torch.Tensor,
+        previous: torch.Tensor | None,
         teacher: torch.Tensor | None = None,
         teacher_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The K predicted frames from the encoder's states, fed the last observed frame first,
-        then each prediction (or, under teacher forcing, the true frame where the mask says)."""
+        then each prediction (or, under teacher forcing, the true frame where the mask says);
+        `previous`: the frame before the first fed one (read with `frame_differences`)."""
         frames = []
         for t in range(self.output_shape[0]):
-            inp = frame
+            inp = self._cell_input(frame, previous)
             for k, cell in enumerate(self.forecaster):
                 states[k] = cell.step(cell.input_gates(inp), states[k])
                 inp = states[k][0]
-            frame = self._next_frame(self.head(torch.cat([h for h, _ in states], dim=1)), frame)
-            frames.append(frame)
+            predicted = self._next_frame(self.head(torch.cat([h for h, _ in states], 1)), frame)
+            frames.append(predicted)
+            previous, frame = frame, predicted
             if teacher is not None:
                 forced = teacher_mask[:, t].view(-1, *[1] * (frame.dim() - 1))
                 frame = torch.where(forced, teacher[:, t], frame)
@@ -213,17 +233,20 @@ class ConvLSTM(nn.Module):
         return "ConvLSTM: streaming covers the lstm and attention_lstm families"
 
     def initial_state(self, batch: int) -> dict[str, torch.Tensor]:
-        """Zero h{k}, c{k} [batch, hidden, H, W] of every encoder layer k."""
+        """Zero h{k}, c{k} [batch, hidden, H, W] of every encoder layer k (and, with
+        `frame_differences`, the black frame before the first, [batch, C, H, W])."""
         like = torch.zeros(batch, *self.output_shape[1:])
-        return {
+        state = {
             f"{name}{k}": part
             for k, cell in enumerate(self.encoder)
             for name, part in zip("hc", cell.zero_state(like), strict=True)
         }
+        return {**state, "previous": like} if self.frame_differences else state
 
     def step(self, x_t: torch.Tensor, state: dict[str, torch.Tensor]):
         """({"y": the K frames predicted as if the sequence ended with x_t}, new state)."""
-        states, inp = [], x_t
+        previous = state.get("previous")
+        states, inp = [], self._cell_input(x_t, previous)
         for k, cell in enumerate(self.encoder):
             states.append(cell.step(cell.input_gates(inp), (state[f"h{k}"], state[f"c{k}"])))
             inp = states[-1][0]
@@ -232,7 +255,9 @@ class ConvLSTM(nn.Module):
             for k, s in enumerate(states)
             for name, part in zip("hc", s, strict=True)
         }
-        return {"y": self._forecast(list(states), x_t)}, new
+        if self.frame_differences:
+            new["previous"] = x_t
+        return {"y": self._forecast(list(states), x_t, previous)}, new
 
     def _encode(self, x: torch.Tensor) -> list[State]:
         """Final (h, c) of every encoder layer after the seq input frames."""

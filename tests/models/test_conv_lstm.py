@@ -9,7 +9,7 @@ C, H, W = 2, 8, 8
 K = 3
 T = 6
 FAMILY = {"hidden_channels": 4, "num_layers": 2, "kernel_size": 3, "peephole": True,
-          "motion_filter": 0}  # fmt: skip
+          "motion_filter": 0, "frame_differences": False}  # fmt: skip
 
 
 def make(peephole: bool = True, seed: int = 0, **kw) -> ConvLSTM:
@@ -26,29 +26,56 @@ def frames(batch: int, seq: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, seq, C, H, W, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.parametrize("differences", [False, True], ids=["frames", "differences"])
 @pytest.mark.parametrize("seq", [1, 2, T, 11])
-def test_output_shape_and_range_at_several_lengths(seq):
-    model = make().eval()
+def test_output_shape_and_range_at_several_lengths(seq, differences):
+    model = make(frame_differences=differences, motion_filter=3 * differences).eval()
     with torch.no_grad():
         y = model(frames(3, seq))
     assert y.shape == (3, K, C, H, W)
     assert ((y >= 0) & (y <= 1)).all()
 
 
-@pytest.mark.parametrize("peephole", [False, True], ids=["plain", "peephole"])
-def test_loop_and_scan_paths_agree(peephole):
-    check_loop_and_scan_agree(make(peephole), frames, (1, T))
+@pytest.mark.parametrize(
+    "peephole, differences",
+    [(False, False), (True, False), (False, True)],
+    ids=["plain", "peephole", "differences"],
+)
+def test_loop_and_scan_paths_agree(peephole, differences):
+    check_loop_and_scan_agree(make(peephole, frame_differences=differences), frames, (1, T))
 
 
 @pytest.mark.parametrize(
-    "peephole, motion_filter",
-    [(False, 0), (True, 0), (False, 3)],
-    ids=["plain", "peephole", "motion"],
+    "peephole, motion_filter, differences",
+    [(False, 0, False), (True, 0, False), (False, 3, False), (False, 3, True)],
+    ids=["plain", "peephole", "motion", "motion-differences"],
 )
-def test_conv_lstm_passes_the_model_checks(tmp_path, peephole, motion_filter):
+def test_conv_lstm_passes_the_model_checks(tmp_path, peephole, motion_filter, differences):
     cfg = {"name": "conv_lstm", "hidden_channels": 4, "num_layers": 2, "peephole": peephole,
-           "motion_filter": motion_filter}  # fmt: skip
+           "motion_filter": motion_filter, "frame_differences": differences}  # fmt: skip
     check_all(cfg, FRAMES, tmp_path, loss_ratio=0.8)
+
+
+def test_frame_differences_feed_each_frame_beside_its_change_from_the_one_before():
+    model = make(frame_differences=True, motion_filter=3).eval()
+    seen = {}
+
+    def keep_first_input(name):
+        def hook(_module, args):
+            seen.setdefault(name, args[0])
+
+        return hook
+
+    for name in ("encoder", "forecaster"):
+        getattr(model, name)[0].conv_x.register_forward_pre_hook(keep_first_input(name))
+    x = frames(2, T)
+    with torch.no_grad():
+        model(x)
+    before = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)  # black before the first
+    expected = torch.cat([x, x - before], dim=2).reshape(-1, 2 * C, H, W)
+    torch.testing.assert_close(seen["encoder"], expected)
+    last = torch.cat([x[:, -1], x[:, -1] - x[:, -2]], dim=1)  # the forecaster's first input
+    torch.testing.assert_close(seen["forecaster"], last)
 
 
 def test_the_motion_filter_moves_pixels_instead_of_painting_them():
@@ -68,9 +95,13 @@ def test_the_motion_filter_moves_pixels_instead_of_painting_them():
         torch.testing.assert_close(y[:, step], moved)
 
 
-@pytest.mark.parametrize("motion_filter", [0, 3], ids=["pixels", "motion"])
-def test_teacher_forcing_feeds_the_true_frame_where_the_mask_says(motion_filter):
-    model = make(motion_filter=motion_filter).eval()
+@pytest.mark.parametrize(
+    "motion_filter, differences",
+    [(0, False), (3, False), (3, True)],
+    ids=["pixels", "motion", "motion-differences"],
+)
+def test_teacher_forcing_feeds_the_true_frame_where_the_mask_says(motion_filter, differences):
+    model = make(motion_filter=motion_filter, frame_differences=differences).eval()
     x, truth = frames(2, T), frames(2, K, seed=1)
     with torch.no_grad():
         free = model(x)
