@@ -110,7 +110,7 @@ class ConvLSTM(nn.Module):
         kernel_size: int,
         peephole: bool,
         motion_filter: int,
-        frame_differences: bool = False,
+        frame_differences: bool,
     ):
         super().__init__()
         if motion_filter and (motion_filter < 3 or motion_filter % 2 == 0):
