@@ -84,6 +84,18 @@ def _error(raw) -> str:
             "experiments.lstm_airline: model.series_norm applies to classification only",
         ),
         (
+            ("experiments", "conv_lstm_moving_digits", "model", "filter_temperature"),
+            0,
+            "experiments.conv_lstm_moving_digits.model.filter_temperature: Input should be "
+            "greater than 0",
+        ),
+        (
+            ("experiments", "conv_lstm_moving_digits", "model", "motion_filter"),
+            0,
+            "experiments.conv_lstm_moving_digits.model: filter_temperature applies with a "
+            "motion_filter only",
+        ),
+        (
             ("experiments", "lstm_italypowerdemand", "model", "series_norm"),
             "ture",
             "experiments.lstm_italypowerdemand.model.series_norm: must be true, false or auto "

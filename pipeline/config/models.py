@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.config.base import PositiveInt, Strict
 
@@ -89,6 +89,8 @@ class ConvLstmModel(Strict):
     # 0: predict pixels; odd k >= 3: move the previous frame's pixels (a k x k dynamic filter)
     motion_filter: Annotated[int, Field(ge=0)] = 0
     frame_differences: bool = False  # the first layers also read each frame minus the one before
+    # below 1: the motion filter's softmax sharpened once the fit is over (less blur over steps)
+    filter_temperature: Annotated[float, Field(gt=0)] = 1.0
 
     @field_validator("motion_filter")
     @classmethod
@@ -103,6 +105,12 @@ class ConvLstmModel(Strict):
         if k % 2 == 0:
             raise ValueError(f"must be odd so that 'same' padding keeps the frame size (got {k})")
         return k
+
+    @model_validator(mode="after")
+    def _temperature_needs_the_filter(self) -> ConvLstmModel:
+        if self.filter_temperature != 1 and not self.motion_filter:
+            raise ValueError("filter_temperature applies with a motion_filter only")
+        return self
 
 
 ModelConfig = Annotated[LstmModel | AttentionLstmModel | ConvLstmModel, Field(discriminator="name")]

@@ -51,6 +51,7 @@ RECIPES: dict[str, dict[str, dict]] = {
             "num_layers": 2,
             "motion_filter": 5,
             "frame_differences": True,
+            "filter_temperature": 0.5,
         },
         "fit": {
             "max_epochs": 10,

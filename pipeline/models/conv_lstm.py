@@ -20,7 +20,13 @@ starts from the encoder's final state of each layer and runs K steps, fed the pr
 dynamic local filter (De Brabandere et al. 2016): the 1x1 conv gives each pixel a softmax over
 its k x k neighbourhood, and the frame is the previous one's pixels mixed by those weights. The
 model then moves pixels rather than painting them, which keeps digits from dissolving into the
-mean image that an MSE-trained pixel head drifts to.
+mean image that an MSE-trained pixel head drifts to. `filter_temperature` T < 1 divides the
+softmax's logits by T once the fit is over (`finish_fit`, kept in the state dict as `temperature`)
+and outside training: each pixel follows its likeliest offsets more closely. Trained for MSE, the
+filter hedges between offsets, and over K steps of its own predictions those hedges compound into
+blur; sharpening them trades a little MSE for frames that keep their shapes (higher SSIM). The
+fit's validation must not see it: the sharpened validation loss is lowest at early epochs, whose
+sharpened frames are poor, so early stopping and selection would keep one of those.
 
 `frame_differences`: the first layer of both stacks reads each frame beside its difference from
 the frame before (a black frame before the first), the motion encoder's input of Villegas et al.
@@ -111,8 +117,11 @@ class ConvLSTM(nn.Module):
         peephole: bool,
         motion_filter: int,
         frame_differences: bool,
+        filter_temperature: float,
     ):
         super().__init__()
+        if filter_temperature <= 0:
+            raise ValueError(f"filter_temperature must be > 0; got {filter_temperature}")
         if motion_filter and (motion_filter < 3 or motion_filter % 2 == 0):
             raise ValueError(f"motion_filter must be 0 or odd and >= 3; got {motion_filter}")
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -154,9 +163,11 @@ class ConvLSTM(nn.Module):
         self.encoder = stack()
         self.forecaster = stack()
         self.motion_filter = motion_filter
+        self.filter_temperature = filter_temperature
         if motion_filter:  # one-hot k x k kernels: a convolution with them lists the shifts
             shifts = torch.eye(motion_filter**2).view(-1, 1, motion_filter, motion_filter)
             self.register_buffer("shift_kernels", shifts, persistent=False)
+            self.register_buffer("temperature", torch.ones(()))  # 1 until finish_fit
         outputs = motion_filter**2 if motion_filter else channels
         self.head = nn.Conv2d(num_layers * hidden_channels, outputs, kernel_size=1)
 
@@ -225,7 +236,15 @@ class ConvLSTM(nn.Module):
             padding=self.motion_filter // 2,
         )  # [batch * C, k*k, H, W]: the previous frame moved by each offset
         shifted = shifted.view(batch, channels, -1, height, width).transpose(1, 2)
+        if not self.training:
+            out = out / self.temperature
         return (torch.softmax(out, dim=1).unsqueeze(2) * shifted).sum(dim=1)
+
+    def finish_fit(self) -> None:
+        """From now on sharpen the motion filter by `filter_temperature` (outside training):
+        called once the fit has chosen its weights."""
+        if self.motion_filter:
+            self.temperature.fill_(self.filter_temperature)
 
     def streaming_unsupported(self) -> str | None:
         # `step` is exact (and checked), but each step runs the K-frame forecaster: no ONNX step

@@ -1,5 +1,6 @@
 """Fitting one model: seed it and its data, fit with early stopping on val, keep the best or the
-last epoch (or refit on train + val for that many epochs), test the kept checkpoint. An
+last epoch (or refit on train + val for that many epochs), let the model set what the fit must
+not see (`finish_fit`: a ConvLSTM's filter temperature), test the kept checkpoint. An
 ensemble member is such a fit with seed + index, logged as a run nested under the experiment's.
 """
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
 from pipeline.config import Experiment, PipelineConfig
 from pipeline.data.prepared import Prepared
@@ -64,6 +66,19 @@ def refit(cfg, exp, prepared, seed: int, epochs: int, ckpt_dir: Path, hooks: Tra
     return trainer, module, path
 
 
+def finished(trainer: pl.Trainer, module: SequenceModule, ckpt: Path) -> Path:
+    """The kept checkpoint with what the model sets once its weights are chosen (a ConvLSTM's
+    filter temperature), saved beside it; the fit's validation never saw it."""
+    finish = getattr(module.model, "finish_fit", None)
+    if finish is None:
+        return ckpt
+    module.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    finish()
+    path = ckpt.with_name("finished.ckpt")
+    trainer.save_checkpoint(path)
+    return path
+
+
 def fit_and_select(
     cfg, exp, prepared, logger, hooks: TrainHooks, ckpt_dir: Path, seed: int
 ) -> Fitted:
@@ -91,6 +106,7 @@ def fit_and_select(
     refit_epochs = best_epoch + 1 if exp.fit.refit else None
     if refit_epochs:
         trainer, module, final = refit(cfg, exp, prepared, seed, refit_epochs, ckpt_dir, hooks)
+    final = finished(trainer, module, final)
     tested = trainer.test(module, datamodule=data, ckpt_path=final, verbose=False)
     score = float(best.best_model_score)
     return Fitted(

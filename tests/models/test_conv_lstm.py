@@ -3,13 +3,13 @@ import torch
 
 from pipeline.models.conv_lstm import ConvLSTM
 from pipeline.training.module import SequenceModule
-from tests.models.checker import FRAMES, check_all, check_loop_and_scan_agree
+from tests.models.checker import FRAMES, check_all, check_loop_and_scan_agree, check_onnx_parity
 
 C, H, W = 2, 8, 8
 K = 3
 T = 6
 FAMILY = {"hidden_channels": 4, "num_layers": 2, "kernel_size": 3, "peephole": True,
-          "motion_filter": 0, "frame_differences": False}  # fmt: skip
+          "motion_filter": 0, "frame_differences": False, "filter_temperature": 1.0}  # fmt: skip
 
 
 def make(peephole: bool = True, seed: int = 0, **kw) -> ConvLSTM:
@@ -46,13 +46,17 @@ def test_loop_and_scan_paths_agree(peephole, differences):
 
 
 @pytest.mark.parametrize(
-    "peephole, motion_filter, differences",
-    [(False, 0, False), (True, 0, False), (False, 3, False), (False, 3, True)],
+    "options",
+    [
+        {},
+        {"peephole": True},
+        {"motion_filter": 3},
+        {"motion_filter": 3, "frame_differences": True},
+    ],
     ids=["plain", "peephole", "motion", "motion-differences"],
 )
-def test_conv_lstm_passes_the_model_checks(tmp_path, peephole, motion_filter, differences):
-    cfg = {"name": "conv_lstm", "hidden_channels": 4, "num_layers": 2, "peephole": peephole,
-           "motion_filter": motion_filter, "frame_differences": differences}  # fmt: skip
+def test_conv_lstm_passes_the_model_checks(tmp_path, options):
+    cfg = {"name": "conv_lstm", "hidden_channels": 4, "num_layers": 2, **options}
     check_all(cfg, FRAMES, tmp_path, loss_ratio=0.8)
 
 
@@ -93,6 +97,25 @@ def test_the_motion_filter_moves_pixels_instead_of_painting_them():
         moved = torch.zeros_like(last)
         moved[..., step + 1 :] = last[..., : W - step - 1]
         torch.testing.assert_close(y[:, step], moved)
+
+
+def test_filter_temperature_sharpens_the_motion_filter_after_the_fit_outside_training(tmp_path):
+    """Dividing the head's logits by T = 0.5 is doubling its weights and bias. It starts at
+    finish_fit, never applies in training, and travels in the state dict and the ONNX graph."""
+    x = frames(2, T)
+    sharpened, plain, doubled = (make(motion_filter=3, filter_temperature=0.5) for _ in range(3))
+    with torch.no_grad():
+        doubled.head.weight.mul_(2)
+        doubled.head.bias.mul_(2)
+        torch.testing.assert_close(sharpened.eval()(x), plain.eval()(x))  # the fit's validation
+        sharpened.finish_fit()
+        torch.testing.assert_close(sharpened.train()(x), plain.train()(x))
+        torch.testing.assert_close(sharpened.eval()(x), doubled.eval()(x))
+        plain.load_state_dict(sharpened.state_dict())
+        torch.testing.assert_close(plain.eval()(x), doubled.eval()(x))
+    module = SequenceModule({**FAMILY, "name": "conv_lstm", "motion_filter": 3}, FRAMES)
+    module.model.temperature.fill_(0.5)
+    check_onnx_parity(module, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -136,6 +159,11 @@ def test_the_module_forces_true_frames_in_training_steps_only():
 def test_an_even_motion_filter_is_refused():
     with pytest.raises(ValueError, match="motion_filter must be 0 or odd and >= 3; got 4"):
         make(motion_filter=4)
+
+
+def test_a_filter_temperature_of_zero_is_refused():
+    with pytest.raises(ValueError, match="filter_temperature must be > 0; got 0"):
+        make(motion_filter=3, filter_temperature=0)
 
 
 def test_even_kernel_size_is_refused():

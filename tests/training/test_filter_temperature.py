@@ -1,0 +1,41 @@
+"""model.filter_temperature: the fit's validation (early stopping, selection) sees the motion
+filter as trained; the kept checkpoint, its test metrics and everything after it are sharpened."""
+
+import json
+
+import numpy as np
+import torch
+
+from pipeline.checkpoint import load_trained
+from pipeline.cli import main
+from pipeline.data.prepared import Prepared
+from tests.conftest import write_params
+
+EXP = "conv_lstm_moving_digits"
+
+
+def mse(model, prepared: Prepared, split: str) -> float:
+    x, y = prepared.arrays(split)
+    with torch.no_grad():
+        out = model(torch.from_numpy(np.asarray(x, np.float32)))
+    return float(((out.numpy() - y) ** 2).mean())
+
+
+def test_the_filter_is_sharpened_after_selection_not_during_the_fit(workdir, params):
+    exp = params["experiments"][EXP]
+    exp["data"].update(train_size=32, val_size=16, test_size=16)
+    exp["model"].update(hidden_channels=4, num_layers=1, filter_temperature=0.5)
+    exp["fit"].update(max_epochs=3, select="best")
+    params.update(experiments={EXP: exp}, trainer={**params["trainer"], "progress_bar": False})
+    write_params(params)
+    assert main(["prepare", EXP]) == 0
+    assert main(["train", EXP]) == 0
+
+    metrics = json.loads((workdir / f"metrics/{EXP}/train.json").read_text())
+    model = load_trained(workdir / f"models/{EXP}/model.ckpt").model
+    prepared = Prepared.load(workdir / f"data/prepared/{EXP}")
+    assert float(model.temperature) == 0.5
+    assert abs(mse(model, prepared, "test") - metrics["test/mse"]) < 1e-6
+    model.temperature.fill_(1.0)  # as the fit's validation saw the kept weights
+    assert abs(mse(model, prepared, "val") - metrics["best_val_loss"]) < 1e-6
+    assert abs(mse(model, prepared, "test") - metrics["test/mse"]) > 1e-4
