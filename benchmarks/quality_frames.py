@@ -3,8 +3,12 @@ seeds: per seed, in one temp working dir, prepare, train, export and validate, a
 MSE and SSIM (mean over the predicted frames, and per step) beside copy-last-frame's.
 
 Usage: python benchmarks/quality_frames.py [--seeds 5] [--fit KEY=VALUE ...] [--model KEY=VALUE ...]
---fit and --model override a key of the experiment's (a comparison). Prints one JSON object
-(written to benchmarks/quality_frames.json unless an override is given) and a summary line.
+                                          [--temperatures T ...]
+--fit and --model override a key of the experiment's (a comparison). --temperatures also scores
+each seed's kept checkpoint (in torch) with the motion filter's temperature set to each T, on the
+validation and test splits: the fit does not depend on it (the train stage sets it after
+selection). Prints one JSON object (written to benchmarks/quality_frames.json unless an override
+or --temperatures is given) and a summary line.
 """
 
 from __future__ import annotations
@@ -16,11 +20,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import torch
 import yaml
 from common import cli_env, machine, overrides
 from quality import run_stages
 
-from pipeline.paths import metrics_file
+from pipeline.checkpoint import load_trained
+from pipeline.data.prepared import Prepared
+from pipeline.paths import metrics_file, model_dir, prepared_dir
+from pipeline.tasks.frames import frame_scores
 
 HERE = Path(__file__).resolve().parent
 EXP = "conv_lstm_moving_digits"
@@ -34,11 +43,29 @@ def spread(values: list[float]) -> dict:
     }
 
 
+def by_temperature(work: Path, temperatures: list[float]) -> dict:
+    """{split: {T: {mse, ssim}}} of the kept checkpoint with the filter's temperature set to T."""
+    model = load_trained(work / model_dir(EXP) / "model.ckpt").model
+    prepared = Prepared.load(work / prepared_dir(EXP))
+    scores = {}
+    for split in ("val", "test"):
+        x, y = prepared.arrays(split)
+        scores[split] = {}
+        for t in temperatures:
+            model.temperature.fill_(t)
+            with torch.no_grad():
+                out = model(torch.from_numpy(np.asarray(x, np.float32))).numpy()
+            report = frame_scores(out, np.asarray(y, np.float32))
+            scores[split][str(t)] = {k: report[k] for k in ("mse", "ssim")}
+    return scores
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--fit", nargs="*", default=[], help="KEY=VALUE over the experiment's fit")
     p.add_argument("--model", nargs="*", default=[], help="KEY=VALUE over its model")
+    p.add_argument("--temperatures", nargs="*", type=float, default=[])
     args = p.parse_args()
     fit, model = overrides(args.fit), overrides(args.model)
     raw = yaml.safe_load((HERE.parent / "params.yaml").read_text())
@@ -54,6 +81,8 @@ def main() -> None:
             seconds = run_stages(EXP, work, env)
             report = json.loads((work / metrics_file(EXP, "validate")).read_text())
             runs.append({"seed": seed, **{k: report[k] for k in KEYS}, "stage_s": seconds})
+            if args.temperatures:
+                runs[-1]["by_temperature"] = by_temperature(work, args.temperatures)
     baseline = {k: report[f"baseline_{k}"] for k in ("mse", "ssim", "ssim_per_step")}
     result = {
         "benchmark": "quality_frames",
@@ -65,8 +94,19 @@ def main() -> None:
         "copy_last_frame": baseline,
         "runs": runs,
     }
+    if args.temperatures:
+        result["by_temperature"] = {
+            split: {
+                str(t): {
+                    k: statistics.mean(r["by_temperature"][split][str(t)][k] for r in runs)
+                    for k in ("mse", "ssim")
+                }
+                for t in args.temperatures
+            }
+            for split in ("val", "test")
+        }
     text = json.dumps(result, indent=2)
-    if not (fit or model):
+    if not (fit or model or args.temperatures):
         (HERE / "quality_frames.json").write_text(text + "\n")
     print(text)
     print(
