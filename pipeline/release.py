@@ -149,6 +149,11 @@ def _register(
             input_example=np.ascontiguousarray(x_test[:2], dtype=np.float32),
             registered_model_name=name,
             onnx_execution_providers=["CPUExecutionProvider"],
+            # what MLflow would infer, without the 5 s subprocess that loads the model to see
+            pip_requirements=[
+                *mlflow.onnx.get_default_pip_requirements(),
+                f"numpy=={np.__version__}",
+            ],
             tags={**tags, RELEASE_RUN: run.info.run_id},  # on the logged model and the version
             run_id=training,  # the model, and so the version, belong to the run that trained it
         )

@@ -4,11 +4,13 @@ under a minute): the baseline gate, one version per ONNX file, and the version's
 import json
 import os
 import subprocess
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
 
 from pipeline.cli import main
 from pipeline.io import file_digest
@@ -17,6 +19,7 @@ from pipeline.tracking import run_tags
 from tests.conftest import REPO, write_params
 
 FORECAST, CLASSIFY = "lstm_airline", "lstm_italypowerdemand"
+REQUIRED = ("mlflow", "numpy", "onnx", "onnxruntime")  # what a served ONNX model runs on
 
 
 def git(cwd: Path, *args: str) -> None:
@@ -155,7 +158,9 @@ def test_the_history_of_a_model_never_released_is_one_line(
     assert err.count("\n") == 1
 
 
-def test_the_version_belongs_to_its_training_run_and_flags_a_dirty_tree(made, server, release):
+def test_the_version_belongs_to_its_training_run_and_flags_a_dirty_tree(
+    made, server, release, tmp_path
+):
     code, out, _ = release("lineage-{exp}", CLASSIFY)
     assert code == 0
     client = MlflowClient(server)
@@ -175,6 +180,11 @@ def test_the_version_belongs_to_its_training_run_and_flags_a_dirty_tree(made, se
     assert released.data.tags["training_run_id"] == training
     report = json.loads((made[0] / f"metrics/{CLASSIFY}/validate.json").read_text())
     assert released.data.metrics["accuracy"] == report["accuracy"]
+    files = download_artifacts(
+        f"models:/lineage-{CLASSIFY}/1", dst_path=tmp_path, tracking_uri=server
+    )
+    requirements = (Path(files) / "requirements.txt").read_text().split()
+    assert sorted(requirements) == sorted(f"{p}=={package_version(p)}" for p in REQUIRED)
 
 
 def test_a_model_trained_against_another_store_is_its_release_runs(server, release):

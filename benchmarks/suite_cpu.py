@@ -1,0 +1,100 @@
+"""Where `make test`'s time goes: the test suite run as `make test` runs it (one worker per core,
+loadscope), every Python process it starts recording its own CPU time when it exits (a
+sitecustomize.py put on PYTHONPATH), summed by command: `lstm-pipeline train`, `dvc`, Ray's
+workers, the pytest workers themselves, ...
+
+On 2 cores the suite is CPU-bound: its wall time cannot fall below the CPU it spends divided by
+the cores. Processes killed by a signal (the kill -9 tests) or unable to write the record (the
+disk-full test) record nothing; `unrecorded_cpu_s` is the run's CPU (its reaped children's user
++ sys) less what was recorded.
+
+Usage: python benchmarks/suite_cpu.py [pytest arguments, e.g. tests/test_repro.py]
+(prints one JSON object; the pytest report goes to stderr)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from common import REPO, machine
+
+from pipeline.io import usable_cores
+
+HOOK = """\
+import atexit, json, os, sys
+
+def _record():
+    t = os.times()
+    try:  # never a new error in the process measured (a test limits its file sizes)
+        with open(os.environ["SUITE_CPU_LOG"], "a") as f:
+            f.write(json.dumps({"argv": sys.argv[:2], "cpu": t.user + t.system}) + "\\n")
+    except OSError:
+        pass
+
+atexit.register(_record)
+"""
+
+
+def command(argv: list[str]) -> str:
+    """A process's command, e.g. `lstm-pipeline train`, `dvc`, `ray worker`, `python -c`."""
+    first = Path(argv[0]) if argv and argv[0] else Path("python")
+    name = first.parent.name if first.name == "__main__.py" else first.name
+    if name in ("lstm-pipeline", "pipeline") and len(argv) > 1:
+        return f"lstm-pipeline {argv[1]}"
+    if name == "default_worker.py":
+        return "ray worker"
+    return "python -c" if name == "-c" else name
+
+
+def main() -> None:
+    cores = usable_cores()
+    with tempfile.TemporaryDirectory(prefix="suite-cpu-") as tmp:
+        (Path(tmp) / "sitecustomize.py").write_text(HOOK)
+        log = Path(tmp) / "processes.jsonl"
+        path = os.pathsep.join(filter(None, [tmp, os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path, "SUITE_CPU_LOG": str(log)}
+        cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", str(cores),
+               "--dist", "loadscope", "--no-loadscope-reorder", "-q", *sys.argv[1:]]  # fmt: skip
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+        wall = time.perf_counter() - start
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        records = (
+            [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        )
+    sys.stderr.write(proc.stdout)
+    by_command = defaultdict(lambda: {"processes": 0, "cpu_s": 0.0})
+    for r in records:
+        row = by_command[command(r["argv"])]
+        row["processes"] += 1
+        row["cpu_s"] += r["cpu"]
+    total = usage.ru_utime + usage.ru_stime
+    recorded = sum(r["cpu"] for r in records)
+    rows = sorted(by_command.items(), key=lambda kv: -kv[1]["cpu_s"])
+    print(json.dumps({
+        "benchmark": "suite_cpu",
+        "machine": machine(),
+        "command": " ".join(["python benchmarks/suite_cpu.py", *sys.argv[1:]]),
+        "pytest_exit_code": proc.returncode,
+        "pytest_summary": proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "",
+        "workers": cores,
+        "wall_s": round(wall, 1),
+        "cpu_s": round(total, 1),
+        "cpu_floor_s": round(total / cores, 1),
+        "unrecorded_cpu_s": round(total - recorded, 1),
+        "by_command": [{"command": k, "processes": v["processes"], "cpu_s": round(v["cpu_s"], 1)}
+                       for k, v in rows],
+    }, indent=2))  # fmt: skip
+    sys.exit(proc.returncode)
+
+
+if __name__ == "__main__":
+    main()
