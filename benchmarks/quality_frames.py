@@ -72,6 +72,10 @@ def main() -> None:
     exp = raw["experiments"][EXP]
     exp["fit"].update(fit)
     exp["model"].update(model)
+    if args.temperatures and not exp["model"].get("motion_filter"):
+        p.error(
+            "--temperatures sets the motion filter's temperature: the model has no motion_filter"
+        )
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-frames-") as tmp:
         work, env = Path(tmp), cli_env(tmp)
