@@ -21,13 +21,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 from common import cli_env, machine, overrides
 from quality import run_stages
 
 from pipeline.checkpoint import load_trained
 from pipeline.data.prepared import Prepared
+from pipeline.export.parity import run_torch
 from pipeline.paths import metrics_file, model_dir, prepared_dir
 from pipeline.tasks.frames import frame_scores
 
@@ -53,8 +53,7 @@ def by_temperature(work: Path, temperatures: list[float]) -> dict:
         scores[split] = {}
         for t in temperatures:
             model.temperature.fill_(t)
-            with torch.no_grad():
-                out = model(torch.from_numpy(np.asarray(x, np.float32))).numpy()
+            out = run_torch(model, np.asarray(x, np.float32))[0]
             report = frame_scores(out, np.asarray(y, np.float32))
             scores[split][str(t)] = {k: report[k] for k in ("mse", "ssim")}
     return scores

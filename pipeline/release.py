@@ -149,7 +149,7 @@ def _register(
             input_example=np.ascontiguousarray(x_test[:2], dtype=np.float32),
             registered_model_name=name,
             onnx_execution_providers=["CPUExecutionProvider"],
-            # what MLflow would infer, without the 5 s subprocess that loads the model to see
+            # what MLflow would infer, without the subprocess (seconds) that loads the model to see
             pip_requirements=[
                 *mlflow.onnx.get_default_pip_requirements(),
                 f"numpy=={np.__version__}",

@@ -4,11 +4,11 @@ filter as trained; the kept checkpoint, its test metrics and everything after it
 import json
 
 import numpy as np
-import torch
 
 from pipeline.checkpoint import load_trained
 from pipeline.cli import main
 from pipeline.data.prepared import Prepared
+from pipeline.export.parity import run_torch
 from tests.conftest import write_params
 
 EXP = "conv_lstm_moving_digits"
@@ -16,9 +16,7 @@ EXP = "conv_lstm_moving_digits"
 
 def mse(model, prepared: Prepared, split: str) -> float:
     x, y = prepared.arrays(split)
-    with torch.no_grad():
-        out = model(torch.from_numpy(np.asarray(x, np.float32)))
-    return float(((out.numpy() - y) ** 2).mean())
+    return float(((run_torch(model, np.asarray(x, np.float32))[0] - y) ** 2).mean())
 
 
 def test_the_filter_is_sharpened_after_selection_not_during_the_fit(workdir, params):
