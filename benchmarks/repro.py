@@ -1,7 +1,8 @@
 """Wall time of the default `dvc repro` from scratch (and of each stage in it: from the line
 where dvc starts the stage to the next one, so DVC's own hashing and caching included), of a
-no-op repro, and of `lstm-pipeline repro -f` (the experiments on one lane per core, as `make
-repro` runs them) from scratch again, in a temp copy.
+no-op repro, of `dvc repro -f` again with warm stage starts off (`LSTM_PIPELINE_WARM=0`:
+every stage in a fresh process, as before pipeline/warm.py), and of `lstm-pipeline repro -f`
+(the experiments on one lane per core, as `make repro` runs them) from scratch, in a temp copy.
 
 Usage: python benchmarks/repro.py   (prints one JSON object)
 """
@@ -63,6 +64,10 @@ def main() -> None:
             "stages_s": stages,
             "repro_noop_s": timed(["dvc", "repro"], work, env),
         }
+        cold = {**env, "LSTM_PIPELINE_WARM": "0"}
+        result["cold_from_scratch_s"], result["cold_stages_s"] = timed_stages(
+            ["dvc", "repro", "-f"], work, cold
+        )
         for path in ("data/prepared", "models", "metrics"):
             shutil.rmtree(work / path)
         result["lanes"] = usable_cores()

@@ -113,6 +113,12 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                 "<= 180 s",
                 "repro",
             ),
+            (
+                "the same `dvc repro -f` with warm stage starts off (`LSTM_PIPELINE_WARM=0`)",
+                f"{r['cold_from_scratch_s']} s; per stage: " + stage_sums(r["cold_stages_s"]),
+                "",
+                "repro",
+            ),
             ("no-op `dvc repro`", f"{r['repro_noop_s']} s", "", "repro"),
             (
                 f"`lstm-pipeline repro -f` from scratch ({r['lanes']} lanes, as `make repro`)",

@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+from pipeline import warm
 from pipeline.config import PARAMS_FILE, compose, load_config
 from pipeline.errors import ConfigError, PipelineError, SystemFault
 from pipeline.io import usable_cores
@@ -233,12 +234,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console() -> None:
-    """The `lstm-pipeline` command: main(), then an exit that skips the interpreter's teardown.
+    """The `lstm-pipeline` command: main() here or in a warm child (pipeline/warm.py), then an
+    exit that skips the interpreter's teardown.
     Freeing torch's, Lightning's and MLflow's modules one by one takes 1.5-2 s per process (a
     `dvc repro` starts 20), after every output is written and closed. What a normal exit does
     first still runs, in its order: threading's shutdown (it stops idle thread pools, e.g.
     MLflow's downloads, then joins the non-daemon threads), the exit handlers, flushing stdio."""
-    code = main()
+    code = warm.run()
+    if code is None:
+        code = main()
     threading._shutdown()  # what the interpreter calls first; joining threads alone would hang
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

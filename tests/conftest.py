@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -42,6 +42,18 @@ def one_torch_thread():
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_warm_servers(tmp_path_factory):
+    """The warm servers that stages start (pipeline/warm.py) live in this session's folder,
+    and are stopped by their pid at its end."""
+    folder = tmp_path_factory.mktemp("run")
+    os.environ["XDG_RUNTIME_DIR"] = str(folder)
+    yield folder
+    for lock in folder.glob("*/*.lock"):
+        with suppress(ProcessLookupError, ValueError):
+            os.kill(int(lock.read_text()), signal.SIGTERM)
 
 
 @pytest.fixture(scope="session")

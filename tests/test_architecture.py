@@ -16,7 +16,7 @@ from tests.conftest import REPO
 PACKAGE = REPO / "pipeline"
 # Lowest first; a module may import its own layer and the ones below (README "Code map").
 LAYERS = [
-    ["pipeline.errors", "pipeline.io", "pipeline.paths", "pipeline.quiet"],
+    ["pipeline.errors", "pipeline.io", "pipeline.paths", "pipeline.quiet", "pipeline.warm"],
     ["pipeline.config", "pipeline.meta"],
     ["pipeline.models"],
     [

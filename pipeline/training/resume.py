@@ -25,6 +25,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from pipeline import warm
 from pipeline.config import PipelineConfig
 from pipeline.errors import Interrupted, PipelineError
 from pipeline.paths import resume_dir
@@ -102,7 +103,7 @@ def stop_with_dvc() -> None:
 def _dvc_pid() -> int:
     """The nearest ancestor started without DVC_STAGE. Not always the parent: /bin/sh (dash)
     does not exec the stage's command, and that shell outlives a killed dvc."""
-    pid = os.getppid()
+    pid = warm.parent_pid()
     while pid > 1 and b"DVC_STAGE=" in _read(f"/proc/{pid}/environ"):
         stat = _read(f"/proc/{pid}/stat")
         pid = int(stat.rsplit(b")", 1)[1].split()[1]) if stat else 0  # 0: it has just ended

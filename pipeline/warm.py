@@ -1,0 +1,437 @@
+"""Warm stage starts: train, export and validate run in a process forked from one that has
+already imported the fixed stack (torch, Lightning, MLflow, ONNX, statsmodels...).
+
+Importing that stack is 3-5 s of every stage process, and `dvc repro` starts fifteen of them.
+A stage that dvc runs (DVC_STAGE is set) and that finds no server runs as before and starts one
+in the background: it imports the stage modules, listens on a Unix socket, and later imports
+what its children imported. Later stages connect and hand it their argv, working folder and
+standard streams; it forks a child that runs the stage as `lstm-pipeline` would. The client
+forwards its signals to the child, the child dies with its client or the server, and the client
+exits with the child's status.
+
+A server serves only clients that match the one that started it: interpreter and its flags,
+sys.path, working folder, environment (but DVC_STAGE and the shell's own variables, which are
+sent), resource limits, umask, the pipeline/ sources and the installed packages, all hashed into
+the socket's name. A child then differs from a fresh process only in not paying for imports.
+No server, or one that does not answer in time: the stage runs in its own process as before.
+Linux only; `LSTM_PIPELINE_WARM=0` turns it off. The server exits IDLE_S seconds after its last
+client and the stage that started it have ended.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import os
+import resource
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+COMMANDS = ("train", "export", "validate")
+PRELOAD = (  # the stage modules, and what they import only when run
+    "pipeline.training.train",
+    "pipeline.export.onnx_export",
+    "pipeline.export.validate",
+    "pipeline.export.quantize",
+    "pipeline.tasks.classical",
+    "statsmodels.tsa.exponential_smoothing.ets",
+    "matplotlib.pyplot",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "torch.onnx._internal.exporter._core",
+)
+IDLE_S = 20.0  # dvc starts the next stage within a second or two
+ANSWER_S = 5.0  # a server that has not forked within this is not used
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+LIMITS = [getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")]
+PR_SET_PDEATHSIG = 1
+# Variables that differ between a dvc run's stages and that no import reads: sent, not hashed
+PER_PROCESS = ("DVC_STAGE", "PWD", "OLDPWD", "SHLVL", "_")
+_client_parent: int | None = None  # in a warm child: the parent of the client it runs for
+
+
+def parent_pid() -> int:
+    """The pid of the process that started this stage: the client's parent in a warm child."""
+    return _client_parent or os.getppid()
+
+
+def _folder() -> Path:
+    path = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"lstm-pipeline-warm-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    if path.stat().st_uid != os.getuid() or path.stat().st_mode & 0o077:
+        raise PermissionError(f"{path} is not private to this user")
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _key() -> str:
+    """What a child inherits from its server and must equal the client's."""
+    package = Path(__file__).parent
+    sources = sorted(
+        (str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in package.rglob("*.py")
+    )
+    installed = [  # what pip installs or removes changes these
+        name
+        for folder in sys.path
+        if os.path.isdir(folder)
+        for name in sorted(os.listdir(folder))
+        if name.endswith((".dist-info", ".egg-info", ".pth"))
+    ]
+    identity = {
+        "python": [sys.executable, sys.flags, sys.warnoptions, sys._xoptions],
+        "cwd": os.getcwd(),
+        "paths": sys.path,
+        "installed": installed,
+        "env": sorted((k, v) for k, v in os.environ.items() if k not in PER_PROCESS),
+        "limits": [resource.getrlimit(n) for n in LIMITS],
+        "umask": _umask(),
+        "sources": sources,
+    }
+    return hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:32]
+
+
+def _send(conn: socket.socket, message: dict, fds: list[int] | None = None) -> None:
+    data = json.dumps(message).encode() + b"\n"
+    if fds:
+        socket.send_fds(conn, [data], fds)
+    else:
+        conn.sendall(data)
+
+
+class _Lines:
+    """Newline-delimited JSON messages (and passed file descriptors) from a socket."""
+
+    def __init__(self, conn: socket.socket):
+        self.conn, self.buffer, self.fds, self.pending = conn, b"", [], []
+
+    def read(self) -> bool:
+        """Whatever is readable now into `pending`; False at end of stream."""
+        data, fds, _, _ = socket.recv_fds(self.conn, 65536, 8)
+        self.fds += fds
+        if not data:
+            return False
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        self.pending += [json.loads(line) for line in lines]
+        return True
+
+
+# --- client ------------------------------------------------------------------------------
+
+
+def run() -> int | None:
+    """The exit status of the command in sys.argv, run in a warm child; None: run it here."""
+    if _client_parent or os.environ.get("LSTM_PIPELINE_WARM", "1") == "0":
+        return None
+    if sys.platform != "linux":  # fork, SCM_RIGHTS, pidfd, PR_SET_PDEATHSIG
+        return None
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        return None
+    try:
+        folder, key = _folder(), _key()
+    except OSError:
+        return None
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with conn:
+        try:
+            conn.connect(str(folder / f"{key}.sock"))
+        except OSError:
+            if "DVC_STAGE" in os.environ:  # dvc runs a pipeline: more stages follow
+                _start_server(key)
+            return None
+        return _run_in_child(conn)
+
+
+def _start_server(key: str) -> None:
+    """Detached, in its own session: the client's exit does not end it."""
+    # the client's sys.path before any import: `-c` puts the working folder first, and a
+    # checkout there would shadow the installed pipeline
+    code = "import sys; sys.path[:] = sys.argv[3:]; from pipeline import cli; "
+    code += "cli.warm.serve(cli.console)"
+    subprocess.Popen(
+        [sys.executable, "-c", code, key, str(os.getpid()), *sys.path],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+        env={k: v for k, v in os.environ.items() if k not in PER_PROCESS},
+    )
+
+
+def _next(lines: _Lines) -> dict | None:
+    """The next message; None at end of stream."""
+    while not lines.pending:
+        if not lines.read():
+            return None
+    return lines.pending.pop(0)
+
+
+def _run_in_child(conn: socket.socket) -> int | None:
+    lines = _Lines(conn)
+    conn.settimeout(ANSWER_S)
+    try:
+        env = {k: os.environ.get(k) for k in PER_PROCESS}
+        request = {"argv": sys.argv, "cwd": os.getcwd(), "env": env, "parent": os.getppid()}
+        _send(conn, request, [0, 1, 2])
+        started = _next(lines)
+    except (OSError, ValueError):
+        return None  # no server that answers in time: run here
+    if not started:
+        return None
+    conn.settimeout(None)
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        signal.signal(s, lambda number, _: _forward(conn, number))
+    try:
+        done = _next(lines)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if done is None:
+        print(f"lstm-pipeline {sys.argv[1]}: error: its warm process was lost", file=sys.stderr)
+        return 1
+    return _exit_status(done["exit"])
+
+
+def _forward(conn: socket.socket, number: int) -> None:
+    try:
+        _send(conn, {"signal": number})
+    except OSError:  # the server is gone: the stage with it, as the next read will tell
+        pass
+
+
+def _exit_status(status: int) -> int:
+    """The child's exit code; a child killed by a signal kills this process the same way."""
+    if status >= 0:
+        return status
+    signal.signal(-status, signal.SIG_DFL)
+    os.kill(os.getpid(), -status)
+    return 128 - status
+
+
+# --- server ------------------------------------------------------------------------------
+
+
+def serve(entry: Callable[[], None]) -> None:
+    """The warm server for the key in sys.argv[1], started detached by the client in
+    sys.argv[2]; `entry` runs a stage from sys.argv in a child, and exits."""
+    import fcntl
+    import importlib
+
+    key, starter = sys.argv[1], int(sys.argv[2])
+    if _key() != key:
+        return  # something changed between the client and here
+    folder = _folder()
+    with open(folder / f"{key}.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return  # another client started it first
+        lock.truncate(0)
+        lock.write(str(os.getpid()))  # for whoever must stop it (tests do)
+        lock.flush()
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        path = folder / f"{key}.sock"
+        try:
+            for module in PRELOAD:
+                importlib.import_module(module)
+            path.unlink(missing_ok=True)
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(str(path))
+            listener.listen(16)
+            _Server(listener, path, lock, folder / f"{key}.modules", starter, entry).loop()
+        finally:
+            path.unlink(missing_ok=True)
+            lock.truncate(0)
+
+
+class _Server:
+    """One select loop: new clients, their messages (a request, a signal, their end) and the
+    children's exits. Between them it imports what its children imported and it lacks."""
+
+    def __init__(self, listener, path: Path, lock, learned: Path, starter: int, entry: Callable):
+        self.listener, self.path, self.lock, self.learned = listener, path, lock, learned
+        self.entry = entry
+        try:  # readable once the stage that started this server has ended
+            self.starter = os.pidfd_open(starter)
+        except ProcessLookupError:
+            self.starter = None
+        self.to_import: list[str] = []
+        self.failed: set[str] = set()
+        self.clients: dict[socket.socket, _Lines] = {}
+        self.children: dict[socket.socket, int] = {}  # a client's stage
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(listener, selectors.EVENT_READ)
+        self.wake, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so that it wakes us
+        self.selector.register(self.wake, selectors.EVENT_READ)
+        if self.starter is not None:
+            self.selector.register(self.starter, selectors.EVENT_READ)
+
+    def loop(self) -> None:
+        """Until IDLE_S after the last client and the starter have ended."""
+        idle_since = time.monotonic()
+        while self.clients or self.starter is not None or time.monotonic() - idle_since < IDLE_S:
+            events = self.selector.select(timeout=0 if self.to_import else 1.0)
+            if not events and self.to_import:
+                self._learn()
+            for event, _ in events:
+                if event.fileobj is self.listener:
+                    conn, _ = self.listener.accept()
+                    self.clients[conn] = _Lines(conn)
+                    self.selector.register(conn, selectors.EVENT_READ)
+                elif event.fileobj == self.starter:
+                    self.selector.unregister(self.starter)
+                    os.close(self.starter)
+                    self.starter = None
+                elif event.fileobj == self.wake:
+                    os.read(self.wake, 512)
+                    self._reap()
+                elif event.fileobj in self.clients:
+                    self._read(event.fileobj)
+            if self.clients or self.starter is not None:
+                idle_since = time.monotonic()
+
+    def _learn(self, batch: int = 10) -> None:
+        """Import a few of the modules a child used (one that fails is skipped). One that
+        started a thread, which a fork would not copy, ends the service: the children running
+        finish, new clients run their stages themselves."""
+        import importlib
+
+        for name in self.to_import[:batch]:
+            try:
+                importlib.import_module(name)
+            except BaseException:  # noqa: BLE001 - a module that cannot be preloaded is not
+                self.failed.add(name)
+        del self.to_import[:batch]
+        if threading.active_count() > 1:
+            self.to_import = []
+            self.selector.unregister(self.listener)
+            self.listener.close()
+            self.path.unlink(missing_ok=True)
+
+    def _read(self, conn: socket.socket) -> None:
+        lines = self.clients[conn]
+        try:
+            alive = lines.read()
+        except (OSError, ValueError):
+            alive = False
+        if not alive:  # the client is gone: so is its stage
+            if conn in self.children:
+                _kill(self.children[conn], signal.SIGKILL)
+            self._drop(conn)
+            return
+        while lines.pending:
+            message = lines.pending.pop(0)
+            if "argv" in message and conn not in self.children:
+                fds, lines.fds = lines.fds, []
+                self.children[conn] = self._fork(conn, message, fds)
+            elif "signal" in message and conn in self.children:
+                _kill(self.children[conn], message["signal"])
+
+    def _fork(self, conn: socket.socket, request: dict, fds: list[int]) -> int:
+        pid = os.fork()
+        if pid == 0:
+            self._child(request, fds)  # never returns
+        for fd in fds:
+            os.close(fd)
+        _send(conn, {"pid": pid})
+        return pid
+
+    def _child(self, request: dict, fds: list[int]) -> None:
+        global _client_parent
+        try:
+            _client_parent = request["parent"]
+            _die_with_parent()
+            signal.set_wakeup_fd(-1)
+            for s in (signal.SIGCHLD, *SIGNALS):
+                signal.signal(s, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.selector.close()
+            for sock in (self.listener, *self.clients):
+                sock.close()
+            os.close(self.wake)
+            if self.starter is not None:
+                os.close(self.starter)
+            self.lock.close()
+            for target, fd in enumerate(fds):  # the client's stdin, stdout, stderr
+                os.dup2(fd, target)
+                os.close(fd)
+            for stream in (sys.stdout, sys.stderr):
+                stream.reconfigure(line_buffering=stream is sys.stderr or stream.isatty())
+            os.chdir(request["cwd"])
+            for name, value in request["env"].items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            sys.argv = request["argv"]  # as given: Lightning's DDP relaunches it
+            atexit.register(_tell_modules, self.learned)
+            self.entry()
+        finally:
+            os._exit(1)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = next((c for c, p in self.children.items() if p == pid), None)
+            if self.learned.exists():
+                names = set(self.learned.read_text().split()) - self.failed
+                self.to_import = sorted(names - set(sys.modules))
+            if conn is not None:
+                try:
+                    _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
+                except OSError:
+                    pass
+                self._drop(conn)
+
+    def _drop(self, conn: socket.socket) -> None:
+        self.selector.unregister(conn)
+        self.children.pop(conn, None)
+        for fd in self.clients.pop(conn).fds:
+            os.close(fd)
+        conn.close()
+
+
+def _tell_modules(path: Path) -> None:
+    """What this child imported, for the server to import before the next one."""
+    names = sorted(name for name in sys.modules if name != "__main__")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}")
+    tmp.write_text("\n".join(names))
+    tmp.replace(path)
+
+
+def _kill(pid: int, number: int) -> None:
+    try:
+        os.kill(pid, number)
+    except ProcessLookupError:
+        pass
+
+
+def _die_with_parent() -> None:
+    """SIGKILL when the server exits (Linux), so that no stage outlives both it and its client."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:
+        os._exit(1)

@@ -1,0 +1,141 @@
+"""Warm stage starts (pipeline/warm.py): under dvc, a stage forked from a warm server writes the
+bytes a stage in its own process writes, exits with its status, gets its client's signals, and
+ends with its client or with the dvc that started it."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from tests.conftest import BIN, REPO, write_params
+
+pytestmark = pytest.mark.slow
+
+EXP, LONG = "lstm_airline", "long_airline"
+OUTPUTS = (f"models/{EXP}/model.ckpt", f"metrics/{EXP}/train.json", f"models/{EXP}/model.onnx",
+           f"metrics/{EXP}/validate.json", f"plots/{EXP}/validate/forecast.csv")  # fmt: skip
+
+
+def env(root: Path, **extra) -> dict:
+    """As dvc runs a stage, with this module's own folder for warm servers (and without
+    pytest's per-test variable: a server serves only an identical environment)."""
+    inherited = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    return {**inherited, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+            "XDG_RUNTIME_DIR": str(root / "run"), "DVC_STAGE": "test", **extra}  # fmt: skip
+
+
+def servers(root: Path) -> list[Path]:
+    return list((root / "run" / f"lstm-pipeline-warm-{os.getuid()}").glob("*.sock"))
+
+
+def stage(root: Path, *args, **extra) -> subprocess.Popen:
+    log = open(root / "stages.log", "a")
+    return subprocess.Popen([BIN / "lstm-pipeline", *args], cwd=root, env=env(root, **extra),
+                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def run(root: Path, *args, **extra) -> None:
+    assert stage(root, *args, **extra).wait(300) == 0, (root / "stages.log").read_text()[-3000:]
+
+
+def server(root: Path) -> psutil.Process:
+    """The warm server for this module's stages, started by a first stage if none runs."""
+    if not servers(root):
+        stage(root, "validate", "no_such_experiment").wait(60)  # a config error starts it
+    deadline = time.monotonic() + 120
+    while not servers(root):
+        assert time.monotonic() < deadline, "no warm server started"
+        time.sleep(0.2)
+    (sock,) = servers(root)
+    return psutil.Process(int(sock.with_suffix(".lock").read_text()))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory, mlflow_template):
+    root = tmp_path_factory.mktemp("warm")
+    (root / "run").mkdir(mode=0o700)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["trainer"]["progress_bar"] = False
+    exp = raw["experiments"][EXP]
+    exp["model"]["hidden_size"] = 16
+    exp["fit"]["max_epochs"] = 20
+    long = {**exp["fit"], "max_epochs": 100_000, "patience": 100_000}  # until it is stopped
+    raw["experiments"] = {EXP: exp, LONG: {**exp, "fit": long}}
+    write_params(raw, root / "params.yaml")
+    (root / "mlflow.db").write_bytes(mlflow_template.read_bytes())
+    for name in (EXP, LONG):
+        run(root, "prepare", name)
+    yield root
+    for sock in servers(root):
+        os.kill(int(sock.with_suffix(".lock").read_text()), signal.SIGTERM)
+
+
+def test_a_warm_stage_writes_the_bytes_of_a_stage_in_its_own_process(root):
+    stages = ("train", "export", "validate")
+    codes = [stage(root, command, EXP, LSTM_PIPELINE_WARM="0").wait(300) for command in stages]
+    assert codes[:2] == [0, 0]  # validate's gates may fail a model this small: the code counts
+    cold = {path: (root / path).read_bytes() for path in OUTPUTS}
+    learned = set((root / "run").glob("*/*.modules"))
+    server(root)
+    assert [stage(root, command, EXP).wait(300) for command in stages] == codes
+    assert {path: (root / path).read_bytes() for path in OUTPUTS} == cold
+    assert set((root / "run").glob("*/*.modules")) - learned  # they ran warm
+
+
+def resume_points(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in (root / ".resume" / LONG).glob("*/**/resume.ckpt")}
+
+
+def training(root: Path, warm: psutil.Process, proc: subprocess.Popen) -> psutil.Process:
+    """The warm child of `proc`'s training, once it has saved a resume point of its own."""
+    before, deadline = resume_points(root), time.monotonic() + 120
+    while not (warm.children() and resume_points(root).items() - before.items()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    (child,) = warm.children()
+    return child
+
+
+def started(root: Path, warm: psutil.Process) -> tuple[subprocess.Popen, psutil.Process]:
+    client = stage(root, "train", LONG)
+    return client, training(root, warm, client)
+
+
+def test_the_clients_signal_reaches_its_warm_stage(root):
+    client, child = started(root, server(root))
+    client.send_signal(signal.SIGTERM)
+    assert client.wait(60) == 143  # the stage stopped as it does on SIGTERM, and said so
+    psutil.wait_procs([child], timeout=10)
+    assert not child.is_running()
+    assert "stopped by SIGTERM" in (root / "stages.log").read_text()
+
+
+def test_a_killed_client_takes_its_warm_stage_with_it(root):
+    client, child = started(root, server(root))
+    client.kill()
+    client.wait()
+    _, alive = psutil.wait_procs([child], timeout=10)
+    assert not alive
+
+
+def test_a_killed_dvc_stops_a_warm_training_as_it_stops_a_cold_one(root):
+    """The training watches the dvc above its client (not its own parent, the server)."""
+    warm = server(root)
+    fake_dvc = subprocess.Popen(  # a parent without DVC_STAGE, as dvc is
+        [sys.executable, "-c", "import subprocess, sys; subprocess.run(sys.argv[1:])", "env",
+         "DVC_STAGE=test", BIN / "lstm-pipeline", "train", LONG],
+        cwd=root, env={k: v for k, v in env(root).items() if k != "DVC_STAGE"},
+        stdout=open(root / "stages.log", "a"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    child = training(root, warm, fake_dvc)
+    fake_dvc.kill()
+    fake_dvc.wait()
+    _, alive = psutil.wait_procs([child], timeout=30)
+    assert not alive, "the training went on after its dvc was killed"
+    assert list((root / ".resume" / LONG).glob("*/**/resume.ckpt"))  # kept for the next run
