@@ -13,7 +13,8 @@ A server serves only clients that match the one that started it: interpreter and
 sys.path, working folder, environment (but DVC_STAGE and the shell's own variables, which are
 sent), resource limits, umask, the pipeline/ sources and the installed packages, all hashed into
 the socket's name. A child then differs from a fresh process only in not paying for imports.
-No server, or one that does not answer in time: the stage runs in its own process as before.
+No server, or one that does not answer in time: the stage runs in its own process as before
+(a server that could not start leaves `<key>.failed`, its traceback, and is not tried again).
 Linux only; `LSTM_PIPELINE_WARM=0` turns it off. The server exits IDLE_S seconds after its last
 client and the stage that started it have ended.
 """
@@ -52,6 +53,7 @@ ANSWER_S = 5.0  # a server that has not forked within this is not used
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 LIMITS = [getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")]
 PR_SET_PDEATHSIG = 1
+SOCKET_PATH_MAX = 108  # sun_path's size on Linux, its final NUL included
 # Variables that differ between a dvc run's stages and that no import reads: sent, not hashed
 PER_PROCESS = ("DVC_STAGE", "PWD", "OLDPWD", "SHLVL", "_")
 _client_parent: int | None = None  # in a warm child: the parent of the client it runs for
@@ -143,10 +145,13 @@ def run() -> int | None:
         folder, key = _folder(), _key()
     except OSError:
         return None
+    path = folder / f"{key}.sock"
+    if len(os.fsencode(path)) >= SOCKET_PATH_MAX or (folder / f"{key}.failed").exists():
+        return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with conn:
         try:
-            conn.connect(str(folder / f"{key}.sock"))
+            conn.connect(str(path))
         except OSError:
             if "DVC_STAGE" in os.environ:  # dvc runs a pipeline: more stages follow
                 _start_server(key)
@@ -246,12 +251,18 @@ def serve(entry: Callable[[], None]) -> None:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         path = folder / f"{key}.sock"
         try:
-            for module in PRELOAD:
-                importlib.import_module(module)
-            path.unlink(missing_ok=True)
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            listener.bind(str(path))
-            listener.listen(16)
+            try:
+                for module in PRELOAD:
+                    importlib.import_module(module)
+                path.unlink(missing_ok=True)
+                listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                listener.bind(str(path))
+                listener.listen(16)
+            except Exception:  # this key's stages run in their own processes from now on
+                import traceback
+
+                (folder / f"{key}.failed").write_text(traceback.format_exc())
+                return
             _Server(listener, path, lock, folder / f"{key}.modules", starter, entry).loop()
         finally:
             path.unlink(missing_ok=True)

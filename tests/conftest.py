@@ -4,11 +4,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -45,15 +47,25 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session", autouse=True)
-def private_warm_servers(tmp_path_factory):
-    """The warm servers that stages start (pipeline/warm.py) live in this session's folder,
-    and are stopped by their pid at its end."""
-    folder = tmp_path_factory.mktemp("run")
+def private_warm_servers():
+    """The warm servers that stages start (pipeline/warm.py) live in this session's folder, a
+    short path (a Unix socket's is at most 107 bytes), and are stopped by their pid at its end."""
+    folder = Path(tempfile.mkdtemp(prefix="lp-"))
     os.environ["XDG_RUNTIME_DIR"] = str(folder)
     yield folder
+    stop_warm_servers(folder)
+    shutil.rmtree(folder)
+
+
+def stop_warm_servers(folder: Path) -> None:
+    """SIGTERM each server by the pid in its lock file, then wait for it (it removes its
+    socket on the way out)."""
+    servers = []
     for lock in folder.glob("*/*.lock"):
-        with suppress(ProcessLookupError, ValueError):
-            os.kill(int(lock.read_text()), signal.SIGTERM)
+        with suppress(psutil.NoSuchProcess, ValueError):
+            servers.append(psutil.Process(int(lock.read_text())))
+            servers[-1].terminate()
+    psutil.wait_procs(servers, timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,11 @@ bytes a stage in its own process writes, exits with its status, gets its client'
 ends with its client or with the dvc that started it."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import BIN, REPO, write_params
+from tests.conftest import BIN, REPO, stop_warm_servers, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -27,11 +29,16 @@ def env(root: Path, **extra) -> dict:
     pytest's per-test variable: a server serves only an identical environment)."""
     inherited = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
     return {**inherited, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
-            "XDG_RUNTIME_DIR": str(root / "run"), "DVC_STAGE": "test", **extra}  # fmt: skip
+            "XDG_RUNTIME_DIR": str(warm_dir(root)), "DVC_STAGE": "test", **extra}  # fmt: skip
+
+
+def warm_dir(root: Path) -> Path:
+    """This module's XDG_RUNTIME_DIR."""
+    return Path((root / "warm_dir").read_text())
 
 
 def servers(root: Path) -> list[Path]:
-    return list((root / "run" / f"lstm-pipeline-warm-{os.getuid()}").glob("*.sock"))
+    return list(warm_dir(root).glob("*/*.sock"))
 
 
 def stage(root: Path, *args, **extra) -> subprocess.Popen:
@@ -59,7 +66,7 @@ def server(root: Path) -> psutil.Process:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory, mlflow_template):
     root = tmp_path_factory.mktemp("warm")
-    (root / "run").mkdir(mode=0o700)
+    (root / "warm_dir").write_text(tempfile.mkdtemp(prefix="lp-"))  # short: a socket's path
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["trainer"]["progress_bar"] = False
     exp = raw["experiments"][EXP]
@@ -72,8 +79,8 @@ def root(tmp_path_factory, mlflow_template):
     for name in (EXP, LONG):
         run(root, "prepare", name)
     yield root
-    for sock in servers(root):
-        os.kill(int(sock.with_suffix(".lock").read_text()), signal.SIGTERM)
+    stop_warm_servers(warm_dir(root))
+    shutil.rmtree(warm_dir(root))
 
 
 def test_a_warm_stage_writes_the_bytes_of_a_stage_in_its_own_process(root):
@@ -81,11 +88,11 @@ def test_a_warm_stage_writes_the_bytes_of_a_stage_in_its_own_process(root):
     codes = [stage(root, command, EXP, LSTM_PIPELINE_WARM="0").wait(300) for command in stages]
     assert codes[:2] == [0, 0]  # validate's gates may fail a model this small: the code counts
     cold = {path: (root / path).read_bytes() for path in OUTPUTS}
-    learned = set((root / "run").glob("*/*.modules"))
+    learned = set(warm_dir(root).glob("*/*.modules"))
     server(root)
     assert [stage(root, command, EXP).wait(300) for command in stages] == codes
     assert {path: (root / path).read_bytes() for path in OUTPUTS} == cold
-    assert set((root / "run").glob("*/*.modules")) - learned  # they ran warm
+    assert set(warm_dir(root).glob("*/*.modules")) - learned  # ran warm
 
 
 def resume_points(root: Path) -> dict[Path, int]:
@@ -139,3 +146,13 @@ def test_a_killed_dvc_stops_a_warm_training_as_it_stops_a_cold_one(root):
     _, alive = psutil.wait_procs([child], timeout=30)
     assert not alive, "the training went on after its dvc was killed"
     assert list((root / ".resume" / LONG).glob("*/**/resume.ckpt"))  # kept for the next run
+
+
+def test_without_room_for_a_socket_the_stage_runs_in_its_own_process(root, tmp_path):
+    """A socket's path is at most 107 bytes: a longer folder gets no server, not a doomed one
+    per stage."""
+    deep = tmp_path / ("x" * 100)
+    deep.mkdir(mode=0o700)
+    assert stage(root, "validate", "no_such_experiment", XDG_RUNTIME_DIR=str(deep)).wait(60) == 2
+    time.sleep(1)
+    assert not list(deep.glob("*/*.lock"))
