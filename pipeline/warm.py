@@ -72,6 +72,11 @@ def _folder() -> Path:
     return path
 
 
+def _shared_env() -> dict[str, str]:
+    """The environment a server and its clients share (hashed into its key)."""
+    return {k: v for k, v in os.environ.items() if k not in PER_PROCESS}
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -96,7 +101,7 @@ def _key() -> str:
         "cwd": os.getcwd(),
         "paths": sys.path,
         "installed": installed,
-        "env": sorted((k, v) for k, v in os.environ.items() if k not in PER_PROCESS),
+        "env": sorted(_shared_env().items()),
         "limits": [resource.getrlimit(n) for n in LIMITS],
         "umask": _umask(),
         "sources": sources,
@@ -172,7 +177,7 @@ def _start_server(key: str) -> None:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
         close_fds=True,
-        env={k: v for k, v in os.environ.items() if k not in PER_PROCESS},
+        env=_shared_env(),
     )
 
 
@@ -361,7 +366,10 @@ class _Server:
             self._child(request, fds)  # never returns
         for fd in fds:
             os.close(fd)
-        _send(conn, {"pid": pid})
+        try:
+            _send(conn, {"pid": pid})
+        except OSError:  # the client has just gone: the next read of its end kills the child
+            pass
         return pid
 
     def _child(self, request: dict, fds: list[int]) -> None:
