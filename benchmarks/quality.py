@@ -7,6 +7,8 @@ series cut to its first L steps, L uniform in [T/2, T], seeded), GunPoint-1000 a
 BasicMotions-1000 (each series linearly interpolated to 1,050 steps). Not in the default run:
 GunPoint-AG, each series multiplied by a gain log-uniform in [0.2, 5] and shifted by an offset
 N(0, 3²) (seeded): series recorded at different gains and offsets, for `model.series_norm`.
+Outside the dev suite, for checks only (nothing is chosen on them): sktime's other shipped
+classification sets (OUTSIDE), official splits.
 
 Per set, in one temp working dir: the recipe unchanged as an N-member seed ensemble
 (`fit: {ensemble: N}`, seeds 0..N-1) through prepare, train, export and validate (the val split
@@ -60,6 +62,8 @@ RECIPE = RECIPES["classification"]
 LONG = ("GunPoint-1000", "BasicMotions-1000")
 SETS = ("GunPoint", "ItalyPowerDemand", "BasicMotions", "GunPoint-VL", *LONG)
 SHIFTED = "GunPoint-AG"
+# sktime's other classification sets: a check of the recipe on data it was not chosen on
+OUTSIDE = ("ArrowHead", "OSULeaf", "ACSF1", "JapaneseVowels", "PLAID")
 DERIVED = ("GunPoint-VL", SHIFTED, *LONG)  # written as long CSVs
 LONG_STEPS, VL_SEED, AG_SEED = 1050, 0, 0
 STAGES = ("prepare", "train", "export", "validate")
@@ -274,7 +278,7 @@ def table(sets: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--sets", nargs="+", default=list(SETS), choices=(*SETS, SHIFTED))
+    p.add_argument("--sets", nargs="+", default=list(SETS), choices=(*SETS, SHIFTED, *OUTSIDE))
     p.add_argument("--members", type=int, default=5)
     p.add_argument("--long-members", type=int, default=1, help="members for the 1,000-step sets")
     p.add_argument("--max-epochs", type=int, help="cap every fit (smoke runs only)")

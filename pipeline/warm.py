@@ -1,7 +1,7 @@
-"""Warm stage starts: train, export and validate run in a process forked from one that has
-already imported the fixed stack (torch, Lightning, MLflow, ONNX, statsmodels...).
+"""Warm stage starts: prepare, train, export and validate run in a process forked from one that
+has already imported the fixed stack (torch, Lightning, MLflow, ONNX, statsmodels, sktime...).
 
-Importing that stack is 3-5 s of every stage process, and `dvc repro` starts fifteen of them.
+Importing that stack is 1-5 s of every stage process, and `dvc repro` starts twenty of them.
 A stage that dvc runs (DVC_STAGE is set) and that finds no server runs as before and starts one
 in the background: it imports the stage modules, listens on a Unix socket, and later imports
 what its children imported. Later stages connect and hand it their argv, working folder and
@@ -36,8 +36,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-COMMANDS = ("train", "export", "validate")
+COMMANDS = ("prepare", "train", "export", "validate")
 PRELOAD = (  # the stage modules, and what they import only when run
+    "pipeline.data.prepare",
+    "sktime.datasets",
+    "sklearn.datasets",
     "pipeline.training.train",
     "pipeline.export.onnx_export",
     "pipeline.export.validate",
@@ -49,6 +52,7 @@ PRELOAD = (  # the stage modules, and what they import only when run
     "torch.onnx._internal.exporter._core",
 )
 IDLE_S = 20.0  # dvc starts the next stage within a second or two
+STALE_S = 7 * 24 * 3600.0  # a key whose server has not started for this long is deleted
 ANSWER_S = 5.0  # a server that has not forked within this is not used
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 LIMITS = [getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")]
@@ -253,6 +257,7 @@ def serve(entry: Callable[[], None]) -> None:
         lock.truncate(0)
         lock.write(str(os.getpid()))  # for whoever must stop it (tests do)
         lock.flush()
+        _prune(folder, key)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         path = folder / f"{key}.sock"
         try:
@@ -272,6 +277,24 @@ def serve(entry: Callable[[], None]) -> None:
         finally:
             path.unlink(missing_ok=True)
             lock.truncate(0)
+
+
+def _prune(folder: Path, key: str) -> None:
+    """Delete the files of other keys whose server last started STALE_S ago (a lock's mtime):
+    every edit of the code or the environment makes a new key, and /tmp keeps them."""
+    import fcntl
+
+    cutoff = time.time() - STALE_S
+    for path in folder.glob("*.lock"):
+        if path.stem == key or path.stat().st_mtime > cutoff:
+            continue
+        with open(path, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its server runs
+            for suffix in (".sock", ".modules", ".failed", ".lock"):
+                path.with_suffix(suffix).unlink(missing_ok=True)
 
 
 class _Server:

@@ -20,6 +20,7 @@ from tests.conftest import BIN, REPO, stop_warm_servers, write_params
 pytestmark = pytest.mark.slow
 
 EXP, LONG = "lstm_airline", "long_airline"
+STALE, RECENT = "0" * 32, "1" * 32
 OUTPUTS = (f"models/{EXP}/model.ckpt", f"metrics/{EXP}/train.json", f"models/{EXP}/model.onnx",
            f"metrics/{EXP}/validate.json", f"plots/{EXP}/validate/forecast.csv")  # fmt: skip
 
@@ -76,23 +77,41 @@ def root(tmp_path_factory, mlflow_template):
     raw["experiments"] = {EXP: exp, LONG: {**exp, "fit": long}}
     write_params(raw, root / "params.yaml")
     (root / "mlflow.db").write_bytes(mlflow_template.read_bytes())
-    for name in (EXP, LONG):
-        run(root, "prepare", name)
+    for name in (EXP, LONG):  # no server yet: the first test starts one
+        run(root, "prepare", name, LSTM_PIPELINE_WARM="0")
+    keys = warm_dir(root) / f"lstm-pipeline-warm-{os.getuid()}"
+    keys.mkdir(mode=0o700)
+    for key, age in ((STALE, 8 * 86400), (RECENT, 86400)):  # another code version's server files
+        for suffix in (".lock", ".modules"):
+            (keys / f"{key}{suffix}").touch()
+            os.utime(keys / f"{key}{suffix}", (time.time() - age,) * 2)
     yield root
     stop_warm_servers(warm_dir(root))
     shutil.rmtree(warm_dir(root))
 
 
+def outputs(root: Path) -> dict[str, bytes]:
+    prepared = sorted(p for p in (root / "data/prepared" / EXP).rglob("*") if p.is_file())
+    return {str(p): p.read_bytes() for p in [*prepared, *(root / o for o in OUTPUTS)]}
+
+
 def test_a_warm_stage_writes_the_bytes_of_a_stage_in_its_own_process(root):
-    stages = ("train", "export", "validate")
+    stages = ("prepare", "train", "export", "validate")
     codes = [stage(root, command, EXP, LSTM_PIPELINE_WARM="0").wait(300) for command in stages]
-    assert codes[:2] == [0, 0]  # validate's gates may fail a model this small: the code counts
-    cold = {path: (root / path).read_bytes() for path in OUTPUTS}
+    assert codes[:3] == [0, 0, 0]  # validate's gates may fail a model this small: the code counts
+    cold = outputs(root)
     learned = set(warm_dir(root).glob("*/*.modules"))
     server(root)
     assert [stage(root, command, EXP).wait(300) for command in stages] == codes
-    assert {path: (root / path).read_bytes() for path in OUTPUTS} == cold
+    assert outputs(root) == cold
     assert set(warm_dir(root).glob("*/*.modules")) - learned  # ran warm
+
+
+def test_a_server_deletes_the_files_of_keys_unused_for_a_week(root):
+    server(root)
+    left = {p.name for p in warm_dir(root).glob("*/*")}
+    assert not {n for n in left if n.startswith(STALE)}
+    assert {f"{RECENT}.lock", f"{RECENT}.modules"} <= left
 
 
 def resume_points(root: Path) -> dict[Path, int]:
