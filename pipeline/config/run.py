@@ -12,6 +12,9 @@ from pipeline.config.base import PositiveInt, Strict
 
 class Fit(Strict):
     max_epochs: PositiveInt = 100
+    # Optimizer updates (training batches) at most: the fit then ends with the epoch in which it
+    # reaches them, if that comes before max_epochs. None: epochs alone.
+    max_updates: PositiveInt | None = None
     batch_size: PositiveInt = 32
     lr: Annotated[float, Field(gt=0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 0.0

@@ -6,6 +6,7 @@ ensemble member is such a fit with seed + index, logged as a run nested under th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,17 @@ def seeded_module_and_data(
     return module, data
 
 
+def update_capped(exp: Experiment, prepared: Prepared) -> Experiment:
+    """`fit.max_updates` as whole epochs of the train split: max_epochs lowered to the epoch in
+    which the fit reaches that many batches (so schedules, early stopping and the learning curve
+    see whole epochs)."""
+    if not exp.fit.max_updates:
+        return exp
+    per_epoch = math.ceil(prepared.meta.sizes["train"] / exp.fit.batch_size)
+    epochs = min(exp.fit.max_epochs, math.ceil(exp.fit.max_updates / per_epoch))
+    return exp.model_copy(update={"fit": exp.fit.model_copy(update={"max_epochs": epochs})})
+
+
 def refit(cfg, exp, prepared, seed: int, epochs: int, ckpt_dir: Path, hooks: TrainHooks):
     """Train again from the same seed on train + val for `epochs` (fit.refit): more data for the
     epoch count validation chose. Returns the Trainer, the model and its checkpoint."""
@@ -84,6 +96,7 @@ def fit_and_select(
 ) -> Fitted:
     """Fit with early stopping on val/loss, keep the best (or last) epoch, or refit for that
     many epochs, and test the kept checkpoint."""
+    exp = update_capped(exp, prepared)
     module, data = seeded_module_and_data(cfg, exp, prepared, seed)
     history = History()
     callbacks, resume_from = [history, *hooks.callbacks], hooks.resume_from

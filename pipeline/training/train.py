@@ -24,7 +24,14 @@ from pipeline.io import atomic_dir, atomic_file, file_digest, write_json
 from pipeline.meta import SPREAD_LIMIT
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
 from pipeline.tracking import ensure_reachable, run_tags
-from pipeline.training.fit import Fitted, Parent, continued_logger, fit_and_select, fit_member
+from pipeline.training.fit import (
+    Fitted,
+    Parent,
+    continued_logger,
+    fit_and_select,
+    fit_member,
+    update_capped,
+)
 from pipeline.training.logger import deliver
 from pipeline.training.resume import resume_point
 from pipeline.training.trainer import TrainHooks
@@ -123,6 +130,9 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
             f"model.series_norm: auto -> {'on' if on else 'off'} (std_spread {spread:,.0f}: the "
             f"train split's series stds, 90th over 10th percentile; on above {SPREAD_LIMIT:,.0f})"
         )
+    epochs = update_capped(exp, prepared).fit.max_epochs
+    if epochs < exp.fit.max_epochs:
+        print(f"fit.max_updates: {exp.fit.max_updates} -> {epochs} of {exp.fit.max_epochs} epochs")
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     data_sha256 = prepared.meta.content_sha256

@@ -52,7 +52,12 @@ def run(tmp_path_factory, mlflow_template):
         write_params(
             {
                 "trainer": {"max_epochs": 4, "progress_bar": False},
-                "experiments": {"mine": {"data": data, "fit": {"ensemble": 2, "batch_size": 8}}},
+                "experiments": {
+                    "mine": {
+                        "data": data,
+                        "fit": {"ensemble": 2, "batch_size": 8, "max_updates": 9},
+                    }
+                },
             }
         )
         codes = [main([stage, "mine"]) for stage in ("prepare", "train", "export", "validate")]
@@ -91,10 +96,13 @@ def test_train_report_and_nested_member_runs(run):
     metrics = json.loads((root / "metrics/mine/train.json").read_text())
     assert metrics["members"] == 2
     assert {"members/test/acc_mean", "members/test/acc_sd", "member1/test/acc"} <= set(metrics)
-    # fit.select: last keeps the weights of the last step, not an earlier checkpoint's
+    # fit.select: last keeps the weights of the last step, not an earlier checkpoint's; and
+    # fit.max_updates: 9 ends the fit with the epoch that reaches 9 batches, before trainer's 4
     train = json.loads((root / "data/prepared/mine/meta.json").read_text())["sizes"]["train"]
+    per_epoch = -(-train // 8)
+    assert 9 < 4 * per_epoch
     ckpt = torch.load(root / "models/mine/model.ckpt", weights_only=False)
-    assert ckpt["global_step"] == 4 * -(-train // 8)
+    assert ckpt["global_step"] == -(-9 // per_epoch) * per_epoch
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     runs = client.search_runs(client.get_experiment_by_name("lstm-pipeline").experiment_id)
     parent = next(r for r in runs if r.info.run_name == "mine")
