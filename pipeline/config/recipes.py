@@ -28,7 +28,7 @@ RECIPES: dict[str, dict[str, dict]] = {
         },
         "fit": {
             "max_epochs": 150,
-            # ≈ 10 min of one CPU core at 256 steps per series, however many series there are:
+            # ≈ 15 min of one CPU core at 256 steps per series, however many series there are:
             # every dev set (300-600 updates) and PLAID (4,050) train their 150 epochs in full
             "max_updates": 5000,
             "batch_size": 16,
