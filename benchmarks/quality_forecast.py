@@ -59,10 +59,17 @@ PEERS = {"airline-12": {"log-SARIMA": 0.0290, "neuralforecast LSTM": 0.0328},
          "airline-24": {"log-SARIMA": 0.0852, "neuralforecast LSTM": 0.0509}}  # fmt: skip
 
 
-def sktime_csv(name: str) -> pd.DataFrame:
-    import sktime.datasets
+def load_seatbelts() -> pd.Series:
+    import sktime.datasets  # ships the file without a loader
 
-    return pd.read_csv(Path(sktime.datasets.__file__).parent / "data" / name / f"{name}.csv")
+    folder = Path(sktime.datasets.__file__).parent / "data" / "seatbelts"
+    return pd.read_csv(folder / "seatbelts.csv")["KSI"]
+
+
+def load_consumption() -> pd.Series:
+    from sktime.datasets import load_uschange
+
+    return load_uschange()[0]
 
 
 def load_gdp() -> pd.Series:
@@ -75,9 +82,9 @@ def load_gdp() -> pd.Series:
 # a seat-belt law two years before the end), US consumption growth (quarterly) and US real GDP
 # (quarterly, ending in the 2008-09 recession).
 OUTSIDE = {
-    "seatbelts": (lambda: sktime_csv("seatbelts")["KSI"],
+    "seatbelts": (load_seatbelts,
                   {"window": 36, "horizon": 12, "season": 12, "transform": "none"}),
-    "uschange": (lambda: sktime_csv("Uschange")["Consumption"],
+    "uschange": (load_consumption,
                  {"window": 16, "horizon": 8, "season": None, "transform": "none"}),
     "gdp": (load_gdp, {"window": 16, "horizon": 8, "season": None, "transform": "none"}),
 }  # fmt: skip

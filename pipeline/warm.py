@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 COMMANDS = ("prepare", "train", "export", "validate")
@@ -286,15 +287,14 @@ def _prune(folder: Path, key: str) -> None:
 
     cutoff = time.time() - STALE_S
     for path in folder.glob("*.lock"):
-        if path.stem == key or path.stat().st_mtime > cutoff:
-            continue
-        with open(path, "a+") as lock:
-            try:
+        # OSError: its server runs (the lock is held), or another server pruned it first
+        with suppress(OSError):
+            if path.stem == key or path.stat().st_mtime > cutoff:
+                continue
+            with open(path, "a+") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # its server runs
-            for suffix in (".sock", ".modules", ".failed", ".lock"):
-                path.with_suffix(suffix).unlink(missing_ok=True)
+                for suffix in (".sock", ".modules", ".failed", ".lock"):
+                    path.with_suffix(suffix).unlink(missing_ok=True)
 
 
 class _Server:
