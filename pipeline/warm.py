@@ -1,13 +1,13 @@
 """Warm stage starts: prepare, train, export and validate run in a process forked from one that
 has already imported the fixed stack (torch, Lightning, MLflow, ONNX, statsmodels, sktime...).
 
-Importing that stack is 1-5 s of every stage process, and `dvc repro` starts twenty of them.
-A stage that dvc runs (DVC_STAGE is set) and that finds no server runs as before and starts one
-in the background: it imports the stage modules, listens on a Unix socket, and later imports
-what its children imported. Later stages connect and hand it their argv, working folder and
-standard streams; it forks a child that runs the stage as `lstm-pipeline` would. The client
-forwards its signals to the child, the child dies with its client or the server, and the client
-exits with the child's status.
+Importing that stack is 1-5 s of every stage process, and `dvc repro` starts twenty of them. A
+stage that dvc runs (DVC_STAGE is set) and that finds no server runs as before and starts one in
+the background: it imports the stage modules, exports a tiny model once (torch.onnx's
+first-export set-up), listens on a Unix socket, and later imports what its children imported. Later
+stages connect and hand it their argv, working folder and standard streams; it forks a child
+that runs the stage as `lstm-pipeline` would. The client forwards its signals to the child, the
+child dies with its client or the server, and the client exits with the child's status.
 
 A server serves only clients that match the one that started it: interpreter and its flags,
 sys.path, working folder, environment (but DVC_STAGE and the shell's own variables, which are
@@ -52,6 +52,8 @@ PRELOAD = (  # the stage modules, and what they import only when run
     "mlflow.store.tracking.sqlalchemy_store",
     "torch.onnx._internal.exporter._core",
 )
+# Their warm_up() does what the first use in a process sets up: torch.onnx's first export
+WARM_UPS = ("pipeline.export.onnx_export",)
 IDLE_S = 20.0  # dvc starts the next stage within a second or two
 STALE_S = 7 * 24 * 3600.0  # a key whose server has not started for this long is deleted
 ANSWER_S = 5.0  # a server that has not forked within this is not used
@@ -265,6 +267,7 @@ def serve(entry: Callable[[], None]) -> None:
             try:
                 for module in PRELOAD:
                     importlib.import_module(module)
+                _warm_up()
                 path.unlink(missing_ok=True)
                 listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 listener.bind(str(path))
@@ -278,6 +281,23 @@ def serve(entry: Callable[[], None]) -> None:
         finally:
             path.unlink(missing_ok=True)
             lock.truncate(0)
+
+
+def _warm_up() -> None:
+    """The WARM_UPS, once here for every child. torch.onnx's tqdm bar starts a monitor thread,
+    which a fork would not copy: it is ended, and a child's first bar starts its own, as in a
+    fresh process."""
+    import importlib
+
+    from tqdm import tqdm
+
+    for module in WARM_UPS:
+        importlib.import_module(module).warm_up()
+    if tqdm.monitor is not None:
+        tqdm.monitor.exit()
+        tqdm.monitor = None
+    if threading.active_count() > 1:
+        raise RuntimeError(f"the warm-up left threads: {threading.enumerate()}")
 
 
 def _prune(folder: Path, key: str) -> None:

@@ -160,6 +160,12 @@ def _error(raw) -> str:
             "or equal to 1",
         ),
         (
+            ("experiments", "conv_lstm_moving_digits", "fit", "precision"),
+            "bf16",
+            "experiments.conv_lstm_moving_digits.fit.precision: Input should be 'auto', '32-true', "
+            "'16-mixed' or 'bf16-mixed'",
+        ),
+        (
             ("experiments", "attention_lstm_airline", "model", "max_steps"),
             64,
             "experiments.attention_lstm_airline: model.max_steps applies to classification only",

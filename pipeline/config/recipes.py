@@ -62,6 +62,7 @@ RECIPES: dict[str, dict[str, dict]] = {
             "lr": 2e-3,
             "patience": 5,
             "teacher_forcing": 1.0,
+            "precision": "auto",
         },
     },
 }

@@ -34,6 +34,10 @@ class Fit(Strict):
     # Frames (conv_lstm): the probability that a training forecast step is fed the true previous
     # frame instead of the model's own prediction (1: always). Validation and inference never are.
     teacher_forcing: Annotated[float, Field(ge=0, le=1)] = 0.0
+    # Training precision of this experiment; None: trainer.precision. auto: bf16-mixed where the
+    # device computes bf16 natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU that supports
+    # it), else 32-true: elsewhere bf16 is emulated, slower than float32.
+    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] | None = None
     # Classification, training steps only: cross-entropy against labels smoothed by this much
     # (Szegedy et al. 2016); each series' channels scaled by 1 + N(0, scaling²), then Gaussian
     # noise of sd `jitter` on every input value (Um et al. 2017; the inputs are standardised).

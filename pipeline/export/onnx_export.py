@@ -140,6 +140,24 @@ def _onnx_program(model: torch.nn.Module, example: tuple, scan: bool = True, **k
     return program
 
 
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = torch.nn.GRU(1, 1, batch_first=True)
+        self.lstm = torch.nn.LSTM(1, 1, batch_first=True)
+
+    def forward(self, x):
+        return torch.softmax(self.lstm(self.gru(x)[0])[0], dim=1).mean(dim=1)
+
+
+def warm_up() -> None:
+    """Export a tiny GRU + LSTM and drop it: a process's first export sets up torch.onnx's
+    tables (seconds), which a warm server (pipeline/warm.py) then does once for all its
+    children. Shapes only (rnn_shapes_only): no kernel runs, so no OpenMP pool starts before
+    a fork."""
+    _onnx_program(_Tiny(), (torch.zeros(1, 2, 1),))
+
+
 def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     """The bodies a node carries (Scan, Loop, If)."""
     return [g for a in node.attribute for g in ([a.g] if a.HasField("g") else a.graphs)]

@@ -63,6 +63,7 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if mask is None or not self.training:
             return super().forward(x)
+        x = x.to(self.running_mean.dtype)  # float32 statistics, as BatchNorm's under autocast
         m = mask.unsqueeze(1).to(x.dtype)  # [batch, 1, seq]
         n = m.sum()
         mean = (x * m).sum(dim=(0, 2)) / n

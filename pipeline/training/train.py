@@ -34,7 +34,7 @@ from pipeline.training.fit import (
 )
 from pipeline.training.logger import deliver
 from pipeline.training.resume import resume_point
-from pipeline.training.trainer import TrainHooks
+from pipeline.training.trainer import TrainHooks, fit_precision
 
 
 def slim_checkpoint(srcs: list[Path], dst: Path) -> None:
@@ -136,7 +136,13 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     data_sha256 = prepared.meta.content_sha256
-    tags = {**run_tags(exp_name, "train", data_sha256=data_sha256), **hooks.tags}
+    precision = fit_precision(cfg.trainer, exp.fit)
+    if exp.fit.precision == "auto":
+        print(f"fit.precision: auto -> {precision}")
+    tags = {
+        **run_tags(exp_name, "train", data_sha256=data_sha256, precision=precision),
+        **hooks.tags,
+    }
     if hooks.ckpt_dir:  # a Tune trial or Ray Train worker: the caller keeps the checkpoints
         folder = nullcontext(hooks.ckpt_dir)
     else:  # the train stage: resumable after a kill, SIGTERM or SIGUSR1

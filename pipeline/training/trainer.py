@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 
 from pipeline.config import Experiment, PipelineConfig
+from pipeline.config.run import Fit, Trainer
 from pipeline.errors import ConfigError, TrainingError
 
 
@@ -53,6 +55,21 @@ class FiniteLoss(Callback):
                     f"{key} is {float(value)} at epoch {trainer.current_epoch}: training "
                     "diverged; lower fit.lr or set fit.gradient_clip_val"
                 )
+
+
+def bf16_native(accelerator: str) -> bool:
+    """Whether the device the fit runs on computes bfloat16 in hardware (elsewhere torch emulates
+    it, slower than float32)."""
+    if accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def fit_precision(t: Trainer, fit: Fit) -> str:
+    """The fit's precision: fit.precision (auto: bf16-mixed where native), else the trainer's."""
+    if fit.precision == "auto":
+        return "bf16-mixed" if bf16_native(t.accelerator) else "32-true"
+    return fit.precision or t.precision
 
 
 @dataclass(frozen=True)
@@ -97,7 +114,8 @@ def build_trainer(
     except MisconfigurationException as err:  # e.g. trainer=gpu on a machine without CUDA
         raise ConfigError(
             f"trainer (accelerator: {t.accelerator}, devices: {t.devices}, strategy: "
-            f"{t.strategy}, precision: {t.precision}): {err}"
+            f"{t.strategy}, {'fit.' if exp.fit.precision else ''}precision: "
+            f"{fit_precision(t, exp.fit)}): {err}"
         ) from None
     return hooks.prepare(trainer) if hooks.prepare else trainer
 
@@ -108,7 +126,7 @@ def _trainer(t, exp, ckpt_dir, logger, callbacks, hooks, refit_epochs) -> pl.Tra
         devices=t.devices,
         strategy=hooks.strategy or t.strategy,
         plugins=list(hooks.plugins) or None,
-        precision=t.precision,
+        precision=fit_precision(t, exp.fit),
         deterministic=t.deterministic,
         max_epochs=refit_epochs or min(exp.fit.max_epochs, t.max_epochs or exp.fit.max_epochs),
         limit_val_batches=0 if refit_epochs else None,

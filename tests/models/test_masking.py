@@ -162,6 +162,20 @@ def test_batch_norm_statistics_skip_padding():
     torch.testing.assert_close(norm.running_var, valid.var(0))
 
 
+@pytest.mark.parametrize("cfg", FAMILIES.values(), ids=FAMILIES)
+def test_a_padded_batch_trains_under_bf16_autocast(cfg):
+    """fit.precision bf16-mixed (and the gpu preset) on series of different lengths: batch norm
+    keeps float32 statistics (a bf16 batch mean cannot update float32 running ones)."""
+    torch.manual_seed(0)
+    model = model_for(cfg, META).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(*_with_garbage_padding(_series()))
+    (out[0] if isinstance(out, tuple) else out).float().square().mean().backward()
+    for norm in (m for m in model.modules() if isinstance(m, MaskedBatchNorm1d)):
+        assert norm.running_mean.dtype == torch.float32
+        assert torch.isfinite(norm.running_mean).all() and torch.isfinite(norm.running_var).all()
+
+
 def test_bidirectional_rnn_refuses_lengths():
     model = model_for({"name": "lstm", "hidden_size": 4, "bidirectional": True}, META)
     with pytest.raises(ValueError, match="unidirectional"):
