@@ -55,10 +55,11 @@ def symbolic_dims_or_raise(model: onnx.ModelProto) -> None:
 
 
 def forget_example_length(model: onnx.ModelProto, extra_outputs: dict[str, tuple]) -> None:
-    """Behind the RNN's while_loop torch.export loses that the time axis is `seq`: it annotates
-    the tensors after the loop, and outputs such as attention weights, with the example's length,
-    and ONNX Runtime then warns at every other length (the values are right; validate's parity
-    checks them). Drop those annotations (ORT infers shapes itself) and name the outputs' dims."""
+    """torch.export can lose that the time axis is `seq` (it did behind an RNN's while_loop): it
+    annotates tensors after the RNN, and outputs such as attention weights, with the example's
+    length, and ONNX Runtime then warns at every other length (the values are right; validate's
+    parity checks them). Drop those annotations (ORT infers shapes itself) and name the
+    outputs' dims."""
     del model.graph.value_info[:]
     for output in model.graph.output:
         for axis, name in enumerate(extra_outputs.get(output.name, ())):
@@ -82,13 +83,21 @@ def rnn_shapes_only():
     for long series), or as a while_loop that torch compiles (seconds per export). Shapes are
     all those passes need. Should an op ever be decomposed instead of kept, the graph would lack
     its RNN node: `rnn_nodes_or_raise` refuses such a file, and validate's parity would fail.
-    A dispatch cache would keep an op's previous kernel: it is cleared on the way in and out."""
+    A dispatch cache would keep an op's previous kernel: it is cleared on the way in and out.
+    torch.onnx's capture step installs its own while_loop kernels over these (torch.export's
+    `_patches`), which torch then compiles with dynamo (≈ 3 s per export, for the same graph):
+    those are made no-ops for as long as this holds."""
     from torch._decomp import global_decomposition_table
+    from torch.export import _patches
 
     table, key = global_decomposition_table["post_autograd"], torch._C.DispatchKey
     ops = (torch.ops.aten.lstm.input, torch.ops.aten.gru.input)
     saved = [(table.get(op), op.py_kernels.get(key.CompositeImplicitAutograd)) for op in ops]
+    while_loops = [f"register_{rnn}_while_loop_decomposition" for rnn in ("lstm", "gru")]
+    saved_while_loops = [getattr(_patches, name) for name in while_loops]
     try:
+        for name in while_loops:
+            setattr(_patches, name, nullcontext)
         for op in ops:
             op._dispatch_cache.clear()
             table[op] = op.py_kernels[key.CompositeImplicitAutograd] = _rnn_shapes
@@ -104,6 +113,8 @@ def rnn_shapes_only():
                 else:
                     registry[k] = old
             op._dispatch_cache.clear()
+        for name, context in zip(while_loops, saved_while_loops, strict=True):
+            setattr(_patches, name, context)
 
 
 def rnn_nodes_or_raise(model: torch.nn.Module, proto: onnx.ModelProto) -> None:

@@ -86,6 +86,22 @@ def test_export_does_not_depend_on_the_data_length(exported, tmp_path):
     assert worst <= 1e-5
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_an_export_runs_no_rnn_while_loop_and_leaves_torch_as_it_was(monkeypatch, tmp_path, cell):
+    """torch.onnx's capture step would run each LSTM/GRU as a while_loop that torch compiles
+    (seconds per export) to learn shapes only: it must not run, and torch's hooks are back after."""
+    from torch.export import _patches
+
+    hooks = [f"register_{c}_while_loop_decomposition" for c in ("lstm", "gru")]
+    before = [getattr(_patches, name) for name in hooks]
+    layer, ran = f"one_layer_while_loop_{cell}", []
+    run_layer = getattr(_patches, layer)
+    monkeypatch.setattr(_patches, layer, lambda *a, **k: ran.append(1) or run_layer(*a, **k))
+    module = SequenceModule({"name": "lstm", "cell": cell, "hidden_size": 4}, META).eval()
+    export_module(module, tmp_path / "model.onnx", "lstm")
+    assert ran == [] and [getattr(_patches, name) for name in hooks] == before
+
+
 def test_a_graph_that_lost_its_rnn_is_refused():
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", "seq", 1])
     graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [x])
