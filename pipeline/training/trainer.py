@@ -84,7 +84,7 @@ class TrainHooks:
     strategy: Any = None  # replaces trainer.strategy (Ray Train's RayDDPStrategy)
     plugins: tuple = ()
     prepare: Any = None  # called on the pl.Trainer (ray.train.lightning.prepare_trainer)
-    resumable: bool = False  # save a resume point each epoch in ckpt_dir, and resume from one
+    resumable: bool = False  # save resume points in ckpt_dir (resume.py), and resume from one
 
 
 def build_trainer(

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
+from pytorch_lightning.callbacks import Callback
 
 from tests.conftest import BIN, REPO, write_params
 
@@ -160,3 +162,54 @@ def test_sigterm_after_the_fit_keeps_the_resume_point(tmp_path, monkeypatch):
         with resume_point(cfg, "lstm_airline", "sha") as folder:
             os.kill(os.getpid(), signal.SIGTERM)
     assert (tmp_path / folder).is_dir() and signal.getsignal(signal.SIGTERM) is before
+
+
+class _Saves(Callback):
+    """The epochs at which a checkpoint was written (Lightning asks each callback for its state)."""
+
+    def __init__(self):
+        self.epochs = []
+
+    def on_save_checkpoint(self, trainer, module, checkpoint):
+        self.epochs.append(trainer.current_epoch)
+
+
+class _Line(pl.LightningModule):
+    def __init__(self, stop_at: int | None = None):
+        super().__init__()
+        self.layer, self.stop_at = torch.nn.Linear(1, 1), stop_at
+
+    def training_step(self, batch, _):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def on_train_batch_end(self, *_):  # before the epoch-end hooks, as early stopping does
+        self.trainer.should_stop = self.current_epoch == self.stop_at
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize(
+    ("every_s", "stop_at", "saved"),
+    [(0.0, None, [0, 1, 2, 3, 4, 5]), (3600.0, None, [0, 5]), (3600.0, 2, [0, 2])],
+)
+def test_resume_points_are_the_first_epoch_then_one_per_interval_and_the_last(
+    tmp_path, monkeypatch, every_s, stop_at, saved
+):
+    """Saving every epoch end cost short epochs more than their training: a kill redoes at most
+    SAVE_EVERY_S of training, and the fit's last epoch (or the one early stopping ends) is kept."""
+    from pipeline.training import resume
+
+    monkeypatch.setattr(resume, "SAVE_EVERY_S", every_s)
+    saves = _Saves()
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 1)))
+    trainer = pl.Trainer(
+        max_epochs=6,
+        callbacks=[saves, resume.ResumeState(tmp_path / "resume.ckpt")],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(_Line(stop_at), data)
+    assert saves.epochs == saved and (tmp_path / "resume.ckpt").exists()
