@@ -6,7 +6,10 @@ stage, which resumes, sends them.
 Metrics go out in one batch at most every SEND_S, not one request per epoch: a request costs
 ~5.5 ms on a SQLite store, 600 of them in a 300-epoch training. Until sent they are
 also kept beside the resume point, one JSON line appended per entry (so a day-long outage costs
-each epoch one line, not a rewrite of everything kept), and a killed training loses none."""
+each epoch one line, not a rewrite of everything kept), and a killed training loses none.
+
+A resumed fit logs again the epochs it redoes since its resume point, with the same values: a
+continued run sends none of a metric's steps up to the last one the run holds or keeps."""
 
 from __future__ import annotations
 
@@ -46,6 +49,8 @@ class PatientMLFlowLogger(MLFlowLogger):
         self.pending: list = self._read_kept()
         self.kept = len(self.pending)  # how many of them the file holds
         self.send_at, self.down = 0.0, False
+        self.continued = kwargs.get("run_id") is not None
+        self.logged: dict[str, int] | None = None  # for a continued run: see _logged_steps
 
     def _read_kept(self) -> list:
         """The entries a killed training kept; a line cut short by the kill is dropped (and
@@ -71,10 +76,35 @@ class PatientMLFlowLogger(MLFlowLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics, step=None) -> None:
-        values = {k: float(v) for k, v in metrics.items() if not isinstance(v, str)}
-        self.pending.append([values, step or 0, int(time.time() * 1000)])
+        if self.logged is None:
+            self.logged = self._logged_steps() if self.continued else {}
+        step = step or 0
+        values = {
+            k: float(v)
+            for k, v in metrics.items()
+            if not isinstance(v, str) and step > self.logged.get(k, -1)
+        }
+        if not values:
+            return
+        self.pending.append([values, step, int(time.time() * 1000)])
         if time.monotonic() < self.send_at or not self.flush():
             self._keep()
+
+    def _logged_steps(self) -> dict[str, int]:
+        """Each metric's last step in the continued run or in what the killed training kept.
+        With the server down, only the kept ones: its redone epochs may then reach it twice."""
+        steps: dict[str, int] = {}
+        for values, step, *_ in self.pending:
+            if step != "params":
+                steps.update({k: max(step, steps.get(k, -1)) for k in values})
+        try:
+            client = self.experiment
+            for key in client.get_run(self.run_id).data.metrics:
+                history = client.get_metric_history(self.run_id, key)
+                steps[key] = max([steps.get(key, -1), *(m.step for m in history)])
+        except (MlflowException, RequestException, OSError):
+            pass
+        return steps
 
     @rank_zero_only
     def log_hyperparams(self, params) -> None:
