@@ -48,6 +48,7 @@ class ResumeState(Callback):
         self.path, self.pending = path, None
         self.stopped = False  # early stopping ended the fit at the saved epoch
         self.saved_at: float | None = None  # time.monotonic() of the last save
+        self.epoch_log: dict | None = None  # the saved epoch's train metrics, see below
 
     def state_dict(self) -> dict:
         return {
@@ -58,14 +59,20 @@ class ResumeState(Callback):
             ],
             "python": random.getstate(),
             "stopped": self.stopped,
+            "epoch_log": self.epoch_log,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.pending = state  # applied when the next epoch starts
 
     def on_train_start(self, trainer, _):
-        if self.pending and self.pending["stopped"]:  # the restored epoch was the last one
+        if not self.pending:
+            return
+        if self.pending["stopped"]:  # the restored epoch was the last one
             trainer.should_stop = True
+        if trainer.logger and (log := self.pending.get("epoch_log")):
+            # sent again: the logger drops what the continued run already holds
+            trainer.logger.log_metrics({**log["metrics"], "epoch": log["epoch"]}, log["step"])
 
     def on_train_epoch_start(self, trainer, _):
         if self.pending is None:
@@ -81,6 +88,14 @@ class ResumeState(Callback):
         due = self.saved_at is None or time.monotonic() - self.saved_at >= SAVE_EVERY_S
         # every rank decides as rank zero does: save_checkpoint waits for all of them
         if trainer.strategy.broadcast(last or due):
+            # Lightning logs this epoch's train metrics after these hooks, at the epoch's last
+            # step, and a resumed fit does not: a kill right after the save would lose them
+            log = trainer._logger_connector.metrics["log"]
+            self.epoch_log = {
+                "metrics": {k: float(v) for k, v in log.items()},
+                "step": trainer.fit_loop.epoch_loop._batches_that_stepped - 1,
+                "epoch": trainer.current_epoch,
+            }
             trainer.save_checkpoint(self.path, weights_only=False)  # atomic, by rank zero
             self.saved_at = time.monotonic()
 
