@@ -3,6 +3,7 @@ with the same bytes as a training that was never stopped, in one MLflow run hold
 metrics (the epochs it redoes logged once)."""
 
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -120,6 +121,28 @@ def test_kill_9_then_rerun_gives_the_same_bytes(reference, tmp_path, mlflow_temp
     assert all(status == "FINISHED" for _, status in runs(repo)), runs(repo)
     assert len(names) == len(runs(repo))  # each run (members too) continued, not started again
     assert not (repo / ".resume").exists() or not any((repo / ".resume").iterdir())
+
+
+def test_train_metrics_a_kill_cut_off_are_sent_by_the_resumed_fit(
+    reference, tmp_path, mlflow_template
+):
+    """Lightning logs an epoch's train metrics after the hook that saves the resume point; a kill
+    between the two is made here by deleting the first epoch's from the store and from what the
+    killed training kept."""
+    exp = "lstm_airline"
+    repo = setup_repo(tmp_path / "repo", exp, mlflow_template, **CASES[exp])
+    stop_mid_fit(repo, exp, signal.SIGKILL)
+    first = min(step for _, key, step, _ in reference[exp]["metrics"] if key.startswith("train/"))
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        db.execute("DELETE FROM metrics WHERE key LIKE 'train/%' AND step = ?", (first,))
+    for kept in (repo / ".resume" / exp).glob("*/pending_metrics.jsonl"):
+        entries = [json.loads(line) for line in kept.read_text().splitlines()]
+        cut = [
+            e for e in entries if not (e[1] == first and any(k.startswith("train/") for k in e[0]))
+        ]
+        kept.write_text("".join(json.dumps(e) + "\n" for e in cut))
+    assert train(repo, exp).wait() == 0, (repo / "train.log").read_text()[-3000:]
+    assert metrics(repo) == reference[exp]["metrics"]
 
 
 def test_sigterm_stops_with_one_line_and_resumes(reference, tmp_path, mlflow_template):
