@@ -1,7 +1,7 @@
 """Where `make test`'s time goes: the test suite run as `make test` runs it (one worker per core,
 loadscope), every Python process it starts recording its own CPU time when it exits (a
 sitecustomize.py put on PYTHONPATH), summed by command: `lstm-pipeline train`, `dvc`, Ray's
-workers, the pytest workers themselves, ...
+workers, the pytest workers themselves, warm stage servers, ...
 
 On 2 cores the suite is CPU-bound: its wall time cannot fall below the CPU it spends divided by
 the cores. Processes killed by a signal (the kill -9 tests) or unable to write the record (the
@@ -51,6 +51,8 @@ def command(argv: list[str]) -> str:
         return f"lstm-pipeline {argv[1]}"
     if name == "default_worker.py":
         return "ray worker"
+    if name == "-c" and len(argv) > 1 and len(argv[1]) == 32:  # pipeline/warm.py's server
+        return "warm server"
     return "python -c" if name == "-c" else name
 
 
