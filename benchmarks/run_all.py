@@ -5,7 +5,11 @@ that made it and the machine it ran on.
 
 It also replaces the table in README.md (between the `benchmarks/results.md` markers).
 
+Results that a script printed on a GPU machine (`python benchmarks/X.py > X.json` there) join the
+table with `--add X.json`, stored as `X@cuda` beside this machine's.
+
 Usage: python benchmarks/run_all.py [--only train_overhead inference export_length data repro]
+                                    [--add results-from-a-gpu.json ...]
 """
 
 from __future__ import annotations
@@ -35,34 +39,52 @@ def run(name: str) -> dict:
     return result
 
 
+def key(result: dict) -> str:
+    """Where a script's result is kept: its name, plus `@cuda` when it ran on a GPU."""
+    cuda = "cuda" in (result.get("device"), result.get("torch_device"))
+    return result["benchmark"] + ("@cuda" if cuda else "")
+
+
+def runs_of(results: dict, script: str) -> list[tuple[str, dict]]:
+    return [(k, results[k]) for k in (script, f"{script}@cuda") if k in results]
+
+
 def rows(results: dict) -> list[tuple[str, str, str, str]]:
-    """(what, figure, target, script) per line of the table."""
+    """(what, figure, target, results key) per line of the table."""
     out = []
-    if t := results.get("train_overhead"):
-        for case in ("lstm", "conv_lstm"):
-            r = t[case]
+    for at, t in runs_of(results, "train_overhead"):
+        for case in ("lstm", "conv_lstm", "lstm_wide"):
+            if not (r := t.get(case)):
+                continue
+            peak = (
+                f"; {r['lightning_tflops']} TFLOP/s = {r['fraction_of_gpu_peak']:.2%} of the "
+                f"GPU's bf16 matmul peak ({t['gpu_bf16_matmul_tflops']} TFLOP/s measured)"
+                if "fraction_of_gpu_peak" in r
+                else ""
+            )
             out.append(
                 (
-                    f"training, {case}, batch {r['batch_size']}, {r['precision']}: "
-                    "Lightning module / hand-written loop",
+                    f"training on {t['device']}, {case}, batch {r['batch_size']}, "
+                    f"{r['precision']}: Lightning module / hand-written loop",
                     f"{r['lightning_samples_per_s']} vs {r['plain_loop_samples_per_s']} "
-                    f"samples/s = **{r['ratio']}** ({r['clock']} time; wall {r['wall_ratio']})",
+                    f"samples/s = **{r['ratio']}** ({r['clock']} time; wall {r['wall_ratio']})"
+                    + peak,
                     ">= 0.97",
-                    "train_overhead",
+                    at,
                 )
             )
-    if inf := results.get("inference"):
+    for at, inf in runs_of(results, "inference"):
         for family in ("lstm", "gru", "attention_lstm", "conv_lstm"):
             for r in inf[family]["latency"]:
                 int8 = f", int8 {r['onnxruntime_int8_ms']} ms" if "onnxruntime_int8_ms" in r else ""
                 out.append(
                     (
                         f"inference, {family}, batch {r['batch']}, seq {r['seq']}: "
-                        "ONNX Runtime / torch eager",
+                        f"ONNX Runtime (CPU) / torch eager ({inf['torch_device']})",
                         f"{r['onnxruntime_ms']} vs {r['torch_ms']} ms = **{r['ort_to_torch']}**"
                         + int8,
-                        "<= 0.5 at batch 1" if r["batch"] == 1 else "",
-                        "inference",
+                        "<= 0.5 at batch 1" if r["batch"] == 1 and at == "inference" else "",
+                        at,
                     )
                 )
             if s := inf[family].get("streaming"):
@@ -71,7 +93,7 @@ def rows(results: dict) -> list[tuple[str, str, str, str]]:
                         f"streaming, {family}, one step, batch 1: ONNX Runtime / torch",
                         f"{s['onnxruntime_step_ms']} vs {s['torch_step_ms']} ms per step",
                         "",
-                        "inference",
+                        at,
                     )
                 )
     if e := results.get("export_length"):
@@ -149,9 +171,12 @@ def markdown(results: dict) -> str:
         "| what | figure | target | command | machine |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for what, figure, target, script in rows(results):
+    for what, figure, target, at in rows(results):
+        script = at.partition("@")[0]
         cmd = f"`make bench` (`python benchmarks/{script}.py`)"
-        lines.append(f"| {what} | {figure} | {target} | {cmd} | {results[script]['machine']} |")
+        if at.endswith("@cuda"):
+            cmd = f"`python benchmarks/{script}.py` on the GPU, then `run_all.py --add`"
+        lines.append(f"| {what} | {figure} | {target} | {cmd} | {results[at]['machine']} |")
     note = (
         f"\nMachines: {'; '.join(machines)}. Figures are medians of repeated runs "
         "(see each script's docstring).\n"
@@ -162,11 +187,14 @@ def markdown(results: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--only", nargs="*", default=list(SCRIPTS), choices=SCRIPTS)
+    p.add_argument("--add", nargs="*", default=[], type=Path, metavar="JSON")
     args = p.parse_args()
     path = HERE / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    for name in args.only:
-        results[name] = run(name)
+    new = [run(name) for name in args.only]
+    new += [json.loads(added.read_text().strip().splitlines()[-1]) for added in args.add]
+    for result in new:
+        results[key(result)] = result
     path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     table = markdown(results)
     (HERE / "results.md").write_text(table)

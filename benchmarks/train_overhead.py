@@ -11,6 +11,12 @@ minus what only runs at epoch ends (validation, checkpoints, logger): it keeps t
 per-step metric updates (the torchmetrics and the loss's MeanMetric, logged once per epoch),
 which are part of what it costs.
 
+On a GPU it also reports the model's arithmetic rate against the GPU's: FLOPs per training step
+are counted once on the CPU (torch's FlopCounterMode, plus 2·gates·H·(I+H) per step, direction and
+layer of each nn.LSTM/GRU, which it does not see inside cuDNN's single op; backward = 2x forward),
+and the peak is a dense bf16 8192^3 matrix product measured on the same GPU. A GPU-sized case,
+`lstm_wide`, runs there only (a 2-core CPU would take minutes).
+
 Usage: python benchmarks/train_overhead.py [--steps N] [--repeats R]   (prints one JSON object)
 """
 
@@ -27,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from common import device, machine, sync
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.training.module import SequenceModule
 
@@ -44,6 +51,56 @@ CASES = {
         batch=16,
     ),
 }
+# what a GPU is for: hidden 512 x 2 layers over 128 steps of 32 features, batch 256
+GPU_CASES = {
+    "lstm_wide": dict(
+        cfg={"name": "lstm", "cell": "lstm", "hidden_size": 512, "num_layers": 2},
+        meta={"task": "classification", "input_shape": [128, 32], "labels": list("abcd")},
+        batch=256,
+    ),
+}
+
+
+def train_step_flops(case: dict) -> int:
+    """FLOPs of one forward + backward pass at the case's batch size (see the module doc)."""
+    model = new_module(case).model
+    x, y = make_data(case, case["batch"])[:]
+    recurrent = []
+
+    def count(rnn, args, out):
+        steps, gates = args[0].shape[1], 4 if isinstance(rnn, torch.nn.LSTM) else 3
+        dirs = 2 if rnn.bidirectional else 1
+        for layer in range(rnn.num_layers):
+            inputs = rnn.input_size if layer == 0 else rnn.hidden_size * dirs
+            fwd = (
+                2 * x.shape[0] * steps * dirs * gates * rnn.hidden_size * (inputs + rnn.hidden_size)
+            )
+            recurrent.append(3 * fwd)
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.LSTM | torch.nn.GRU):
+            m.register_forward_hook(count)
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(case)(model(x), y).backward()
+    return counter.get_total_flops() + sum(recurrent)
+
+
+def loss_fn(case: dict):
+    return F.cross_entropy if case["meta"]["task"] == "classification" else F.mse_loss
+
+
+def bf16_peak_flops() -> float:
+    """FLOP/s of a dense bf16 8192^3 matrix product on this GPU: median of 10 after 3 warm-ups."""
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    times = []
+    for i in range(13):
+        sync()
+        start = time.perf_counter()
+        a @ b
+        sync()
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return 2 * 8192**3 / statistics.median(times)
 
 
 def make_data(case: dict, n: int) -> TensorDataset:
@@ -116,7 +173,6 @@ def run_plain(case: dict, data, steps: int, warmup: int, gpu: bool) -> list[floa
     dev = device()
     model = new_module(case).model.to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    classify = case["meta"]["task"] == "classification"
     done, stamps = 0, []
     while done < warmup + steps:
         for x, y in loader(data, case["batch"]):
@@ -124,7 +180,7 @@ def run_plain(case: dict, data, steps: int, warmup: int, gpu: bool) -> list[floa
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=gpu):
                 out = model(x)
-                loss = F.cross_entropy(out, y) if classify else F.mse_loss(out, y)
+                loss = loss_fn(case)(out, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -141,15 +197,19 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=90)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--cases", nargs="*", default=list(CASES))
+    gpu = torch.cuda.is_available()
+    cases = CASES | GPU_CASES if gpu else CASES
+    p.add_argument("--cases", nargs="*", default=list(cases), choices=list(CASES | GPU_CASES))
     args = p.parse_args()
     warnings.filterwarnings("ignore")
-    gpu = torch.cuda.is_available()
     if not gpu:
         torch.set_num_threads(1)  # the train stage's default (trainer.threads: 1)
     result = {"benchmark": "train_overhead", "machine": machine(), "device": device().type}
+    if gpu:
+        peak = bf16_peak_flops()
+        result["gpu_bf16_matmul_tflops"] = round(peak / 1e12, 1)
     for name in args.cases:
-        case = CASES[name]
+        case = (CASES | GPU_CASES)[name]
         steps = args.steps if name == "lstm" else max(args.steps // 3, 10)
         data = make_data(case, (args.warmup + steps) * case["batch"])
         ours, plain = [], []
@@ -174,6 +234,10 @@ def main() -> None:
             "runs_lightning": [round(rate(b, [r], clock), 1) for r in ours],
             "runs_plain": [round(rate(b, [r], clock), 1) for r in plain],
         }
+        if gpu:
+            flops = train_step_flops(case) * lightning / b
+            result[name]["lightning_tflops"] = round(flops / 1e12, 3)
+            result[name]["fraction_of_gpu_peak"] = round(flops / peak, 4)
     print(json.dumps(result))
 
 

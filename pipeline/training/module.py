@@ -44,9 +44,10 @@ class SequenceModule(pl.LightningModule):
         )
         # The loss too is accumulated per step and logged once per epoch: self.log on every
         # step cost ~2 ms of Lightning bookkeeping per step (benchmarks/train_overhead.py).
-        # A NaN loss must show in the mean (EarlyStopping stops on it), not be dropped: NaNs are
-        # "imputed" with NaN. ("disable" would also drop the batch-size weights.)
-        losses = {k: MeanMetric(nan_strategy=float("nan")) for k in self.stage_metrics}
+        # A NaN loss must show in the mean (EarlyStopping stops on it), not be dropped: no NaN
+        # check ("disable"), which on a GPU would also wait for the device every step. "disable"
+        # ignores weights, so _step passes one value per sample.
+        losses = {k: MeanMetric(nan_strategy="disable") for k in self.stage_metrics}
         self.stage_losses = torch.nn.ModuleDict(losses)
 
     def forward(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
@@ -69,7 +70,7 @@ class SequenceModule(pl.LightningModule):
         loss = self.task.loss(out, y, **smoothing)
         # A ModuleDict key cannot be "train" (nn.Module.train): training metrics live under "fit".
         key = "fit" if train else stage
-        self.stage_losses[key].update(loss.detach(), len(x))  # the epoch's mean over samples
+        self.stage_losses[key].update(loss.detach().expand(len(x)))  # the mean over samples
         self.stage_metrics[key].update(*self.task.metric_inputs(self, out, y))
         return loss
 
