@@ -31,7 +31,7 @@ import warnings
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from common import device, machine, sync
+from common import device, machine, median_seconds, sync
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -90,17 +90,9 @@ def loss_fn(case: dict):
 
 
 def bf16_peak_flops() -> float:
-    """FLOP/s of a dense bf16 8192^3 matrix product on this GPU: median of 10 after 3 warm-ups."""
+    """FLOP/s of a dense bf16 8192^3 matrix product on this GPU (median of >= 10 runs)."""
     a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    times = []
-    for i in range(13):
-        sync()
-        start = time.perf_counter()
-        a @ b
-        sync()
-        if i >= 3:
-            times.append(time.perf_counter() - start)
-    return 2 * 8192**3 / statistics.median(times)
+    return 2 * 8192**3 / median_seconds(lambda: a @ b, min_runs=10, budget_s=0)
 
 
 def make_data(case: dict, n: int) -> TensorDataset:
