@@ -82,7 +82,7 @@ class Experiment(Strict):
         for key in ("level_norm", "scale_norm", "season_norm"):
             if getattr(self.model, key, False) and self.task != "forecast":
                 raise ValueError(f"model.{key} applies to forecasting only")
-        for key in ("max_steps", "series_norm"):
+        for key in ("max_steps", "pool_extrema", "series_norm"):
             if getattr(self.model, key, None) and self.task != "classification":
                 raise ValueError(f"model.{key} applies to classification only")
         period = getattr(self.model, "season_norm", 0)

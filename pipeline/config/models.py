@@ -72,6 +72,7 @@ class AttentionLstmModel(RecurrentModel):
     # classification: series longer than this are read as means of ceil(length / max_steps)
     # consecutive steps (the length: the training data's longest series); None: never
     max_steps: PositiveInt | None = None
+    pool_extrema: bool = False  # with max_steps: each group's min and max beside its mean
 
 
 class ConvLstmModel(Strict):

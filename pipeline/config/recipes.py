@@ -24,6 +24,7 @@ RECIPES: dict[str, dict[str, dict]] = {
             "fcn_channels": [128, 256, 128],
             "squeeze_excite": True,
             "max_steps": 256,
+            "pool_extrema": True,
             "series_norm": "auto",
         },
         "fit": {

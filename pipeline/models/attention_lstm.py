@@ -38,8 +38,8 @@ class AttentionLSTM(nn.Module):
     `lengths` a batch of padded series (see masking.py).
 
     `time_pool` k > 1: both branches read the means of k consecutive steps (a long series at a
-    scale the FCN's kernels and the RNN can span); the attention weights are spread back over
-    the steps each mean pooled.
+    scale the FCN's kernels and the RNN can span), and with `pool_extrema` their min and max
+    too; the attention weights are spread back over the steps each group pooled.
 
     Streaming (`step`): the softmax over time becomes an online softmax over the step scores e_t:
     running max m, running sum s = sum exp(e - m) and running weighted sum a = sum exp(e - m) h,
@@ -67,11 +67,15 @@ class AttentionLSTM(nn.Module):
         fcn_channels: tuple[int, ...],
         squeeze_excite: bool,
         time_pool: int,
+        pool_extrema: bool,
         target_index: tuple[int, ...] = (),
         future_size: int = 0,
         static_size: int = 0,
     ):
         super().__init__()
+        self.time_pool = time_pool
+        self.pool_extrema = pool_extrema and time_pool > 1
+        input_size *= 3 if self.pool_extrema else 1
         self.rnn = make_rnn(cell, input_size, hidden_size, num_layers, dropout, bidirectional)
         width = hidden_size * (2 if bidirectional else 1)
         self.fcn = conv_branch(input_size, tuple(fcn_channels), squeeze_excite)
@@ -86,7 +90,6 @@ class AttentionLSTM(nn.Module):
         self.head = nn.Linear(width + fcn_width + covariates, math.prod(self.output_shape))
         self.level_norm, self.scale_norm, self.season_norm = level_norm, scale_norm, season_norm
         self.series_norm = series_norm
-        self.time_pool = time_pool
         # export traces two pooled steps or more (one would make torch.export fix seq)
         self.min_length = max(min_length(season_norm), time_pool + 1)
         self.register_buffer("target_index", torch.tensor(target_index, dtype=torch.long))
@@ -103,7 +106,7 @@ class AttentionLSTM(nn.Module):
             mask = step_mask(lengths, seq)
         step_level_mask = mask
         if self.time_pool > 1:
-            x, share = pool_steps(x, self.time_pool, mask)
+            x, share = pool_steps(x, self.time_pool, mask, self.pool_extrema)
             mask = None if mask is None else share > 0
         states, _ = self.rnn(x)  # [batch, seq, width]
         scores = self.score(states).squeeze(-1)

@@ -7,6 +7,8 @@ steps; convolutions see zeros past the end, as 'same' padding of the unpadded se
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,18 +28,29 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def pool_steps(
-    x: torch.Tensor, k: int, mask: torch.Tensor | None
+    x: torch.Tensor, k: int, mask: torch.Tensor | None, extrema: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x [batch, seq, features] -> the means of k consecutive steps [batch, ceil(seq / k),
     features] (the last group may be shorter), padded steps left out; and the share of real steps
     in each group [batch, ceil(seq / k)] (0: a group of padding only, whose mean is 0).
+    `extrema`: each group's min and max follow its mean ([batch, groups, 3 * features]; 0 for a
+    group of padding only), so a spike shorter than k steps is not averaged away.
 
     Padded at the end by a fixed k - 1 steps, never by seq's remainder: torch.export keeps seq
     symbolic then."""
     real = torch.ones_like(x[:, :, :1]) if mask is None else mask.unsqueeze(2).to(x.dtype)
     share = F.avg_pool1d(F.pad(real.transpose(1, 2), (0, k - 1)), k, k)
     means = F.avg_pool1d(F.pad((x * real).transpose(1, 2), (0, k - 1)), k, k)
-    return (means / share.clamp(min=0.5 / k)).transpose(1, 2), share.squeeze(1)
+    stats = [means / share.clamp(min=0.5 / k)]
+    if extrema:
+        hidden = real.transpose(1, 2) == 0  # padding never wins a min or a max
+        for sign in (-1, 1):  # min = -max(-x)
+            signed = F.pad((sign * x.transpose(1, 2)).masked_fill(hidden, -math.inf), (0, k - 1),
+                           value=-math.inf).unsqueeze(2)  # fmt: skip
+            # max_pool2d over [.., 1, seq]: torch.export fixes seq through max_pool1d (and unfold)
+            peak = sign * F.max_pool2d(signed, (1, k), (1, k)).squeeze(2)
+            stats.append(torch.where(share > 0, peak, torch.zeros_like(peak)))
+    return torch.cat(stats, dim=1).transpose(1, 2), share.squeeze(1)
 
 
 def unpool_weights(

@@ -11,7 +11,7 @@ from pipeline.export.parity import parity_inputs
 from pipeline.inference import run_onnx, session
 from pipeline.meta import DataMeta, padded
 from pipeline.models.lstm import standardise
-from pipeline.models.masking import MaskedBatchNorm1d
+from pipeline.models.masking import MaskedBatchNorm1d, pool_steps
 
 META = DataMeta(
     task="classification", input_shape=[20, 3], labels=["a", "b", "c"], variable_length=True
@@ -33,6 +33,14 @@ FAMILIES = {
         "attention_size": 4,
         "fcn_channels": [8, 16, 8],
         "max_steps": 6,
+    },
+    "mlstm-fcn-pooled-extrema": {
+        "name": "attention_lstm",
+        "hidden_size": 8,
+        "attention_size": 4,
+        "fcn_channels": [8, 16, 8],
+        "max_steps": 6,
+        "pool_extrema": True,
     },
     "mlstm-fcn-series-norm": {
         "name": "attention_lstm",
@@ -89,6 +97,15 @@ def test_long_series_are_read_as_means_of_consecutive_steps():
         torch.testing.assert_close(model(group_means)[0], y)
         assert not torch.allclose(model(x.roll(1, dims=1))[0], y)
     torch.testing.assert_close(weights[:, ::4], weights[:, 3::4])  # a group's weight, split
+
+
+def test_pool_extrema_reads_each_groups_mean_min_and_max():
+    x = torch.tensor([[0.0, 4.0, 1.0, 2.0, 9.0], [3.0, -1.0, 5.0, 7.0, 0.0]]).unsqueeze(2)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])  # 2nd: 3 steps
+    pooled, share = pool_steps(x, 2, mask, extrema=True)
+    expected = [[[2, 0, 4], [1.5, 1, 2], [9, 9, 9]], [[1, -1, 3], [5, 5, 5], [0, 0, 0]]]
+    torch.testing.assert_close(pooled, torch.tensor(expected))
+    torch.testing.assert_close(share, torch.tensor([[1, 1, 0.5], [1, 0.5, 0]]))
 
 
 @pytest.mark.parametrize("name", ["lstm", "attention_lstm"])
@@ -183,7 +200,14 @@ def test_bidirectional_rnn_refuses_lengths():
 
 
 @pytest.mark.parametrize(
-    "name", ["gru-2-layers", "mlstm-fcn", "mlstm-fcn-pooled", "mlstm-fcn-series-norm"]
+    "name",
+    [
+        "gru-2-layers",
+        "mlstm-fcn",
+        "mlstm-fcn-pooled",
+        "mlstm-fcn-pooled-extrema",
+        "mlstm-fcn-series-norm",
+    ],
 )
 def test_onnx_takes_padded_series_and_lengths(tmp_path, name):
     torch.manual_seed(0)
