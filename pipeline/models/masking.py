@@ -45,8 +45,8 @@ def pool_steps(
     if extrema:
         hidden = real.transpose(1, 2) == 0  # padding never wins a min or a max
         for sign in (-1, 1):  # min = -max(-x)
-            signed = F.pad((sign * x.transpose(1, 2)).masked_fill(hidden, -math.inf), (0, k - 1),
-                           value=-math.inf).unsqueeze(2)  # fmt: skip
+            signed = (sign * x.transpose(1, 2)).masked_fill(hidden, -math.inf)
+            signed = F.pad(signed, (0, k - 1), value=-math.inf).unsqueeze(2)
             # max_pool2d over [.., 1, seq]: torch.export fixes seq through max_pool1d (and unfold)
             peak = sign * F.max_pool2d(signed, (1, k), (1, k)).squeeze(2)
             stats.append(torch.where(share > 0, peak, torch.zeros_like(peak)))
