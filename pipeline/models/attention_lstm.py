@@ -124,7 +124,7 @@ class AttentionLSTM(nn.Module):
 
     def streaming_unsupported(self) -> str | None:
         fcn = "fcn_channels: the convolutional branch pools over the whole window"
-        pool = f"max_steps: the model reads means of {self.time_pool} steps"
+        pool = f"max_steps: the model reads groups of {self.time_pool} steps"
         return (
             why_not_streamable(self)
             or (fcn if self.fcn is not None else None)
