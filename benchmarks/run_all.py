@@ -184,6 +184,17 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n" + note
 
 
+def added_result(path: Path) -> dict:
+    """The JSON object a benchmark printed last in `path`; exits with one line if it is not."""
+    try:
+        result = json.loads(path.read_text().strip().splitlines()[-1])
+    except (OSError, IndexError, ValueError) as err:
+        sys.exit(f"run_all.py: --add {path}: not a benchmark's JSON output ({err})")
+    if not isinstance(result, dict) or not {"benchmark", "machine"} <= result.keys():
+        sys.exit(f"run_all.py: --add {path}: its last line names no benchmark and machine")
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--only", nargs="*", default=list(SCRIPTS), choices=SCRIPTS)
@@ -192,7 +203,7 @@ def main() -> None:
     path = HERE / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     new = [run(name) for name in args.only]
-    new += [json.loads(added.read_text().strip().splitlines()[-1]) for added in args.add]
+    new += [added_result(path) for path in args.add]
     for result in new:
         results[key(result)] = result
     path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")

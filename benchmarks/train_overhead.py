@@ -190,8 +190,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
     gpu = torch.cuda.is_available()
-    cases = CASES | GPU_CASES if gpu else CASES
-    p.add_argument("--cases", nargs="*", default=list(cases), choices=list(CASES | GPU_CASES))
+    every = CASES | GPU_CASES
+    p.add_argument("--cases", nargs="*", default=list(every if gpu else CASES), choices=every)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     if not gpu:
@@ -201,7 +201,7 @@ def main() -> None:
         peak = bf16_peak_flops()
         result["gpu_bf16_matmul_tflops"] = round(peak / 1e12, 1)
     for name in args.cases:
-        case = (CASES | GPU_CASES)[name]
+        case = every[name]
         steps = args.steps if name == "lstm" else max(args.steps // 3, 10)
         data = make_data(case, (args.warmup + steps) * case["batch"])
         ours, plain = [], []
