@@ -56,10 +56,13 @@ def feeds(sess: ort.InferenceSession, x: np.ndarray, extra: dict | None = None) 
 
 
 def run_onnx(
-    sess: ort.InferenceSession, x: np.ndarray, extra: dict | None = None, chunk: int = 512
+    sess: ort.InferenceSession, x: np.ndarray, extra: dict | None = None
 ) -> list[np.ndarray]:
-    """Every output of the model (prediction first), run in chunks over the batch."""
+    """Every output of the model (prediction first), run in chunks of at most 512 samples and
+    2^20 input values: ConvLSTM's intermediate tensors are ~50x its input (200 sequences of
+    10 64x64 frames in one run took 10 GB)."""
     parts, extra = [], extra or {}
+    chunk = max(1, min(512, (1 << 20) // max(1, int(np.prod(x.shape[1:])))))
     for i in range(0, len(x), chunk):
         part = {name: v[i : i + chunk] for name, v in extra.items()}
         parts.append(sess.run(None, feeds(sess, x[i : i + chunk], part)))
