@@ -15,9 +15,11 @@ from pipeline.errors import DataError
 from pipeline.meta import DataMeta, first_error
 
 
-def session(path: str | Path) -> ort.InferenceSession:
+def session(path: str | Path, threads: int | None = 1) -> ort.InferenceSession:
+    """`threads`: ONNX Runtime's intra-op threads; None: one per core. One keeps reports the same
+    on every machine (the thread count changes the order of float sums)."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1  # thread count changes float summation order: keep reports stable
+    opts.intra_op_num_threads = threads or 0
     opts.inter_op_num_threads = 1
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -69,7 +69,8 @@ class Trainer(Strict):
     deterministic: bool = True
     progress_bar: bool = True
     num_workers: Annotated[int, Field(ge=0)] = 0
-    threads: PositiveInt | None = 1  # torch intra-op threads; None: torch's default (all cores)
+    # torch's intra-op threads in train, ONNX Runtime's in validate; None: all cores
+    threads: PositiveInt | None = 1
     max_epochs: PositiveInt | None = None  # when set, caps every experiment's fit.max_epochs
     # enforce: a failed validate gate fails the stage (exit 4); report: it is only reported
     # (validate.json's `passed`), for smoke runs (conf/trainer/smoke.yaml)

@@ -90,7 +90,8 @@ def int8_report(
             return {"int8_kept": False}, {}
         with tempfile.TemporaryDirectory(prefix="int8-") as tmp:
             path = quantize_int8(folder / "model.onnx", Path(tmp) / "model.onnx")
-            sess8 = session(path)
+            fp32 = fp32 or session(folder / "model.onnx")
+            sess8 = session(path, fp32.get_session_options().intra_op_num_threads or None)
             scores, _ = task.evaluate(run_onnx(sess8, x, extra)[0], x, y, meta)
             metric = task.headline
             drop = report[metric] - scores[metric]
@@ -109,7 +110,7 @@ def int8_report(
                 write_json(keep / NOT_KEPT, {"reason": why})
             sample = np.ascontiguousarray(x[:1])
             first = {k: v[:1] for k, v in (extra or {}).items()}
-            fp32_ms = median_latency_ms(fp32 or session(folder / "model.onnx"), sample, first)
+            fp32_ms = median_latency_ms(fp32, sample, first)
             int8_ms = median_latency_ms(sess8, sample, first)
     entries = {
         f"int8_{metric}": scores[metric],

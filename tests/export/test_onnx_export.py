@@ -64,6 +64,18 @@ def test_onnx_runtime_matches_torch_at_other_batch_and_sequence_lengths(exported
     assert {t for _, t in shapes} == {18, 36, 72}
 
 
+def test_a_session_uses_every_core_only_when_asked(exported):
+    """validate runs ONNX Runtime at trainer.threads: one (the reports' order of float sums),
+    or with `threads: null` (the gpu and ddp presets) one thread per core."""
+    module, path = exported
+    assert session(path).get_session_options().intra_op_num_threads == 1
+    every_core = session(path, None)
+    assert every_core.get_session_options().intra_op_num_threads == 0  # ORT: one per core
+    x = np.random.default_rng(1).normal(size=(3, 36, 2)).astype(np.float32)
+    worst, _, _ = parity(every_core, module.model, x, [3])
+    assert worst <= 1e-5
+
+
 def test_fixed_dims_are_refused():
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 24, 1])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 24, 1])
