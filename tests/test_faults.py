@@ -169,6 +169,18 @@ def test_a_store_that_cannot_be_created_gives_one_line(repo, capsys, monkeypatch
     assert one_line(capsys).startswith(f"lstm-pipeline train: error: MLflow store {uri}: cannot")
 
 
+@pytest.mark.parametrize("store", ["file://{repo}/mlruns", "mlruns"])
+def test_a_folder_store_gets_one_line_before_anything_is_written(repo, capsys, monkeypatch, store):
+    before = tree_digest(repo)
+    uri = store.format(repo=repo)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["train", EXP]) == 6
+    err = one_line(capsys)
+    assert err.startswith(f"lstm-pipeline train: error: MLflow store {uri}: ")
+    assert "MLFLOW_ALLOW_FILE_STORE=true" in err
+    assert tree_digest(repo) == before
+
+
 # --- stage inputs -------------------------------------------------------------------------------
 
 

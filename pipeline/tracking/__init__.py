@@ -45,6 +45,8 @@ def ensure_reachable(uri: str | None = None, timeout: float = 10.0) -> None:
         _check_http(uri, timeout)
     elif uri.startswith("sqlite:///"):
         _check_sqlite(uri, timeout)
+    elif urlsplit(uri).scheme in ("", "file"):
+        _check_folder_store(uri)
 
 
 def _check_http(uri: str, timeout: float) -> None:
@@ -76,6 +78,19 @@ def _check_http(uri: str, timeout: float) -> None:
         raise TrackingError(
             f"MLflow tracking server {redacted(uri)} is unreachable: {reason}"
         ) from None
+
+
+def _check_folder_store(uri: str) -> None:
+    """MLflow 3 refuses a folder store (`file://...`, `./mlruns`) unless told to allow it; it
+    raised that deep in the train stage, at the first run it created."""
+    from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+
+    if not MLFLOW_ALLOW_FILE_STORE.get():
+        raise TrackingError(
+            f"MLflow store {redacted(uri)}: MLflow no longer writes folder stores; use "
+            "sqlite:///<folder>/mlflow.db (`mlflow migrate-filestore` moves the runs) or set "
+            "MLFLOW_ALLOW_FILE_STORE=true"
+        )
 
 
 def _check_sqlite(uri: str, timeout: float) -> None:
