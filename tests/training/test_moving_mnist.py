@@ -1,10 +1,12 @@
 """conv_lstm_moving_mnist, the GPU-sized next-frame experiment (64x64 frames, 10 -> 10), as
 `lstm-pipeline compose` adds it, shrunk to a few sequences and a tiny model so that it runs end
-to end on the CPU (the full run needs a GPU: README, Next-frame quality)."""
+to end on the CPU, and with the `gpu` preset where CUDA is present (the full run needs a GPU:
+README, Next-frame quality)."""
 
 import json
 
 import pytest
+import torch
 import yaml
 
 from pipeline.cli import main
@@ -14,9 +16,13 @@ from tests.conftest import write_params
 EXP = "conv_lstm_moving_mnist"
 
 
+NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
 @pytest.mark.slow
-def test_the_moving_mnist_experiment_runs_end_to_end_shrunk(workdir):
-    raw = yaml.safe_load(compose([f"+experiment@experiments.{EXP}={EXP}"]))
+@pytest.mark.parametrize("trainer", ["cpu", pytest.param("gpu", marks=NO_GPU)])
+def test_the_moving_mnist_experiment_runs_end_to_end_shrunk(workdir, trainer):
+    raw = yaml.safe_load(compose([f"trainer={trainer}", f"+experiment@experiments.{EXP}={EXP}"]))
     exp = raw["experiments"][EXP]
     data = exp["data"]
     assert (data["frame_size"], data["input_frames"], data["output_frames"]) == (64, 10, 10)
@@ -24,7 +30,9 @@ def test_the_moving_mnist_experiment_runs_end_to_end_shrunk(workdir):
     exp["model"].update(hidden_channels=4)
     exp["fit"].update(max_epochs=1)
     exp["validate"].update(max={}, beat_baseline=False)  # one epoch on 8 sequences
-    raw.update(experiments={EXP: exp}, trainer={**raw["trainer"], "progress_bar": False})
+    raw.update(
+        experiments={EXP: exp}, trainer={**raw["trainer"], "progress_bar": False, "num_workers": 0}
+    )
     write_params(raw)
     for stage in ("prepare", "train", "export", "validate"):
         assert main([stage, EXP]) == 0, stage
