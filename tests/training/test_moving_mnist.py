@@ -14,8 +14,6 @@ from pipeline.config import compose
 from tests.conftest import write_params
 
 EXP = "conv_lstm_moving_mnist"
-
-
 NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
