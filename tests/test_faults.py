@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from mlflow import MlflowClient
 
 from pipeline.cli import main
 from pipeline.errors import SystemFault
@@ -254,12 +255,19 @@ def test_disk_full_names_the_output_and_keeps_the_old_one(repo):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_a_gpu_trainer_without_a_gpu_names_the_trainer(repo, capsys):
+def test_a_gpu_trainer_without_a_gpu_names_the_trainer_and_opens_no_run(repo, capsys):
     raw = params(repo)
     raw["trainer"].update(accelerator="gpu", precision="bf16-mixed")
     write_params(raw)
+    before = run_count()
     assert main(["train", EXP]) == 2
     assert "trainer (accelerator: gpu, devices: 1" in one_line(capsys)
+    assert run_count() == before  # it used to open one and leave it RUNNING
+
+
+def run_count() -> int:
+    client = MlflowClient()
+    return len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
 
 
 # --- release and predict ------------------------------------------------------------------------

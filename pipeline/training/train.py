@@ -34,7 +34,7 @@ from pipeline.training.fit import (
 )
 from pipeline.training.logger import deliver
 from pipeline.training.resume import resume_point
-from pipeline.training.trainer import TrainHooks, fit_precision
+from pipeline.training.trainer import TrainHooks, check_accelerator, fit_precision
 
 
 def slim_checkpoint(srcs: list[Path], dst: Path) -> None:
@@ -136,6 +136,7 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     data_sha256 = prepared.meta.content_sha256
+    check_accelerator(cfg.trainer, exp.fit)
     precision = fit_precision(cfg.trainer, exp.fit)
     if exp.fit.precision == "auto":
         print(f"fit.precision: auto -> {precision}")

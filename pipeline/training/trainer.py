@@ -111,13 +111,25 @@ def build_trainer(
         callbacks.append(RichProgressBar())
     try:
         trainer = _trainer(t, exp, ckpt_dir, logger, callbacks, hooks, refit_epochs)
-    except MisconfigurationException as err:  # e.g. trainer=gpu on a machine without CUDA
-        raise ConfigError(
-            f"trainer (accelerator: {t.accelerator}, devices: {t.devices}, strategy: "
-            f"{t.strategy}, {'fit.' if exp.fit.precision else ''}precision: "
-            f"{fit_precision(t, exp.fit)}): {err}"
-        ) from None
+    except MisconfigurationException as err:  # e.g. more devices than the machine has
+        raise trainer_error(t, exp.fit, err) from None
     return hooks.prepare(trainer) if hooks.prepare else trainer
+
+
+def trainer_error(t: Trainer, fit: Fit, why) -> ConfigError:
+    return ConfigError(
+        f"trainer (accelerator: {t.accelerator}, devices: {t.devices}, strategy: {t.strategy}, "
+        f"{'fit.' if fit.precision else ''}precision: {fit_precision(t, fit)}): {why}"
+    )
+
+
+def check_accelerator(t: Trainer, fit: Fit) -> None:
+    """trainer=gpu where torch sees no GPU, refused before train opens an MLflow run: the
+    Trainer that would refuse it is built later, and the run would be left RUNNING."""
+    if t.accelerator == "gpu" and not (
+        torch.cuda.is_available() or torch.backends.mps.is_available()
+    ):
+        raise trainer_error(t, fit, "No supported gpu backend found!")
 
 
 def _trainer(t, exp, ckpt_dir, logger, callbacks, hooks, refit_epochs) -> pl.Trainer:
