@@ -14,6 +14,7 @@ import yaml
 
 from pipeline.config import CONF_DIR
 from tests.conftest import write_params
+from tests.training.test_moving_mnist import run_shrunk
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,3 +38,7 @@ def test_gpu_presets_train_export_and_validate(workdir, params, preset):
     assert report["passed"] and report["parity_max_abs_diff"] <= 1e-4
     train = json.loads((workdir / f"metrics/{EXP}/train.json").read_text())
     assert train["epochs_run"] == 3
+
+
+def test_the_moving_mnist_experiment_on_the_gpu_preset(workdir):
+    run_shrunk(workdir, "gpu")
