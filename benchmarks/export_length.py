@@ -39,10 +39,12 @@ FAMILIES = {  # the model configs of the default experiments (params.yaml), on t
     "conv_lstm": (
         {
             "name": "conv_lstm",
-            "hidden_channels": 16,
+            "hidden_channels": 32,
             "num_layers": 2,
             "kernel_size": 3,
             "motion_filter": 5,
+            "frame_differences": True,
+            "patch_size": 4,
         },
         {"task": "frames", "input_shape": [0, 1, 16, 16], "horizon": 8},
     ),

@@ -55,10 +55,12 @@ FAMILIES = {
     "conv_lstm": (
         {
             "name": "conv_lstm",
-            "hidden_channels": 16,
+            "hidden_channels": 32,
             "num_layers": 2,
             "kernel_size": 3,
             "motion_filter": 5,
+            "frame_differences": True,
+            "patch_size": 4,
         },
         {"task": "frames", "horizon": 8},
     ),

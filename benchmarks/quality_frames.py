@@ -3,12 +3,12 @@ seeds: per seed, in one temp working dir, prepare, train, export and validate, a
 MSE and SSIM (mean over the predicted frames, and per step) beside copy-last-frame's.
 
 Usage: python benchmarks/quality_frames.py [--seeds 5] [--fit KEY=VALUE ...] [--model KEY=VALUE ...]
-                                          [--temperatures T ...]
---fit and --model override a key of the experiment's (a comparison). --temperatures also scores
-each seed's kept checkpoint (in torch) with the motion filter's temperature set to each T, on the
-validation and test splits: the fit does not depend on it (the train stage sets it after
-selection). Prints one JSON object (written to benchmarks/quality_frames.json unless an override
-or --temperatures is given) and a summary line.
+                                          [--data KEY=VALUE ...] [--temperatures T ...]
+--fit, --model and --data override a key of the experiment's (a comparison). --temperatures
+also scores each seed's kept checkpoint (in torch) with the motion filter's temperature set to
+each T, on the validation and test splits: the fit does not depend on it (the train stage sets
+it after selection). Prints one JSON object (written to benchmarks/quality_frames.json unless
+an override or --temperatures is given) and a summary line.
 """
 
 from __future__ import annotations
@@ -64,13 +64,15 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--fit", nargs="*", default=[], help="KEY=VALUE over the experiment's fit")
     p.add_argument("--model", nargs="*", default=[], help="KEY=VALUE over its model")
+    p.add_argument("--data", nargs="*", default=[], help="KEY=VALUE over its data")
     p.add_argument("--temperatures", nargs="*", type=float, default=[])
     args = p.parse_args()
-    fit, model = overrides(args.fit), overrides(args.model)
+    fit, model, data = overrides(args.fit), overrides(args.model), overrides(args.data)
     raw = yaml.safe_load((HERE.parent / "params.yaml").read_text())
     exp = raw["experiments"][EXP]
     exp["fit"].update(fit)
     exp["model"].update(model)
+    exp["data"].update(data)
     if args.temperatures and not exp["model"].get("motion_filter"):
         p.error(
             "--temperatures sets the motion filter's temperature: the model has no motion_filter"
@@ -93,6 +95,7 @@ def main() -> None:
         "command": " ".join(["python benchmarks/quality_frames.py", *sys.argv[1:]]),
         "fit": exp["fit"],
         "model": exp["model"],
+        "data": exp["data"],
         **{k: spread([r[k] for r in runs]) for k in ("mse", "ssim", "mse_ratio_to_baseline")},
         "copy_last_frame": baseline,
         "runs": runs,
@@ -109,7 +112,7 @@ def main() -> None:
             for split in ("val", "test")
         }
     text = json.dumps(result, indent=2)
-    if not (fit or model or args.temperatures):
+    if not (fit or model or data or args.temperatures):
         (HERE / "quality_frames.json").write_text(text + "\n")
     print(text)
     print(

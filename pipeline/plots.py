@@ -141,25 +141,27 @@ def attention(x: np.ndarray, weights: np.ndarray, out: Path, shown: int = 4) -> 
 
 
 def frames(inputs, pred, truth, mse, baseline_mse, out: Path) -> None:
-    """One test sequence as a strip (input / predicted / true rows, each frame labelled with
-    its time, t the last input frame) and per-step MSE as CSV."""
+    """The first test sequences (`inputs`, `pred`, `truth`: [n, frames, C, H, W]) as strips of
+    input / predicted / true rows, each frame labelled with its time (t the last input frame),
+    and per-step MSE as CSV."""
     _csv(
         pd.DataFrame(
             {"step": np.arange(1, len(mse) + 1), "mse": mse, "baseline_mse": baseline_mse}
         ),
         out / "frame_mse.csv",
     )
-    cols = max(len(inputs), len(pred))
-    fig, axes = figure(nrows=3, ncols=cols, figsize=(1.1 * cols, 4.2), squeeze=False)
-    rows = (("input", inputs, 1 - len(inputs)), ("predicted", pred, 1), ("true", truth, 1))
-    for row, (name, seq, first) in enumerate(rows):
-        for j, ax in enumerate(axes[row]):
-            if j >= len(seq):
-                ax.axis("off")
-                continue
-            ax.imshow(seq[j, 0], cmap="gray", vmin=0, vmax=1)
-            ax.set(xticks=[], yticks=[])
-            ax.set_xlabel(f"t{first + j:+d}" if first + j else "t", fontsize=7)
-        axes[row, 0].set_ylabel(name, fontsize=8)
+    n, cols = len(inputs), max(inputs.shape[1], pred.shape[1])
+    fig, axes = figure(nrows=3 * n, ncols=cols, figsize=(1.1 * cols, 3.8 * n), squeeze=False)
+    for i in range(n):
+        rows = (("input", inputs[i], 1 - inputs.shape[1]), ("predicted", pred[i], 1))
+        for row, (name, seq, first) in enumerate((*rows, ("true", truth[i], 1)), start=3 * i):
+            for j, ax in enumerate(axes[row]):
+                if j >= len(seq):
+                    ax.axis("off")
+                    continue
+                ax.imshow(seq[j, 0], cmap="gray", vmin=0, vmax=1)
+                ax.set(xticks=[], yticks=[])
+                ax.set_xlabel(f"t{first + j:+d}" if first + j else "t", fontsize=7)
+            axes[row, 0].set_ylabel(f"{i}: {name}" if row % 3 == 0 else name, fontsize=8)
     fig.tight_layout()
     save_png(fig, out / "frames.png")

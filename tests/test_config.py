@@ -96,6 +96,12 @@ def _error(raw) -> str:
             "motion_filter only",
         ),
         (
+            ("experiments", "conv_lstm_moving_digits", "model", "patch_size"),
+            3,
+            "experiments.conv_lstm_moving_digits: model.patch_size: 3 must divide data.frame_size "
+            "(16)",
+        ),
+        (
             ("experiments", "lstm_italypowerdemand", "model", "series_norm"),
             "ture",
             "experiments.lstm_italypowerdemand.model.series_norm: must be true, false or auto "
@@ -295,6 +301,11 @@ def test_an_experiment_that_sets_only_its_data_gets_the_tasks_default_recipe():
         "swept": {"data": monthly, "model": {"hidden_size": 8}},
         "one_season": {"data": {**monthly, "window": 18}},
         "season_off": {"data": monthly, "model": {"season_norm": 0}},
+        **{
+            f"frames_{n}": {"data": {"source": "moving_digits", "frame_size": n}}
+            for n in (24, 18, 15)
+        },
+        "frames_pixels": {"data": {"source": "moving_digits"}, "model": {"patch_size": 1}},
     }
     exps = parse_config({"experiments": raw}).experiments
     recipe = RECIPES["classification"]
@@ -307,3 +318,6 @@ def test_an_experiment_that_sets_only_its_data_gets_the_tasks_default_recipe():
     # the season (12) fits twice in the 36-step window: the recipe takes it out
     assert swept.model.season_norm == 12
     assert exps["one_season"].model.season_norm == 0 and exps["season_off"].model.season_norm == 0
+    # frames: patches of 4x4 pixels, or the largest size that divides the frame
+    assert [exps[f"frames_{n}"].model.patch_size for n in (24, 18, 15)] == [4, 2, 1]
+    assert exps["frames_pixels"].model.patch_size == 1

@@ -69,6 +69,8 @@ class Experiment(Strict):
         season = getattr(data, "season", None)
         if data.task == "forecast" and season and data.window >= 2 * season:
             model.setdefault("season_norm", season)
+        if data.task == "frames":  # patches of 4x4 pixels, or the largest size that divides
+            model.setdefault("patch_size", next(p for p in (4, 2, 1) if data.frame_size % p == 0))
         return {**raw, "model": model, "fit": fit}
 
     @model_validator(mode="after")
@@ -91,6 +93,9 @@ class Experiment(Strict):
                 f"model.season_norm: {period} needs windows of 2 periods or more "
                 f"(data.window is {self.data.window})"
             )
+        patch, frame = getattr(self.model, "patch_size", 1), getattr(self.data, "frame_size", 0)
+        if frame % patch:
+            raise ValueError(f"model.patch_size: {patch} must divide data.frame_size ({frame})")
         if self.fit.teacher_forcing and self.task != "frames":
             raise ValueError("fit.teacher_forcing applies to the frames task (conv_lstm) only")
         for key in ("label_smoothing", "scaling", "jitter"):

@@ -54,7 +54,7 @@ RECIPES: dict[str, dict[str, dict]] = {
     "frames": {
         "model": {
             "name": "conv_lstm",
-            "hidden_channels": 16,
+            "hidden_channels": 32,
             "num_layers": 2,
             "motion_filter": 5,
             "frame_differences": True,
@@ -62,8 +62,8 @@ RECIPES: dict[str, dict[str, dict]] = {
         },
         "fit": {
             "max_epochs": 10,
-            "batch_size": 8,
-            "lr": 2e-3,
+            "batch_size": 32,
+            "lr": 5e-3,
             "patience": 5,
             "teacher_forcing": 1.0,
             "precision": "auto",

@@ -413,12 +413,17 @@ def load_moving_digits(cfg) -> dict[str, np.ndarray]:
     scale = cfg.digit_size // 8
     images = np.kron(images, np.ones((scale, scale))) * (255 / 16)
     images = images.round().astype(np.uint8)
-    rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(len(images))
+    order = np.random.default_rng(cfg.seed).permutation(len(images))
     a, b = int(0.7 * len(images)), int(0.8 * len(images))
     pools = {"train": images[order[:a]], "val": images[order[a:b]], "test": images[order[b:]]}
     sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
-    return {s: _moving_sequences(pools[s], sizes[s], cfg, rng) for s in ("train", "val", "test")}
+    # one generator per split: the validation and test sequences do not change with train_size
+    return {
+        split: _moving_sequences(
+            pools[split], sizes[split], cfg, np.random.default_rng([cfg.seed, i])
+        )
+        for i, split in enumerate(("train", "val", "test"))
+    }
 
 
 def last_windows(path: Path, meta, id_column: str, time_column: str):

@@ -28,6 +28,11 @@ blur; sharpening them trades a little MSE for frames that keep their shapes (hig
 fit's validation must not see it: the sharpened validation loss is lowest at early epochs, whose
 sharpened frames are poor, so early stopping and selection would keep one of those.
 
+`patch_size` p: the cells run on p x p patches of the frame (space-to-depth, the `patch_size` of
+PredRNN and OpenSTL's Moving MNIST recipes): a 16x16 frame becomes a 4x4 grid of 16-pixel patches,
+so each step costs about p² times less and a 3x3 kernel sees p times further. The head's output
+is depth-to-space'd back, so the motion filter still moves single pixels.
+
 `frame_differences`: the first layer of both stacks reads each frame beside its difference from
 the frame before (a black frame before the first), the motion encoder's input of Villegas et al.
 2017 (MCnet): motion is in the input instead of having to be inferred from two hidden states.
@@ -118,6 +123,7 @@ class ConvLSTM(nn.Module):
         motion_filter: int,
         frame_differences: bool,
         filter_temperature: float,
+        patch_size: int,
     ):
         super().__init__()
         if filter_temperature <= 0:
@@ -134,6 +140,11 @@ class ConvLSTM(nn.Module):
                 f"output_shape must be (horizon, channels, height, width); got {output_shape}"
             )
         horizon, channels, height, width = (int(v) for v in output_shape)
+        if patch_size < 1 or height % patch_size or width % patch_size:
+            raise ValueError(
+                f"patch_size must be >= 1 and divide the frame size ({height}x{width}); "
+                f"got {patch_size}"
+            )
         if channels != input_size:
             raise ValueError(
                 f"output_shape channels ({channels}) must equal input_size ({input_size})"
@@ -146,7 +157,9 @@ class ConvLSTM(nn.Module):
         self.output_shape = (horizon, channels, height, width)
         self.scan_for_export = False
         self.frame_differences = frame_differences
-        first_input = 2 * input_size if frame_differences else input_size
+        self.patch_size = patch_size
+        first_input = (2 if frame_differences else 1) * input_size * patch_size**2
+        grid = (height // patch_size, width // patch_size)
 
         def stack() -> nn.ModuleList:
             return nn.ModuleList(
@@ -154,7 +167,7 @@ class ConvLSTM(nn.Module):
                     first_input if k == 0 else hidden_channels,
                     hidden_channels,
                     kernel_size,
-                    (height, width),
+                    grid,
                     peephole,
                 )
                 for k in range(num_layers)
@@ -169,7 +182,7 @@ class ConvLSTM(nn.Module):
             self.register_buffer("shift_kernels", shifts, persistent=False)
             self.register_buffer("temperature", torch.ones(()))  # 1 until finish_fit
         outputs = motion_filter**2 if motion_filter else channels
-        self.head = nn.Conv2d(num_layers * hidden_channels, outputs, kernel_size=1)
+        self.head = nn.Conv2d(num_layers * hidden_channels, outputs * patch_size**2, kernel_size=1)
 
     def forward(
         self,
@@ -189,16 +202,18 @@ class ConvLSTM(nn.Module):
                 f"got shape {tuple(x.shape)}"
             )
         if not self.frame_differences:
-            return self._forecast(self._encode(x), x[:, -1], None, teacher, teacher_mask)
+            states = self._encode(self._cell_input(x, None, dim=2))
+            return self._forecast(states, x[:, -1], None, teacher, teacher_mask)
         before = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
         states = self._encode(self._cell_input(x, before, dim=2))
         return self._forecast(states, x[:, -1], before[:, -1], teacher, teacher_mask)
 
     def _cell_input(self, frame: torch.Tensor, previous: torch.Tensor | None, dim: int = 1):
-        """What the first layer reads: the frame, beside its difference from `previous`."""
-        if not self.frame_differences:
-            return frame
-        return torch.cat([frame, frame - previous], dim=dim)
+        """What the first layer reads: the frame, beside its difference from `previous`, as
+        patches."""
+        if self.frame_differences:
+            frame = torch.cat([frame, frame - previous], dim=dim)
+        return F.pixel_unshuffle(frame, self.patch_size) if self.patch_size > 1 else frame
 
     def _forecast(
         self,
@@ -227,6 +242,8 @@ class ConvLSTM(nn.Module):
 
     def _next_frame(self, out: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """The head's output as a frame: pixels, or the motion filter applied to `previous`."""
+        if self.patch_size > 1:
+            out = F.pixel_shuffle(out, self.patch_size)
         if not self.motion_filter:
             return torch.sigmoid(out)
         batch, channels, height, width = previous.shape

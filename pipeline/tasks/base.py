@@ -40,6 +40,9 @@ class Task:
     def torchmetrics(self, meta: DataMeta) -> dict:
         raise NotImplementedError
 
+    # torchmetrics left out on training batches (validation and test keep them)
+    not_in_training: ClassVar[tuple[str, ...]] = ()
+
     def buffers(self, meta: DataMeta) -> dict:
         """Tensors the module keeps (not saved) for metric_inputs."""
         return {}

@@ -34,10 +34,12 @@ class SequenceModule(pl.LightningModule):
         self.model = model_for(model_cfg, self.meta)
         for name, tensor in self.task.buffers(self.meta).items():  # built once, not every step
             self.register_buffer(name, tensor, persistent=False)
-        collection = MetricCollection(self.task.torchmetrics(self.meta))
+        metrics = self.task.torchmetrics(self.meta)
+        training = {k: m for k, m in metrics.items() if k not in self.task.not_in_training}
+        collection = MetricCollection(metrics)
         self.stage_metrics = torch.nn.ModuleDict(
             {
-                "fit": collection.clone(prefix="train/"),
+                "fit": MetricCollection(training).clone(prefix="train/"),
                 "val": collection.clone(prefix="val/"),
                 "test": collection.clone(prefix="test/"),
             }

@@ -21,6 +21,9 @@ def test_sequences_are_seeded_uint8_and_sized_from_config():
     assert all(v.dtype == np.uint8 for v in a.values())
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["train"], c["train"])
+    more = load_moving_digits(MovingDigitsData(**{**SMALL, "train_size": 16}))
+    assert np.array_equal(more["val"], a["val"]) and np.array_equal(more["test"], a["test"])
+    assert np.array_equal(more["train"][:8], a["train"])  # more sequences, the same first ones
     lit = (a["test"] > 0).reshape(6 * 8, -1).sum(axis=1)
     assert (lit > 0).all()  # every frame shows a digit
 

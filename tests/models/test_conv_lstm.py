@@ -9,7 +9,8 @@ C, H, W = 2, 8, 8
 K = 3
 T = 6
 FAMILY = {"hidden_channels": 4, "num_layers": 2, "kernel_size": 3, "peephole": True,
-          "motion_filter": 0, "frame_differences": False, "filter_temperature": 1.0}  # fmt: skip
+          "motion_filter": 0, "frame_differences": False, "filter_temperature": 1.0,
+          "patch_size": 1}  # fmt: skip
 
 
 def make(peephole: bool = True, seed: int = 0, **kw) -> ConvLSTM:
@@ -37,12 +38,13 @@ def test_output_shape_and_range_at_several_lengths(seq, differences):
 
 
 @pytest.mark.parametrize(
-    "peephole, differences",
-    [(False, False), (True, False), (False, True)],
-    ids=["plain", "peephole", "differences"],
+    "peephole, differences, patch",
+    [(False, False, 1), (True, False, 1), (False, True, 1), (True, True, 2)],
+    ids=["plain", "peephole", "differences", "patches"],
 )
-def test_loop_and_scan_paths_agree(peephole, differences):
-    check_loop_and_scan_agree(make(peephole, frame_differences=differences), frames, (1, T))
+def test_loop_and_scan_paths_agree(peephole, differences, patch):
+    model = make(peephole, frame_differences=differences, patch_size=patch)
+    check_loop_and_scan_agree(model, frames, (1, T))
 
 
 @pytest.mark.parametrize(
@@ -52,8 +54,10 @@ def test_loop_and_scan_paths_agree(peephole, differences):
         {"peephole": True},
         {"motion_filter": 3},
         {"motion_filter": 3, "frame_differences": True},
+        {"motion_filter": 3, "frame_differences": True, "patch_size": 2},
+        {"peephole": True, "patch_size": 4},
     ],
-    ids=["plain", "peephole", "motion", "motion-differences"],
+    ids=["plain", "peephole", "motion", "motion-differences", "patches", "pixel-patches"],
 )
 def test_conv_lstm_passes_the_model_checks(tmp_path, options):
     cfg = {"name": "conv_lstm", "hidden_channels": 4, "num_layers": 2, **options}
@@ -82,14 +86,18 @@ def test_frame_differences_feed_each_frame_beside_its_change_from_the_one_before
     torch.testing.assert_close(seen["forecaster"], last)
 
 
-def test_the_motion_filter_moves_pixels_instead_of_painting_them():
+@pytest.mark.parametrize("patch", [1, 2, 4])
+def test_the_motion_filter_moves_pixels_instead_of_painting_them(patch):
     """A head that always picks the offset 'one pixel left' of a 5x5 filter: each predicted
-    frame is the previous one moved one pixel right, as sharp as the input (zeros come in)."""
-    model = make(peephole=False, motion_filter=5).eval()
+    frame is the previous one moved one pixel right, as sharp as the input (zeros come in).
+    On p x p patches the head gives each of a patch's p² pixels its own filter, so the frame
+    still moves by single pixels."""
+    model = make(peephole=False, motion_filter=5, patch_size=patch).eval()
+    left = 2 * 5 + 1  # (dy, dx) = (0, -1) around the centre (2, 2)
     with torch.no_grad():
         model.head.weight.zero_()
         model.head.bias.fill_(-30.0)
-        model.head.bias[2 * 5 + 1] = 30.0  # (dy, dx) = (0, -1) around the centre (2, 2)
+        model.head.bias[left * patch**2 : (left + 1) * patch**2] = 30.0  # depth-to-space order
         x = frames(2, T)
         y = model(x)
     last = x[:, -1]
@@ -156,9 +164,41 @@ def test_the_module_forces_true_frames_in_training_steps_only():
     assert not torch.isclose(train, val)
 
 
+def test_training_batches_track_mse_and_validation_and_test_ssim_too():
+    """SSIM of teacher-forced training frames is not the model's own: only MSE is kept there."""
+    module = SequenceModule({"name": "conv_lstm", "hidden_channels": 4}, FRAMES)
+    keys = {k: set(m.keys(keep_base=False)) for k, m in module.stage_metrics.items()}
+    assert keys == {
+        "fit": {"train/mse"},
+        "val": {"val/mse", "val/ssim"},
+        "test": {"test/mse", "test/ssim"},
+    }
+
+
 def test_an_even_motion_filter_is_refused():
     with pytest.raises(ValueError, match="motion_filter must be 0 or odd and >= 3; got 4"):
         make(motion_filter=4)
+
+
+def test_patches_feed_the_cells_a_grid_of_patch_pixel_channels():
+    """Each cell sees the frame (and its difference) as a (H/p, W/p) grid whose channels are
+    a patch's pixels: space-to-depth, so the frame is recovered exactly by depth-to-space."""
+    model = make(frame_differences=True, motion_filter=3, patch_size=2).eval()
+    seen = []
+    model.encoder[0].conv_x.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    x = frames(2, T)
+    with torch.no_grad():
+        model(x)
+    before = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+    both = torch.cat([x, x - before], dim=2).reshape(-1, 2 * C, H, W)
+    assert seen[0].shape == (2 * T, 2 * C * 4, H // 2, W // 2)
+    torch.testing.assert_close(torch.nn.functional.pixel_shuffle(seen[0], 2), both)
+    assert model.encoder[0].zero_state(x)[0].shape == (2, 4, H // 2, W // 2)
+
+
+def test_a_patch_size_that_does_not_divide_the_frame_is_refused():
+    with pytest.raises(ValueError, match="patch_size must be >= 1 and divide the frame size"):
+        make(patch_size=3)
 
 
 def test_a_filter_temperature_of_zero_is_refused():
