@@ -75,7 +75,14 @@ def test_every_reported_metric_has_a_direction_and_the_gates_read_it(name, tmp_p
 AXIS_LABELS = {
     "forecast": {("months ahead", "y")},  # freq MS; the target's name
     "classification": {("predicted", "actual")},
-    "frames": {("t-3", "input"), ("t", ""), ("t+1", "predicted"), ("t+1", "true"), ("t+2", "")},
+    "frames": {
+        ("t-3", "0: input"),
+        ("t-3", "1: input"),
+        ("t", ""),
+        ("t+1", "predicted"),
+        ("t+1", "true"),
+        ("t+2", ""),
+    },
     "learning_curve": {("epoch", "loss")},
     "attention": {("time step", "input (scaled)"), ("", "attention weight")},
 }
