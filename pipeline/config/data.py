@@ -169,7 +169,7 @@ class MovingDigitsData(Strict):
     max_digits: Literal[1, 2] = 2
     input_frames: PositiveInt = 8
     output_frames: PositiveInt = 8
-    train_size: PositiveInt = 512
+    train_size: PositiveInt = 2048  # what the next-frame recipe was chosen with
     val_size: PositiveInt = 128
     test_size: PositiveInt = 256
     seed: int = 0
