@@ -92,7 +92,7 @@ class ConvLstmModel(Strict):
     frame_differences: bool = False  # the first layers also read each frame minus the one before
     # below 1: the motion filter's softmax sharpened once the fit is over (less blur over steps)
     filter_temperature: Annotated[float, Field(gt=0)] = 1.0
-    patch_size: PositiveInt = 1  # the cells run on p x p patches (p² times cheaper steps)
+    patch_size: PositiveInt = 1  # the cells run on p x p patches (p² less convolution work)
 
     @field_validator("motion_filter")
     @classmethod

@@ -29,9 +29,9 @@ fit's validation must not see it: the sharpened validation loss is lowest at ear
 sharpened frames are poor, so early stopping and selection would keep one of those.
 
 `patch_size` p: the cells run on p x p patches of the frame (space-to-depth, the `patch_size` of
-PredRNN and OpenSTL's Moving MNIST recipes): a 16x16 frame becomes a 4x4 grid of 16-pixel patches,
-so each step costs about p² times less and a 3x3 kernel sees p times further. The head's output
-is depth-to-space'd back, so the motion filter still moves single pixels.
+PredRNN and OpenSTL's Moving MNIST recipes): a 16x16 frame becomes a 4x4 grid of 16-pixel
+patches, so a step's convolutions do p² times less work and a 3x3 kernel sees p times further.
+The head's output is depth-to-space'd back, so the motion filter still moves single pixels.
 
 `frame_differences`: the first layer of both stacks reads each frame beside its difference from
 the frame before (a black frame before the first), the motion encoder's input of Villegas et al.
