@@ -265,6 +265,18 @@ def test_a_gpu_trainer_without_a_gpu_names_the_trainer_and_opens_no_run(repo, ca
     assert run_count() == before  # it used to open one and leave it RUNNING
 
 
+def test_a_strategy_lightning_refuses_names_it_and_leaves_no_run_running(repo, capsys):
+    raw = params(repo)
+    raw["trainer"]["strategy"] = "fsdp"  # Lightning's FSDP needs a GPU
+    write_params(raw)
+    assert main(["train", EXP]) == 2
+    line = one_line(capsys)
+    assert "strategy: fsdp" in line and "requires a GPU accelerator" in line, line
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert "RUNNING" not in {run.info.status for run in runs}  # it used to stay RUNNING
+
+
 def run_count() -> int:
     client = MlflowClient()
     return len(client.search_runs([e.experiment_id for e in client.search_experiments()]))

@@ -111,8 +111,11 @@ def build_trainer(
         callbacks.append(RichProgressBar())
     try:
         trainer = _trainer(t, exp, ckpt_dir, logger, callbacks, hooks, refit_epochs)
-    except MisconfigurationException as err:  # e.g. more devices than the machine has
-        raise trainer_error(t, exp.fit, err) from None
+    # e.g. more devices than the machine has, a strategy Lightning does not know or that needs
+    # a GPU: Lightning says which with a MisconfigurationException or a ValueError
+    except (MisconfigurationException, ValueError) as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise trainer_error(t, exp.fit, first.split(". ")[0]) from None
     return hooks.prepare(trainer) if hooks.prepare else trainer
 
 
