@@ -17,7 +17,8 @@ layer of each nn.LSTM/GRU, which it does not see inside cuDNN's single op; backw
 and the peak is a dense bf16 8192^3 matrix product measured on the same GPU. A GPU-sized case,
 `lstm_wide`, runs there only (a 2-core CPU would take minutes).
 
-Usage: python benchmarks/train_overhead.py [--steps N] [--repeats R] [--bf16]   (prints one JSON object)
+Usage: python benchmarks/train_overhead.py [--steps N] [--repeats R] [--bf16]
+(prints one JSON object)
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ CASES = {
         },
         meta={"task": "frames", "input_shape": [8, 1, 16, 16], "horizon": 8},
         batch=32,
-    ),  # fmt: skip
+    ),
 }
 # what a GPU is for: hidden 512 x 2 layers over 128 steps of 32 features, batch 256
 GPU_CASES = {
@@ -203,8 +204,8 @@ def main() -> None:
     p.add_argument(
         "--bf16",
         action="store_true",
-        help="bf16-mixed on the CPU too (as the "
-        "frames recipe's fit.precision: auto trains where the CPU computes bfloat16)",
+        help="bf16-mixed on the CPU too: the frames recipe's fit.precision: auto trains so "
+        "where the CPU computes bfloat16",
     )
     args = p.parse_args()
     bf16 = gpu or args.bf16
