@@ -8,7 +8,7 @@ RAY_ADDRESS is set) and keeps every member in one model.ckpt.
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import replace
 from pathlib import Path
 
@@ -156,7 +156,8 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
         except TrackingError:  # the outputs are written; the rerun sends the rest and ends it
             raise
         except BaseException:  # Lightning ends the run only for errors inside trainer.fit
-            logger.finalize("failed")
+            with suppress(Exception):  # the error to report is the one that stopped the fit
+                logger.finalize("failed")
             raise
     return model_dir(exp_name)
 
