@@ -265,9 +265,11 @@ def test_a_gpu_trainer_without_a_gpu_names_the_trainer_and_opens_no_run(repo, ca
     assert run_count() == before  # it used to open one and leave it RUNNING
 
 
-def test_a_strategy_lightning_refuses_names_it_and_leaves_no_run_running(repo, capsys):
+@pytest.mark.parametrize("ensemble", [1, 2], ids=["one-model", "ensemble"])
+def test_a_strategy_lightning_refuses_names_it_and_leaves_no_run_running(repo, capsys, ensemble):
     raw = params(repo)
     raw["trainer"]["strategy"] = "fsdp"  # Lightning's FSDP needs a GPU
+    raw["experiments"][EXP]["fit"]["ensemble"] = ensemble  # members' runs are nested
     write_params(raw)
     assert main(["train", EXP]) == 2
     line = one_line(capsys)

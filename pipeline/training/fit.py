@@ -18,7 +18,7 @@ from pipeline.data.prepared import Prepared
 from pipeline.paths import prepared_dir
 from pipeline.tracking import tracking_uri
 from pipeline.training.datamodule import PreparedDataModule
-from pipeline.training.logger import PatientMLFlowLogger
+from pipeline.training.logger import PatientMLFlowLogger, failed_on_error
 from pipeline.training.module import SequenceModule
 from pipeline.training.resume import RESUME_FILE, ResumeState, save_run_id, saved_run_id
 from pipeline.training.trainer import History, TrainHooks, build_trainer
@@ -167,4 +167,5 @@ def fit_member(cfg, exp_name: str, index: int, parent: Parent, hooks, ckpt_dir: 
     tags = {**parent.tags, "mlflow.parentRunId": parent.run_id, "member": str(index)}
     member_dir = ckpt_dir / f"member{index}"
     logger = continued_logger(cfg, f"{parent.run_name}/member{index}", tags, member_dir, hooks)
-    return fit_and_select(cfg, exp, prepared, logger, hooks, member_dir, cfg.seed + index)
+    with failed_on_error(logger):
+        return fit_and_select(cfg, exp, prepared, logger, hooks, member_dir, cfg.seed + index)

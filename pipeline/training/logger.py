@@ -17,6 +17,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from lightning_fabric.utilities.logger import _convert_params, _flatten_dict
@@ -176,6 +178,21 @@ class PatientMLFlowLogger(MLFlowLogger):
 
 def _lines(entries: list) -> str:
     return "".join(json.dumps(e) + "\n" for e in entries)
+
+
+@contextmanager
+def failed_on_error(logger: PatientMLFlowLogger) -> Iterator[PatientMLFlowLogger]:
+    """Ends the run FAILED on any error: Lightning does so only for errors inside trainer.fit,
+    and one in building the Trainer, testing or writing the outputs left it RUNNING. Not on a
+    TrackingError: the outputs are written, and the rerun sends the rest and ends the run."""
+    try:
+        yield logger
+    except TrackingError:
+        raise
+    except BaseException:
+        with suppress(Exception):  # the error to report is the one that stopped the fit
+            logger.finalize("failed")
+        raise
 
 
 def deliver(logger: PatientMLFlowLogger, log_rest, folder: Path) -> None:

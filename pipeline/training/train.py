@@ -8,7 +8,7 @@ RAY_ADDRESS is set) and keeps every member in one model.ckpt.
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext, suppress
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +20,6 @@ from pipeline import plots
 from pipeline.checkpoint import PREFIX
 from pipeline.config import PipelineConfig
 from pipeline.data.prepared import Prepared
-from pipeline.errors import TrackingError
 from pipeline.io import atomic_dir, atomic_file, file_digest, write_json
 from pipeline.meta import SPREAD_LIMIT
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
@@ -33,7 +32,7 @@ from pipeline.training.fit import (
     fit_member,
     update_capped,
 )
-from pipeline.training.logger import deliver
+from pipeline.training.logger import deliver, failed_on_error
 from pipeline.training.resume import resume_point
 from pipeline.training.trainer import TrainHooks, check_accelerator, fit_precision
 
@@ -151,24 +150,16 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
         folder, hooks = resume_point(cfg, exp_name, data_sha256), replace(hooks, resumable=True)
     with folder as ckpt_dir:
         logger = continued_logger(cfg, hooks.run_name or exp_name, tags, Path(ckpt_dir), hooks)
-        try:
-            fit_and_deliver(cfg, exp_name, exp, prepared, logger, hooks, Path(ckpt_dir), tags)
-        except TrackingError:  # the outputs are written; the rerun sends the rest and ends it
-            raise
-        except BaseException:  # Lightning ends the run only for errors inside trainer.fit
-            with suppress(Exception):  # the error to report is the one that stopped the fit
-                logger.finalize("failed")
-            raise
+        with failed_on_error(logger):
+            logger.log_hyperparams({"seed": cfg.seed, **exp.model_dump(by_alias=True)})
+            if exp.fit.ensemble == 1:
+                fitted = fit_and_select(cfg, exp, prepared, logger, hooks, Path(ckpt_dir), cfg.seed)
+                members = [fitted]
+            else:
+                parent = Parent(logger.run_id, hooks.run_name or exp_name, tags)
+                members = fit_members(cfg, exp_name, parent, hooks, Path(ckpt_dir))
+            if not members[0].is_global_zero:
+                return model_dir(exp_name)
+            metrics = write_outputs(exp_name, members)
+            deliver(logger, lambda: log_run(logger, exp_name, members, metrics), Path(ckpt_dir))
     return model_dir(exp_name)
-
-
-def fit_and_deliver(cfg, exp_name, exp, prepared, logger, hooks, ckpt_dir: Path, tags) -> None:
-    logger.log_hyperparams({"seed": cfg.seed, **exp.model_dump(by_alias=True)})
-    if exp.fit.ensemble == 1:
-        members = [fit_and_select(cfg, exp, prepared, logger, hooks, ckpt_dir, cfg.seed)]
-    else:
-        parent = Parent(logger.run_id, hooks.run_name or exp_name, tags)
-        members = fit_members(cfg, exp_name, parent, hooks, ckpt_dir)
-    if members[0].is_global_zero:
-        metrics = write_outputs(exp_name, members)
-        deliver(logger, lambda: log_run(logger, exp_name, members, metrics), ckpt_dir)
