@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline import warm
 from pipeline.config import PARAMS_FILE, compose, load_config
-from pipeline.errors import ConfigError, PipelineError, SystemFault
+from pipeline.errors import ConfigError, PipelineError, SystemFault, first_line
 from pipeline.io import usable_cores
 from pipeline.quiet import quiet
 
@@ -204,7 +204,7 @@ def _as_pipeline_error(err: BaseException) -> PipelineError:
             "out of memory; lower the model's size (model.hidden_size, model.num_layers) or "
             "fit.batch_size"
         )
-    first = (str(err).strip().splitlines() or [""])[0][:300]
+    first = first_line(err)[:300]
     return PipelineError(
         f"unexpected {type(err).__name__}: {first} (rerun with --debug for the traceback)"
     )

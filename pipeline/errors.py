@@ -41,3 +41,8 @@ class Interrupted(PipelineError):
     """Stopped by a signal (SIGTERM, SIGUSR1); the resume point is kept."""
 
     exit_code = 143
+
+
+def first_line(err: BaseException) -> str:
+    """An error's message as one line: its first (libraries' messages run on for lines)."""
+    return (str(err).strip().splitlines() or [""])[0]

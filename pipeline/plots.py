@@ -153,8 +153,12 @@ def frames(inputs, pred, truth, mse, baseline_mse, out: Path) -> None:
     n, cols = len(inputs), max(inputs.shape[1], pred.shape[1])
     fig, axes = figure(nrows=3 * n, ncols=cols, figsize=(1.1 * cols, 3.8 * n), squeeze=False)
     for i in range(n):
-        rows = (("input", inputs[i], 1 - inputs.shape[1]), ("predicted", pred[i], 1))
-        for row, (name, seq, first) in enumerate((*rows, ("true", truth[i], 1)), start=3 * i):
+        rows = (
+            ("input", inputs[i], 1 - inputs.shape[1]),
+            ("predicted", pred[i], 1),
+            ("true", truth[i], 1),
+        )
+        for row, (name, seq, first) in enumerate(rows, start=3 * i):
             for j, ax in enumerate(axes[row]):
                 if j >= len(seq):
                     ax.axis("off")
@@ -162,6 +166,6 @@ def frames(inputs, pred, truth, mse, baseline_mse, out: Path) -> None:
                 ax.imshow(seq[j, 0], cmap="gray", vmin=0, vmax=1)
                 ax.set(xticks=[], yticks=[])
                 ax.set_xlabel(f"t{first + j:+d}" if first + j else "t", fontsize=7)
-            axes[row, 0].set_ylabel(f"{i}: {name}" if row % 3 == 0 else name, fontsize=8)
+            axes[row, 0].set_ylabel(f"{i}: {name}" if name == "input" else name, fontsize=8)
     fig.tight_layout()
     save_png(fig, out / "frames.png")

@@ -274,14 +274,16 @@ def test_a_strategy_lightning_refuses_names_it_and_leaves_no_run_running(repo, c
     assert main(["train", EXP]) == 2
     line = one_line(capsys)
     assert "strategy: fsdp" in line and "requires a GPU accelerator" in line, line
+    assert "RUNNING" not in {run.info.status for run in all_runs()}  # it used to stay RUNNING
+
+
+def all_runs() -> list:
     client = MlflowClient()
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert "RUNNING" not in {run.info.status for run in runs}  # it used to stay RUNNING
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
 def run_count() -> int:
-    client = MlflowClient()
-    return len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+    return len(all_runs())
 
 
 # --- release and predict ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from pipeline.config import Experiment, PipelineConfig
 from pipeline.config.run import Fit, Trainer
-from pipeline.errors import ConfigError, TrainingError
+from pipeline.errors import ConfigError, TrainingError, first_line
 
 
 class History(Callback):
@@ -114,8 +114,7 @@ def build_trainer(
     # e.g. more devices than the machine has, a strategy Lightning does not know or that needs
     # a GPU: Lightning says which with a MisconfigurationException or a ValueError
     except (MisconfigurationException, ValueError) as err:
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise trainer_error(t, exp.fit, first.split(". ")[0]) from None
+        raise trainer_error(t, exp.fit, first_line(err).split(". ")[0]) from None
     return hooks.prepare(trainer) if hooks.prepare else trainer
 
 
