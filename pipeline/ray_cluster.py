@@ -17,6 +17,10 @@ from pipeline.config import Resources
 from pipeline.errors import ConfigError
 
 CONNECT_TIMEOUT_S = 10
+ANSWER_TIMEOUT_S = 3  # a gRPC server sends its SETTINGS frame as it accepts, whatever its load
+# ray.init's attempts, a second apart, to reach the GCS of a cluster that check_reachable found
+# answering: Ray's 20 make a client refused for its token wait 20 s for the error.
+JOIN_ATTEMPTS = 4
 LOOPBACK = "127.0.0.1"
 
 
@@ -42,6 +46,7 @@ def check_reachable(address: str, key: str) -> None:
         raise ConfigError(f"{key}: {address!r} is not host:port (e.g. 10.0.0.5:6379)")
     try:
         with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S) as conn:
+            conn.settimeout(ANSWER_TIMEOUT_S)
             if os.environ.get("RAY_USE_TLS", "0") in ("0", ""):
                 conn.sendall(_HTTP2_HELLO)
                 answer = conn.recv(9)
@@ -99,6 +104,10 @@ def ray_session(address: str | None = None, key: str = "tune.address") -> Iterat
     temp_dir = None
     if address:
         check_reachable(address, key)
+        from ray._private import ray_constants
+
+        attempts = ray_constants.NUM_REDIS_GET_RETRIES
+        ray_constants.NUM_REDIS_GET_RETRIES = min(attempts, JOIN_ATTEMPTS)
         try:
             with held_stderr():
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
@@ -109,6 +118,8 @@ def ray_session(address: str | None = None, key: str = "tune.address") -> Iterat
                 "authentication needs RAY_AUTH_MODE=token and its token "
                 "(~/.ray/auth_token or RAY_AUTH_TOKEN) here too, as the README shows"
             ) from None
+        finally:
+            ray_constants.NUM_REDIS_GET_RETRIES = attempts
     else:
         # A short path: Ray's Unix sockets live under it (about 107 characters at most).
         temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")

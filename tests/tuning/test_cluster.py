@@ -1,5 +1,6 @@
-"""A real two-node Ray cluster on loopback: `ray start --head` plus a second node joined with
-`ray start --address`, each with its own temp dir and ports; ended by PID in teardown."""
+"""A real two-node Ray cluster on loopback with token authentication, as the README starts one:
+`ray start --head` plus a second node joined with `ray start --address`, each with its own temp
+dir and ports; ended by PID in teardown."""
 
 import json
 import os
@@ -15,7 +16,6 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.cli import main
 from tests.conftest import free_port, write_params
 from tests.tuning.conftest import EXP, LOOPBACK_IPS, listening_ips, sweep_params
 
@@ -29,7 +29,8 @@ RAY_START_ON_LOOPBACK = (
     "services.resolve_ip_for_localhost = lambda host: host; "
     "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()"
 )
-CLIENT_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0123456789abcdef" * 2}
+CLIENT_ENV = {**TOKEN, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 CPUS_PER_NODE = 2
 
 
@@ -62,6 +63,23 @@ def start_node(args: list[str], env: dict) -> subprocess.Popen:
     return proc
 
 
+def running(procs: list[psutil.Process], within: float) -> list[psutil.Process]:
+    """Those of `procs` still running after at most `within` s. An ended process whose parent
+    died first stays a zombie until PID 1 reaps it: ended all the same."""
+    deadline = time.monotonic() + within
+    while True:
+        left = []
+        for p in procs:
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    left.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        if not left or time.monotonic() > deadline:
+            return left
+        psutil.wait_procs(left, timeout=0.1)  # reaps those that are this process's children
+
+
 def end_by_pid(procs: list[subprocess.Popen]) -> None:
     """End each node's process tree, then remove its temp dir (sessions, logs, sockets)."""
     tree = []
@@ -75,13 +93,13 @@ def end_by_pid(procs: list[subprocess.Popen]) -> None:
             p.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(tree, timeout=5)
+    alive = running(tree, within=5)
     for p in alive:  # gcs_server may ignore SIGTERM
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(alive, timeout=10)
+    running(alive, within=10)
     for proc in procs:
         shutil.rmtree(proc.temp_dir, ignore_errors=True)
 
@@ -106,9 +124,7 @@ def wait_for_nodes(address: str, env: dict, count: int, deadline: float) -> None
 @pytest.fixture(scope="module")
 def cluster_nodes():
     """(the head's address, the `ray start --block` process of each node)."""
-    from ray._private import ray_constants
-
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **TOKEN, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     client_env = {**env, **CLIENT_ENV}
     address = f"127.0.0.1:{free_port()}"
@@ -122,11 +138,9 @@ def cluster_nodes():
         procs.append(start_node([f"--address={address}"], env))
         wait_for_nodes(address, client_env, 2, deadline)
         os.environ.update(CLIENT_ENV)  # clients must match the cluster
-        ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray already
         yield address, procs
     finally:
         end_by_pid(procs)
-        ray_constants.ENABLE_RAY_CLUSTER = True
         for key, value in previous.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -138,6 +152,13 @@ def cluster_nodes():
 @pytest.fixture(scope="module")
 def cluster(cluster_nodes):
     return cluster_nodes[0]
+
+
+def tune(env) -> subprocess.CompletedProcess:
+    """The tune stage in its own process: Ray reads RAY_AUTH_MODE once per process, and this
+    one imported Ray before the cluster's token was set."""
+    cmd = [sys.executable, "-m", "pipeline", "tune", EXP]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_the_cluster_listens_on_loopback_only(cluster_nodes):
@@ -156,12 +177,7 @@ def test_sweep_on_an_existing_cluster_uses_both_nodes(cluster, tune_workdir, par
             params, address=cluster, resources_per_trial={"cpu": CPUS_PER_NODE}, scheduler="fifo"
         )
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "tune", EXP],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = tune(os.environ)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tune_workdir / "tune" / EXP / "best_params.yaml").exists()
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
@@ -173,11 +189,12 @@ def test_sweep_on_an_existing_cluster_uses_both_nodes(cluster, tune_workdir, par
     assert len({t.data.tags["ray_node_id"] for t in trials}) == 2
 
 
-def test_trial_larger_than_any_node_is_refused(cluster, tune_workdir, params, capsys):
+def test_trial_larger_than_any_node_is_refused(cluster, tune_workdir, params):
     write_params(sweep_params(params, address=cluster, resources_per_trial={"cpu": 3}))
-    assert main(["tune", EXP]) == 2
+    proc = tune(os.environ)
+    assert proc.returncode == 2
     assert "tune.resources_per_trial.cpu: 3 exceeds the largest node of the cluster (2 CPUs)" in (
-        capsys.readouterr().err
+        proc.stderr
     )
 
 
@@ -225,28 +242,13 @@ def test_ensemble_members_train_in_parallel_on_the_cluster(cluster, tune_workdir
     assert not any((tune_workdir / ".ray_results").iterdir())  # the shared checkpoints went
 
 
-def test_a_client_without_the_clusters_token_gets_one_line(tune_workdir, params):
-    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0123456789abcdef" * 2}
-    env = {**os.environ, **token, "RAY_USAGE_STATS_ENABLED": "0"}
-    address = f"127.0.0.1:{free_port()}"
-    port = address.rsplit(":", 1)[1]
-    head = start_node(["--head", f"--port={port}", "--include-dashboard=false"], env)
-    try:
-        wait_for_nodes(address, {**env, **CLIENT_ENV, **token}, 1, time.monotonic() + 60)
-        write_params(sweep_params(params, address=address))
-        client_env = {k: v for k, v in os.environ.items() if k not in token}
-        proc = subprocess.run(
-            [sys.executable, "-m", "pipeline", "tune", EXP],
-            env={**client_env, **CLIENT_ENV},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    finally:
-        end_by_pid([head])
+def test_a_client_without_the_clusters_token_gets_one_line(cluster, tune_workdir, params):
+    write_params(sweep_params(params, address=cluster))
+    client_env = {k: v for k, v in os.environ.items() if k not in TOKEN}
+    proc = tune({**client_env, "RAY_AUTH_MODE": "disabled"})
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"lstm-pipeline tune: error: tune.address: the Ray cluster at {address} did not accept "
+        f"lstm-pipeline tune: error: tune.address: the Ray cluster at {cluster} did not accept "
         "this client (its authentication token is missing or wrong here); a cluster started with "
         "token authentication needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token or "
         "RAY_AUTH_TOKEN) here too, as the README shows"
