@@ -44,5 +44,6 @@ class Interrupted(PipelineError):
 
 
 def first_line(err: BaseException) -> str:
-    """An error's message as one line: its first (libraries' messages run on for lines)."""
-    return (str(err).strip().splitlines() or [""])[0]
+    """An error's message as one line: its first (libraries' messages run on for lines), or the
+    error's type where the message is empty."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

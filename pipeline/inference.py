@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, first_line
 from pipeline.meta import DataMeta, first_error
 
 
@@ -24,8 +24,7 @@ def session(path: str | Path, threads: int | None = 1) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own pybind types for missing or corrupt files
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"{path}: not a loadable ONNX model ({first_line})") from None
+        raise DataError(f"{path}: not a loadable ONNX model ({first_line(err)})") from None
 
 
 def onnx_meta(sess: ort.InferenceSession) -> DataMeta:

@@ -8,7 +8,7 @@ from contextlib import closing, suppress
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from pipeline.errors import TrackingError
+from pipeline.errors import TrackingError, first_line
 from pipeline.io import file_digest
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -128,7 +128,7 @@ def _create_sqlite(uri: str, path: Path) -> None:
             if not path.exists():
                 os.replace(new, path)
     except Exception as err:  # sqlite/SQLAlchemy/MLflow errors, a folder that cannot be made
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        reason = first_line(err)[:200]
         raise TrackingError(f"MLflow store {uri}: cannot create it ({reason})") from None
     finally:
         with suppress(OSError):

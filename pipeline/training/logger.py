@@ -28,7 +28,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 from requests.exceptions import RequestException
 
-from pipeline.errors import TrackingError
+from pipeline.errors import TrackingError, first_line
 from pipeline.io import append_text, atomic_file
 from pipeline.tracking import redacted, tracking_uri
 from pipeline.training.resume import saved_run_id
@@ -145,7 +145,7 @@ class PatientMLFlowLogger(MLFlowLogger):
                     self._rewrite(self.pending)  # the file must not hold what was sent
                 self.send_at = time.monotonic() + RETRY_S
                 if not self.down:
-                    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+                    reason = first_line(err)[:200]
                     print(
                         f"warning: MLflow tracking server unreachable ({reason}); training goes "
                         "on, its metrics are kept and sent when the server answers",
@@ -215,7 +215,7 @@ def deliver(logger: PatientMLFlowLogger, log_rest, folder: Path) -> None:
     raise TrackingError(
         f"the outputs are written, but MLflow run {logger.run_id} at {redacted(tracking_uri())} "
         f"is incomplete: the server did not answer for {DELIVER_S:.0f} s"
-        + (f" ({str(error).splitlines()[0][:200]})" if error else "")
+        + (f" ({first_line(error)[:200]})" if error else "")
         + "; run the train stage again once it answers: it resumes at the end and sends the rest"
     )
 
