@@ -7,7 +7,9 @@ the background: it imports the stage modules, exports a tiny model once (torch.o
 first-export set-up), listens on a Unix socket, and later imports what its children imported. Later
 stages connect and hand it their argv, working folder and standard streams; it forks a child
 that runs the stage as `lstm-pipeline` would. The client forwards its signals to the child, the
-child dies with its client or the server, and the client exits with the child's status.
+child dies with its client or the server, and the client exits with the child's status. A train,
+export or validate stage that finds a server still importing waits for it (START_WAIT_S at most
+after the server's start) rather than import the same stack beside it.
 
 A server serves only clients that match the one that started it: interpreter and its flags,
 sys.path, working folder, environment (but DVC_STAGE and the shell's own variables, which are
@@ -57,6 +59,11 @@ WARM_UPS = ("pipeline.export.onnx_export",)
 IDLE_S = 20.0  # dvc starts the next stage within a second or two
 STALE_S = 7 * 24 * 3600.0  # a key whose server has not started for this long is deleted
 ANSWER_S = 5.0  # a server that has not forked within this is not used
+# A stage that would import torch itself waits this long after a server's start for it to listen:
+# the server is already part-way through the same imports (a second stage of a repro starts
+# while the first stage's server imports).
+START_WAIT_S = 15.0
+IMPORT_TORCH = ("train", "export", "validate")
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 LIMITS = [getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")]
 PR_SET_PDEATHSIG = 1
@@ -160,15 +167,46 @@ def run() -> int | None:
     path = folder / f"{key}.sock"
     if len(os.fsencode(path)) >= SOCKET_PATH_MAX or (folder / f"{key}.failed").exists():
         return None
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = _connect(path)
+    if conn is None and "DVC_STAGE" in os.environ:  # dvc runs a pipeline: more stages follow
+        if sys.argv[1] in IMPORT_TORCH and _starting(folder / f"{key}.lock"):
+            conn = _wait_for(path, folder / f"{key}.lock")
+        else:
+            _start_server(key)
+    if conn is None:
+        return None
     with conn:
-        try:
-            conn.connect(str(path))
-        except OSError:
-            if "DVC_STAGE" in os.environ:  # dvc runs a pipeline: more stages follow
-                _start_server(key)
-            return None
         return _run_in_child(conn)
+
+
+def _connect(path: Path) -> socket.socket | None:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(str(path))
+    except OSError:
+        conn.close()
+        return None
+    return conn
+
+
+def _starting(lock: Path) -> bool:
+    """A server holds `lock` (its pid is in it) and started less than START_WAIT_S ago."""
+    try:
+        pid, started = int(lock.read_text() or 0), lock.stat().st_mtime
+        if pid > 0:
+            os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return pid > 0 and time.time() - started < START_WAIT_S
+
+
+def _wait_for(path: Path, lock: Path) -> socket.socket | None:
+    """The starting server's connection once it listens; None if it ends or is late."""
+    while _starting(lock):
+        time.sleep(0.1)
+        if conn := _connect(path):
+            return conn
+    return None
 
 
 def _start_server(key: str) -> None:

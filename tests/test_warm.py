@@ -175,3 +175,21 @@ def test_without_room_for_a_socket_the_stage_runs_in_its_own_process(root, tmp_p
     assert stage(root, "validate", "no_such_experiment", XDG_RUNTIME_DIR=str(deep)).wait(60) == 2
     time.sleep(1)
     assert not list(deep.glob("*/*.lock"))
+
+
+def test_a_training_that_finds_a_server_starting_waits_and_runs_in_it(root):
+    """Rather than import torch beside a server that is importing it: the first stage's server
+    is still starting when the next stage comes."""
+    folder = Path(tempfile.mkdtemp(prefix="lp-"))
+    try:
+        assert stage(root, "validate", "no_such_experiment", XDG_RUNTIME_DIR=str(folder)).wait(60)
+        deadline = time.monotonic() + 60
+        while not [p for p in folder.glob("*/*.lock") if p.read_text()]:  # the server's pid
+            assert time.monotonic() < deadline, "no warm server started"
+            time.sleep(0.05)
+        assert not list(folder.glob("*/*.sock"))  # not listening yet
+        run(root, "train", EXP, XDG_RUNTIME_DIR=str(folder))
+        assert list(folder.glob("*/*.modules"))  # written by a warm child
+    finally:
+        stop_warm_servers(folder)
+        shutil.rmtree(folder)
