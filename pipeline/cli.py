@@ -240,7 +240,11 @@ def console() -> None:
     `dvc repro` starts 20), after every output is written and closed. What a normal exit does
     first still runs, in its order: threading's shutdown (it stops idle thread pools, e.g.
     MLflow's downloads, then joins the non-daemon threads), the exit handlers, flushing stdio."""
-    code = warm.run()
+    try:
+        code = warm.run()
+    except KeyboardInterrupt:  # while it waited for a starting server: the stage never ran
+        print(f"lstm-pipeline {sys.argv[1]}: interrupted", file=sys.stderr)
+        code = 130
     if code is None:
         code = main()
     threading._shutdown()  # what the interpreter calls first; joining threads alone would hang

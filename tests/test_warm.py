@@ -179,16 +179,23 @@ def test_without_room_for_a_socket_the_stage_runs_in_its_own_process(root, tmp_p
 
 def test_a_training_that_finds_a_server_starting_waits_and_runs_in_it(root):
     """Rather than import torch beside a server that is importing it: the first stage's server
-    is still starting when the next stage comes."""
+    is still starting when the next stage comes. Ctrl-C while waiting: one line, exit 130."""
     folder = Path(tempfile.mkdtemp(prefix="lp-"))
+    starting = {"XDG_RUNTIME_DIR": str(folder)}
     try:
-        assert stage(root, "validate", "no_such_experiment", XDG_RUNTIME_DIR=str(folder)).wait(60)
+        assert stage(root, "validate", "no_such_experiment", **starting).wait(60) == 2
         deadline = time.monotonic() + 60
         while not [p for p in folder.glob("*/*.lock") if p.read_text()]:  # the server's pid
             assert time.monotonic() < deadline, "no warm server started"
             time.sleep(0.05)
         assert not list(folder.glob("*/*.sock"))  # not listening yet
-        run(root, "train", EXP, XDG_RUNTIME_DIR=str(folder))
+        training = stage(root, "train", EXP, **starting)
+        stopped = stage(root, "validate", EXP, **starting)
+        time.sleep(2)  # past its imports, into the wait
+        stopped.send_signal(signal.SIGINT)
+        assert stopped.wait(60) == 130
+        assert "lstm-pipeline validate: interrupted\n" in (root / "stages.log").read_text()
+        assert training.wait(300) == 0
         assert list(folder.glob("*/*.modules"))  # written by a warm child
     finally:
         stop_warm_servers(folder)
