@@ -210,6 +210,11 @@ def _as_pipeline_error(err: BaseException) -> PipelineError:
     )
 
 
+def _interrupted(command: str) -> int:
+    print(f"lstm-pipeline {command}: interrupted", file=sys.stderr)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     for var, value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1")):
@@ -221,8 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"lstm-pipeline {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted(args.command)
     except Exception as err:
         if args.debug:
             raise
@@ -243,8 +247,7 @@ def console() -> None:
     try:
         code = warm.run()
     except KeyboardInterrupt:  # while it waited for a starting server: the stage never ran
-        print(f"lstm-pipeline {sys.argv[1]}: interrupted", file=sys.stderr)
-        code = 130
+        code = _interrupted(sys.argv[1])
     if code is None:
         code = main()
     threading._shutdown()  # what the interpreter calls first; joining threads alone would hang

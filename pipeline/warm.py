@@ -167,10 +167,10 @@ def run() -> int | None:
     path = folder / f"{key}.sock"
     if len(os.fsencode(path)) >= SOCKET_PATH_MAX or (folder / f"{key}.failed").exists():
         return None
-    conn = _connect(path)
+    conn, lock = _connect(path), folder / f"{key}.lock"
     if conn is None and "DVC_STAGE" in os.environ:  # dvc runs a pipeline: more stages follow
-        if sys.argv[1] in IMPORT_TORCH and _starting(folder / f"{key}.lock"):
-            conn = _wait_for(path, folder / f"{key}.lock")
+        if sys.argv[1] in IMPORT_TORCH and _starting(lock):
+            conn = _wait_for(path, lock)
         else:
             _start_server(key)
     if conn is None:
@@ -190,14 +190,16 @@ def _connect(path: Path) -> socket.socket | None:
 
 
 def _starting(lock: Path) -> bool:
-    """A server holds `lock` (its pid is in it) and started less than START_WAIT_S ago."""
+    """A server holds `lock` (it writes its pid there as it starts) and started less than
+    START_WAIT_S ago."""
     try:
         pid, started = int(lock.read_text() or 0), lock.stat().st_mtime
-        if pid > 0:
-            os.kill(pid, 0)
+        if pid <= 0 or time.time() - started >= START_WAIT_S:
+            return False
+        os.kill(pid, 0)  # alive: a server killed by SIGKILL leaves its pid behind
     except (OSError, ValueError):
         return False
-    return pid > 0 and time.time() - started < START_WAIT_S
+    return True
 
 
 def _wait_for(path: Path, lock: Path) -> socket.socket | None:

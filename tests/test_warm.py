@@ -190,7 +190,7 @@ def test_a_training_that_finds_a_server_starting_waits_and_runs_in_it(root):
             time.sleep(0.05)
         assert not list(folder.glob("*/*.sock"))  # not listening yet
         training = stage(root, "train", EXP, **starting)
-        stopped = subprocess.Popen(  # with Ctrl-C's handler, which a background job's ignore
+        stopped = subprocess.Popen(  # Ctrl-C's handler: a background job's children ignore SIGINT
             [BIN / "lstm-pipeline", "validate", EXP], cwd=root, env=env(root, **starting),
             stderr=subprocess.PIPE, text=True,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
