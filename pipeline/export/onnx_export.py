@@ -5,6 +5,7 @@ metadata_props carry what torch-free inference needs: task, family, scaler, labe
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -139,12 +140,45 @@ def scan_loops(model: torch.nn.Module):
             m.scan_for_export = False
 
 
+_OP_TABLES: dict[int, object] = {}  # opset -> torch.onnx's table of ATen -> ONNX functions
+
+
+@contextmanager
+def op_table_built_once():
+    """torch.onnx builds its table of ATen -> ONNX functions anew for every export, parsing the
+    source of ~1,000 onnxscript functions (0.8 s of each export here): while exporting, it gets
+    a copy of the one this process built first. The table is the same, and so is the file."""
+    from torch.onnx._internal.exporter._constants import TORCHLIB_OPSET
+    from torch.onnx._internal.exporter._registration import ONNXRegistry
+
+    built = ONNXRegistry.__dict__["from_torchlib"]
+
+    def from_torchlib(cls, opset_version=TORCHLIB_OPSET):
+        if opset_version not in _OP_TABLES:
+            _OP_TABLES[opset_version] = built.__func__(cls, opset_version)
+        table = copy.copy(_OP_TABLES[opset_version])
+        table.functions = {target: list(metas) for target, metas in table.functions.items()}
+        return table
+
+    ONNXRegistry.from_torchlib = classmethod(from_torchlib)
+    try:
+        yield
+    finally:
+        ONNXRegistry.from_torchlib = built
+
+
 def _onnx_program(model: torch.nn.Module, example: tuple, scan: bool = True, **kwargs):
     """torch.onnx.export (dynamo) with its chatter silenced; `scan`: time loops as ONNX Scan
     (a step model has no time loop to keep dynamic)."""
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     loops = scan_loops(model) if scan else nullcontext()
-    with torch.no_grad(), rnn_shapes_only(), loops, warnings.catch_warnings():
+    with (
+        torch.no_grad(),
+        rnn_shapes_only(),
+        loops,
+        op_table_built_once(),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")  # tracer deprecation chatter, not actionable by users
         program = torch.onnx.export(model, example, dynamo=True, verbose=False, **kwargs)
     rnn_nodes_or_raise(model, program.model_proto)

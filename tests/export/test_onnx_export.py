@@ -140,3 +140,19 @@ def test_the_file_carries_no_source_paths_and_is_the_same_in_every_clone(exporte
     assert str(REPO).encode() not in data and b"site-packages" not in data
     graph = onnx.load(path).graph
     assert not any(node.metadata_props or node.doc_string for node in graph.node)
+
+
+def test_an_export_with_the_op_table_built_before_writes_the_same_bytes(exported, tmp_path):
+    """torch.onnx's ATen -> ONNX table is built once per process (onnx_export.op_table_built_once):
+    an export that builds it and one that copies it give the same file, and torch.onnx gets its
+    own builder back after each export."""
+    from torch.onnx._internal.exporter._registration import ONNXRegistry
+
+    from pipeline.export import onnx_export
+
+    module, _ = exported
+    builder = ONNXRegistry.__dict__["from_torchlib"]
+    onnx_export._OP_TABLES.clear()
+    built = export_module(module, tmp_path / "built.onnx", "lstm").read_bytes()
+    assert onnx_export._OP_TABLES and ONNXRegistry.__dict__["from_torchlib"] is builder
+    assert export_module(module, tmp_path / "copied.onnx", "lstm").read_bytes() == built
