@@ -12,9 +12,11 @@ export or validate stage that finds a server still importing waits for it (START
 after the server's start) rather than import the same stack beside it.
 
 A server serves only clients that match the one that started it: interpreter and its flags,
-sys.path, working folder, environment (but DVC_STAGE and the shell's own variables, which are
-sent), resource limits, umask, the pipeline/ sources and the installed packages, all hashed into
-the socket's name. A child then differs from a fresh process only in not paying for imports.
+sys.path, environment (but PER_PROCESS, which each client sends: dvc's and the shell's own, the
+tracking server's address), resource limits, umask, the pipeline/ sources and the installed
+packages, all hashed into the socket's name (sys.path's entries relative to the working folder
+made absolute). So the stages of another experiment or folder run warm as well. A child then
+differs from a fresh process only in not paying for imports.
 No server, or one that does not answer in time: the stage runs in its own process as before
 (a server that could not start leaves `<key>.failed`, its traceback, and is not tried again).
 Linux only; `LSTM_PIPELINE_WARM=0` turns it off. The server exits IDLE_S seconds after its last
@@ -68,8 +70,13 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 LIMITS = [getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")]
 PR_SET_PDEATHSIG = 1
 SOCKET_PATH_MAX = 108  # sun_path's size on Linux, its final NUL included
-# Variables that differ between a dvc run's stages and that no import reads: sent, not hashed
-PER_PROCESS = ("DVC_STAGE", "PWD", "OLDPWD", "SHLVL", "_")
+# Variables that differ between stages and that no import reads: sent with each stage, not
+# hashed. dvc's (the stage, the experiment's name), the shell's, where runs are tracked, and a
+# test runner's per-test name: stages of other experiments, folders and tests share a server.
+PER_PROCESS = ("PWD", "OLDPWD", "SHLVL", "_", "PYTEST_CURRENT_TEST", "MLFLOW_TRACKING_URI",
+               "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+               "MLFLOW_TRACKING_TOKEN")  # fmt: skip
+PER_PROCESS_PREFIX = "DVC_"
 _client_parent: int | None = None  # in a warm child: the parent of the client it runs for
 
 
@@ -86,15 +93,28 @@ def _folder() -> Path:
     return path
 
 
+def _per_process(name: str) -> bool:
+    return name in PER_PROCESS or name.startswith(PER_PROCESS_PREFIX)
+
+
 def _shared_env() -> dict[str, str]:
     """The environment a server and its clients share (hashed into its key)."""
-    return {k: v for k, v in os.environ.items() if k not in PER_PROCESS}
+    return {k: v for k, v in os.environ.items() if not _per_process(k)}
 
 
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def _import_paths() -> list[str]:
+    """sys.path, its entries relative to the working folder ('' among them) made absolute: a
+    child runs in its client's folder, which its imports read only through them."""
+    return [
+        os.path.abspath(p or ".") if not os.path.isabs(p) and os.path.isdir(p or ".") else p
+        for p in sys.path
+    ]
 
 
 def _key() -> str:
@@ -112,8 +132,7 @@ def _key() -> str:
     ]
     identity = {
         "python": [sys.executable, sys.flags, sys.warnoptions, sys._xoptions],
-        "cwd": os.getcwd(),
-        "paths": sys.path,
+        "paths": _import_paths(),
         "installed": installed,
         "env": sorted(_shared_env().items()),
         "limits": [resource.getrlimit(n) for n in LIMITS],
@@ -240,7 +259,7 @@ def _run_in_child(conn: socket.socket) -> int | None:
     lines = _Lines(conn)
     conn.settimeout(ANSWER_S)
     try:
-        env = {k: os.environ.get(k) for k in PER_PROCESS}
+        env = {k: v for k, v in os.environ.items() if _per_process(k)}
         request = {"argv": sys.argv, "cwd": os.getcwd(), "env": env, "parent": os.getppid()}
         _send(conn, request, [0, 1, 2])
         started = _next(lines)
@@ -477,11 +496,9 @@ class _Server:
             for stream in (sys.stdout, sys.stderr):
                 stream.reconfigure(line_buffering=stream is sys.stderr or stream.isatty())
             os.chdir(request["cwd"])
-            for name, value in request["env"].items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+            for name in [k for k in os.environ if _per_process(k)]:  # the server's own
+                del os.environ[name]
+            os.environ.update(request["env"])
             sys.argv = request["argv"]  # as given: Lightning's DDP relaunches it
             atexit.register(_tell_modules, self.learned)
             self.entry()

@@ -5,6 +5,7 @@ ends with its client or with the dvc that started it."""
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -26,10 +27,8 @@ OUTPUTS = (f"models/{EXP}/model.ckpt", f"metrics/{EXP}/train.json", f"models/{EX
 
 
 def env(root: Path, **extra) -> dict:
-    """As dvc runs a stage, with this module's own folder for warm servers (and without
-    pytest's per-test variable: a server serves only an identical environment)."""
-    inherited = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    return {**inherited, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+    """As dvc runs a stage, with this module's own folder for warm servers."""
+    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
             "XDG_RUNTIME_DIR": str(warm_dir(root)), "DVC_STAGE": "test", **extra}  # fmt: skip
 
 
@@ -105,6 +104,36 @@ def test_a_warm_stage_writes_the_bytes_of_a_stage_in_its_own_process(root):
     assert [stage(root, command, EXP).wait(300) for command in stages] == codes
     assert outputs(root) == cold
     assert set(warm_dir(root).glob("*/*.modules")) - learned  # ran warm
+
+
+def runs(db: Path) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        return [name for (name,) in conn.execute("SELECT name FROM runs")]
+
+
+def test_a_stage_of_another_folder_and_store_runs_in_the_same_server(
+    root, tmp_path, mlflow_template
+):
+    """The working folder, the tracking URI and dvc's variables come with each stage: another
+    clone's (or experiment's) stages run warm in the same server, in their own folder and
+    tracked in their own store."""
+    server(root)
+    (sock,) = servers(root)
+    keys, learned = set(warm_dir(root).glob("*/*.lock")), sock.with_suffix(".modules")
+    before = learned.stat().st_mtime_ns if learned.exists() else 0
+    other = tmp_path / "other"
+    shutil.copytree(root / "data/prepared" / EXP, other / "data/prepared" / EXP)
+    shutil.copy(root / "params.yaml", other / "params.yaml")
+    shutil.copy(mlflow_template, other / "mlflow.db")
+    tracked = runs(root / "mlflow.db")
+    extra = {"MLFLOW_TRACKING_URI": f"sqlite:///{other}/mlflow.db", "DVC_EXP_NAME": "other"}
+    proc = subprocess.run([BIN / "lstm-pipeline", "train", EXP], cwd=other, env=env(root, **extra),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert learned.exists() and learned.stat().st_mtime_ns > before  # run by a child of it
+    assert set(warm_dir(root).glob("*/*.lock")) == keys  # and no other server started
+    assert (other / f"models/{EXP}/model.ckpt").exists()
+    assert runs(other / "mlflow.db") == [EXP] and runs(root / "mlflow.db") == tracked
 
 
 def test_a_server_deletes_the_files_of_keys_unused_for_a_week(root):
