@@ -53,6 +53,7 @@ def timed_stages(cmd: list[str], cwd: Path, env: dict) -> tuple[float, dict[str,
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-repro-") as tmp:
         work, env = clone_repo(tmp)
+        env["XDG_RUNTIME_DIR"] = tmp  # its own warm servers: none left by other work serves it
         shutil.rmtree(work / "metrics", ignore_errors=True)
         experiments = yaml.safe_load((work / "params.yaml").read_text())["experiments"]
         total, stages = timed_stages(["dvc", "repro"], work, env)

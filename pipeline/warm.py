@@ -58,7 +58,7 @@ PRELOAD = (  # the stage modules, and what they import only when run
 )
 # Their warm_up() does what the first use in a process sets up: torch.onnx's first export
 WARM_UPS = ("pipeline.export.onnx_export",)
-IDLE_S = 20.0  # dvc starts the next stage within a second or two
+IDLE_S = 60.0  # dvc starts the next stage within seconds; a user the next run within a minute
 STALE_S = 7 * 24 * 3600.0  # a key whose server has not started for this long is deleted
 ANSWER_S = 5.0  # a server that has not forked within this is not used
 # A stage that would import torch itself waits this long after a server's start for it to listen:
