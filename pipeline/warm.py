@@ -102,6 +102,11 @@ def _shared_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not _per_process(k)}
 
 
+def _sent_env() -> dict[str, str]:
+    """The rest, which each client sends with its stage."""
+    return {k: v for k, v in os.environ.items() if _per_process(k)}
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -259,8 +264,7 @@ def _run_in_child(conn: socket.socket) -> int | None:
     lines = _Lines(conn)
     conn.settimeout(ANSWER_S)
     try:
-        env = {k: v for k, v in os.environ.items() if _per_process(k)}
-        request = {"argv": sys.argv, "cwd": os.getcwd(), "env": env, "parent": os.getppid()}
+        request = {"argv": sys.argv, "cwd": os.getcwd(), "env": _sent_env(), "parent": os.getppid()}
         _send(conn, request, [0, 1, 2])
         started = _next(lines)
     except (OSError, ValueError):
@@ -496,7 +500,7 @@ class _Server:
             for stream in (sys.stdout, sys.stderr):
                 stream.reconfigure(line_buffering=stream is sys.stderr or stream.isatty())
             os.chdir(request["cwd"])
-            for name in [k for k in os.environ if _per_process(k)]:  # the server's own
+            for name in _sent_env():  # the server's own
                 del os.environ[name]
             os.environ.update(request["env"])
             sys.argv = request["argv"]  # as given: Lightning's DDP relaunches it
