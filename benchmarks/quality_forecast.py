@@ -14,10 +14,13 @@ dev series (OUTSIDE, checks of the recipe on series it was not chosen on): seatb
 and gdp, each with its last h steps held out.
 
 Usage: python benchmarks/quality_forecast.py [--series airline-12 ...] [--members 5]
-       [--model KEY=VALUE ...] [--fit KEY=VALUE ...] [--max-epochs K]
+       [--model KEY=VALUE ...] [--fit KEY=VALUE ...] [--max-epochs K] [--origins K]
 --model and --fit override a key of the recipe's (a comparison, never the default); --max-epochs
-caps every fit (smoke runs only). Prints one JSON object (written to
-benchmarks/quality_forecast.json only for the dev series with the recipe as it is) and a table.
+caps every fit (smoke runs only). --origins K runs the protocol K times per series, the series
+cut 0, 1, ..., K - 1 steps shorter (each run holds out the h steps before its own end), and
+reports each figure averaged over the origins: coverage over K h points, not one window's h.
+Prints one JSON object (written to benchmarks/quality_forecast.json only for the dev series with
+the recipe as it is and one origin) and a table.
 """
 
 from __future__ import annotations
@@ -90,18 +93,24 @@ OUTSIDE = {
 }  # fmt: skip
 
 
-def data_config(name: str, work: Path) -> dict:
+def data_config(name: str, work: Path, cut: int = 0) -> dict:
+    """The series as a long CSV, its last `cut` steps dropped (an earlier forecast origin)."""
     import sktime.datasets
 
     loader, keys = {**SERIES, **OUTSIDE}[name]
     y = loader() if callable(loader) else getattr(sktime.datasets, loader)()
-    path = work / f"{name}.csv"
+    y = y.iloc[: len(y) - cut]
+    path = work / f"{experiment(name, cut)}.csv"
     pd.DataFrame({"series_id": name, "time": np.arange(len(y)), "value": y.to_numpy()}).to_csv(
         path, index=False
     )
     h = keys["horizon"]
     return {"source": "csv", "path": str(path), "task": "forecast", "features": ["value"],
             "targets": ["value"], "val_size": 2 * h, "test_size": h, **keys}  # fmt: skip
+
+
+def experiment(name: str, cut: int) -> str:
+    return name.replace("-", "_") + (f"_cut{cut}" if cut else "")
 
 
 def member_errors(exp: str, work: Path) -> list[dict]:
@@ -118,8 +127,8 @@ def member_errors(exp: str, work: Path) -> list[dict]:
     return scores
 
 
-def measure(name: str, work: Path, env: dict) -> dict:
-    exp = name.replace("-", "_")
+def measure(name: str, work: Path, env: dict, cut: int = 0) -> dict:
+    exp = experiment(name, cut)
     stage_s = run_stages(exp, work, env)
     report = json.loads((work / metrics_file(exp, "validate")).read_text())
     members = member_errors(exp, work)
@@ -140,10 +149,32 @@ def measure(name: str, work: Path, env: dict) -> dict:
     return result
 
 
+def over_origins(runs: list[dict]) -> dict:
+    """The runs of one series at successive origins as one row: every figure averaged over the
+    origins (the coverage too: each origin holds out h points), the members pooled."""
+    mean = statistics.mean
+    row = {
+        "origins": len(runs),
+        "ensemble": {k: mean(r["ensemble"][k] for r in runs) for k in ("mape", "mae")},
+        "baselines": {
+            name: {k: mean(r["baselines"][name][k] for r in runs) for k in ("mape", "mae")}
+            for name in runs[0]["baselines"]
+        },
+        "interval_80_coverage": mean(r["interval_80_coverage"] for r in runs),
+        "peers": {},
+        "by_origin": runs,
+    }
+    for metric in ("mape", "mae"):
+        values = [v for r in runs for v in r[f"member_{metric}"]]
+        row[f"member_{metric}_mean"] = mean(values)
+        row[f"member_{metric}_sd"] = statistics.stdev(values) if len(values) > 1 else None
+    return row
+
+
 def table(rows: dict) -> str:
     lines = [
-        "| series | default recipe MAPE, mean ± sd over seeds | ensemble MAPE | naive MAPE "
-        "| ETS MAPE | MAE: recipe mean / ETS | 80 % interval coverage | peers |",
+        "| series | default recipe MAPE, mean ± sd over seeds (and origins) | ensemble MAPE "
+        "| naive MAPE | ETS MAPE | MAE: recipe mean / ETS | 80 % interval coverage | peers |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in rows.items():
@@ -169,7 +200,9 @@ def main() -> None:
     p.add_argument("--model", nargs="*", default=[], help="KEY=VALUE over the recipe's model")
     p.add_argument("--fit", nargs="*", default=[], help="KEY=VALUE over the recipe's fit")
     p.add_argument("--max-epochs", type=int, help="cap every fit (smoke runs only)")
+    p.add_argument("--origins", type=int, default=1, help="successive forecast origins")
     args = p.parse_args()
+    cuts = range(args.origins)
     model, fit = overrides(args.model), overrides(args.fit)
     with tempfile.TemporaryDirectory(prefix="bench-forecast-") as tmp:
         work, env = Path(tmp), cli_env(tmp)
@@ -177,17 +210,19 @@ def main() -> None:
         if args.max_epochs:
             trainer["max_epochs"] = args.max_epochs
         experiments = {
-            name.replace("-", "_"): {
-                "data": data_config(name, work),
+            experiment(name, cut): {
+                "data": data_config(name, work, cut),
                 "fit": {**fit, "ensemble": args.members},
                 "validate": {"quantize": False},
                 **({"model": model} if model else {}),
             }
             for name in args.series
+            for cut in cuts
         }
         params = {"seed": 0, "trainer": trainer, "experiments": experiments}
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        rows = {name: measure(name, work, env) for name in args.series}
+        rows = {name: [measure(name, work, env, cut) for cut in cuts] for name in args.series}
+    rows = {name: runs[0] if len(runs) == 1 else over_origins(runs) for name, runs in rows.items()}
     result = {
         "benchmark": "quality_forecast",
         "machine": machine(),
@@ -196,10 +231,11 @@ def main() -> None:
         "model_override": model,
         "fit_override": fit,
         "members": args.members,
+        "origins": args.origins,
         "series": rows,
     }
     text = json.dumps(result, indent=2)
-    if not (model or fit or args.max_epochs) and args.series == list(SERIES):
+    if not (model or fit or args.max_epochs or args.origins > 1) and args.series == list(SERIES):
         (HERE / "quality_forecast.json").write_text(text + "\n")
     print(text)
     print(table(rows), file=sys.stderr)
