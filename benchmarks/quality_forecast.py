@@ -153,6 +153,7 @@ def over_origins(runs: list[dict]) -> dict:
     """The runs of one series at successive origins as one row: every figure averaged over the
     origins (the coverage too: each origin holds out h points), the members pooled."""
     mean = statistics.mean
+    covered = [r["interval_80_coverage"] for r in runs if r["interval_80_coverage"] is not None]
     row = {
         "origins": len(runs),
         "ensemble": {k: mean(r["ensemble"][k] for r in runs) for k in ("mape", "mae")},
@@ -160,7 +161,8 @@ def over_origins(runs: list[dict]) -> dict:
             name: {k: mean(r["baselines"][name][k] for r in runs) for k in ("mape", "mae")}
             for name in runs[0]["baselines"]
         },
-        "interval_80_coverage": mean(r["interval_80_coverage"] for r in runs),
+        # None where an origin's validation windows were too few to certify 80 %
+        "interval_80_coverage": mean(covered) if covered else None,
         "peers": {},
         "by_origin": runs,
     }
@@ -202,6 +204,8 @@ def main() -> None:
     p.add_argument("--max-epochs", type=int, help="cap every fit (smoke runs only)")
     p.add_argument("--origins", type=int, default=1, help="successive forecast origins")
     args = p.parse_args()
+    if args.origins < 1:
+        p.error(f"--origins: at least 1 (got {args.origins})")
     cuts = range(args.origins)
     model, fit = overrides(args.model), overrides(args.fit)
     with tempfile.TemporaryDirectory(prefix="bench-forecast-") as tmp:
