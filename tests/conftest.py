@@ -2,6 +2,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -186,3 +187,9 @@ def server(tmp_path_factory):
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_server(proc)
+
+
+def tracked_runs(root: Path) -> list[tuple[str, str]]:
+    """(name, status) of every MLflow run in root/mlflow.db, by name."""
+    with sqlite3.connect(root / "mlflow.db") as db:
+        return db.execute("SELECT name, status FROM runs ORDER BY name").fetchall()

@@ -5,7 +5,6 @@ ends with its client or with the dvc that started it."""
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -16,7 +15,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import BIN, REPO, stop_warm_servers, write_params
+from tests.conftest import BIN, REPO, stop_warm_servers, tracked_runs, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -106,11 +105,6 @@ def test_a_warm_stage_writes_the_bytes_of_a_stage_in_its_own_process(root):
     assert set(warm_dir(root).glob("*/*.modules")) - learned  # ran warm
 
 
-def runs(db: Path) -> list[str]:
-    with sqlite3.connect(db) as conn:
-        return [name for (name,) in conn.execute("SELECT name FROM runs")]
-
-
 def test_a_stage_of_another_folder_and_store_runs_in_the_same_server(
     root, tmp_path, mlflow_template
 ):
@@ -125,7 +119,7 @@ def test_a_stage_of_another_folder_and_store_runs_in_the_same_server(
     shutil.copytree(root / "data/prepared" / EXP, other / "data/prepared" / EXP)
     shutil.copy(root / "params.yaml", other / "params.yaml")
     shutil.copy(mlflow_template, other / "mlflow.db")
-    tracked = runs(root / "mlflow.db")
+    tracked = tracked_runs(root)
     extra = {"MLFLOW_TRACKING_URI": f"sqlite:///{other}/mlflow.db", "DVC_EXP_NAME": "other"}
     proc = subprocess.run([BIN / "lstm-pipeline", "train", EXP], cwd=other, env=env(root, **extra),
                           capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -133,7 +127,7 @@ def test_a_stage_of_another_folder_and_store_runs_in_the_same_server(
     assert learned.exists() and learned.stat().st_mtime_ns > before  # run by a child of it
     assert set(warm_dir(root).glob("*/*.lock")) == keys  # and no other server started
     assert (other / f"models/{EXP}/model.ckpt").exists()
-    assert runs(other / "mlflow.db") == [EXP] and runs(root / "mlflow.db") == tracked
+    assert [name for name, _ in tracked_runs(other)] == [EXP] and tracked_runs(root) == tracked
 
 
 def test_a_server_deletes_the_files_of_keys_unused_for_a_week(root):

@@ -19,11 +19,14 @@ import torch
 import yaml
 from pytorch_lightning.callbacks import Callback
 
-from tests.conftest import BIN, REPO, write_params
+from tests.conftest import BIN, REPO, tracked_runs, write_params
 
 pytestmark = pytest.mark.slow
 
 OUTPUTS = ("model.ckpt", "train.json", "learning_curve.csv")
+
+
+PREPARED: dict[str, Path] = {}  # exp -> the first repo's data/prepared/<exp>
 
 
 def setup_repo(root: Path, exp: str, template: Path, **fit) -> Path:
@@ -42,9 +45,6 @@ def setup_repo(root: Path, exp: str, template: Path, **fit) -> Path:
     else:
         shutil.copytree(PREPARED[exp], root / prepared)
     return root
-
-
-PREPARED: dict[str, Path] = {}  # exp -> the first repo's data/prepared/<exp>
 
 
 def train(root: Path, exp: str, stage: str = "train") -> subprocess.Popen:
@@ -79,11 +79,6 @@ def stop_mid_fit(root: Path, exp: str, sig: int, after: float = 0) -> tuple[subp
         os.kill(proc.pid, signal.SIGCONT)
     proc.wait(60)
     return proc, epoch
-
-
-def runs(root: Path) -> list[tuple[str, str]]:
-    with sqlite3.connect(root / "mlflow.db") as db:
-        return db.execute("SELECT name, status FROM runs ORDER BY name").fetchall()
 
 
 def metrics(root: Path) -> Counter:
@@ -125,9 +120,11 @@ def test_kill_9_then_rerun_gives_the_same_bytes(reference, tmp_path, mlflow_temp
     assert "resuming from" in (repo / "train.log").read_text()
     assert outputs(repo, exp) == reference[exp]["outputs"]
     assert metrics(repo) == reference[exp]["metrics"]  # the redone epochs' sent once
-    names = {name for name, _ in runs(repo)}
-    assert all(status == "FINISHED" for _, status in runs(repo)), runs(repo)
-    assert len(names) == len(runs(repo))  # each run (members too) continued, not started again
+    names = {name for name, _ in tracked_runs(repo)}
+    assert all(status == "FINISHED" for _, status in tracked_runs(repo)), tracked_runs(repo)
+    assert len(names) == len(
+        tracked_runs(repo)
+    )  # each run (members too) continued, not started again
     assert not (repo / ".resume").exists() or not any((repo / ".resume").iterdir())
 
 
@@ -164,7 +161,7 @@ def test_sigterm_stops_with_one_line_and_resumes(reference, tmp_path, mlflow_tem
     assert train(repo, exp).wait() == 0
     assert outputs(repo, exp) == reference[exp]["outputs"]
     assert metrics(repo) == reference[exp]["metrics"]
-    assert runs(repo) == [(exp, "FINISHED")]
+    assert tracked_runs(repo) == [(exp, "FINISHED")]
 
 
 def test_a_changed_config_starts_over(tmp_path, mlflow_template):
