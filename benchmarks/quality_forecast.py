@@ -9,9 +9,9 @@ Per series, in one temp working dir: the recipe unchanged as an N-member seed en
 prepare, train, export and validate. The validation split is the 2h steps before the test (its
 h + 1 windows there calibrate the intervals; nothing is selected on test). Reported through
 ONNX Runtime: each member's MAPE and MAE (each member exported alone), the ensemble's,
-the baselines', the 80 % interval's coverage and the members' training wall time. Outside the
-dev series (OUTSIDE, checks of the recipe on series it was not chosen on): seatbelts, uschange
-and gdp, each with its last h steps held out.
+the baselines', the 80 % interval's coverage and mean width and the members' training wall
+time. Outside the dev series (OUTSIDE, checks of the recipe on series it was not chosen on):
+seatbelts, uschange and gdp, each with its last h steps held out.
 
 Usage: python benchmarks/quality_forecast.py [--series airline-12 ...] [--members 5]
        [--model KEY=VALUE ...] [--fit KEY=VALUE ...] [--max-epochs K] [--origins K]
@@ -138,6 +138,7 @@ def measure(name: str, work: Path, env: dict, cut: int = 0) -> dict:
               "baselines": {naive.removesuffix("_mape"): {"mape": report[naive],
                                                           "mae": report[naive[:-4] + "mae"]}},
               "interval_80_coverage": report.get("interval_80_coverage"),
+              "interval_80_width": report.get("interval_80_width"),
               "peers": PEERS.get(name, {}), "member_train_s": seconds}  # fmt: skip
     if "ets_mape" in report:
         result["baselines"]["ets"] = {"mape": report["ets_mape"], "mae": report["ets_mae"]}
@@ -154,6 +155,7 @@ def over_origins(runs: list[dict]) -> dict:
     origins (the coverage too: each origin holds out h points), the members pooled."""
     mean = statistics.mean
     covered = [r["interval_80_coverage"] for r in runs if r["interval_80_coverage"] is not None]
+    widths = [r["interval_80_width"] for r in runs if r["interval_80_width"] is not None]
     row = {
         "origins": len(runs),
         "ensemble": {k: mean(r["ensemble"][k] for r in runs) for k in ("mape", "mae")},
@@ -163,6 +165,7 @@ def over_origins(runs: list[dict]) -> dict:
         },
         # None where an origin's validation windows were too few to certify 80 %
         "interval_80_coverage": mean(covered) if covered else None,
+        "interval_80_width": mean(widths) if widths else None,  # in the series' units
         "peers": {},
         "by_origin": runs,
     }

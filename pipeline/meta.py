@@ -103,8 +103,11 @@ class DataMeta(BaseModel):
     # classification: std_spread of the train split (`series_norm: auto` reads it)
     std_spread: float | None = None
     # forecast: split-conformal intervals (export calibrates them on the validation split): per
-    # level ("0.8"), the half-width per [step][target] on the model's scale (log, standardised)
+    # level ("0.8"), the half-width per [step][target] on the model's scale (log, standardised),
+    # in units of each input window's own spread (window_spread) where `interval_floor` is set
+    # (normalised conformal); without it (a model exported before), one width for every window
     intervals: dict[str, list[list[float]]] | None = None
+    interval_floor: list[float] | None = None  # per target: the least spread a window counts as
     # forecast covariates: the ONNX inputs `future` [batch, horizon, len(future)] and `static`
     # [batch, len(static)]; the future covariates' past values are x's last columns (after the
     # features). `future` names the user's columns, then `calendar`'s sin/cos pairs.
@@ -151,9 +154,18 @@ class DataMeta(BaseModel):
         y = inv_standard(z.astype(np.float64), mean, std)
         return inv_log(y) if self.transform == "log" else y
 
-    def interval(self, z: np.ndarray, level: str) -> tuple[np.ndarray, np.ndarray]:
-        """Scaled forecasts [n, horizon, targets] -> (lower, upper) bounds in original units."""
+    def window_spread(self, x: np.ndarray, floor=None) -> np.ndarray:
+        """Each input window's std of each target over its steps, on the model's scale,
+        [n, 1, targets], at least `floor` (default: interval_floor)."""
+        spread = x[..., self.target_index].std(axis=1, dtype=np.float64)[:, None, :]
+        return np.maximum(spread, self.interval_floor if floor is None else floor)
+
+    def interval(self, z: np.ndarray, x: np.ndarray, level: str) -> tuple[np.ndarray, np.ndarray]:
+        """Scaled forecasts [n, horizon, targets] of the scaled inputs x -> (lower, upper)
+        bounds in original units."""
         half = np.asarray(self.intervals[level])
+        if self.interval_floor is not None:
+            half = half * self.window_spread(x)
         return self.to_original(z - half), self.to_original(z + half)
 
     def to_props(self, **extra) -> dict[str, str]:

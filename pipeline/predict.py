@@ -70,5 +70,5 @@ def predict(
         if meta.variable_length:  # series of different lengths: padded, with their lengths
             x, extra["lengths"] = padded(x)
         out = run_onnx(sess, x, extra)[0]
-    task.write(task.predictions(out, meta, keys, id_column), output)
+    task.write(task.predictions(out, x, meta, keys, id_column), output)
     return output

@@ -14,7 +14,7 @@ from pipeline.evaluation import validate_failures
 from pipeline.meta import DataMeta, PreparedMeta
 from pipeline.tasks import TASKS, classical, higher_is_better
 from pipeline.tasks.classical import ets_forecasts
-from pipeline.tasks.forecast import conformal_halfwidths, errors
+from pipeline.tasks.forecast import conformal_halfwidths, errors, normalised_intervals
 
 RNG = np.random.default_rng(0)
 METAS = {
@@ -119,8 +119,30 @@ def test_every_plotted_axis_has_a_label(name, tmp_path, figures):
 def test_conformal_intervals_take_the_finite_sample_rank_and_drop_what_n_cannot_certify():
     pred = np.zeros((9, 2, 1))
     truth = np.arange(1.0, 10.0)[:, None, None] * np.array([1.0, -2.0])[None, :, None]
-    half = conformal_halfwidths(pred, truth)  # 9 windows: rank ceil(10 * level)
+    half = conformal_halfwidths(np.abs(truth - pred))  # 9 windows: rank ceil(10 * level)
     assert half == {"0.5": [[5.0], [10.0]], "0.8": [[8.0], [16.0]], "0.9": [[9.0], [18.0]]}
+
+
+def test_each_window_gets_a_band_of_its_own_spread_and_a_flat_one_a_floor():
+    """Normalised conformal: one series 1000 times the other's scale under one scaler (their
+    windows, residuals and truth all 1000 times apart) gives bands 1000 times apart; a flat
+    window is measured at the floor, not divided by zero."""
+    meta = METAS["forecast"]
+    x_small = RNG.normal(0, 0.01, (10, 6, 2))
+    pred = RNG.normal(0, 0.01, (10, 3, 1))
+    y = pred + RNG.normal(0, 0.01, pred.shape)
+    x, pred, y = (np.concatenate([a, 1000 * a]) for a in (x_small, pred, y))
+    meta = meta.model_copy(update=normalised_intervals(pred, y, x, meta))
+    assert set(meta.intervals) == {"0.5", "0.8", "0.9", "0.95"}  # 20 windows: every level
+    low, high = meta.interval(pred, x, "0.8")
+    # back on the original scale (std 2, mean 10): the widths, 1000 times apart
+    np.testing.assert_allclose(high[10:] - low[10:], 1000 * (high[:10] - low[:10]), rtol=1e-9)
+    inside = (y >= pred - (high - low) / 4) & (y <= pred + (high - low) / 4)
+    assert 0.5 <= inside.mean() <= 1  # each band in scaled units: (high - low) / 2 / std 2
+    flat = np.zeros((1, 6, 2))
+    low, high = meta.interval(np.zeros((1, 3, 1)), flat, "0.8")
+    assert np.isfinite(high - low).all() and (high - low > 0).all()
+    assert meta.interval_floor[0] > 0
 
 
 def test_forecast_intervals_hold_the_point_forecast_and_are_reported():
@@ -129,7 +151,7 @@ def test_forecast_intervals_hold_the_point_forecast_and_are_reported():
     report, _ = task.evaluate(out, x, y, meta)
     assert 0 <= report["interval_80_coverage"] <= 1 and report["interval_80_width"] > 0
     keys = pd.DataFrame({"series_id": np.repeat(range(len(out)), 3), "step": [1, 2, 3] * len(out)})
-    table = task.predictions(out, meta, keys, "series_id")
+    table = task.predictions(out, x, meta, keys, "series_id")
     assert list(table.columns) == ["series_id", "step", "y", "y_lo80", "y_hi80"]
     assert (table.y_lo80 < table.y).all() and (table.y < table.y_hi80).all()
 

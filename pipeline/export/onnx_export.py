@@ -309,8 +309,9 @@ def calibrated(trained: Trained, prepared: Prepared) -> Trained:
     """The data contract plus what the task learns from the model on the validation split (a
     forecaster's conformal intervals), carried into the ONNX metadata."""
 
-    def outputs(chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
-        """(the model's outputs, the truth) on the validation split, read only when asked."""
+    def outputs(chunk: int = 512) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(the model's outputs, the truth, the inputs) on the validation split, read only when
+        asked."""
         x, y = prepared.arrays("val")
         extra = prepared.extra_inputs("val")
         parts = [
@@ -321,9 +322,9 @@ def calibrated(trained: Trained, prepared: Prepared) -> Trained:
             )[0]
             for i in range(0, len(x), chunk)
         ]
-        return np.concatenate(parts), y
+        return np.concatenate(parts), y, x
 
-    update = task_of(trained.meta).calibrate(outputs)
+    update = task_of(trained.meta).calibrate(outputs, trained.meta)
     return replace(trained, meta=trained.meta.model_copy(update=update))
 
 

@@ -59,9 +59,9 @@ class Task:
     def plot(self, data: dict, out: Path) -> None:
         raise NotImplementedError
 
-    def calibrate(self, outputs) -> dict:
+    def calibrate(self, outputs, meta: DataMeta) -> dict:
         """DataMeta updates learnt from the model on the validation split (export); `outputs()`
-        gives (the model's outputs, the truth)."""
+        gives (the model's outputs, the truth, the inputs)."""
         return {}
 
     def classical_report(self, prepared, y: np.ndarray, meta: DataMeta) -> dict[str, float]:
@@ -82,7 +82,7 @@ class Task:
     def scale_inputs(self, x: np.ndarray, meta: DataMeta) -> np.ndarray:
         return meta.to_model_scale(x)
 
-    def predictions(self, out: np.ndarray, meta: DataMeta, keys, id_column: str):
+    def predictions(self, out: np.ndarray, x: np.ndarray, meta: DataMeta, keys, id_column: str):
         raise NotImplementedError
 
     def write(self, result, output: Path) -> None:

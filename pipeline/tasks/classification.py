@@ -56,7 +56,7 @@ class Classification(Task):
             return [meta.to_model_scale(s.astype(np.float32)) for s in x]
         return meta.to_model_scale(x.astype(np.float32))
 
-    def predictions(self, out, meta: DataMeta, keys, id_column: str) -> pd.DataFrame:
+    def predictions(self, out, x, meta: DataMeta, keys, id_column: str) -> pd.DataFrame:
         probs = softmax(out.astype(np.float64))
         labels = np.asarray(meta.labels)
         table = pd.DataFrame({id_column: keys, "label": labels[probs.argmax(axis=1)]})

@@ -29,14 +29,33 @@ INTERVAL_LEVELS = ("0.5", "0.8", "0.9", "0.95")
 PLOTTED_LEVEL = "0.8"
 
 
-def conformal_halfwidths(pred: np.ndarray, y: np.ndarray, levels=INTERVAL_LEVELS) -> dict:
+# A window counts as having at least this fraction of the 10th percentile of the validation
+# windows' spreads (and at least the std floor of scale_norm): a flat window would otherwise divide
+# its residual by zero. Spreads 100 times below the lowest tenth still count as they are.
+FLOOR_FRACTION = 0.01
+STD_FLOOR = 1e-5
+
+
+def conformal_halfwidths(scores: np.ndarray, levels=INTERVAL_LEVELS) -> dict:
     """Split conformal, per step and target: the ceil((n+1) * level)-th smallest of the n
-    validation windows' absolute residuals covers a new window's value with probability >= level
+    validation windows' residual scores covers a new window's score with probability >= level
     (for exchangeable windows). A level that n windows cannot certify is left out."""
-    residuals = np.sort(np.abs(pred - y), axis=0)  # [n, horizon, targets]
-    n = len(residuals)
+    scores = np.sort(scores, axis=0)  # [n, horizon, targets]
+    n = len(scores)
     ranks = {level: math.ceil((n + 1) * float(level)) for level in levels}
-    return {level: residuals[r - 1].tolist() for level, r in ranks.items() if r <= n}
+    return {level: scores[r - 1].tolist() for level, r in ranks.items() if r <= n}
+
+
+def normalised_intervals(pred, y, x, meta: DataMeta) -> dict:
+    """Normalised split conformal (Papadopoulos et al. 2008; Lei et al. 2018): each validation
+    residual divided by its input window's spread (DataMeta.window_spread), so a window's band
+    is a multiple of its own spread: series of any scale under one scaler get bands of their own
+    scale, and a calm stretch a narrower band than a volatile one."""
+    spread = meta.window_spread(x, floor=0.0)
+    floor = np.maximum(FLOOR_FRACTION * np.percentile(spread, 10, axis=0)[0], STD_FLOOR)
+    scores = np.abs(pred - y) / np.maximum(spread, floor)
+    halfwidths = conformal_halfwidths(scores)
+    return {"intervals": halfwidths, "interval_floor": floor.tolist()} if halfwidths else {}
 
 
 def percent(level: str) -> str:
@@ -122,7 +141,7 @@ class Forecast(Task):
         report.update(mae_unit=unit, rmse_unit=unit, mape_unit="fraction (0.05 = 5 %)")
         data = {"truth": truth[..., 0], "pred": pred[..., 0], "baseline": base[..., 0]}
         for level in meta.intervals or {}:
-            low, high = meta.interval(out, level)
+            low, high = meta.interval(out, x, level)
             inside = (truth >= low) & (truth <= high)
             report[f"interval_{percent(level)}_coverage"] = float(inside.mean())
             report[f"interval_{percent(level)}_width"] = float((high - low).mean())
@@ -138,8 +157,8 @@ class Forecast(Task):
         pred = ets_forecasts(prepared)
         return {} if pred is None else errors(meta.to_original(pred), meta.to_original(y), "ets_")
 
-    def calibrate(self, outputs) -> dict:
-        return {"intervals": conformal_halfwidths(*outputs()) or None}
+    def calibrate(self, outputs, meta: DataMeta) -> dict:
+        return normalised_intervals(*outputs(), meta)
 
     def plot(self, data: dict, out) -> None:
         plots.forecast(
@@ -176,12 +195,12 @@ class Forecast(Task):
         keys["step"] = np.tile(steps, len(ids))
         return x, keys, extra
 
-    def predictions(self, out, meta: DataMeta, keys, id_column: str) -> pd.DataFrame:
+    def predictions(self, out, x, meta: DataMeta, keys, id_column: str) -> pd.DataFrame:
         """Per target its forecast, and for each calibrated level the interval's bounds
         (`<target>_lo80`, `<target>_hi80`)."""
         columns = {"": meta.to_original(out)}  # [n, horizon, targets]
         for level in meta.intervals or {}:
-            low, high = meta.interval(out, level)
+            low, high = meta.interval(out, x, level)
             columns.update({f"_lo{percent(level)}": low, f"_hi{percent(level)}": high})
         table = keys.copy()
         for j, target in enumerate(meta.targets):

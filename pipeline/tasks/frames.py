@@ -109,7 +109,7 @@ class Frames(Task):
         # uint8 pixels, divided in float32 as the training data was
         return x.astype(np.float32) / np.float32(meta.scaler.std[0])
 
-    def predictions(self, out, meta: DataMeta, keys, id_column: str) -> np.ndarray:
+    def predictions(self, out, x, meta: DataMeta, keys, id_column: str) -> np.ndarray:
         return (out * np.float32(meta.scaler.std[0])).astype(np.float32)  # back to 0..255
 
     def write(self, result: np.ndarray, output) -> None:

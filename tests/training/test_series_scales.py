@@ -45,7 +45,10 @@ def test_a_series_1000_times_larger_gets_a_forecast_1000_times_larger(workdir, p
     assert report["passed"] and report["parity_max_scaled_diff"] <= 1e-5  # the norm is in the graph
     assert report["ets_mape"] > 0 and report["seasonal_naive_mape"] > 0
     assert main(["predict", "models/scales/model.onnx", "series.csv", "-o", "f.csv"]) == 0
-    forecast = pd.read_csv("f.csv").set_index(["series_id", "step"])["value"]
+    forecast = pd.read_csv("f.csv").set_index(["series_id", "step"])
     # one shared scaler maps the large series to an affine copy of the small one: the model
-    # undoes it, so the forecasts differ by the factor alone
-    np.testing.assert_allclose(forecast["large"], 1000 * forecast["small"], rtol=1e-4)
+    # undoes it, so the forecasts differ by the factor alone; so do the intervals, each a
+    # multiple of its window's own spread (one absolute width would fit neither series)
+    for column in ("value", "value_lo80", "value_hi80", "value_lo50", "value_hi90"):
+        large, small = forecast.loc["large", column], forecast.loc["small", column]
+        np.testing.assert_allclose(large, 1000 * small, rtol=1e-4)
