@@ -154,18 +154,17 @@ class DataMeta(BaseModel):
         y = inv_standard(z.astype(np.float64), mean, std)
         return inv_log(y) if self.transform == "log" else y
 
-    def window_spread(self, x: np.ndarray, floor=None) -> np.ndarray:
+    def window_spread(self, x: np.ndarray) -> np.ndarray:
         """Each input window's std of each target over its steps, on the model's scale,
-        [n, 1, targets], at least `floor` (default: interval_floor)."""
-        spread = x[..., self.target_index].std(axis=1, dtype=np.float64)[:, None, :]
-        return np.maximum(spread, self.interval_floor if floor is None else floor)
+        [n, 1, targets]."""
+        return x[..., self.target_index].std(axis=1, dtype=np.float64)[:, None, :]
 
     def interval(self, z: np.ndarray, x: np.ndarray, level: str) -> tuple[np.ndarray, np.ndarray]:
         """Scaled forecasts [n, horizon, targets] of the scaled inputs x -> (lower, upper)
         bounds in original units."""
         half = np.asarray(self.intervals[level])
         if self.interval_floor is not None:
-            half = half * self.window_spread(x)
+            half = half * np.maximum(self.window_spread(x), self.interval_floor)
         return self.to_original(z - half), self.to_original(z + half)
 
     def to_props(self, **extra) -> dict[str, str]:

@@ -29,9 +29,9 @@ INTERVAL_LEVELS = ("0.5", "0.8", "0.9", "0.95")
 PLOTTED_LEVEL = "0.8"
 
 
-# A window counts as having at least this fraction of the 10th percentile of the validation
-# windows' spreads (and at least the std floor of scale_norm): a flat window would otherwise divide
-# its residual by zero. Spreads 100 times below the lowest tenth still count as they are.
+# A window's spread counts as it is down to this fraction of the validation windows' 10th
+# percentile (and at least scale_norm's std floor, 1e-5); a flatter window counts at that floor,
+# which keeps a flat window's residual from being divided by zero.
 FLOOR_FRACTION = 0.01
 STD_FLOOR = 1e-5
 
@@ -51,7 +51,7 @@ def normalised_intervals(pred, y, x, meta: DataMeta) -> dict:
     residual divided by its input window's spread (DataMeta.window_spread), so a window's band
     is a multiple of its own spread: series of any scale under one scaler get bands of their own
     scale, and a calm stretch a narrower band than a volatile one."""
-    spread = meta.window_spread(x, floor=0.0)
+    spread = meta.window_spread(x)
     floor = np.maximum(FLOOR_FRACTION * np.percentile(spread, 10, axis=0)[0], STD_FLOOR)
     scores = np.abs(pred - y) / np.maximum(spread, floor)
     halfwidths = conformal_halfwidths(scores)

@@ -120,11 +120,10 @@ def test_kill_9_then_rerun_gives_the_same_bytes(reference, tmp_path, mlflow_temp
     assert "resuming from" in (repo / "train.log").read_text()
     assert outputs(repo, exp) == reference[exp]["outputs"]
     assert metrics(repo) == reference[exp]["metrics"]  # the redone epochs' sent once
-    names = {name for name, _ in tracked_runs(repo)}
-    assert all(status == "FINISHED" for _, status in tracked_runs(repo)), tracked_runs(repo)
-    assert len(names) == len(
-        tracked_runs(repo)
-    )  # each run (members too) continued, not started again
+    runs = tracked_runs(repo)
+    assert all(status == "FINISHED" for _, status in runs), runs
+    # each run (members too) continued, not started again
+    assert len({name for name, _ in runs}) == len(runs)
     assert not (repo / ".resume").exists() or not any((repo / ".resume").iterdir())
 
 
