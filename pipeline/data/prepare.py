@@ -169,8 +169,11 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
                 f"test_size ({cfg.test_size}) need at least {need}"
             )
         if cfg.transform == "log" and (values <= 0).any():
+            step, col = (int(k) for k in np.argwhere(values <= 0)[0])
             raise DataError(
-                f"{_source_name(exp)}: series {sid!r}: transform 'log' needs values > 0"
+                f"{_source_name(exp)}: series {sid!r}, column {data.features[col]!r}, step "
+                f"{step + 1} of {len(values)}: {values[step, col]:g}; transform 'log' needs "
+                "values > 0"
             )
 
     raw = [log(v) if cfg.transform == "log" else v for v in data.values]

@@ -444,9 +444,21 @@ def last_windows(path: Path, meta, id_column: str, time_column: str):
                 f"window of {window}"
             )
         x.append(values[b - window : b])
-    if meta.transform == "log" and any((w <= 0).any() for w in x):
-        raise DataError(f"{path}: the model log-transforms its inputs; all values must be > 0")
+    if meta.transform == "log":
+        _positive_or_raise(path, frame, values, [(b - window, b) for _, b in bounds], meta.features)
     return np.stack(x), *keys
+
+
+def _positive_or_raise(path: Path, frame: pd.DataFrame, values: np.ndarray, spans, names):
+    """A log-transforming model: the first cell <= 0 among the rows [a, b) it reads, named."""
+    for a, b in spans:
+        bad = np.argwhere(values[a:b, : len(names)] <= 0)
+        if len(bad):
+            i, j = a + int(bad[0][0]), int(bad[0][1])
+            raise DataError(
+                f"{path}: column {names[j]!r} {_file_row(path, frame, i)}: {values[i, j]:g}; "
+                "the model log-transforms its inputs, so each value it reads must be > 0"
+            )
 
 
 def covariate_windows(path: Path, meta, id_column: str, time_column: str):
@@ -472,7 +484,7 @@ def covariate_windows(path: Path, meta, id_column: str, time_column: str):
         raise DataError(
             f"{path}: column {time_column!r}: the model's calendar covariates need dates"
         )
-    x, future, observed = [], [], []
+    x, future, observed, spans = [], [], [], []
     for (a, b), sid in zip(bounds, names, strict=True):
         empty = np.isnan(values[a:b, :nf])
         full = np.flatnonzero(~empty.all(axis=1))
@@ -494,6 +506,7 @@ def covariate_windows(path: Path, meta, id_column: str, time_column: str):
                 f"window of {w}"
             )
         observed.append(times.iloc[a:end])
+        spans.append((end - w, end))
         if not meta.future:
             x.append(values[end - w : end, :nf])
             continue
@@ -509,8 +522,8 @@ def covariate_windows(path: Path, meta, id_column: str, time_column: str):
         )  # fmt: skip
         x.append(np.concatenate([values[end - w : end, :nf], span[:w]], axis=1))
         future.append(span[w:])
-    if meta.transform == "log" and any((v[:, :nf] <= 0).any() for v in x):
-        raise DataError(f"{path}: the model log-transforms its inputs; all values must be > 0")
+    if meta.transform == "log":
+        _positive_or_raise(path, frame, values, spans, meta.features)
     extra = {}
     if meta.future:
         extra["future"] = np.stack(future)

@@ -56,6 +56,8 @@ def _broken(kind: str) -> str | None:
         frame.loc[12, "value"] = 1e39
     elif kind == "huge":
         frame.loc[12, "value"] = 1e200
+    elif kind == "not_positive":
+        frame.loc[12, "value"] = 0.0
     elif kind == "empty_label":
         frame.loc[5, "label"] = None
     elif kind in ("gap", "numbers"):
@@ -138,6 +140,12 @@ def use_data(params: dict, data: dict) -> None:
             "in.csv: column 'value' line 14: 1e+39 is beyond float32's range (±3.4e+38)",
         ),
         ("huge", FORECAST, "in.csv: column 'value' line 14: 1e+200 is beyond float32's range"),
+        (
+            "not_positive",
+            {**FORECAST, "transform": "log"},
+            "in.csv: series 's0', column 'value', step 13 of 30: 0; transform 'log' needs "
+            "values > 0",
+        ),
         (
             "bad_date",
             FORECAST,

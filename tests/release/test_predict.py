@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,7 +12,10 @@ import pytest
 import torch
 
 from pipeline.cli import main
+from pipeline.data.sources import covariate_windows
+from pipeline.errors import DataError
 from pipeline.export.onnx_export import export_module
+from pipeline.meta import DataMeta
 from pipeline.training.module import SequenceModule
 from tests.conftest import free_port
 
@@ -241,6 +245,34 @@ def test_bad_input(models, tmp_path, capsys):
         assert code == 3, name
         assert err.count("\n") == 1 and all(e in err for e in expected), (name, err)
         assert not list(tmp_path.glob("*out.csv*")), name
+
+
+def test_a_log_model_names_the_cell_that_is_not_positive(models, tmp_path, capsys):
+    """A model that log-transforms its inputs names the first value <= 0 it would read."""
+    _, onnx_path = models["forecast"]
+    table = long_table([np.full((14, 2), 2.0), np.full((14, 2), 2.0)], ["x", "y"])
+    where = ((table.series_id == "s1") & (table.time == 9)).to_numpy()
+    table.loc[where, "y"] = 0.0
+    line = int(np.flatnonzero(where)[0]) + 2  # the header is line 1
+    data = _write_csv(tmp_path / "z.csv", table)
+    assert main(["predict", str(onnx_path), data, "-o", "out.csv"]) == 3
+    err = capsys.readouterr().err
+    assert f"z.csv: column 'y' line {line}: 0; the model log-transforms" in err, err
+    assert err.count("\n") == 1 and not list(tmp_path.glob("*out.csv*"))
+
+
+def test_a_log_forecaster_with_covariates_names_the_cell_that_is_not_positive(tmp_path):
+    """The same check on the covariate path (a static column here)."""
+    meta = DataMeta.model_validate({**FORECAST, "static": ["size"], "covariate_scaler": {
+        "static": {"mean": [0.0], "std": [1.0]}}})  # fmt: skip
+    table = long_table([np.full((14, 2), 2.0), np.full((14, 2), 2.0)], ["x", "y"])
+    table["size"] = table.series_id.map({"s0": 1.0, "s1": 2.0})
+    where = ((table.series_id == "s0") & (table.time == 13)).to_numpy()
+    table.loc[where, "x"] = -1.0
+    line = int(np.flatnonzero(where)[0]) + 2
+    path = Path(_write_csv(tmp_path / "c.csv", table))
+    with pytest.raises(DataError, match=f"c.csv: column 'x' line {line}: -1; the model log"):
+        covariate_windows(path, meta, "series_id", "time")
 
 
 def test_unreachable_tracking_server_fails_fast(monkeypatch, tmp_path, capsys):
