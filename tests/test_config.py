@@ -20,6 +20,24 @@ def test_compose_applies_overrides():
     assert cfg.experiments["lstm_airline"].model.cell == "gru"
 
 
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (
+            "trainer=nope",
+            "conf/: In 'config': Could not find 'trainer/nope'; available options in 'trainer': "
+            "cpu, ddp,",
+        ),
+        ("nonexist=1", "conf/: Could not override 'nonexist'; to append to your config use +"),
+    ],
+)
+def test_a_bad_override_is_one_line_naming_it(override, expected):
+    """Hydra's message loses its line breaks and config search path, not its hint."""
+    with pytest.raises(ConfigError) as err:
+        compose([override])
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value), str(err.value)
+
+
 def _error(raw) -> str:
     with pytest.raises(ConfigError) as err:
         parse_config(raw)

@@ -191,7 +191,17 @@ def compose(overrides: list[str] = (), conf: Path | None = None) -> str:
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"conf/: {err}") from None
+        raise ConfigError(f"conf/: {_one_line(str(err))}") from None
     text = OmegaConf.to_yaml(cfg)
     parse_config(yaml.safe_load(text))
     return text
+
+
+def _one_line(message: str) -> str:
+    """Hydra's message in one line: its hint and its list of a group's options kept, its
+    config search path dropped."""
+    lines = [line.strip() for line in message.split("Config search path:")[0].splitlines()]
+    head, *rest = [line.rstrip(".") for line in lines if line]
+    if rest and rest[0].endswith(":"):  # "Available options in 'trainer':", then one per line
+        rest = [f"{rest[0]} {', '.join(rest[1:])}"]
+    return "; ".join([head, *(line[0].lower() + line[1:] for line in rest)])
