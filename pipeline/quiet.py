@@ -34,6 +34,9 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message="Using padding='same' with even kernel lengths")
     # the resume point holds resume.ckpt beside the fit's checkpoints, by design
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+    # MLflow's note that it creates or migrates a store's tables: on a new store, before a
+    # stage's first line or its one-line error
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.StreamHandler(sys.stderr))

@@ -1,5 +1,6 @@
 """`lstm-pipeline predict` on real exported models: same numbers as torch, torch-free, bad input."""
 
+import os
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from pipeline.errors import DataError
 from pipeline.export.onnx_export import export_module
 from pipeline.meta import DataMeta
 from pipeline.training.module import SequenceModule
-from tests.conftest import free_port
+from tests.conftest import BIN, free_port
 
 CLASSIFY = {
     "task": "classification",
@@ -273,6 +274,16 @@ def test_a_log_forecaster_with_covariates_names_the_cell_that_is_not_positive(tm
     path = Path(_write_csv(tmp_path / "c.csv", table))
     with pytest.raises(DataError, match=f"c.csv: column 'x' line {line}: -1; the model log"):
         covariate_windows(path, meta, "series_id", "time")
+
+
+def test_a_new_tracking_store_adds_no_line_to_an_error(tmp_path):
+    """MLflow's note that it creates a store's tables stays off the terminal: the error is the
+    one line."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/new.db"}
+    cmd = [BIN / "lstm-pipeline", "predict", "models:/nope@champion", __file__, "-o", "out.csv"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 6 and (tmp_path / "new.db").exists()
+    assert proc.stderr.count("\n") == 1 and "nope" in proc.stderr, proc.stderr
 
 
 def test_unreachable_tracking_server_fails_fast(monkeypatch, tmp_path, capsys):
