@@ -34,6 +34,19 @@ def system_fault(err: BaseException, path: str | Path | None = None) -> SystemFa
 
 
 @contextmanager
+def _refusal_named(path: Path) -> Iterator[None]:
+    """Around making `path`'s folder and temp name and putting the result in place: any OS
+    refusal there is one about `path` (a file where its folder must be, a name too long)."""
+    try:
+        yield
+    except OSError as err:
+        fault = system_fault(err, path)
+        raise fault or SystemFault(
+            f"{path}: cannot write there ({err.strerror}: {err.filename})"
+        ) from err
+
+
+@contextmanager
 def _named_faults(path: Path) -> Iterator[None]:
     try:
         yield
@@ -49,14 +62,16 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temp folder beside `path`; on success it replaces `path`, on error it is removed."""
     path = Path(path)
     with _named_faults(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        with _refusal_named(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             yield tmp
             tmp.chmod(0o777 & ~_UMASK)
-            if path.exists():
-                shutil.rmtree(path)
-            tmp.rename(path)
+            with _refusal_named(path):
+                if path.exists():
+                    shutil.rmtree(path)
+                tmp.rename(path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -66,14 +81,16 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temp file path beside `path`; renamed onto `path` only if the block succeeds."""
     path = Path(path)
     with _named_faults(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with _refusal_named(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
         tmp = Path(name)
         try:
             yield tmp
             tmp.chmod(0o666 & ~_UMASK)
-            os.replace(tmp, path)
+            with _refusal_named(path):
+                os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
 

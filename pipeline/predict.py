@@ -52,14 +52,23 @@ def local_model(model: str) -> Iterator[Path]:
         yield found[0]
 
 
+def _kind(path: Path) -> str | None:
+    """'file', 'folder' or None (nothing there); a name the system refuses (too long) is bad
+    input, named."""
+    try:
+        return "folder" if path.is_dir() else "file" if path.is_file() else None
+    except OSError as err:
+        raise DataError(f"{path}: {err.strerror}") from None
+
+
 def predict(
     model: str, input_path: str, output: str, id_column="series_id", time_column="time"
 ) -> Path:
     """Predict every series (or frame sequence) of `input_path`; write `output` atomically."""
     path, output = Path(input_path), Path(output)
-    if not path.is_file():
+    if _kind(path) != "file":
         raise DataError(f"{path}: file not found")
-    if output.is_dir():
+    if _kind(output) == "folder":
         raise DataError(f"{output}: is a folder; -o takes the predictions' file path")
     with local_model(model) as onnx_file:
         sess = session(onnx_file)

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 
 from pipeline.cli import main
 from pipeline.errors import SystemFault
-from pipeline.io import append_text
+from pipeline.io import append_text, atomic_dir, atomic_file
 from pipeline.tracking import ensure_reachable
 from tests.conftest import BIN, free_port, write_params
 
@@ -356,6 +356,16 @@ def test_an_append_to_a_full_disk_names_the_file():
     """The logger appends unsent metrics with append_text: /dev/full fails every write (ENOSPC)."""
     with pytest.raises(SystemFault, match="^/dev/full: No space left on device$"):
         append_text("/dev/full", "[]\n")
+
+
+@pytest.mark.parametrize("atomic", [atomic_file, atomic_dir])
+def test_an_output_whose_folder_is_a_file_names_it(atomic, tmp_path):
+    """The OS refusing the output's place (here its folder is a file) names the output."""
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(SystemFault, match="taken/out: cannot write there \\(File exists: "):
+        with atomic(tmp_path / "taken" / "out"):
+            pass
+    assert (tmp_path / "taken").read_text() == "a file"
 
 
 def test_the_command_skips_teardown_but_keeps_exit_code_handlers_and_threads(tmp_path):

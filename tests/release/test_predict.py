@@ -248,6 +248,19 @@ def test_bad_input(models, tmp_path, capsys):
         assert not list(tmp_path.glob("*out.csv*")), name
 
 
+def test_an_output_path_the_system_refuses_is_one_line(models, tmp_path, capsys):
+    _, onnx_path = models["classify"]
+    data = _write_csv(tmp_path / "g.csv", long_table([np.ones((10, 2))] * 2, ["a", "b"]))
+    (tmp_path / "taken").write_text("a file")
+    for out, code, expected in (
+        ("taken/out.csv", 8, "taken/out.csv: cannot write there (File exists: "),
+        ("n" * 300 + ".csv", 3, "nnn.csv: File name too long"),
+    ):
+        assert main(["predict", str(onnx_path), data, "-o", str(tmp_path / out)]) == code, out
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1, err
+
+
 def test_a_log_model_names_the_cell_that_is_not_positive(models, tmp_path, capsys):
     """A model that log-transforms its inputs names the first value <= 0 it would read."""
     _, onnx_path = models["forecast"]
