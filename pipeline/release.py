@@ -56,7 +56,9 @@ def validated_report(exp: str) -> dict:
         raise GateError(f"{exp}: dvc.lock has no stage validate@{exp}; run `dvc repro`")
     recorded = {e["path"]: e.get("md5") for e in stage.get("deps", []) + stage.get("outs", [])}
     for path in (model_dir(exp) / "model.onnx", report_path):
-        if not path.exists() or recorded.get(path.as_posix()) != file_digest(path, "md5"):
+        if not path.exists():  # a clone without the DVC outputs
+            raise GateError(f"{path}: not found; `dvc pull` fetches it, `dvc repro` makes it")
+        if recorded.get(path.as_posix()) != file_digest(path, "md5"):
             raise GateError(
                 f"{path} differs from what dvc.lock recorded for validate@{exp}; run `dvc repro`"
             )

@@ -1,6 +1,8 @@
 """Release gates as a pure function, and the refusals that happen before the registry is touched."""
 
+import json
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -108,6 +110,22 @@ def test_never_validated_is_refused_before_anything_is_registered(
         "never validated (metrics/lstm_airline/validate.json not found)" in capsys.readouterr().err
     )
     assert (workdir / "mlflow.db").read_bytes() == mlflow_template.read_bytes()  # not written
+
+
+def test_a_clone_without_the_model_is_told_to_pull_it(workdir, params, capsys, mlflow_template):
+    """validate.json is in git, model.onnx in DVC's cache: a clone that has not pulled it."""
+    write_params(params)
+    report = Path("metrics/lstm_airline/validate.json")
+    report.parent.mkdir(parents=True)
+    report.write_text(json.dumps({"passed": True}))
+    stage = {"deps": [{"path": "models/lstm_airline/model.onnx", "md5": "0" * 32}]}
+    Path("dvc.lock").write_text(yaml.safe_dump({"stages": {"validate@lstm_airline": stage}}))
+    assert main(["release", "--exp", "lstm_airline"]) == 4
+    assert (
+        "models/lstm_airline/model.onnx: not found; `dvc pull` fetches it"
+        in capsys.readouterr().err
+    )
+    assert (workdir / "mlflow.db").read_bytes() == mlflow_template.read_bytes()
 
 
 def test_unreachable_tracking_server_fails_fast(workdir, params, monkeypatch, capsys):
