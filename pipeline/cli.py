@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline import warm
 from pipeline.config import PARAMS_FILE, compose, load_config
-from pipeline.errors import ConfigError, PipelineError, SystemFault, first_line
+from pipeline.errors import ConfigError, PipelineError, SystemFault, TrackingError, first_line
 from pipeline.io import usable_cores
 from pipeline.quiet import quiet
 
@@ -190,7 +190,8 @@ EXTRA_OF = dict.fromkeys(
 
 def _as_pipeline_error(err: BaseException) -> PipelineError:
     """One line for an error no stage turned into a PipelineError: a package the serving install
-    lacks (exit 2); disk, permissions and memory name the path (exit 8); else a bug (exit 1)."""
+    lacks (exit 2); disk, permissions and memory name the path (exit 8); MLflow's own errors the
+    tracking URI (exit 6); else a bug (exit 1)."""
     from pipeline.io import system_fault
 
     package = isinstance(err, ModuleNotFoundError) and (err.name or "").partition(".")[0]
@@ -199,6 +200,11 @@ def _as_pipeline_error(err: BaseException) -> PipelineError:
         return ConfigError(f"{package} is not installed: pip install 'lstm-pipeline[{extra}]'")
     if fault := system_fault(err):
         return fault
+    mlflow = sys.modules.get("mlflow.exceptions")  # never imported for it: predict may lack it
+    if mlflow and isinstance(err, mlflow.MlflowException):  # e.g. a workspace's credentials
+        from pipeline.tracking import redacted, tracking_uri
+
+        return TrackingError(f"MLflow at {redacted(tracking_uri())}: {first_line(err)[:300]}")
     if isinstance(err, MemoryError) or "can't allocate memory" in str(err):
         return SystemFault(
             "out of memory; lower the model's size (model.hidden_size, model.num_layers) or "

@@ -37,6 +37,8 @@ def quiet() -> None:
     # MLflow's note that it creates or migrates a store's tables: on a new store, before a
     # stage's first line or its one-line error
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    # its fallback from one Databricks login method to the next: the error, if any, says why
+    logging.getLogger("mlflow.utils.databricks_utils").setLevel(logging.ERROR)
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.StreamHandler(sys.stderr))

@@ -19,7 +19,7 @@ import yaml
 from mlflow import MlflowClient
 
 from pipeline.cli import main
-from pipeline.errors import SystemFault
+from pipeline.errors import SystemFault, TrackingError
 from pipeline.io import append_text, atomic_dir, atomic_file
 from pipeline.tracking import ensure_reachable
 from tests.conftest import BIN, free_port, write_params
@@ -366,6 +366,26 @@ def test_an_output_whose_folder_is_a_file_names_it(atomic, tmp_path):
         with atomic(tmp_path / "taken" / "out"):
             pass
     assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_mlflows_own_error_is_a_tracking_error_naming_the_uri(monkeypatch):
+    """An MlflowException no stage caught (a Databricks workspace without credentials) is exit
+    6 with the tracking URI, its password hidden, not an unexpected error."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.cli import _as_pipeline_error
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:s3cret@host:5000")
+    err = _as_pipeline_error(MlflowException("Reading credentials failed.\nMore detail"))
+    assert isinstance(err, TrackingError) and err.exit_code == 6
+    assert str(err) == "MLflow at http://alice:***@host:5000: Reading credentials failed."
+
+
+def test_a_databricks_workspace_is_not_taken_for_a_folder_store(monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    ensure_reachable("databricks")  # MLflow's client reads the workspace's credentials itself
+    with pytest.raises(TrackingError, match="MLflow no longer writes folder stores"):
+        ensure_reachable("./mlruns")
 
 
 def test_the_command_skips_teardown_but_keeps_exit_code_handlers_and_threads(tmp_path):

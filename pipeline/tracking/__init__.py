@@ -45,7 +45,7 @@ def ensure_reachable(uri: str | None = None, timeout: float = 10.0) -> None:
         _check_http(uri, timeout)
     elif uri.startswith("sqlite:///"):
         _check_sqlite(uri, timeout)
-    elif urlsplit(uri).scheme in ("", "file"):
+    elif urlsplit(uri).scheme in ("", "file") and uri != "databricks":  # a workspace, not a path
         _check_folder_store(uri)
 
 
