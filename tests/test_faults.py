@@ -22,7 +22,7 @@ from pipeline.cli import main
 from pipeline.errors import SystemFault, TrackingError
 from pipeline.io import append_text, atomic_dir, atomic_file
 from pipeline.tracking import ensure_reachable
-from tests.conftest import BIN, free_port, write_params
+from tests.conftest import BIN, REPO, free_port, write_params
 
 EXP = "lstm_airline"
 
@@ -366,6 +366,17 @@ def test_an_output_whose_folder_is_a_file_names_it(atomic, tmp_path):
         with atomic(tmp_path / "taken" / "out"):
             pass
     assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_a_new_tracking_store_adds_no_line_to_an_error(tmp_path):
+    """MLflow's note that it creates a store's tables stays off the terminal: validate makes
+    the store, then fails on the missing prepared data with its one line."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/new.db"}
+    cmd = [BIN / "lstm-pipeline", "validate", EXP]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3 and (tmp_path / "new.db").exists()
+    assert proc.stderr.count("\n") == 1 and "meta.json: not found" in proc.stderr, proc.stderr
 
 
 def test_mlflows_own_error_is_a_tracking_error_naming_the_uri(monkeypatch):

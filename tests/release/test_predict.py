@@ -1,6 +1,5 @@
 """`lstm-pipeline predict` on real exported models: same numbers as torch, torch-free, bad input."""
 
-import os
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pipeline.errors import DataError
 from pipeline.export.onnx_export import export_module
 from pipeline.meta import DataMeta
 from pipeline.training.module import SequenceModule
-from tests.conftest import BIN, free_port
+from tests.conftest import free_port
 
 CLASSIFY = {
     "task": "classification",
@@ -289,14 +288,14 @@ def test_a_log_forecaster_with_covariates_names_the_cell_that_is_not_positive(tm
         covariate_windows(path, meta, "series_id", "time")
 
 
-def test_a_new_tracking_store_adds_no_line_to_an_error(tmp_path):
-    """MLflow's note that it creates a store's tables stays off the terminal: the error is the
-    one line."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/new.db"}
-    cmd = [BIN / "lstm-pipeline", "predict", "models:/nope@champion", __file__, "-o", "out.csv"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 6 and (tmp_path / "new.db").exists()
-    assert proc.stderr.count("\n") == 1 and "nope" in proc.stderr, proc.stderr
+def test_a_registry_lookup_in_a_store_that_does_not_exist_creates_none(
+    monkeypatch, tmp_path, capsys
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/typo/mlflow.db")
+    assert main(["predict", "models:/m@champion", __file__, "-o", "out.csv"]) == 6
+    err = capsys.readouterr().err
+    assert "typo/mlflow.db does not exist" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "typo").exists()
 
 
 def test_unreachable_tracking_server_fails_fast(monkeypatch, tmp_path, capsys):
