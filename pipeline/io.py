@@ -34,24 +34,16 @@ def system_fault(err: BaseException, path: str | Path | None = None) -> SystemFa
 
 
 @contextmanager
-def _refusal_named(path: Path) -> Iterator[None]:
-    """Around making `path`'s folder and temp name and putting the result in place: any OS
-    refusal there is one about `path` (a file where its folder must be, a name too long)."""
-    try:
-        yield
-    except OSError as err:
-        fault = system_fault(err, path)
-        raise fault or SystemFault(
-            f"{path}: cannot write there ({err.strerror}: {err.filename})"
-        ) from err
-
-
-@contextmanager
-def _named_faults(path: Path) -> Iterator[None]:
+def _named_faults(path: Path, placing: bool = False) -> Iterator[None]:
+    """Disk and permission errors name `path`. `placing`: around making its folder and temp name
+    and putting the result in place, where any OS refusal is one about `path` (a file where its
+    folder must be, a name too long)."""
     try:
         yield
     except (OSError, RuntimeError) as err:
         fault = system_fault(err, path)
+        if fault is None and placing and isinstance(err, OSError):
+            fault = SystemFault(f"{path}: cannot write there ({err.strerror}: {err.filename})")
         if fault is None:
             raise
         raise fault from err
@@ -62,13 +54,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temp folder beside `path`; on success it replaces `path`, on error it is removed."""
     path = Path(path)
     with _named_faults(path):
-        with _refusal_named(path):
+        with _named_faults(path, placing=True):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             yield tmp
             tmp.chmod(0o777 & ~_UMASK)
-            with _refusal_named(path):
+            with _named_faults(path, placing=True):
                 if path.exists():
                     shutil.rmtree(path)
                 tmp.rename(path)
@@ -81,7 +73,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temp file path beside `path`; renamed onto `path` only if the block succeeds."""
     path = Path(path)
     with _named_faults(path):
-        with _refusal_named(path):
+        with _named_faults(path, placing=True):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
@@ -89,7 +81,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         try:
             yield tmp
             tmp.chmod(0o666 & ~_UMASK)
-            with _refusal_named(path):
+            with _named_faults(path, placing=True):
                 os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

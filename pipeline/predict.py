@@ -34,10 +34,7 @@ def local_model(model: str) -> Iterator[Path]:
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri()
-    store = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-    if store and not store.exists():  # a lookup must not leave a new, empty store behind
-        raise TrackingError(f"{model} at {redacted(uri)}: no such store ({store} does not exist)")
-    ensure_reachable(uri)
+    ensure_reachable(uri, create=False)
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(

@@ -37,14 +37,15 @@ def redacted(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def ensure_reachable(uri: str | None = None, timeout: float = 10.0) -> None:
+def ensure_reachable(uri: str | None = None, timeout: float = 10.0, create: bool = True) -> None:
     """Fail fast (TrackingError, exit 6) with the URI, password redacted, in the message: MLflow's
-    own client retries for minutes, and a locked SQLite store fails mid-training."""
+    own client retries for minutes, and a locked SQLite store fails mid-training. `create`: a
+    SQLite store that does not exist is made (a lookup passes False: it must not leave one)."""
     uri = uri or tracking_uri()
     if uri.startswith(("http://", "https://")):
         _check_http(uri, timeout)
     elif uri.startswith("sqlite:///"):
-        _check_sqlite(uri, timeout)
+        _check_sqlite(uri, timeout, create)
     elif urlsplit(uri).scheme in ("", "file") and uri != "databricks":  # a workspace, not a path
         _check_folder_store(uri)
 
@@ -93,12 +94,14 @@ def _check_folder_store(uri: str) -> None:
         )
 
 
-def _check_sqlite(uri: str, timeout: float) -> None:
+def _check_sqlite(uri: str, timeout: float, create: bool) -> None:
     """A store that another process holds locked, or a file that is not a database, is refused
     before training rather than failing it at its first logged metric."""
     import sqlite3
 
     path = Path(uri.removeprefix("sqlite:///"))
+    if not path.exists() and not create:
+        raise TrackingError(f"MLflow store {redacted(uri)}: no such store ({path} does not exist)")
     if not path.exists():
         _create_sqlite(uri, path)
         return
