@@ -12,12 +12,17 @@ import onnxruntime as ort
 from pydantic import ValidationError
 
 from pipeline.errors import DataError, first_line
+from pipeline.io import system_fault
 from pipeline.meta import DataMeta, first_error
 
 
 def session(path: str | Path, threads: int | None = 1) -> ort.InferenceSession:
     """`threads`: ONNX Runtime's intra-op threads; None: one per core. One keeps reports the same
     on every machine (the thread count changes the order of float sums)."""
+    try:  # ONNX Runtime's own error for a file it cannot open does not say why
+        open(path, "rb").close()
+    except OSError as err:
+        raise system_fault(err, path) or DataError(f"{path}: {err.strerror}") from None
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or 0
     opts.inter_op_num_threads = 1
@@ -27,16 +32,17 @@ def session(path: str | Path, threads: int | None = 1) -> ort.InferenceSession:
         raise DataError(f"{path}: not a loadable ONNX model ({first_line(err)})") from None
 
 
-def onnx_meta(sess: ort.InferenceSession) -> DataMeta:
-    """The data contract export wrote into metadata_props (task, scaler, labels, window...)."""
+def onnx_meta(sess: ort.InferenceSession, path: str | Path) -> DataMeta:
+    """The data contract export wrote into metadata_props (task, scaler, labels, window...) of
+    the model at `path` (named in errors)."""
     props = sess.get_modelmeta().custom_metadata_map
     if "task" not in props:
-        raise DataError("the ONNX model carries no lstm-pipeline metadata (task, scaler, ...)")
+        raise DataError(f"{path}: the ONNX model carries no lstm-pipeline metadata (task, ...)")
     try:
         return DataMeta.from_props(props)
     except (ValidationError, ValueError) as err:
         raise DataError(
-            f"the ONNX model's metadata is not a valid data contract: {first_error(err)}"
+            f"{path}: the ONNX model's metadata is not a valid data contract: {first_error(err)}"
         ) from None
 
 

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.errors import DataError, TrackingError
 from pipeline.inference import onnx_meta, run_onnx, session
 from pipeline.meta import padded
@@ -61,6 +63,21 @@ def _kind(path: Path) -> str | None:
         raise DataError(f"{path}: {err.strerror}") from None
 
 
+def _finite_or_raise(values: np.ndarray, keys, path: Path, id_column: str, what: str) -> None:
+    """Values far beyond the training data's (e.g. 1e36) overflow float32, on the model's scale
+    or inside it: no prediction may be made from them, or hold NaN."""
+    bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+    if not bad.size:
+        return
+    i = int(bad[0])
+    if keys is None:
+        which = f"sequence {i}"
+    else:  # a forecast's keys: one row per step, in the order of the series
+        ids = keys[id_column].unique() if hasattr(keys, "columns") else keys
+        which = f"series {ids[i]!r}"
+    raise DataError(f"{path}: {which}: {what} NaN or inf in float32; rescale the values")
+
+
 def predict(
     model: str, input_path: str, output: str, id_column="series_id", time_column="time"
 ) -> Path:
@@ -71,13 +88,19 @@ def predict(
     if _kind(output) == "folder":
         raise DataError(f"{output}: is a folder; -o takes the predictions' file path")
     with local_model(model) as onnx_file:
+        for given, what in ((path, "input"), (onnx_file, "model")):
+            if output.exists() and output.samefile(given):
+                raise DataError(f"{output}: is the {what}; -o takes a new path for predictions")
         sess = session(onnx_file)
-        meta = onnx_meta(sess)
+        meta = onnx_meta(sess, model)
         task = task_of(meta)
         x, keys, extra = task.read_inputs(path, output, meta, id_column, time_column)
-        x = task.scale_inputs(x, meta)
+        with np.errstate(over="ignore", invalid="ignore"):  # refused below, by series
+            x = task.scale_inputs(x, meta)
         if meta.variable_length:  # series of different lengths: padded, with their lengths
             x, extra["lengths"] = padded(x)
+        _finite_or_raise(x, keys, path, id_column, "its values on the model's scale are")
         out = run_onnx(sess, x, extra)[0]
+    _finite_or_raise(out, keys, path, id_column, "the model's output from its values is")
     task.write(task.predictions(out, x, meta, keys, id_column), output)
     return output

@@ -132,7 +132,7 @@ def _register(
     tags = run_tags(
         exp,
         "release",
-        task=onnx_meta(sess).task,
+        task=onnx_meta(sess, onnx_path).task,
         onnx_sha256=file_digest(onnx_path),
         dvc_lock_sha256=file_digest("dvc.lock"),
         data_sha256=prepared.meta.content_sha256,
@@ -217,7 +217,7 @@ def release(
     ensure_reachable(uri)
     report = validated_report(exp_name)
     onnx_path = model_dir(exp_name) / "model.onnx"
-    task = task_of(onnx_meta(session(onnx_path)))
+    task = task_of(onnx_meta(session(onnx_path), onnx_path))
     client = MlflowClient(uri)
     training = training_run(cfg.tracking.experiment_name, model_dir(exp_name) / "model.ckpt")
     verified_files(client, training, exp_name)

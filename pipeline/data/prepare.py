@@ -11,6 +11,7 @@ Scaling statistics are fit on the train split only and stored in meta.json.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,31 +63,42 @@ def _checked_lengths(exp: Experiment, data: Labelled) -> None:
             )
 
 
-def _split_indices(exp: Experiment, data: Labelled, y: np.ndarray) -> dict[str, np.ndarray]:
+def _split_indices(exp: Experiment, data: Labelled, y: np.ndarray, classes: list[str]) -> dict:
     """Series indices of train, val and test: the predefined split where there is one, the
     rest drawn stratified (seeded by data.split_seed)."""
     from sklearn.model_selection import train_test_split  # not imported by the tune driver
 
     cfg, everything = exp.data, np.arange(len(y))
 
-    def stratified(index, fraction, what):
-        try:
-            return train_test_split(
-                index, test_size=fraction, stratify=y[index], random_state=cfg.split_seed
-            )
-        except ValueError as err:
+    def stratified(index, key):
+        what, fraction = f"{key.split('_')[0]} split", getattr(cfg, key)
+        counts = np.bincount(y[index], minlength=len(classes))
+        few = np.flatnonzero(counts == 1)
+        if few.size:
             raise DataError(
-                f"{_source_name(exp)}: cannot carve a stratified {what}: {err}"
-            ) from None
+                f"{_source_name(exp)}: class {classes[few[0]]!r} has 1 series where the {what} "
+                "is drawn; a stratified split needs 2 of each class (add series, or give "
+                "the file a split column)"
+            )
+        drawn, n_classes = math.ceil(fraction * len(index)), int((counts > 0).sum())
+        if min(drawn, len(index) - drawn) < n_classes:
+            raise DataError(
+                f"{_source_name(exp)}: data.{key} {fraction} of {len(index)} series draws {drawn}"
+                f" for the {what} and leaves {len(index) - drawn}; each side needs one series of "
+                f"each of the {n_classes} classes (change data.{key}, or add series)"
+            )
+        return train_test_split(
+            index, test_size=fraction, stratify=y[index], random_state=cfg.split_seed
+        )
 
     if data.split is None:
-        rest, test = stratified(everything, cfg.test_fraction, "test split")
+        rest, test = stratified(everything, "test_fraction")
     else:
         rest, test = everything[data.split != "test"], everything[data.split == "test"]
     if data.split is not None and (data.split == "val").any():
         train, val = everything[data.split == "train"], everything[data.split == "val"]
     else:
-        train, val = stratified(rest, cfg.val_fraction, "validation split")
+        train, val = stratified(rest, "val_fraction")
     return {"train": train, "val": val, "test": test}
 
 
@@ -107,7 +119,7 @@ def _classification(exp: Experiment, data: Labelled) -> tuple[dict, dict]:
         raise DataError(f"{_source_name(exp)}: {column}: {unknown} occur only in the test split")
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[c] for c in data.y], dtype=np.int64)
-    splits = _split_indices(exp, data, y)
+    splits = _split_indices(exp, data, y, classes)
     if not len(splits["test"]) or not len(splits["train"]):
         empty = "test" if not len(splits["test"]) else "train"
         raise DataError(f"{_source_name(exp)}: the {empty} split has no series")

@@ -17,6 +17,7 @@ from pandas.tseries.frequencies import to_offset
 
 from pipeline.config import TableData
 from pipeline.errors import DataError
+from pipeline.io import system_fault
 
 SPLIT_NAMES = ("train", "val", "test")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -80,18 +81,40 @@ def load_airline() -> Series:
     return Series([s.to_numpy(np.float64)[:, None]], ["airline"], ["passengers"], freq)
 
 
-def _read_table(path: Path, source: str) -> pd.DataFrame:
+def _read_table(path: Path, source: str, text=()) -> pd.DataFrame:
+    """The file as a table whose index is each row's place in it (`_file_row`). `text`: columns
+    read as the text they hold (ids, labels: `007` stays `007`, `NA` is a name); their empty cells
+    are missing."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
     try:
-        frame = pd.read_csv(path) if source == "csv" else pd.read_parquet(path)
+        frame = _read_csv(path, text) if source == "csv" else pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
     except (ValueError, OSError) as err:
-        raise DataError(f"{path}: cannot read as {source}: {err}") from None
+        fault = system_fault(err, path)  # permission denied
+        raise fault or DataError(f"{path}: cannot read as {source}: {err}") from None
+    if source != "csv":
+        frame = frame.reset_index(drop=True)  # a stored index is not the rows' place
+    twice = frame.columns[frame.columns.duplicated()]
+    if len(twice):
+        raise DataError(f"{path}: column {twice[0]!r} appears twice in the header")
     if frame.empty:
         raise DataError(f"{path}: file has a header but no rows")
     return frame
+
+
+def _read_csv(path: Path, text) -> pd.DataFrame:
+    header = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].tolist()
+    twice = [name for i, name in enumerate(header) if name in header[:i]]
+    if twice:  # pandas would rename the second one `<name>.1`
+        raise DataError(f"{path}: column {twice[0]!r} appears twice in the header")
+    text = {col: str for col in text if col in header}
+    frame = pd.read_csv(path, converters=text, skip_blank_lines=False, index_col=False)
+    for col in text:
+        frame[col] = frame[col].mask(frame[col] == "")
+    # blank lines dropped here, not by pandas, so that the index stays each row's line - 2
+    return frame.dropna(how="all")
 
 
 def _row_name(path: Path, index: int) -> str:
@@ -99,9 +122,9 @@ def _row_name(path: Path, index: int) -> str:
     return f"line {index + 2}" if path.suffix.lower() == ".csv" else f"row {index}"
 
 
-def _file_row(path: Path, frame: pd.DataFrame, i: int) -> str:
-    """Where the i-th row of the sorted table stands in the file."""
-    return _row_name(path, int(frame.index[i]))
+def _file_row(path: Path, table: pd.DataFrame | pd.Series, i: int) -> str:
+    """Where the i-th row of `table` (read by `_read_table`, in any order) stands in the file."""
+    return _row_name(path, int(table.index[i]))
 
 
 def _numeric(frame: pd.DataFrame, columns: list[str], path: Path, empty_ok=()) -> np.ndarray:
@@ -109,24 +132,26 @@ def _numeric(frame: pd.DataFrame, columns: list[str], path: Path, empty_ok=()) -
     out = np.empty((len(frame), len(columns)), dtype=np.float64)
     for j, col in enumerate(columns):
         raw = frame[col]
+        if raw.dtype.kind in "mM":  # to_numeric would give nanoseconds
+            raise DataError(f"{path}: column {col!r} holds {raw.dtype} values, not numbers")
         values = pd.to_numeric(raw, errors="coerce")
         bad = values.isna() & raw.notna()
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
-                f"{path}: column {col!r} {_row_name(path, i)}: {raw.iloc[i]!r} is not a number"
+                f"{path}: column {col!r} {_file_row(path, raw, i)}: {raw.iloc[i]!r} is not a number"
             )
         arr = values.to_numpy(np.float64)
         nonfinite = ~np.isfinite(arr) & ~(raw.isna().to_numpy() if col in empty_ok else False)
         if nonfinite.any():
             i = int(np.flatnonzero(nonfinite)[0])
-            raise DataError(f"{path}: column {col!r} {_row_name(path, i)}: {arr[i]} (NaN/inf)")
+            raise DataError(f"{path}: column {col!r} {_file_row(path, raw, i)}: {arr[i]} (NaN/inf)")
         # the prepared arrays are float32: a larger value would become inf there
         beyond = np.abs(arr) > FLOAT32_MAX
         if beyond.any():
             i = int(np.flatnonzero(beyond)[0])
             raise DataError(
-                f"{path}: column {col!r} {_row_name(path, i)}: {arr[i]:g} is beyond float32's "
+                f"{path}: column {col!r} {_file_row(path, raw, i)}: {arr[i]:g} is beyond float32's "
                 f"range (±{FLOAT32_MAX:.3g}); rescale the column"
             )
         out[:, j] = arr
@@ -151,8 +176,8 @@ def _times(raw: pd.Series, column: str, path: Path) -> pd.Series:
         fmt = guess_datetime_format(first)
     if fmt is None:
         raise DataError(
-            f"{path}: column {column!r} {_row_name(path, 0)}: {first!r} is neither a number nor a "
-            "date; the time column must hold one or the other"
+            f"{path}: column {column!r} {_file_row(path, raw, 0)}: {first!r} is neither a number "
+            "nor a date; the time column must hold one or the other"
         )
     try:
         times = pd.to_datetime(raw, format=fmt, errors="coerce")
@@ -175,7 +200,8 @@ def _refuse_unparsed(raw: pd.Series, parsed: pd.Series, column: str, path: Path,
     bad = parsed.isna() & raw.notna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"{path}: column {column!r} {_row_name(path, i)}: {raw.iloc[i]!r} {what}")
+        where = f"column {column!r} {_file_row(path, raw, i)}"
+        raise DataError(f"{path}: {where}: {raw.iloc[i]!r} {what}")
 
 
 def series_freq(
@@ -216,7 +242,7 @@ def series_freq(
             else f"{t.iloc[i]} is not a {freq!r} step"
         )
         raise DataError(
-            f"{path}: {_row_name(path, int(t.index[i]))}: series {sid!r}: {why} ({source}); "
+            f"{path}: {_file_row(path, t, i)}: series {sid!r}: {why} ({source}); "
             "fill the gap or fix the date"
         )
     return freq
@@ -230,13 +256,14 @@ def read_series_table(
     features: list[str],
     extra=(),
     empty_ok=(),
+    text=(),
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Read and check a long-format file; rows sorted by (id, time), features as float64, dates
-    in the time column as datetimes.
+    in the time column as datetimes; the id, `extra` and `text` columns as text.
 
     Columns are matched by name, so their order in the file does not matter.
     """
-    frame = _read_table(path, source).reset_index(drop=True)
+    frame = _read_table(path, source, (id_column, *extra, *text))
     needed = [id_column, time_column, *features, *extra]
     missing = [c for c in dict.fromkeys(needed) if c not in frame.columns]
     if missing:
@@ -248,7 +275,7 @@ def read_series_table(
         empty = frame[col].isna()
         if empty.any():
             i = int(np.flatnonzero(empty.to_numpy())[0])
-            raise DataError(f"{path}: column {col!r} {_row_name(path, i)}: empty cell")
+            raise DataError(f"{path}: column {col!r} {_file_row(path, frame, i)}: empty cell")
     values = _numeric(frame, features, path, empty_ok)
     frame[time_column] = _times(frame[time_column], time_column, path)
     dup = frame.duplicated([id_column, time_column])
@@ -256,7 +283,7 @@ def read_series_table(
         i = int(np.flatnonzero(dup.to_numpy())[0])
         sid, time = frame[id_column].iloc[i], frame[time_column].iloc[i]
         raise DataError(
-            f"{path}: {_row_name(path, i)}: duplicate ({id_column}, {time_column}) = "
+            f"{path}: {_file_row(path, frame, i)}: duplicate ({id_column}, {time_column}) = "
             f"({sid}, {time})"
         )
     order = np.lexsort((frame[time_column].to_numpy(), frame[id_column].astype(str)))
@@ -337,7 +364,7 @@ def load_table(cfg: TableData) -> Labelled | Series:
     extra = [cfg.label] if cfg.task == "classification" else []
     numeric = [*cfg.features, *cfg.future, *cfg.static]
     frame, values = read_series_table(
-        path, cfg.source, cfg.id_column, cfg.time_column, numeric, extra
+        path, cfg.source, cfg.id_column, cfg.time_column, numeric, extra, text=[cfg.split_column]
     )
     ids = frame[cfg.id_column].astype(str).to_numpy()
     bounds = series_bounds(ids)

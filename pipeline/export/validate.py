@@ -41,8 +41,9 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
     ensure_reachable()  # before anything is written: the report goes to the training run too
     exp, folder = cfg.experiment(exp_name), model_dir(exp_name)
     prepared = Prepared.load(prepared_dir(exp_name))
-    sess = session(folder / "model.onnx", cfg.trainer.threads)  # as the train stage's torch
-    meta, rules = onnx_meta(sess), exp.validation  # the contract predict will use
+    onnx_path = folder / "model.onnx"
+    sess = session(onnx_path, cfg.trainer.threads)  # as the train stage's torch
+    meta, rules = onnx_meta(sess, onnx_path), exp.validation  # the contract predict will use
     task = task_of(meta)
     model = load_trained(folder / "model.ckpt").model
     x, y = prepared.arrays("test")

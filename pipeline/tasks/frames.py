@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline import plots
-from pipeline.errors import DataError
-from pipeline.io import atomic_file
+from pipeline.errors import DataError, first_line
+from pipeline.io import atomic_file, system_fault
 from pipeline.meta import DataMeta
 from pipeline.tasks.base import Task
 
@@ -94,15 +94,26 @@ class Frames(Task):
         for file, role in ((path, "reads"), (output, "writes")):
             if file.suffix.lower() != ".npy":
                 raise DataError(f"{file}: a frames model {role} .npy arrays [n, frames, C, H, W]")
-        x = np.load(path)
+        try:
+            x = np.load(path, allow_pickle=False)
+        except (ValueError, EOFError, OSError) as err:
+            fault = system_fault(err, path)  # permission denied
+            why = "pickled objects, or not .npy" if "pickled" in str(err) else first_line(err)
+            raise fault or DataError(f"{path}: not a .npy array ({why})") from None
         expected = tuple(meta.input_shape[1:])
-        if x.ndim != 5 or x.shape[2:] != expected:
+        if x.ndim != 5 or x.shape[2:] != expected or 0 in x.shape[:2]:
             raise DataError(
                 f"{path}: shape {list(x.shape)}; the model needs [n, frames, "
-                f"{', '.join(map(str, expected))}]"
+                f"{', '.join(map(str, expected))}], n and frames at least 1"
             )
-        if not np.isfinite(x).all():
-            raise DataError(f"{path}: holds NaN or inf pixels")
+        if x.dtype.kind not in "uif":
+            raise DataError(f"{path}: {x.dtype} values; pixels are numbers 0..255")
+        outside = ~((x >= 0) & (x <= 255))  # NaN too
+        if outside.any():
+            at = np.argwhere(outside)[0]
+            raise DataError(f"{path}: pixel {x[tuple(at)]:g} at {at.tolist()}; pixels are 0..255")
+        if x.dtype.kind == "f" and 0 < x.max() <= 1:
+            raise DataError(f"{path}: pixels 0..{x.max():g}; the model reads 0..255 (times 255?)")
         return x, None, {}
 
     def scale_inputs(self, x, meta: DataMeta):

@@ -73,7 +73,18 @@ def _broken(kind: str) -> str | None:
     elif kind == "empty":
         open("in.csv", "w").close()
         return None
+    elif kind == "odd_class":  # 6 series: a, b, a, b, a, c
+        frame = _frame(n_series=6)
+        frame.loc[frame.series_id == "s5", "label"] = "c"
+    elif kind == "twice":
+        frame["time"] = frame["value"]  # pandas would rename the second one 'value.1'
+        frame.columns = ["series_id", "value", "value", "label"]
     frame.to_csv("in.csv", index=False)
+    if kind == "blank_lines":  # line numbers count them, as an editor does
+        lines = open("in.csv").read().splitlines()
+        lines[3:3] = ["", ""]
+        lines[10] = lines[10].replace(lines[10].split(",")[2], "x")
+        open("in.csv", "w").write("\n".join(lines) + "\n")
     return None
 
 
@@ -119,6 +130,20 @@ def use_data(params: dict, data: dict) -> None:
         ),
         ("short_series", CLASSIFY, "in.csv: series 's2' has 10 time steps, shorter than window"),
         ("one_class", CLASSIFY, "in.csv: column 'label' has a single class 'a'"),
+        (
+            "odd_class",
+            CLASSIFY,
+            "in.csv: class 'c' has 1 series where the test split is drawn; a stratified split "
+            "needs 2 of each class",
+        ),
+        (
+            "stratified",
+            CLASSIFY,
+            "in.csv: data.test_fraction 0.2 of 4 series draws 1 for the test split and leaves 3; "
+            "each side needs one series of each of the 2 classes",
+        ),
+        ("twice", FORECAST, "in.csv: column 'value' appears twice in the header"),
+        ("blank_lines", FORECAST, "in.csv: column 'value' line 11: 'x' is not a number"),
         ("duplicate", FORECAST, "in.csv: line 122: duplicate (series_id, time) = (s0, 5)"),
         ("empty", FORECAST, "in.csv: file is empty"),
         (
@@ -196,6 +221,29 @@ def test_bad_csv(workdir, params, capsys, kind, data, expected):
     assert err.strip().count("\n") == 0
     prepared = workdir / "data" / "prepared"
     assert not prepared.exists() or not any(prepared.iterdir())  # not even a temp folder
+
+
+def test_ids_and_labels_are_the_text_the_file_holds(workdir, params):
+    """`01` and `1` are two classes, `NA` an id: read as text, not as numbers or missing."""
+    frame = _frame(n_series=10).assign(label=np.repeat(["1", "01"] * 5, 30))
+    frame["series_id"] = frame["series_id"].replace({"s0": "NA", "s1": "007"})
+    frame.to_csv("in.csv", index=False)
+    use_data(params, {**CLASSIFY, "window": None})
+    write_params(params)
+    assert main(["prepare", "lstm_airline"]) == 0
+    meta = json.loads((workdir / "data/prepared/lstm_airline/meta.json").read_text())
+    assert meta["labels"] == ["01", "1"] and sum(meta["sizes"].values()) == 10
+
+
+def test_a_date_column_is_not_read_as_numbers(workdir, params, capsys):
+    frame = _frame().assign(
+        value=lambda f: pd.Timestamp("2020-01-01") + pd.to_timedelta(f.time, "D")
+    )
+    frame.to_parquet("in.parquet")
+    use_data(params, {**FORECAST, "source": "parquet", "path": "in.parquet"})
+    write_params(params)
+    assert main(["prepare", "lstm_airline"]) == 3
+    assert "in.parquet: column 'value' holds datetime64[" in capsys.readouterr().err
 
 
 def test_missing_file(workdir, params, capsys):

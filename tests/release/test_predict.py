@@ -1,5 +1,7 @@
 """`lstm-pipeline predict` on real exported models: same numbers as torch, torch-free, bad input."""
 
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ from pipeline.data.sources import covariate_windows
 from pipeline.errors import DataError
 from pipeline.export.onnx_export import export_module
 from pipeline.meta import DataMeta
+from pipeline.predict import _finite_or_raise
 from pipeline.training.module import SequenceModule
 from tests.conftest import free_port
 
@@ -236,7 +239,17 @@ def test_bad_input(models, tmp_path, capsys):
         "broken metadata": (
             tmp_path / "broken.onnx",
             _write_csv(tmp_path / "b.csv", good),
-            ["metadata is not a valid data contract", "input_shape"],
+            ["broken.onnx: the ONNX model's metadata is not a valid data contract", "input_shape"],
+        ),
+        "a column twice": (
+            onnx_path,
+            _write_csv(tmp_path / "t.csv", good.assign(c=good.b).rename(columns={"c": "b"})),
+            ["t.csv: column 'b' appears twice in the header"],
+        ),
+        "values its float32 arithmetic cannot hold": (
+            onnx_path,
+            _write_csv(tmp_path / "h.csv", good.assign(b=3e38)),
+            ["h.csv: series 's0': its values on the model's scale are NaN or inf in float32"],
         ),
     }
     for name, (model, data, expected) in cases.items():
@@ -245,6 +258,95 @@ def test_bad_input(models, tmp_path, capsys):
         assert code == 3, name
         assert err.count("\n") == 1 and all(e in err for e in expected), (name, err)
         assert not list(tmp_path.glob("*out.csv*")), name
+
+
+def test_ids_stay_the_text_of_the_file(models, tmp_path):
+    _, onnx_path = models["classify"]
+    series = long_table([np.ones((10, 2))] * 3, ["a", "b"])
+    series["series_id"] = series["series_id"].map({"s0": "007", "s1": "NA", "s2": "1e3"})
+    data = _write_csv(tmp_path / "ids.csv", series)
+    assert main(["predict", str(onnx_path), data, "-o", "ids_out.csv"]) == 0
+    assert (tmp_path / "ids_out.csv").read_text().split()[1:] and sorted(
+        line.split(",")[0] for line in (tmp_path / "ids_out.csv").read_text().split()[1:]
+    ) == ["007", "1e3", "NA"]
+
+
+def test_an_output_that_overflowed_names_its_series():
+    """The attention model's convolutions and batch norm turn inputs of 1e36 (finite on its
+    scale) into NaN, where this test's small LSTM saturates: the check, on such an output."""
+    out = np.array([[0.1, 0.9], [np.nan, np.nan]], np.float32)
+    keys = pd.DataFrame({"series_id": ["a", "a", "b", "b"], "step": [1, 2, 1, 2]})
+    for k in (["a", "b"], keys):
+        with pytest.raises(DataError, match="in.csv: series 'b': the model's output from its"):
+            _finite_or_raise(
+                out, k, Path("in.csv"), "series_id", "the model's output from its values is"
+            )
+
+
+def test_the_output_is_never_the_input_or_the_model(models, tmp_path, capsys):
+    _, onnx_path = models["classify"]
+    data = _write_csv(tmp_path / "g.csv", long_table([np.ones((10, 2))] * 2, ["a", "b"]))
+    model = tmp_path / "m.onnx"
+    model.write_bytes(onnx_path.read_bytes())
+    for out, what in ((data, "input"), (model, "model")):
+        before = Path(out).read_bytes()
+        assert main(["predict", str(model), data, "-o", str(out)]) == 3
+        assert f"is the {what}; -o takes a new path" in capsys.readouterr().err
+        assert Path(out).read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("empty", "not a .npy array (No data left in file)"),
+        ("text", "not a .npy array (pickled objects, or not .npy)"),
+        ("no sequences", "shape [0, 5, 1, 8, 8]; the model needs [n, frames, 1, 8, 8]"),
+        ("strings", "<U1 values; pixels are numbers 0..255"),
+        ("negative", "pixel -1 at [0, 0, 0, 0, 0]; pixels are 0..255"),
+        ("0..1", "pixels 0..0.5; the model reads 0..255"),
+    ],
+)
+def test_frames_that_are_not_pixels_0_to_255(models, tmp_path, capsys, name, expected):
+    _, onnx_path = models["frames"]
+    path = tmp_path / "in.npy"
+    shape = (0 if name == "no sequences" else 2, 5, 1, 8, 8)
+    arrays = {
+        "strings": np.full(shape, "a"),
+        "negative": -np.ones(shape),
+        "0..1": np.full(shape, 0.5),
+    }
+    if name in ("empty", "text"):
+        path.write_text("" if name == "empty" else "hi\n")
+    else:
+        np.save(path, arrays.get(name, np.zeros(shape, np.uint8)))
+    assert main(["predict", str(onnx_path), str(path), "-o", "p.npy"]) == 3
+    err = capsys.readouterr().err
+    assert f"in.npy: {expected}" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "p.npy").exists()
+
+
+def unprivileged() -> list[str]:
+    """A command prefix that runs without root's right to read any file (chmod 000 binds)."""
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        pytest.skip("root without setpriv: chmod 000 does not bind")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}"]
+
+
+def test_an_unreadable_input_or_model_is_permission_denied(models, tmp_path):
+    _, onnx_path = models["classify"]
+    data = _write_csv(tmp_path / "g.csv", long_table([np.ones((10, 2))] * 2, ["a", "b"]))
+    model = tmp_path / "m.onnx"
+    model.write_bytes(onnx_path.read_bytes())
+    for locked in (Path(data), model):
+        locked.chmod(0)
+        cmd = [*unprivileged(), sys.executable, "-m", "pipeline", "predict", str(model), data]
+        proc = subprocess.run([*cmd, "-o", "out.csv"], capture_output=True, text=True)
+        locked.chmod(0o644)
+        assert proc.returncode == 8, proc.stderr
+        assert proc.stderr == f"lstm-pipeline predict: error: {locked}: Permission denied\n"
 
 
 def test_an_output_path_the_system_refuses_is_one_line(models, tmp_path, capsys):
