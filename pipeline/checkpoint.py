@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import DataError
-from pipeline.meta import DataMeta, first_error
+from pipeline.meta import DataMeta, first_error, same_data
 from pipeline.models import build_model
 from pipeline.models.ensemble import Ensemble
 from pipeline.tasks import task_of
@@ -45,6 +45,20 @@ def model_for(model_cfg: dict, meta: DataMeta, members: int = 1) -> nn.Module:
 class Trained:
     model: nn.Module  # in eval mode
     meta: DataMeta
+    family: str = ""  # model.name of its config
+
+
+def trained_for(path: Path, family: str, prepared: DataMeta) -> Trained:
+    """load_trained, refusing a checkpoint of another model family or data (e.g. copied from
+    another experiment), which export and validate took as the experiment's."""
+    trained = load_trained(path)
+    if trained.family != family:
+        raise DataError(
+            f"{path}: a {trained.family} model, but the experiment's model.name is {family!r}; "
+            "run the train stage"
+        )
+    same_data(trained.meta, prepared, path, "train")
+    return trained
 
 
 def load_trained(path: str | Path) -> Trained:
@@ -71,4 +85,4 @@ def load_trained(path: str | Path) -> Trained:
     ) as err:
         reason = first_error(err)
         raise DataError(f"{path}: not a model checkpoint of this pipeline ({reason})") from None
-    return Trained(model.eval(), meta)
+    return Trained(model.eval(), meta, hparams["model_cfg"]["name"])

@@ -216,6 +216,16 @@ def _as_pipeline_error(err: BaseException) -> PipelineError:
     )
 
 
+def _by_ctrl_c(err: BaseException | None) -> bool:
+    """Ctrl+C that a library turned into its own error: Lightning ends the fit with exit(1),
+    torch.onnx raises TorchExportError from it."""
+    while err is not None:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def _interrupted(command: str) -> int:
     print(f"lstm-pipeline {command}: interrupted", file=sys.stderr)
     return 130
@@ -233,8 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         return _interrupted(args.command)
-    except Exception as err:
+    except (Exception, SystemExit) as err:
         if args.debug:
+            raise
+        if _by_ctrl_c(err):
+            return _interrupted(args.command)
+        if isinstance(err, SystemExit):
             raise
         if not isinstance(err, PipelineError):
             err = _as_pipeline_error(err)

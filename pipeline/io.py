@@ -8,12 +8,14 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import SystemFault
+import yaml
+
+from pipeline.errors import PipelineError, SystemFault
 
 # mkstemp/mkdtemp create 0600/0700 whatever the umask; outputs get what open() would give them
 # (a team's shared storage needs group-readable models). Read once, at import (single-threaded).
@@ -104,6 +106,41 @@ def append_text(path: str | Path, text: str) -> None:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """PyYAML keeps the last of a key given twice, where DVC refuses the file: refused here too."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key if isinstance(key, Hashable) else id(key))
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeys.add_constructor("tag:yaml.org,2002:merge", lambda loader, node: "<<")
+
+
+def read_yaml(path: str | Path, error: type[PipelineError]) -> Any:
+    """A YAML file's content; a syntax error, a key given twice or bytes that are not UTF-8 are
+    one `error` naming the file, line and column."""
+    path = Path(path)
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeys)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f": line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise error(f"{path}{where}: {getattr(err, 'problem', None) or 'not valid YAML'}") from None
+    except UnicodeDecodeError as err:
+        line = err.object[: err.start].count(b"\n") + 1
+        raise error(f"{path}: line {line}: byte {err.object[err.start]:#x} is not UTF-8") from None
+    except OSError as err:
+        raise system_fault(err, path) or error(f"{path}: {err.strerror}") from None
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:

@@ -198,6 +198,23 @@ class PreparedMeta(DataMeta):
             raise DataError(f"{path}: not a valid meta.json ({first_error(err)})") from None
 
 
+# what a model is made for: one made for other data (another experiment's file copied in)
+# was exported and validated as this experiment's
+IDENTITY = ("task", "input_shape", "features", "labels", "window", "horizon", "targets",
+            "transform", "variable_length", "scaler")  # fmt: skip
+
+
+def same_data(meta: DataMeta, prepared: DataMeta, path: str | Path, stage: str) -> None:
+    """Refuse a model (`path`) whose data contract is not the prepared data's, naming the key."""
+    for key in IDENTITY:
+        made, data = getattr(meta, key), getattr(prepared, key)
+        if made != data:
+            raise DataError(
+                f"{path}: made for other data ({key}: {str(made)[:60]}; the prepared data's: "
+                f"{str(data)[:60]}); run the {stage} stage"
+            )
+
+
 def first_error(err: Exception) -> str:
     """A validation error's first complaint on one line (pydantic spreads it over several)."""
     return " ".join(line.strip() for line in str(err).splitlines()[:3])

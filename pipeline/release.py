@@ -14,14 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from pipeline.config import PipelineConfig
 from pipeline.data.prepared import Prepared
 from pipeline.errors import DataError, GateError, TrackingError
 from pipeline.evaluation import gate_table, release_gates
 from pipeline.inference import onnx_meta, session
-from pipeline.io import atomic_file, file_digest, read_json
+from pipeline.io import atomic_file, file_digest, read_json, read_yaml
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
 from pipeline.registry import history, history_table, model_card, move_alias
 from pipeline.tasks import task_of
@@ -50,7 +49,7 @@ def validated_report(exp: str) -> dict:
         raise GateError(f"{report_path}: has no boolean 'passed'; run `dvc repro`")
     if not report["passed"]:
         return report  # refused by the gates, with the reasons validate recorded
-    lock = yaml.safe_load(Path("dvc.lock").read_text()) if Path("dvc.lock").exists() else {}
+    lock = read_yaml("dvc.lock", GateError) if Path("dvc.lock").exists() else {}
     stage = (lock or {}).get("stages", {}).get(f"validate@{exp}")
     if stage is None:
         raise GateError(f"{exp}: dvc.lock has no stage validate@{exp}; run `dvc repro`")

@@ -193,3 +193,13 @@ def tracked_runs(root: Path) -> list[tuple[str, str]]:
     """(name, status) of every MLflow run in root/mlflow.db, by name."""
     with sqlite3.connect(root / "mlflow.db") as db:
         return db.execute("SELECT name, status FROM runs ORDER BY name").fetchall()
+
+
+def unprivileged() -> list[str]:
+    """A command prefix that runs without root's right to read any file (chmod 000 binds)."""
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        pytest.skip("root without setpriv: chmod 000 does not bind")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}"]

@@ -9,6 +9,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from pipeline.cli import main
 from pipeline.errors import SystemFault, TrackingError
 from pipeline.io import append_text, atomic_dir, atomic_file
 from pipeline.tracking import ensure_reachable
-from tests.conftest import BIN, REPO, free_port, write_params
+from tests.conftest import BIN, REPO, free_port, unprivileged, write_params
 
 EXP = "lstm_airline"
 
@@ -89,6 +90,35 @@ def test_yaml_syntax_error_names_file_line_and_column(repo, capsys):
     assert one_line(capsys).startswith("lstm-pipeline prepare: error: params.yaml: line 3, column")
 
 
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"seed: 1\nseed: 2\n", "params.yaml: line 2, column 1: duplicate key 'seed'"),  # DVC's too
+        (b"seed: 0\ntracking:\n  experiment_name: caf\xe9\n", "params.yaml: line 3: byte 0xe9"),
+        (None, "params.yaml: Is a directory"),
+    ],
+)
+def test_params_yaml_a_stage_cannot_read(repo, capsys, content, expected):
+    (repo / "params.yaml").unlink()
+    if content is None:
+        (repo / "params.yaml").mkdir()
+    else:
+        (repo / "params.yaml").write_bytes(content)
+    assert main(["prepare", EXP]) == 2
+    assert f"lstm-pipeline prepare: error: {expected}" in one_line(capsys)
+
+
+@pytest.mark.parametrize("section, value", [("fit", None), ("model", "x")])  # None: `fit:` alone
+def test_a_section_of_a_default_recipe_that_is_no_mapping_names_its_key(
+    repo, capsys, section, value
+):
+    raw = params(repo)
+    raw["experiments"]["attention_lstm_gunpoint"][section] = value
+    write_params(raw, repo / "params.yaml")
+    assert main(["train", "attention_lstm_gunpoint"]) == 2
+    assert f"experiments.attention_lstm_gunpoint.{section}: Input should be" in one_line(capsys)
+
+
 def test_params_that_are_not_a_mapping(repo, capsys):
     (repo / "params.yaml").write_text("- a\n- b\n")
     assert main(["train", EXP]) == 2
@@ -126,6 +156,16 @@ def test_a_password_in_the_uri_is_never_printed(repo, capsys, monkeypatch):
 
 def test_credentials_in_the_uri_reach_a_live_server(server):
     ensure_reachable(server.replace("http://", "http://alice:s3cret@"))
+
+
+def test_a_read_only_store_fails_before_anything_is_written(repo):
+    before = tree_digest(repo)
+    (repo / "mlflow.db").chmod(0o444)
+    cmd = [*unprivileged(), sys.executable, "-m", "pipeline", "validate", EXP]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)
+    assert proc.returncode == 8, proc.stderr
+    assert proc.stderr.endswith("mlflow.db: read-only (attempt to write a readonly database)\n")
+    assert proc.stderr.count("\n") == 1 and tree_digest(repo) == before
 
 
 def test_locked_sqlite_store_fails_within_15_s(repo, capsys):
@@ -192,6 +232,30 @@ def test_broken_checkpoint(repo, capsys, content):
     assert main(["export", EXP]) == 3
     assert f"models/{EXP}/model.ckpt: not a model checkpoint of this pipeline" in one_line(capsys)
     assert (repo / f"models/{EXP}/model.onnx").read_bytes() == before
+
+
+def test_a_model_made_for_other_data_or_another_family_is_refused(repo, capsys):
+    """As when another experiment's files are copied in: export exported them and validate
+    reported them as this experiment's."""
+    outputs = {k: v for k, v in tree_digest(repo).items() if k.startswith(("models", "metrics"))}
+    meta_path = repo / f"data/prepared/{EXP}/meta.json"
+    original = meta_path.read_text()
+    meta = json.loads(original)
+    meta["scaler"]["mean"] = [m + 1 for m in meta["scaler"]["mean"]]
+    meta_path.write_text(json.dumps(meta))
+    assert main(["validate", EXP]) == 3
+    assert f"models/{EXP}/model.onnx: made for other data (scaler: " in one_line(capsys)
+    assert main(["export", EXP]) == 3
+    assert f"models/{EXP}/model.ckpt: made for other data (scaler: " in one_line(capsys)
+    meta_path.write_text(original)
+    raw = params(repo)
+    raw["experiments"][EXP]["model"] = raw["experiments"]["attention_lstm_airline"]["model"]
+    write_params(raw, repo / "params.yaml")
+    assert main(["export", EXP]) == 3
+    assert "model.ckpt: a lstm model, but the experiment's model.name is 'attention_lstm'" in (
+        one_line(capsys)
+    )
+    assert {k: v for k, v in tree_digest(repo).items() if k in outputs} == outputs
 
 
 def test_missing_prepared_data(repo, capsys):
@@ -315,6 +379,16 @@ def test_a_forged_metric_with_a_matching_dvc_lock_is_refused(repo, capsys):
     _lock_validate(repo)  # the checksum edited to match
     assert main(["release", "--exp", EXP]) == 4
     assert "validate.json differs from what validate logged to training run" in one_line(capsys)
+
+
+def test_a_dvc_lock_left_with_merge_markers_is_refused_by_release(repo, capsys):
+    report_path = repo / f"metrics/{EXP}/validate.json"
+    report_path.write_text(json.dumps({**json.loads(report_path.read_text()), "passed": True}))
+    _lock_validate(repo)
+    lock = (repo / "dvc.lock").read_text()
+    (repo / "dvc.lock").write_text(f"<<<<<<< HEAD\n{lock}=======\n{lock}>>>>>>> theirs\n")
+    assert main(["release", "--exp", EXP]) == 4
+    assert "release: error: dvc.lock: line 2, column 7: mapping values" in one_line(capsys)
 
 
 def test_predict_output_that_is_a_folder(repo, capsys):

@@ -24,6 +24,7 @@ from pipeline.config.models import ModelConfig
 from pipeline.config.recipes import RECIPES
 from pipeline.config.run import Fit, Release, Resources, Tracking, Trainer, Tune, Validate
 from pipeline.errors import ConfigError
+from pipeline.io import read_yaml
 
 __all__ = [
     "AirlineData", "Experiment", "Fit", "MovingDigitsData", "PipelineConfig", "Release",
@@ -57,15 +58,19 @@ class Experiment(Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_recipe(cls, raw: Any) -> Any:
-        given = raw.get("model") if isinstance(raw, dict) else None
-        if not isinstance(raw, dict) or (isinstance(given, dict) and "name" in given):
+        if not isinstance(raw, dict):
             return raw
+        given, fit = raw.get("model"), raw.get("fit", {})
+        if isinstance(given, dict) and "name" in given:
+            return raw
+        if not isinstance(given or {}, dict) or not isinstance(fit, dict):
+            return raw  # the field validation names the key
         try:
             data = TypeAdapter(DataConfig).validate_python(raw.get("data"))
         except ValidationError:
             return raw  # the field validation reports what is wrong with `data`
         recipe = RECIPES[data.task]
-        model, fit = {**recipe["model"], **(given or {})}, {**recipe["fit"], **raw.get("fit", {})}
+        model, fit = {**recipe["model"], **(given or {})}, {**recipe["fit"], **fit}
         season = getattr(data, "season", None)
         if data.task == "forecast" and season and data.window >= 2 * season:
             model.setdefault("season_norm", season)
@@ -165,13 +170,7 @@ def load_config(path: str | Path = PARAMS_FILE) -> PipelineConfig:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: not found (run `lstm-pipeline compose` to write it from conf/)")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or "not valid YAML"
-        raise ConfigError(f"{path}:{where}: {problem}") from None
+    raw = read_yaml(path, ConfigError) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
     return parse_config(raw)

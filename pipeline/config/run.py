@@ -128,8 +128,14 @@ class Tune(Strict):
                         f"{group}.{key}: give one sampler of {', '.join(SAMPLERS)} (got {spec})"
                     )
                 kind, values = next(iter(spec.items()))
-                if kind not in ("choice", "grid") and len(values) != 2:
-                    raise ValueError(f"{group}.{key}: {kind} takes [low, high] (got {values})")
+                if kind not in ("choice", "grid"):
+                    low, high = values if len(values) == 2 else (None, None)
+                    if not (isinstance(low, int | float) and isinstance(high, int | float)
+                            and low < high and (low > 0 or kind != "loguniform")):  # fmt: skip
+                        raise ValueError(
+                            f"{group}.{key}: {kind} takes [low, high], numbers, low < high"
+                            f"{', low > 0' if kind == 'loguniform' else ''} (got {values})"
+                        )
                 if not values:
                     raise ValueError(f"{group}.{key}: {kind} needs at least one value")
         return space

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import torch
 
-from pipeline.checkpoint import Trained, load_trained
+from pipeline.checkpoint import Trained, trained_for
 from pipeline.config import PipelineConfig
 from pipeline.data.prepared import Prepared
 from pipeline.errors import PipelineError
@@ -331,7 +331,8 @@ def calibrated(trained: Trained, prepared: Prepared) -> Trained:
 def export(cfg: PipelineConfig, exp_name: str) -> Path:
     exp = cfg.experiment(exp_name)
     out = model_dir(exp_name)
-    trained = calibrated(load_trained(out / "model.ckpt"), Prepared.load(prepared_dir(exp_name)))
+    prepared = Prepared.load(prepared_dir(exp_name))
+    trained = calibrated(trained_for(out / "model.ckpt", exp.model.name, prepared.meta), prepared)
     export_module(trained, out / "model.onnx", exp.model.name)
     # models/<exp>/streaming/ always exists (a DVC out): the step model, or why there is none.
     with atomic_dir(out / "streaming") as tmp:

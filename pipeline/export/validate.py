@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import plots
-from pipeline.checkpoint import load_trained
+from pipeline.checkpoint import trained_for
 from pipeline.config import PipelineConfig
 from pipeline.data.prepared import Prepared
 from pipeline.errors import GateError
@@ -21,6 +21,7 @@ from pipeline.export.parity import parity, streaming_report
 from pipeline.export.quantize import int8_report
 from pipeline.inference import onnx_meta, run_onnx, session
 from pipeline.io import atomic_dir, file_digest, write_json
+from pipeline.meta import same_data
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
 from pipeline.tasks import task_of
 from pipeline.tracking import ensure_reachable, log_to_training_run
@@ -44,8 +45,9 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
     onnx_path = folder / "model.onnx"
     sess = session(onnx_path, cfg.trainer.threads)  # as the train stage's torch
     meta, rules = onnx_meta(sess, onnx_path), exp.validation  # the contract predict will use
+    same_data(meta, prepared.meta, onnx_path, "export")
     task = task_of(meta)
-    model = load_trained(folder / "model.ckpt").model
+    model = trained_for(folder / "model.ckpt", exp.model.name, prepared.meta).model
     x, y = prepared.arrays("test")
     x, extra = np.ascontiguousarray(x, dtype=np.float32), prepared.extra_inputs("test")
     covariates = {k: v for k, v in extra.items() if k != "lengths"}

@@ -8,7 +8,7 @@ from contextlib import closing, suppress
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from pipeline.errors import TrackingError, first_line
+from pipeline.errors import SystemFault, TrackingError, first_line
 from pipeline.io import file_digest
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -37,12 +37,22 @@ def redacted(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def one_bounded_try() -> None:
+    """MLflow's client waits 120 s for each answer and tries 8 times: a server that is up but
+    stalls (a stuck database) held a stage for a quarter of an hour. One try of at most 10 s
+    unless the user sets MLflow's variables (the training's logger keeps what the server did
+    not take and sends it later)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+
+
 def ensure_reachable(uri: str | None = None, timeout: float = 10.0, create: bool = True) -> None:
     """Fail fast (TrackingError, exit 6) with the URI, password redacted, in the message: MLflow's
     own client retries for minutes, and a locked SQLite store fails mid-training. `create`: a
     SQLite store that does not exist is made (a lookup passes False: it must not leave one)."""
     uri = uri or tracking_uri()
     if uri.startswith(("http://", "https://")):
+        one_bounded_try()
         _check_http(uri, timeout)
     elif uri.startswith("sqlite:///"):
         _check_sqlite(uri, timeout, create)
@@ -52,6 +62,7 @@ def ensure_reachable(uri: str | None = None, timeout: float = 10.0, create: bool
 
 def _check_http(uri: str, timeout: float) -> None:
     import base64
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -73,6 +84,10 @@ def _check_http(uri: str, timeout: float) -> None:
             ) from None
         raise TrackingError(
             f"MLflow tracking server {redacted(uri)} answered {err.code} on /health"
+        ) from None
+    except http.client.HTTPException as err:  # another service's port (Redis, SSH...)
+        raise TrackingError(
+            f"MLflow tracking server {redacted(uri)} does not answer in HTTP: {str(err)[:60]!r}"
         ) from None
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
@@ -109,8 +124,12 @@ def _check_sqlite(uri: str, timeout: float, create: bool) -> None:
         with closing(sqlite3.connect(path, timeout=timeout)) as db:
             db.execute("BEGIN IMMEDIATE")  # waits up to `timeout` for a writer's lock
             db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            if create:  # a writer: a read-only store failed after the stage's work
+                db.execute("CREATE TABLE lstm_pipeline_write_check (x)")
             db.rollback()
     except sqlite3.Error as err:
+        if "readonly" in str(err):
+            raise SystemFault(f"MLflow store {uri}: read-only ({err})") from None
         raise TrackingError(f"MLflow store {uri}: {err}") from None
 
 

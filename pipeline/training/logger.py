@@ -14,7 +14,6 @@ continued run sends none of a metric's steps up to the last one the run holds or
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from requests.exceptions import RequestException
 
 from pipeline.errors import TrackingError, first_line
 from pipeline.io import append_text, atomic_file
-from pipeline.tracking import redacted, tracking_uri
+from pipeline.tracking import one_bounded_try, redacted, tracking_uri
 from pipeline.training.resume import saved_run_id
 
 RETRY_S = 30.0
@@ -42,10 +41,7 @@ PENDING_FILE = "pending_metrics.jsonl"
 
 class PatientMLFlowLogger(MLFlowLogger):
     def __init__(self, *args, pending_dir: Path | None = None, **kwargs):
-        # MLflow's client retries a request for minutes (7 times, backoff 2); this logger keeps
-        # what the server does not take and tries again later, so one quick attempt each
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        one_bounded_try()  # this logger keeps what the server does not take and tries later
         super().__init__(*args, **kwargs)
         self.pending_file = pending_dir / PENDING_FILE if pending_dir else None
         self.pending: list = self._read_kept()

@@ -7,11 +7,9 @@ import json
 import shlex
 import sys
 
-import yaml
-
 from pipeline.config import compose
-from pipeline.errors import ConfigError, GateError
-from pipeline.io import atomic_file, read_json
+from pipeline.errors import ConfigError, DataError, GateError, first_line
+from pipeline.io import atomic_file, read_json, read_yaml
 from pipeline.paths import metrics_file, tune_dir
 
 
@@ -35,13 +33,23 @@ def best_trial(exp_name: str) -> dict:
     path = tune_dir(exp_name) / "best_params.yaml"
     if not path.exists():
         raise ConfigError(f"{path}: not found; run `lstm-pipeline tune {exp_name}` first")
-    return yaml.safe_load(path.read_text())
+    best = read_yaml(path, ConfigError)
+    if not (isinstance(best, dict) and isinstance(best.get("overrides"), dict)
+            and isinstance(best.get("val_loss"), int | float)):  # fmt: skip
+        raise ConfigError(
+            f"{path}: not a sweep's best trial (a number val_loss, a mapping overrides); "
+            f"run `lstm-pipeline tune {exp_name}` again"
+        )
+    return best
 
 
 def check_improves(exp_name: str, best: dict) -> None:
     """Refuse a best trial whose val/loss is worse than the current model's (train.json)."""
     path = metrics_file(exp_name, "train")
-    current = read_json(path).get("best_val_loss") if path.exists() else None
+    try:
+        current = read_json(path).get("best_val_loss") if path.exists() else None
+    except (ValueError, OSError, AttributeError) as err:
+        raise DataError(f"{path}: not the train stage's report ({first_line(err)})") from None
     if current is not None and best["val_loss"] > current:
         raise GateError(
             f"the best trial's val/loss {best['val_loss']:.6g} is worse than the current "

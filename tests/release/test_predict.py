@@ -1,9 +1,10 @@
 """`lstm-pipeline predict` on real exported models: same numbers as torch, torch-free, bad input."""
 
-import os
-import shutil
+import http.server
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from pipeline.export.onnx_export import export_module
 from pipeline.meta import DataMeta
 from pipeline.predict import _finite_or_raise
 from pipeline.training.module import SequenceModule
-from tests.conftest import free_port
+from tests.conftest import free_port, unprivileged
 
 CLASSIFY = {
     "task": "classification",
@@ -325,16 +326,6 @@ def test_frames_that_are_not_pixels_0_to_255(models, tmp_path, capsys, name, exp
     assert not (tmp_path / "p.npy").exists()
 
 
-def unprivileged() -> list[str]:
-    """A command prefix that runs without root's right to read any file (chmod 000 binds)."""
-    if os.geteuid() != 0:
-        return []
-    if not shutil.which("setpriv"):
-        pytest.skip("root without setpriv: chmod 000 does not bind")
-    caps = "-dac_override,-dac_read_search"
-    return ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}"]
-
-
 def test_an_unreadable_input_or_model_is_permission_denied(models, tmp_path):
     _, onnx_path = models["classify"]
     data = _write_csv(tmp_path / "g.csv", long_table([np.ones((10, 2))] * 2, ["a", "b"]))
@@ -408,3 +399,42 @@ def test_unreachable_tracking_server_fails_fast(monkeypatch, tmp_path, capsys):
     assert code == 6 and uri in capsys.readouterr().err
     assert time.monotonic() - start < 15
     assert not (tmp_path / "out.csv").exists()
+
+
+class _Stalls(http.server.BaseHTTPRequestHandler):
+    """An MLflow server whose database is stuck: /health answers, the API never does."""
+
+    def do_GET(self):
+        if self.path != "/health":
+            time.sleep(60)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *_):
+        pass
+
+
+@pytest.fixture
+def stalling_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stalls)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_server_that_stalls_or_is_not_http_is_exit_6(stalling_server, monkeypatch, capsys):
+    """One try of 10 s (MLflow's own client: 120 s, 8 times), then the server named."""
+    for var in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.delenv(var, raising=False)  # restored after the test, as it was
+    with socket.create_server(("127.0.0.1", 0)) as other:  # answers with bytes that are not HTTP
+        threading.Thread(target=lambda: other.accept()[0].sendall(b"\x00\x01garbage\r\n\r\n"),
+                         daemon=True).start()  # fmt: skip
+        for uri in (stalling_server, f"http://127.0.0.1:{other.getsockname()[1]}"):
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+            start = time.monotonic()
+            assert main(["predict", "models:/m@champion", __file__, "-o", "out.csv"]) == 6
+            err = capsys.readouterr().err
+            assert uri in err and err.count("\n") == 1, err
+            assert time.monotonic() - start < 30

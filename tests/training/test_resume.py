@@ -51,8 +51,13 @@ def train(root: Path, exp: str, stage: str = "train") -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
     log = open(root / f"{stage}.log", "a")
     return subprocess.Popen(
-        [BIN / "lstm-pipeline", stage, exp], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+        [BIN / "lstm-pipeline", stage, exp],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip: SIGINT as a terminal's Ctrl+C sends it
 
 
 def outputs(root: Path, exp: str) -> dict[str, bytes]:
@@ -149,13 +154,21 @@ def test_train_metrics_a_kill_cut_off_are_sent_by_the_resumed_fit(
     assert metrics(repo) == reference[exp]["metrics"]
 
 
-def test_sigterm_stops_with_one_line_and_resumes(reference, tmp_path, mlflow_template):
+@pytest.mark.parametrize(
+    "sig, code, line",
+    [
+        (signal.SIGTERM, 143, "lstm-pipeline train: error: lstm_airline: stopped by SIGTERM; run"),
+        (signal.SIGINT, 130, "lstm-pipeline train: interrupted"),  # Lightning's exit(1) inside
+    ],
+)
+def test_a_signal_stops_with_one_line_and_resumes(
+    reference, tmp_path, mlflow_template, sig, code, line
+):
     exp = "lstm_airline"
     repo = setup_repo(tmp_path / "repo", exp, mlflow_template, **CASES[exp])
-    proc, _ = stop_mid_fit(repo, exp, signal.SIGTERM)
-    assert proc.returncode == 143
-    last = (repo / "train.log").read_text().strip().splitlines()[-1]
-    assert last.startswith(f"lstm-pipeline train: error: {exp}: stopped by SIGTERM; run the train")
+    proc, _ = stop_mid_fit(repo, exp, sig)
+    assert proc.returncode == code
+    assert (repo / "train.log").read_text().strip().splitlines()[-1].startswith(line)
     assert not (repo / f"models/{exp}/model.ckpt").exists()
     assert train(repo, exp).wait() == 0
     assert outputs(repo, exp) == reference[exp]["outputs"]

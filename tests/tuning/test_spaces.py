@@ -57,6 +57,8 @@ def test_grid_search_turns_choices_into_grid_axes(params):
         ({"resources_per_trial": {"cpu": 0}}, r"tune\.resources_per_trial\.cpu"),
         ({"space": {"fit": {"lr": {"normal": [0, 1]}}}}, r"tune\.space: .*fit\.lr: give one"),
         ({"space": {"fit": {"lr": {"uniform": [1]}}}}, r"fit\.lr: uniform takes \[low, high\]"),
+        ({"space": {"fit": {"lr": {"loguniform": [0, 1]}}}}, r"fit\.lr: .*, low > 0 \(got \[0, 1"),
+        ({"space": {"model": {"hidden_size": {"randint": [10, 5]}}}}, r"low < high \(got \[10"),
         ({"scheduler": "hyperband"}, r"tune\.scheduler: Input should be"),
     ],
 )
@@ -124,3 +126,28 @@ def test_a_port_where_something_else_listens_is_not_taken_for_ray(
     expected = "answers, but not as a Ray cluster" if reply else "cannot reach a Ray cluster"
     assert err.startswith("lstm-pipeline tune: error: RAY_ADDRESS: ") and expected in err
     listener.close()
+
+
+@pytest.mark.parametrize(
+    "best, report, code, expected",
+    [
+        ("", None, 2, "best_params.yaml: not a sweep's best trial"),
+        ("val_loss: [1\n", None, 2, "best_params.yaml: line 2, column 1: expected ',' or ']'"),
+        ("val_loss: 1\noverrides: {}\n", "{bad", 3, "train.json: not the train stage's report"),
+        ("val_loss: 1\noverrides: {}\n", "[1]", 3, "train.json: not the train stage's report"),
+    ],
+)
+def test_a_damaged_sweep_result_or_report_is_named(
+    tune_workdir, params, capsys, best, report, code, expected
+):
+    write_params(sweep_params(params))
+    (tune_workdir / f"tune/{EXP}").mkdir(parents=True)
+    (tune_workdir / f"tune/{EXP}/best_params.yaml").write_text(best)
+    if report is not None:
+        (tune_workdir / f"metrics/{EXP}").mkdir(parents=True)
+        (tune_workdir / f"metrics/{EXP}/train.json").write_text(report)
+    before = (tune_workdir / "params.yaml").read_text()
+    assert main(["tune-apply", EXP]) == code
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err
+    assert (tune_workdir / "params.yaml").read_text() == before
