@@ -93,6 +93,12 @@ def predict(
                 raise DataError(f"{output}: is the {what}; -o takes a new path for predictions")
         sess = session(onnx_file)
         meta = onnx_meta(sess, model)
+        state = [i.name for i in sess.get_inputs()[1:] if i.name not in meta.extra_inputs]
+        if state:
+            raise DataError(
+                f"{model}: a streaming step model (state inputs {', '.join(state)}); predict "
+                "takes the whole model, models/<exp>/model.onnx"
+            )
         task = task_of(meta)
         x, keys, extra = task.read_inputs(path, output, meta, id_column, time_column)
         with np.errstate(over="ignore", invalid="ignore"):  # refused below, by series

@@ -12,13 +12,17 @@ is up to date. `lstm-pipeline repro a b` does the same for experiments a and b o
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import threading
+from contextlib import suppress
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, Interrupted, PipelineError
+
+STOP_S = 60  # how long a stopped lane's stage may take to stop (a training: a few seconds)
 
 
 class DvcFailed(PipelineError):
@@ -51,6 +55,11 @@ def repro(experiments: list[str], jobs: int, force: bool, named: bool = False) -
     """Reproduce each experiment's chain (up to validate@<exp>) on `jobs` lanes, in the given
     order; after a failure no further experiment starts. Output lines carry `[exp] `. The last
     dvc call covers the whole pipeline, or with `named` only these experiments' chains."""
+    here = Path.cwd().resolve()
+    if not any((folder / ".dvc").is_dir() for folder in (here, *here.parents)):
+        raise ConfigError(f"{here}: not in a DVC repository (no .dvc/ here or above)")
+    if not Path("dvc.yaml").is_file():
+        raise ConfigError(f"{here / 'dvc.yaml'}: not found; run it in the project's folder")
     targets = [f"validate@{exp}" for exp in experiments] if named else []
     if not force:
         experiments = _changed(experiments)
@@ -66,9 +75,10 @@ def repro(experiments: list[str], jobs: int, force: bool, named: bool = False) -
                 exp = pending.pop(0)
             forced = ["-f"] if force else []
             cmd = [_dvc(), "--wait-for-lock", "repro", *forced, f"validate@{exp}"]
-            with subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-            ) as proc:
+            with subprocess.Popen(  # a session of its own: the signal reaches dvc and its stage
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                start_new_session=True,
+            ) as proc:  # fmt: skip
                 running.add(proc)
                 for line in proc.stdout:
                     with lock:
@@ -78,13 +88,21 @@ def repro(experiments: list[str], jobs: int, force: bool, named: bool = False) -
                 failures.append((exp, proc.returncode))
                 stopped.set()
 
-    def terminate(*_) -> None:
-        # a stage's training stops when its dvc goes (the resume point is kept); daemon lanes do
-        # not hold the exit while a stage's last output drains
+    def stop(signum: int) -> None:
+        """Each lane's dvc and stage get the signal (dvc passes none on: its stage wrote outputs
+        after repro had exited) and repro waits for them (a training keeps its resume point);
+        daemon lanes do not hold the exit while a stage's last output drains."""
         stopped.set()
         for proc in list(running):
-            proc.terminate()
-        raise SystemExit(143)
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signum)
+        for proc in list(running):
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(STOP_S)
+
+    def terminate(*_) -> None:
+        stop(signal.SIGTERM)
+        raise Interrupted("stopped by SIGTERM; the stages stopped with it (run it again)")
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
@@ -94,7 +112,7 @@ def repro(experiments: list[str], jobs: int, force: bool, named: bool = False) -
         for thread in lanes:
             thread.join()
     except KeyboardInterrupt:
-        stopped.set()  # the terminal's Ctrl-C reached the dvc processes too
+        stop(signal.SIGINT)  # Ctrl+C: the lanes' sessions are not the terminal's
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -149,6 +149,28 @@ def _error(raw) -> str:
             "column 'temp' has two roles: features and future",
         ),
         (
+            ("experiments", "lstm_airline", "data"),
+            {
+                "source": "csv",
+                "path": "x.csv",
+                "task": "forecast",
+                "features": ["load"],
+                "static": ["series_id"],
+            },  # fmt: skip
+            "column 'series_id' has two roles: id_column and static",  # prepare trained on it
+        ),
+        (
+            ("experiments", "lstm_italypowerdemand", "data"),
+            {
+                "source": "csv",
+                "path": "x.csv",
+                "task": "classification",
+                "features": ["x", "y"],
+                "label": "y",
+            },  # fmt: skip
+            "column 'y' has two roles: features and label",
+        ),
+        (
             ("experiments", "lstm_italypowerdemand", "data"),
             {
                 "source": "csv",
@@ -339,3 +361,19 @@ def test_an_experiment_that_sets_only_its_data_gets_the_tasks_default_recipe():
     # frames: patches of 4x4 pixels, or the largest size that divides the frame
     assert [exps[f"frames_{n}"].model.patch_size for n in (24, 18, 15)] == [4, 2, 1]
     assert exps["frames_pixels"].model.patch_size == 1
+
+
+def test_an_invalid_data_block_of_a_default_recipe_is_named_alone(params):
+    """Without valid data no recipe fills the model in: pydantic's "model: Field required" was
+    a second, false error, and each error repeated the whole block it was given."""
+    raw = copy.deepcopy(params)
+    data = {
+        "source": "csv",
+        "path": "x.csv",
+        "task": "forecast",
+        "features": ["a"],
+        "future": ["a"],
+    }
+    raw["experiments"]["new"] = {"data": data}
+    err = _error(raw)
+    assert err.endswith("experiments.new.data: column 'a' has two roles: features and future"), err

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import yaml
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.repro import repro
 
 DVC = Path(sys.executable).parent / "dvc"
@@ -75,12 +75,20 @@ def test_a_failed_experiment_names_its_stage_and_no_further_one_starts(dvc_repo,
     assert "[fail] " in capsys.readouterr().out  # dvc's lines, marked with their experiment
 
 
-def test_sigterm_ends_the_lanes_at_once(dvc_repo):
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, -signal.SIGINT)])
+def test_a_signal_ends_the_lanes_and_their_stages_at_once(dvc_repo, sig, code):
+    """SIGTERM from a supervisor, SIGINT from `timeout -s INT` or Ctrl+C: the stages stop with
+    repro (dvc passes no signal on: they wrote outputs after it had exited)."""
     repo = dvc_repo("slow", "last")
-    code = "from pipeline.repro import repro; repro(['slow', 'last'], jobs=2, force=False)"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=repo, env={**os.environ, "SLEEP": "60"}
+    code_ = (
+        "from pipeline.errors import PipelineError\nfrom pipeline.repro import repro\n"
+        "try: repro(['slow', 'last'], jobs=2, force=False)\n"
+        "except PipelineError as err: raise SystemExit(err.exit_code)"  # as the CLI exits
     )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code_], cwd=repo, env={**os.environ, "SLEEP": "60"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     deadline, stages = time.monotonic() + 60, []
     while len(stages) < 2 and time.monotonic() < deadline:  # both lanes' stages started
         time.sleep(0.2)
@@ -88,11 +96,12 @@ def test_sigterm_ends_the_lanes_at_once(dvc_repo):
         stages = [p for p in tree if p.name() == "sleep"]
     try:
         assert len(stages) == 2
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 143  # not held until the stages' commands end
+        proc.send_signal(sig)
+        assert proc.wait(timeout=10) == code  # not held until the stages' commands end
+        assert not psutil.wait_procs(tree, timeout=5)[1]  # and none of them left running
     finally:
         proc.kill()
-        for stage in tree:  # the shell commands dvc left (a training stops by itself)
+        for stage in tree:
             with suppress(psutil.NoSuchProcess):
                 stage.kill()
 
@@ -128,3 +137,13 @@ def test_lanes_default_to_every_core_where_the_os_has_no_cpu_affinity(monkeypatc
     assert parser().parse_args(["repro"]).jobs == usable_cores() == len(os.sched_getaffinity(0))
     monkeypatch.delattr(os, "sched_getaffinity")
     assert parser().parse_args(["repro"]).jobs == usable_cores() == os.cpu_count()
+
+
+def test_outside_a_dvc_repository_or_without_dvc_yaml_is_one_config_error(tmp_path, monkeypatch):
+    """It ran a lane per experiment, each failing with dvc's lines and an exit 253 or 255."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="not in a DVC repository"):
+        repro(["a"], jobs=1, force=True)
+    (tmp_path / ".dvc").mkdir()
+    with pytest.raises(ConfigError, match="dvc.yaml: not found"):
+        repro(["a"], jobs=1, force=True)

@@ -140,14 +140,21 @@ UNION_TAGS = _tags(DataConfig, "source") | _tags(ModelConfig, "name")
 
 
 def _format(err: ValidationError) -> str:
+    errors = err.errors()
+    bad_data = {e["loc"][: e["loc"].index("data")] for e in errors if "data" in e["loc"]}
     lines = []
-    for e in err.errors():
+    for e in errors:
+        if e["type"] == "missing" and e["loc"][-1] == "model" and e["loc"][:-1] in bad_data:
+            continue  # without valid data no default recipe could fill the model in
         # Drop the union tags pydantic puts in the path ("ucr", "lstm"...): users never write them.
         loc = [str(p) for p in e["loc"] if p not in UNION_TAGS]
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{'.'.join(loc) or '<root>'}: {msg} (got {e.get('input')!r})")
+        got = repr(e.get("input"))
+        lines.append(
+            f"{'.'.join(loc) or '<root>'}: {msg}" + (f" (got {got})" if len(got) <= 80 else "")
+        )
     return "invalid config: " + "; ".join(lines)
 
 

@@ -136,8 +136,9 @@ class TableData(ForecastWindows):
         missing = [t for t in self.targets if t not in self.features]
         if missing:
             raise ValueError(f"targets {missing} must also be listed in features")
-        roles = {"features": self.features, "future": self.future, "static": self.static}
-        seen: dict[str, str] = {}
+        roles = {"features": self.features, "future": self.future, "static": self.static,
+                 "label": [self.label] if self.label else []}  # fmt: skip
+        seen = {self.id_column: "id_column", self.time_column: "time_column"}
         for role, columns in roles.items():
             for column in columns:
                 if column in seen:

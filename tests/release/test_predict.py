@@ -17,7 +17,7 @@ import torch
 from pipeline.cli import main
 from pipeline.data.sources import covariate_windows
 from pipeline.errors import DataError
-from pipeline.export.onnx_export import export_module
+from pipeline.export.onnx_export import export_module, export_step
 from pipeline.meta import DataMeta
 from pipeline.predict import _finite_or_raise
 from pipeline.training.module import SequenceModule
@@ -282,6 +282,15 @@ def test_an_output_that_overflowed_names_its_series():
             _finite_or_raise(
                 out, k, Path("in.csv"), "series_id", "the model's output from its values is"
             )
+
+
+def test_a_streaming_step_model_is_refused_naming_it(models, tmp_path, capsys):
+    module, _ = models["classify"]
+    step = export_step(module, tmp_path / "model_step.onnx", "lstm")
+    data = _write_csv(tmp_path / "g.csv", long_table([np.ones((10, 2))] * 2, ["a", "b"]))
+    assert main(["predict", str(step), data, "-o", "out.csv"]) == 3
+    err = capsys.readouterr().err
+    assert "model_step.onnx: a streaming step model (state inputs h, c); predict takes" in err, err
 
 
 def test_the_output_is_never_the_input_or_the_model(models, tmp_path, capsys):
