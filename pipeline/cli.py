@@ -9,6 +9,7 @@ import importlib
 import os
 import sys
 import threading
+from importlib.metadata import version
 from pathlib import Path
 
 from pipeline import warm
@@ -115,6 +116,7 @@ STAGES = {
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lstm-pipeline", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version('lstm-pipeline')}")
     # also after the command; SUPPRESS: a subcommand's default must not undo `--debug COMMAND`
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(

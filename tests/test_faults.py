@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,14 @@ def test_a_section_of_a_default_recipe_that_is_no_mapping_names_its_key(
     write_params(raw, repo / "params.yaml")
     assert main(["train", "attention_lstm_gunpoint"]) == 2
     assert f"experiments.attention_lstm_gunpoint.{section}: Input should be" in one_line(capsys)
+
+
+def test_version_is_the_installed_packages(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert capsys.readouterr().out == f"lstm-pipeline {version}\n"
 
 
 def test_params_that_are_not_a_mapping(repo, capsys):
