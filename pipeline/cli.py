@@ -7,6 +7,7 @@ import atexit
 import functools
 import importlib
 import os
+import signal
 import sys
 import threading
 from importlib.metadata import version
@@ -272,8 +273,14 @@ def console() -> None:
         code = _interrupted(sys.argv[1])
     if code is None:
         code = main()
+    # the work is done: Ctrl+C now skips the rest (it printed a traceback from an exit handler)
+    signal.signal(signal.SIGINT, lambda *_: _exit_now(code))
     threading._shutdown()  # what the interpreter calls first; joining threads alone would hang
     atexit._run_exitfuncs()
+    _exit_now(code)
+
+
+def _exit_now(code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

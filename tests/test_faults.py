@@ -504,3 +504,18 @@ def test_the_command_skips_teardown_but_keeps_exit_code_handlers_and_threads(tmp
     assert proc.returncode == 2  # no params.yaml: a config error
     assert proc.stdout == "pool ran bufferedthread done\nhandler ran\n"
     assert proc.stderr.startswith("lstm-pipeline prepare: error: ")
+
+
+def test_ctrl_c_after_the_work_is_done_exits_with_its_code_and_no_traceback(tmp_path):
+    """A Ctrl+C that lands in the exit handlers (torch's) printed a traceback after the work."""
+    code = (
+        "import atexit, os, signal, sys, time\n"
+        "from pipeline import cli\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))\n"
+        "sys.argv = ['lstm-pipeline', 'prepare', 'nope']\n"
+        "cli.console()\n"
+    )
+    proc = subprocess.run(
+        [BIN / "python", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
