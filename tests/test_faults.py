@@ -482,6 +482,14 @@ def test_a_databricks_workspace_is_not_taken_for_a_folder_store(monkeypatch):
         ensure_reachable("./mlruns")
 
 
+def console_in(folder: Path, setup: str) -> subprocess.CompletedProcess:
+    """`lstm-pipeline prepare nope` through cli.console in a fresh Python, after `setup`."""
+    code = f"{setup}sys.argv = ['lstm-pipeline', 'prepare', 'nope']\ncli.console()\n"
+    return subprocess.run(
+        [BIN / "python", "-c", code], cwd=folder, capture_output=True, text=True, timeout=60
+    )
+
+
 def test_the_command_skips_teardown_but_keeps_exit_code_handlers_and_threads(tmp_path):
     """`lstm-pipeline` (cli.console) exits without the interpreter's teardown; the exit code,
     the exit handlers, a non-daemon thread's work and buffered output survive, and an idle
@@ -495,12 +503,8 @@ def test_the_command_skips_teardown_but_keeps_exit_code_handlers_and_threads(tmp
         "pool = ThreadPoolExecutor(1)\n"
         "pool.submit(print, 'pool ran', end=' ').result()\n"
         "print('buffered', end='')\n"
-        "sys.argv = ['lstm-pipeline', 'prepare', 'nope']\n"
-        "cli.console()\n"
     )
-    proc = subprocess.run(
-        [BIN / "python", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
+    proc = console_in(tmp_path, code)
     assert proc.returncode == 2  # no params.yaml: a config error
     assert proc.stdout == "pool ran bufferedthread done\nhandler ran\n"
     assert proc.stderr.startswith("lstm-pipeline prepare: error: ")
@@ -512,10 +516,6 @@ def test_ctrl_c_after_the_work_is_done_exits_with_its_code_and_no_traceback(tmp_
         "import atexit, os, signal, sys, time\n"
         "from pipeline import cli\n"
         "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))\n"
-        "sys.argv = ['lstm-pipeline', 'prepare', 'nope']\n"
-        "cli.console()\n"
     )
-    proc = subprocess.run(
-        [BIN / "python", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
+    proc = console_in(tmp_path, code)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
