@@ -100,11 +100,12 @@ def repro(experiments: list[str], jobs: int, force: bool, named: bool = False) -
             with suppress(subprocess.TimeoutExpired):
                 proc.wait(STOP_S)
 
-    def terminate(*_) -> None:
-        stop(signal.SIGTERM)
-        raise Interrupted("stopped by SIGTERM; the stages stopped with it (run it again)")
+    def terminate(signum, _) -> None:  # SIGTERM, or SIGHUP: its terminal closed
+        stop(signum)
+        name = signal.Signals(signum).name
+        raise Interrupted(f"stopped by {name}; the stages stopped with it (run it again)")
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = {s: signal.signal(s, terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         lanes = [threading.Thread(target=lane, daemon=True) for _ in range(max(1, jobs))]
         for thread in lanes:
@@ -115,7 +116,8 @@ def repro(experiments: list[str], jobs: int, force: bool, named: bool = False) -
         stop(signal.SIGINT)  # Ctrl+C: the lanes' sessions are not the terminal's
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if failures:
         failed = "; ".join(f"validate@{exp}: dvc repro failed (exit {rc})" for exp, rc in failures)
         raise DvcFailed(f"{failed} (its lines above start with [exp])", failures[0][1])

@@ -75,10 +75,12 @@ def test_a_failed_experiment_names_its_stage_and_no_further_one_starts(dvc_repo,
     assert "[fail] " in capsys.readouterr().out  # dvc's lines, marked with their experiment
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, -signal.SIGINT)])
+@pytest.mark.parametrize(
+    "sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 143), (signal.SIGINT, -signal.SIGINT)]
+)
 def test_a_signal_ends_the_lanes_and_their_stages_at_once(dvc_repo, sig, code):
-    """SIGTERM from a supervisor, SIGINT from `timeout -s INT` or Ctrl+C: the stages stop with
-    repro (dvc passes no signal on: they wrote outputs after it had exited)."""
+    """SIGTERM from a supervisor, SIGHUP from a closed terminal, SIGINT from Ctrl+C: the stages
+    stop with repro (dvc passes no signal on: they wrote outputs after it had exited)."""
     repo = dvc_repo("slow", "last")
     code_ = (
         "from pipeline.errors import PipelineError\nfrom pipeline.repro import repro\n"
