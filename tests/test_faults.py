@@ -24,7 +24,7 @@ from pipeline.cli import main
 from pipeline.errors import SystemFault, TrackingError
 from pipeline.io import append_text, atomic_dir, atomic_file
 from pipeline.tracking import ensure_reachable
-from tests.conftest import BIN, REPO, free_port, unprivileged, write_params
+from tests.conftest import BIN, REPO, free_port, without_file_rights, write_params
 
 EXP = "lstm_airline"
 
@@ -170,8 +170,10 @@ def test_credentials_in_the_uri_reach_a_live_server(server):
 def test_a_read_only_store_fails_before_anything_is_written(repo):
     before = tree_digest(repo)
     (repo / "mlflow.db").chmod(0o444)
-    cmd = [*unprivileged(), sys.executable, "-m", "pipeline", "validate", EXP]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)
+    cmd = [sys.executable, "-m", "pipeline", "validate", EXP]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=repo, preexec_fn=without_file_rights
+    )
     assert proc.returncode == 8, proc.stderr
     assert proc.stderr.endswith("mlflow.db: read-only (attempt to write a readonly database)\n")
     assert proc.stderr.count("\n") == 1 and tree_digest(repo) == before

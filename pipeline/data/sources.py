@@ -94,11 +94,9 @@ def _read_table(path: Path, source: str, text=()) -> pd.DataFrame:
     except (ValueError, OSError) as err:
         fault = system_fault(err, path)  # permission denied
         raise fault or DataError(f"{path}: cannot read as {source}: {err}") from None
-    if source != "csv":
+    if source != "csv":  # (_read_csv checks the header pandas would rename)
         frame = frame.reset_index(drop=True)  # a stored index is not the rows' place
-    twice = frame.columns[frame.columns.duplicated()]
-    if len(twice):
-        raise DataError(f"{path}: column {twice[0]!r} appears twice in the header")
+        _once_each(frame.columns.tolist(), path)
     if frame.empty:
         raise DataError(f"{path}: file has a header but no rows")
     return frame
@@ -106,15 +104,19 @@ def _read_table(path: Path, source: str, text=()) -> pd.DataFrame:
 
 def _read_csv(path: Path, text) -> pd.DataFrame:
     header = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].tolist()
-    twice = [name for i, name in enumerate(header) if name in header[:i]]
-    if twice:  # pandas would rename the second one `<name>.1`
-        raise DataError(f"{path}: column {twice[0]!r} appears twice in the header")
+    _once_each(header, path)  # pandas would rename the second one `<name>.1`
     text = {col: str for col in text if col in header}
     frame = pd.read_csv(path, converters=text, skip_blank_lines=False, index_col=False)
     for col in text:
         frame[col] = frame[col].mask(frame[col] == "")
     # blank lines dropped here, not by pandas, so that the index stays each row's line - 2
     return frame.dropna(how="all")
+
+
+def _once_each(columns: list, path: Path) -> None:
+    twice = [name for i, name in enumerate(columns) if name in columns[:i]]
+    if twice:
+        raise DataError(f"{path}: column {twice[0]!r} appears twice in the header")
 
 
 def _row_name(path: Path, index: int) -> str:

@@ -21,7 +21,7 @@ from pipeline.export.onnx_export import export_module, export_step
 from pipeline.meta import DataMeta
 from pipeline.predict import _finite_or_raise
 from pipeline.training.module import SequenceModule
-from tests.conftest import free_port, unprivileged
+from tests.conftest import free_port, without_file_rights
 
 CLASSIFY = {
     "task": "classification",
@@ -342,8 +342,8 @@ def test_an_unreadable_input_or_model_is_permission_denied(models, tmp_path):
     model.write_bytes(onnx_path.read_bytes())
     for locked in (Path(data), model):
         locked.chmod(0)
-        cmd = [*unprivileged(), sys.executable, "-m", "pipeline", "predict", str(model), data]
-        proc = subprocess.run([*cmd, "-o", "out.csv"], capture_output=True, text=True)
+        cmd = [sys.executable, "-m", "pipeline", "predict", str(model), data, "-o", "out.csv"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=without_file_rights)
         locked.chmod(0o644)
         assert proc.returncode == 8, proc.stderr
         assert proc.stderr == f"lstm-pipeline predict: error: {locked}: Permission denied\n"
