@@ -208,6 +208,12 @@ def _as_pipeline_error(err: BaseException) -> PipelineError:
         from pipeline.tracking import redacted, tracking_uri
 
         return TrackingError(f"MLflow at {redacted(tracking_uri())}: {first_line(err)[:300]}")
+    if isinstance(err, RuntimeError) and any(b in str(err) for b in ("/gloo/", "NCCL")):
+        rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+        return PipelineError(
+            f"DDP rank {rank}: another rank of this training stopped ({_gloo_cause(err)}); "
+            "run it again to resume from its last saved epoch"
+        )
     if isinstance(err, MemoryError) or "can't allocate memory" in str(err):
         return SystemFault(
             "out of memory; lower the model's size (model.hidden_size, model.num_layers) or "
@@ -217,6 +223,13 @@ def _as_pipeline_error(err: BaseException) -> PipelineError:
     return PipelineError(
         f"unexpected {type(err).__name__}: {first} (rerun with --debug for the traceback)"
     )
+
+
+def _gloo_cause(err: RuntimeError) -> str:
+    """'Connection reset by peer' from gloo's '[.../pair.cc:537] Read error [127.0.0.1]:29362:
+    Connection reset by peer. This is typically caused by ...'."""
+    text = first_line(err).split("] ", 1)[-1]
+    return text.split(". ", 1)[0][:200]
 
 
 def _by_ctrl_c(err: BaseException | None) -> bool:
@@ -255,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if not isinstance(err, PipelineError):
             err = _as_pipeline_error(err)
-        print(f"lstm-pipeline {args.command}: error: {err}", file=sys.stderr)
+        if str(err):  # empty: a DDP rank the launcher speaks for
+            print(f"lstm-pipeline {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
     return 0
 

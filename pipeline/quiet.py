@@ -32,6 +32,8 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     # ConvLSTM's even kernels: torch pads a copy of the input, which is what we want
     warnings.filterwarnings("ignore", message="Using padding='same' with even kernel lengths")
+    # a DDP fit's epoch metrics come from torchmetrics, which sync across ranks in compute()
+    warnings.filterwarnings("ignore", message="It is recommended to use `self.log")
     # the resume point holds resume.ckpt beside the fit's checkpoints, by design
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     # MLflow's note that it creates or migrates a store's tables: on a new store, before a

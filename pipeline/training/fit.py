@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_only
 
 from pipeline.config import Experiment, PipelineConfig
 from pipeline.data.prepared import Prepared
@@ -104,7 +105,7 @@ def fit_and_select(
         point = ckpt_dir / RESUME_FILE
         callbacks.append(ResumeState(point))
         if point.exists() and not resume_from:
-            print(f"resuming from {point}")
+            rank_zero_only(print)(f"resuming from {point}")  # once, not per DDP rank
             resume_from = point
     trainer = build_trainer(cfg, exp, ckpt_dir, logger, callbacks, hooks)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)

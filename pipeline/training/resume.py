@@ -66,6 +66,8 @@ class ResumeState(Callback):
         self.pending = state  # applied when the next epoch starts
 
     def on_train_start(self, trainer, _):
+        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _sigterm_without_collectives(trainer))
         if not self.pending:
             return
         if self.pending["stopped"]:  # the restored epoch was the last one
@@ -98,6 +100,26 @@ class ResumeState(Callback):
             }
             trainer.save_checkpoint(self.path, weights_only=False)  # atomic, by rank zero
             self.saved_at = time.monotonic()
+
+
+def _sigterm_without_collectives(trainer):
+    """A DDP fit's SIGTERM handler in place of Lightning's, which broadcasts from inside the
+    handler, wherever its rank is: a collective the other ranks are not in (gloo aborts on the
+    mismatch, or waits out its 30-minute timeout). This one only marks the fit stopped (each
+    batch, rank zero's mark is broadcast and every rank stops at the same batch), passes the
+    signal on to the ranks the launcher started, and calls the handler it replaced
+    (resume_point's)."""
+    connector = trainer._signal_connector
+    before = connector._original_handlers.get(signal.SIGTERM)
+
+    def handler(signum, frame):
+        if not connector.received_sigterm and trainer.strategy.launcher is not None:
+            trainer.strategy.launcher.kill(signum)
+        connector.received_sigterm = True
+        if callable(before):
+            before(signum, frame)
+
+    return handler
 
 
 def _key(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> str:
@@ -195,7 +217,12 @@ def resume_point(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> Iterat
                     raise Interrupted(terminate.message)
                 shutil.rmtree(root)  # done: nothing of this training is left behind
         except SIGTERMException:
-            raise Interrupted(terminate.message) from None
+            raise Interrupted(terminate.message if _is_launcher() else "") from None
+        except Exception:
+            if not terminate.received:
+                raise
+            # a DDP rank that stopped first broke the collective this one was waiting in
+            raise Interrupted(terminate.message if _is_launcher() else "") from None
 
 
 @contextmanager

@@ -3,8 +3,10 @@
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from pipeline.checkpoint import load_trained
 from pipeline.cli import main
 from pipeline.config import CONF_DIR
 from pipeline.data.prepared import Prepared
-from tests.conftest import write_params
+from tests.conftest import BIN, write_params
 
 pytestmark = pytest.mark.slow
 EXP = "lstm_italypowerdemand"
@@ -94,3 +96,49 @@ def test_ddp_sim_two_ranks_one_run_sharded_and_equal_to_one_process(workdir, par
     assert history(runs[0], "val/loss") == pytest.approx(history(single, "val/loss"), abs=2e-2)
     single_metrics = json.loads((workdir / f"metrics/{EXP}/train.json").read_text())
     assert ddp_metrics["test/acc"] == pytest.approx(single_metrics["test/acc"], abs=2e-2)
+
+
+def test_a_stopped_or_lost_rank_ends_the_ddp_fit_with_one_line(workdir, params):
+    """SIGTERM to both ranks at once (a killed `dvc`, a preempted job) stops the fit with the
+    launcher's one line (Lightning's own handler broadcast from inside itself, a collective the
+    other rank was not in: gloo aborted and the fit exited 1); a rank killed outright ends it
+    with one line that says so. The second run resumes and says so once."""
+    write_params(shrink(params, "ddp_sim", 27, "ddp"), workdir / "ddp.yaml")
+    assert main(["prepare", EXP, "--params", "ddp.yaml"]) == 0
+    log = workdir / "train.log"
+
+    def ranks_once_an_epoch_is_saved() -> tuple[subprocess.Popen, list[int]]:
+        started = time.time()
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                [BIN / "lstm-pipeline", "train", EXP, "--params", "ddp.yaml"],
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not any(p.stat().st_mtime > started for p in workdir.glob(".resume/*/*/*.ckpt")):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        return proc, [proc.pid, *map(int, children)]
+
+    def errors() -> list[str]:
+        text = log.read_text()
+        assert "Traceback" not in text
+        return [line for line in text.splitlines() if "error" in line.lower()]
+
+    proc, ranks = ranks_once_an_epoch_is_saved()
+    assert len(ranks) == 2
+    for pid in ranks:
+        os.kill(pid, signal.SIGTERM)
+    assert proc.wait(60) == 143
+    assert len(errors()) == 1
+    assert errors()[0].startswith(f"lstm-pipeline train: error: {EXP}: stopped by SIGTERM; run")
+
+    proc, ranks = ranks_once_an_epoch_is_saved()
+    os.kill(ranks[1], signal.SIGKILL)
+    assert proc.wait(60) == 1
+    assert log.read_text().count("resuming from") == 1
+    assert len(errors()) == 1
+    assert errors()[0].startswith(
+        "lstm-pipeline train: error: DDP rank 0: another rank of this training stopped ("
+    ) and errors()[0].endswith("); run it again to resume from its last saved epoch")
