@@ -89,6 +89,17 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
+def check_writable(path: str | Path) -> None:
+    """Fail now, naming `path`, where atomic_file(path) could not start (for a command that
+    changes something else first, e.g. a registry, and writes `path` after)."""
+    path = Path(path)
+    with _named_faults(path), _named_faults(path, placing=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        os.unlink(name)
+
+
 def dumps_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 

@@ -20,7 +20,7 @@ from pipeline.data.prepared import Prepared
 from pipeline.errors import DataError, GateError, TrackingError
 from pipeline.evaluation import gate_table, release_gates
 from pipeline.inference import onnx_meta, session
-from pipeline.io import atomic_file, file_digest, read_json, read_yaml
+from pipeline.io import atomic_file, check_writable, file_digest, read_json, read_yaml
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
 from pipeline.registry import history, history_table, model_card, move_alias
 from pipeline.tasks import task_of
@@ -36,8 +36,9 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 RELEASE_RUN = "release_run_id"  # version tag: the run that holds validate's metrics
 
 
-def validated_report(exp: str) -> dict:
-    """metrics/<exp>/validate.json, only if dvc.lock says validate made it from this model.onnx."""
+def validated_report(exp: str, require_passed: bool = True) -> dict:
+    """metrics/<exp>/validate.json, only if dvc.lock says validate made it from this model.onnx
+    (a failed one, which the release gates refuse anyway, as it is)."""
     report_path = metrics_file(exp, "validate")
     if not report_path.exists():
         raise GateError(f"{exp}: never validated ({report_path} not found); run `dvc repro`")
@@ -47,7 +48,7 @@ def validated_report(exp: str) -> dict:
         raise GateError(f"{report_path}: not valid JSON ({err}); run `dvc repro`") from None
     if not isinstance(report, dict) or not isinstance(report.get("passed"), bool):
         raise GateError(f"{report_path}: has no boolean 'passed'; run `dvc repro`")
-    if not report["passed"]:
+    if not report["passed"] and require_passed:
         return report  # refused by the gates, with the reasons validate recorded
     lock = read_yaml("dvc.lock", GateError) if Path("dvc.lock").exists() else {}
     stage = (lock or {}).get("stages", {}).get(f"validate@{exp}")
@@ -165,6 +166,10 @@ def _reuse(client, name: str, version: str, champion, promote: bool, path: Path,
     """`path` is already `version`: nothing registered; with `promote` it becomes champion."""
     aliases = client.get_model_version(name, version).aliases
     held = f"{name} version {version}" + "".join(f" @{a}" for a in aliases)
+    if not promote and not aliases:  # a release that stopped between registering and aliasing
+        move_alias(client, name, CHALLENGER, version, commit)
+        print(f"{held} already holds {path} (same sha256): made it @{CHALLENGER}")
+        return version
     if not promote or CHAMPION in aliases:
         print(f"{held} already holds {path} (same sha256): nothing registered, aliases unchanged")
         return version
@@ -210,11 +215,13 @@ def release(
     from mlflow import MlflowClient
 
     cfg.experiment(exp_name)
-    if card is not None and card.is_dir():  # found before the registry changes, not after
-        raise DataError(f"{card}: is a folder; --card takes the card's file path")
+    if card is not None:  # found before the registry changes, not after
+        if card.is_dir():
+            raise DataError(f"{card}: is a folder; --card takes the card's file path")
+        check_writable(card)
     uri = tracking_uri()
     ensure_reachable(uri)
-    report = validated_report(exp_name)
+    report = validated_report(exp_name, cfg.release.require_passed)
     onnx_path = model_dir(exp_name) / "model.onnx"
     task = task_of(onnx_meta(session(onnx_path), onnx_path))
     client = MlflowClient(uri)

@@ -128,6 +128,28 @@ def test_a_clone_without_the_model_is_told_to_pull_it(workdir, params, capsys, m
     assert (workdir / "mlflow.db").read_bytes() == mlflow_template.read_bytes()
 
 
+def test_a_failed_report_released_anyway_must_still_be_the_models(
+    workdir, params, capsys, mlflow_template
+):
+    """release.require_passed: false lets a failed validate through, never a report that
+    dvc.lock does not tie to the model.onnx beside it (it registered another model with the
+    report's figures on its card)."""
+    params["release"]["require_passed"] = False
+    write_params(params)
+    model, report = (
+        Path("models/lstm_airline/model.onnx"),
+        Path("metrics/lstm_airline/validate.json"),
+    )
+    for path, text in ((model, "another model"), (report, json.dumps({"passed": False}))):
+        path.parent.mkdir(parents=True)
+        path.write_text(text)
+    stage = {"deps": [{"path": model.as_posix(), "md5": "0" * 32}]}
+    Path("dvc.lock").write_text(yaml.safe_dump({"stages": {"validate@lstm_airline": stage}}))
+    assert main(["release", "--exp", "lstm_airline"]) == 4
+    assert f"{model} differs from what dvc.lock recorded" in capsys.readouterr().err
+    assert (workdir / "mlflow.db").read_bytes() == mlflow_template.read_bytes()
+
+
 def test_unreachable_tracking_server_fails_fast(workdir, params, monkeypatch, capsys):
     write_params(params)
     uri = f"http://127.0.0.1:{free_port()}"

@@ -221,4 +221,21 @@ def test_a_card_path_that_is_a_folder_is_refused_before_the_registry_changes(
 ):
     code, _, err = release("card-{exp}", CLASSIFY, "--card", str(tmp_path))
     assert code == 3 and err.strip().endswith("is a folder; --card takes the card's file path")
+    (tmp_path / "taken").write_text("a file where the card's folder must be")
+    code, _, err = release("card-{exp}", CLASSIFY, "--card", str(tmp_path / "taken/card.md"))
+    assert (code, err.strip().splitlines()[-1]) == (
+        8,
+        f"lstm-pipeline release: error: {tmp_path}/taken/card.md: cannot write there (File exists: {tmp_path}/taken)",
+    )
     assert not MlflowClient(server).search_registered_models(f"name = 'card-{CLASSIFY}'")
+
+
+def test_a_version_left_without_an_alias_becomes_the_challenger(server, release):
+    """A release stopped between registering the version and aliasing it: the next one aliases
+    it (it used to say 'nothing registered, aliases unchanged' for ever)."""
+    name = f"bare-{CLASSIFY}"
+    assert release("bare-{exp}", CLASSIFY)[0] == 0
+    MlflowClient(server).delete_registered_model_alias(name, "challenger")
+    code, out, _ = release("bare-{exp}", CLASSIFY)
+    assert code == 0 and out.splitlines()[-1].endswith("(same sha256): made it @challenger")
+    assert state(server, name) == (["1"], {"challenger": "1"})
