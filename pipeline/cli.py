@@ -50,8 +50,11 @@ def _train(args: argparse.Namespace) -> None:
 
 def _compose(args: argparse.Namespace) -> None:
     text = compose(args.overrides, args.conf and Path(args.conf))
+    params = Path(args.params)
+    if params.is_dir():  # not "cannot write there", naming the temp file beside it
+        raise ConfigError(f"{params}: Is a directory")
     if args.check:
-        current = Path(args.params).read_text() if Path(args.params).exists() else ""
+        current = params.read_text() if params.exists() else ""
         if current != text:
             raise PipelineError(
                 f"{args.params} differs from the composition of {args.conf or 'conf/'}"

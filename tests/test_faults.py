@@ -21,7 +21,8 @@ import yaml
 from mlflow import MlflowClient
 
 from pipeline.cli import main
-from pipeline.errors import SystemFault, TrackingError
+from pipeline.config import compose
+from pipeline.errors import ConfigError, SystemFault, TrackingError
 from pipeline.io import append_text, atomic_dir, atomic_file
 from pipeline.tracking import ensure_reachable
 from tests.conftest import BIN, REPO, free_port, without_file_rights, write_params
@@ -107,6 +108,20 @@ def test_params_yaml_a_stage_cannot_read(repo, capsys, content, expected):
         (repo / "params.yaml").write_bytes(content)
     assert main(["prepare", EXP]) == 2
     assert f"lstm-pipeline prepare: error: {expected}" in one_line(capsys)
+
+
+@pytest.mark.parametrize("args", [["compose"], ["compose", "--check"]])
+def test_compose_onto_a_params_yaml_that_is_a_folder(repo, capsys, args):
+    (repo / "params.yaml").unlink()
+    (repo / "params.yaml").mkdir()
+    assert main(args) == 2
+    assert one_line(capsys) == "lstm-pipeline compose: error: params.yaml: Is a directory"
+    assert not list(repo.glob(".params.yaml.*"))
+
+
+def test_a_conf_folder_given_is_the_one_named(tmp_path):
+    with pytest.raises(ConfigError, match=f"^{tmp_path}/nope/: "):
+        compose(conf=tmp_path / "nope")
 
 
 @pytest.mark.parametrize("section, value", [("fit", None), ("model", "x")])  # None: `fit:` alone

@@ -197,7 +197,7 @@ def compose(overrides: list[str] = (), conf: Path | None = None) -> str:
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"conf/: {_one_line(str(err))}") from None
+        raise ConfigError(f"{conf or 'conf'}/: {_one_line(str(err))}") from None
     text = OmegaConf.to_yaml(cfg)
     parse_config(yaml.safe_load(text))
     return text

@@ -223,9 +223,9 @@ def test_a_card_path_that_is_a_folder_is_refused_before_the_registry_changes(
     assert code == 3 and err.strip().endswith("is a folder; --card takes the card's file path")
     (tmp_path / "taken").write_text("a file where the card's folder must be")
     code, _, err = release("card-{exp}", CLASSIFY, "--card", str(tmp_path / "taken/card.md"))
-    assert (code, err.strip().splitlines()[-1]) == (
-        8,
-        f"lstm-pipeline release: error: {tmp_path}/taken/card.md: cannot write there (File exists: {tmp_path}/taken)",
+    card = tmp_path / "taken/card.md"
+    assert code == 8 and err.strip().splitlines()[-1] == (
+        f"lstm-pipeline release: error: {card}: cannot write there (File exists: {card.parent})"
     )
     assert not MlflowClient(server).search_registered_models(f"name = 'card-{CLASSIFY}'")
 
