@@ -105,6 +105,12 @@ def _release(args: argparse.Namespace) -> None:
     _entry("pipeline.release:release")(load_config(args.params), args.exp, args.promote, card)
 
 
+def _port(text: str) -> int:
+    if not (text.isdigit() and 0 < int(text) < 65536):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return int(text)
+
+
 def _mlflow_server(args: argparse.Namespace) -> None:
     _entry("pipeline.tracking.server:serve")(args.port, args.root, args.artifacts_destination)
 
@@ -160,7 +166,7 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--time-column", default="time")
     pr.set_defaults(func=_predict)
     m = sub.add_parser("mlflow-server", help="start a local MLflow tracking server")
-    m.add_argument("--port", type=int, default=5000)
+    m.add_argument("--port", type=_port, default=5000)
     m.add_argument("--root", default="mlflow-server", help="folder for its database and artifacts")
     m.add_argument(
         "--artifacts-destination", help="store artifacts there instead, e.g. s3://bucket/mlflow"

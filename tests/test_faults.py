@@ -7,6 +7,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -246,6 +247,39 @@ def test_a_folder_store_gets_one_line_before_anything_is_written(repo, capsys, m
     assert err.startswith(f"lstm-pipeline train: error: MLflow store {uri}: ")
     assert "MLFLOW_ALLOW_FILE_STORE=true" in err
     assert tree_digest(repo) == before
+
+
+def test_mlflow_server_that_cannot_start_says_why(tmp_path):
+    """Each used to exit 0 after uvicorn's error (port taken), or with a traceback."""
+
+    def serve(root: Path, port: int | str) -> tuple[int, str]:
+        cmd = [BIN / "lstm-pipeline", "mlflow-server", "--port", str(port), "--root", root]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        return done.returncode, done.stderr.strip().splitlines()[-1]
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert serve(tmp_path / "a", port) == (
+            8, f"lstm-pipeline mlflow-server: error: 127.0.0.1:{port}: cannot serve there "
+            "(Address already in use)",
+        )  # fmt: skip
+    assert serve(tmp_path / "a", 70000) == (
+        2, "lstm-pipeline mlflow-server: error: argument --port: '70000' is not a TCP port "
+        "(1-65535)",
+    )  # fmt: skip
+    (tmp_path / "file").write_text("")
+    assert serve(tmp_path / "file", free_port()) == (
+        8, f"lstm-pipeline mlflow-server: error: {tmp_path}/file/mlflow.db: cannot write there "
+        f"(File exists: {tmp_path}/file)",
+    )  # fmt: skip
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b/mlflow.db").write_text("not a database")
+    assert serve(tmp_path / "b", free_port()) == (
+        6, f"lstm-pipeline mlflow-server: error: MLflow store sqlite:///{tmp_path}/b/mlflow.db: "
+        "file is not a database",
+    )  # fmt: skip
 
 
 # --- stage inputs -------------------------------------------------------------------------------
