@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import PipelineError
+from pipeline.errors import DataError, PipelineError
 from pipeline.inference import run_onnx, session
 from pipeline.io import read_json
 
@@ -81,6 +81,7 @@ def streaming_report(folder: Path, model: nn.Module, x: np.ndarray) -> dict:
         reason = read_json(unsupported)["reason"]
         return {"stream_supported": False, "stream_unsupported_reason": reason}
     step = session(path)
+    _same_state_or_raise(step, model, path)
     outputs = [o.name for o in step.get_outputs()]
     worst, shapes = 0.0, []
     for batch in (1, min(8, len(x))):
@@ -101,3 +102,18 @@ def streaming_report(folder: Path, model: nn.Module, x: np.ndarray) -> dict:
                     worst = max(worst, float(np.abs(g - e).max()))
                 shapes.append([batch, t + 1])
     return {"stream_supported": True, "stream_max_abs_diff": worst, "stream_shapes": shapes}
+
+
+def _same_state_or_raise(step, model: nn.Module, path: Path) -> None:
+    """A step model exported from another model (a stale or copied file) is named, not fed."""
+    inputs = {i.name: i.shape for i in step.get_inputs()}
+    for name, tensor in model.initial_state(1).items():
+        shape = inputs.get(name)
+        fixed = shape and [d for d in shape if isinstance(d, int)]
+        if shape is None or len(shape) != tensor.dim() or fixed != [
+            n for n, d in zip(tensor.shape, shape, strict=True) if isinstance(d, int)
+        ]:
+            raise DataError(
+                f"{path}: made for another model (its state input {name!r} is {shape}, the "
+                f"model's {list(tensor.shape)}); run the export stage"
+            )

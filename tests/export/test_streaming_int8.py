@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 
 from pipeline.config import parse_config
 from pipeline.data.prepared import Prepared
+from pipeline.errors import DataError
 from pipeline.export.onnx_export import export_module, export_step
 from pipeline.export.parity import streaming_report
 from pipeline.export.quantize import int8_report, quantize_int8
@@ -47,6 +48,22 @@ def test_step_by_step_equals_full_sequence(tmp_path, cfg):
     report = streaming_report(tmp_path, module.model, X)
     assert report["stream_supported"] and report["stream_max_abs_diff"] <= 1e-5
     assert report["stream_shapes"] == [[1, 10], [1, 20], [8, 10], [8, 20]]
+
+
+def test_a_step_model_of_another_model_is_named_not_fed(tmp_path):
+    """A stale or copied model_step.onnx with another hidden size: ORT's 'Got invalid
+    dimensions for input: h' was an unexpected error (exit 1)."""
+    cfg = {"name": "lstm", "cell": "gru", "num_layers": 1}
+    export_step(
+        SequenceModule({**cfg, "hidden_size": 8}, META).eval(), tmp_path / "model_step.onnx", "lstm"
+    )
+    model = SequenceModule({**cfg, "hidden_size": 16}, META).model.eval()
+    with pytest.raises(DataError) as err:
+        streaming_report(tmp_path, model, X)
+    assert str(err.value) == (
+        f"{tmp_path}/model_step.onnx: made for another model (its state input 'h' is [1, 'batch', "
+        "8], the model's [1, 1, 16]); run the export stage"
+    )
 
 
 @pytest.mark.parametrize(
