@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -35,6 +36,29 @@ def system_fault(err: BaseException, path: str | Path | None = None) -> SystemFa
     return None
 
 
+def _temp_name(path: Path) -> dict:
+    """mkstemp/mkdtemp's arguments for a temp beside `path` whose name holds the writer's PID;
+    those a killed writer left (kill -9 gives it no chance to remove them) are removed first."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = stale.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+    return {"prefix": f".{path.name}.{os.getpid()}.", "suffix": ".tmp", "dir": path.parent}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
+
+
 @contextmanager
 def _named_faults(path: Path, placing: bool = False) -> Iterator[None]:
     """Disk and permission errors name `path`. `placing`: around making its folder and temp name
@@ -58,7 +82,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     with _named_faults(path):
         with _named_faults(path, placing=True):
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+            tmp = Path(tempfile.mkdtemp(**_temp_name(path)))
         try:
             yield tmp
             tmp.chmod(0o777 & ~_UMASK)
@@ -77,7 +101,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     with _named_faults(path):
         with _named_faults(path, placing=True):
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            fd, name = tempfile.mkstemp(**_temp_name(path))
         os.close(fd)
         tmp = Path(name)
         try:
@@ -95,7 +119,7 @@ def check_writable(path: str | Path) -> None:
     path = Path(path)
     with _named_faults(path), _named_faults(path, placing=True):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        fd, name = tempfile.mkstemp(**_temp_name(path))
         os.close(fd)
         os.unlink(name)
 

@@ -171,6 +171,30 @@ def test_validate_writes_nothing_when_the_server_is_unreachable(repo, capsys, mo
     assert tree_digest(repo) == before
 
 
+@pytest.mark.parametrize("fault", ["step model of another model", "metrics folder a file"])
+def test_a_validate_that_fails_leaves_every_earlier_output(repo, capsys, fault):
+    """Plots, int8 model and report are put in place together: the plots and int8/ used to be
+    replaced before the streaming check and the report's write."""
+    for folder in (f"plots/{EXP}/validate", f"models/{EXP}/int8"):
+        (repo / folder / "earlier.txt").write_text("from the last validate")
+    if fault == "metrics folder a file":
+        shutil.rmtree(repo / f"metrics/{EXP}")
+        (repo / f"metrics/{EXP}").write_text("")
+    else:
+        from pipeline.export.onnx_export import export_step
+        from pipeline.training.module import SequenceModule
+
+        meta = {"task": "classification", "input_shape": [20, 3], "labels": ["a", "b"]}
+        other = SequenceModule({"name": "lstm", "cell": "gru", "hidden_size": 4}, meta).eval()
+        export_step(other, repo / f"models/{EXP}/streaming/model_step.onnx", "lstm")
+    before = tree_digest(repo)
+    assert main(["validate", EXP]) == (8 if fault == "metrics folder a file" else 3)
+    assert (
+        "cannot write there" if fault == "metrics folder a file" else "made for another model"
+    ) in one_line(capsys)
+    assert tree_digest(repo) == before
+
+
 def test_a_password_in_the_uri_is_never_printed(repo, capsys, monkeypatch):
     port = free_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret@127.0.0.1:{port}")
@@ -352,6 +376,32 @@ def test_a_model_too_large_for_memory(repo, capsys):
     write_params(raw)
     assert main(["train", EXP]) == 8
     assert "out of memory; lower the model's size (model.hidden_size" in one_line(capsys)
+
+
+def test_an_export_that_fails_keeps_the_earlier_model_with_its_step_model(repo, capsys):
+    """model.onnx used to be replaced before streaming/ was written: a failure there left the
+    new model beside the old step model."""
+    folder = repo / f"models/{EXP}"
+    (folder / "model.onnx").write_bytes(b"the earlier model")
+    shutil.rmtree(folder / "streaming")
+    (folder / "streaming").write_text("a file where the folder must be")
+    before = tree_digest(repo)
+    assert main(["export", EXP]) == 8
+    assert one_line(capsys).startswith(
+        f"lstm-pipeline export: error: models/{EXP}/streaming: cannot write there"
+    )
+    assert tree_digest(repo) == before
+
+
+def test_the_temp_outputs_of_a_killed_writer_are_removed_by_the_next(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [tmp_path / f".out.csv.{dead.pid}.x1.tmp", tmp_path / f".out.csv.{os.getpid()}.x2.tmp"]
+    stale[0].mkdir()
+    stale[1].write_text("a live writer's")
+    with atomic_file(tmp_path / "out.csv") as tmp:
+        tmp.write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [stale[1].name, "out.csv"]
 
 
 def test_disk_full_names_the_output_and_keeps_the_old_one(repo):

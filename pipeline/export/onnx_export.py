@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -243,8 +243,7 @@ def _save(proto: onnx.ModelProto, props: dict[str, str], path: Path) -> Path:
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto)
-    with atomic_file(path) as tmp:
-        onnx.save(proto, tmp)
+    onnx.save(proto, path)  # export() writes it beside its place and puts it there
     return path
 
 
@@ -333,12 +332,16 @@ def export(cfg: PipelineConfig, exp_name: str) -> Path:
     out = model_dir(exp_name)
     prepared = Prepared.load(prepared_dir(exp_name))
     trained = calibrated(trained_for(out / "model.ckpt", exp.model.name, prepared.meta), prepared)
-    export_module(trained, out / "model.onnx", exp.model.name)
-    # models/<exp>/streaming/ always exists (a DVC out): the step model, or why there is none.
-    with atomic_dir(out / "streaming") as tmp:
+    # model.onnx and streaming/ (always there, a DVC out: the step model, or why there is none)
+    # are written beside their places and put in place together: a failure or a kill never
+    # leaves the new model beside the old one's step model
+    with ExitStack() as place:
+        model_file = place.enter_context(atomic_file(out / "model.onnx"))
+        streaming = place.enter_context(atomic_dir(out / "streaming"))
+        export_module(trained, model_file, exp.model.name)
         reason = trained.model.streaming_unsupported()
         if reason:
-            write_json(tmp / "unsupported.json", {"reason": reason})
+            write_json(streaming / "unsupported.json", {"reason": reason})
         else:
-            export_step(trained, tmp / "model_step.onnx", exp.model.name)
+            export_step(trained, streaming / "model_step.onnx", exp.model.name)
     return out / "model.onnx"

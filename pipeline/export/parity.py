@@ -110,9 +110,11 @@ def _same_state_or_raise(step, model: nn.Module, path: Path) -> None:
     for name, tensor in model.initial_state(1).items():
         shape = inputs.get(name)
         fixed = shape and [d for d in shape if isinstance(d, int)]
-        if shape is None or len(shape) != tensor.dim() or fixed != [
-            n for n, d in zip(tensor.shape, shape, strict=True) if isinstance(d, int)
-        ]:
+        if (
+            shape is None
+            or len(shape) != tensor.dim()
+            or fixed != [n for n, d in zip(tensor.shape, shape, strict=True) if isinstance(d, int)]
+        ):
             raise DataError(
                 f"{path}: made for another model (its state input {name!r} is {shape}, the "
                 f"model's {list(tensor.shape)}); run the export stage"

@@ -23,7 +23,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from pipeline.config import Experiment
 from pipeline.evaluation import validate_failures
 from pipeline.inference import feeds, run_onnx, session
-from pipeline.io import atomic_dir, write_json
+from pipeline.io import write_json
 from pipeline.tasks import task_of
 
 QUANTIZED_OPS = ["MatMul", "Gemm", "LSTM"]
@@ -73,6 +73,7 @@ def median_latency_ms(
 def int8_report(
     exp: Experiment,
     folder: Path,
+    keep: Path,
     report: dict,
     x,
     y,
@@ -80,38 +81,38 @@ def int8_report(
     fp32: ort.InferenceSession | None = None,
     extra: dict | None = None,
 ) -> tuple[dict, dict]:
-    """Quantize model.onnx, score it like the float model, and keep models/<exp>/int8/model.onnx
-    only when the task's headline metric drops by at most validate.int8_max_drop and the metric
-    gates still pass. Returns (report entries, timings for MLflow only: never in metrics files)."""
+    """Quantize `folder`/model.onnx, score it like the float model, and keep it as
+    `keep`/model.onnx (the folder that becomes models/<exp>/int8) only when the task's headline
+    metric drops by at most validate.int8_max_drop and the metric gates still pass. Returns
+    (report entries, timings for MLflow only: never in metrics files)."""
     v, task = exp.validation, task_of(meta)
-    with atomic_dir(folder / "int8") as keep:
-        if not v.quantize:
-            write_json(keep / NOT_KEPT, {"reason": "validate.quantize is false"})
-            return {"int8_kept": False}, {}
-        with tempfile.TemporaryDirectory(prefix="int8-") as tmp:
-            path = quantize_int8(folder / "model.onnx", Path(tmp) / "model.onnx")
-            fp32 = fp32 or session(folder / "model.onnx")
-            sess8 = session(path, fp32.get_session_options().intra_op_num_threads or None)
-            scores, _ = task.evaluate(run_onnx(sess8, x, extra)[0], x, y, meta)
-            metric = task.headline
-            drop = report[metric] - scores[metric]
-            drop = drop if task.directions[metric] else -drop
-            passes = not validate_failures({**scores, "parity_max_abs_diff": 0.0}, v, task)
-            kept = drop <= v.int8_max_drop and passes
-            if kept:
-                shutil.copy(path, keep / "model.onnx")
-            else:
-                why = (
-                    f"{metric} drops by {drop:.4g}, more than validate.int8_max_drop"
-                    f" ({v.int8_max_drop})"
-                    if drop > v.int8_max_drop
-                    else "the int8 model fails validate's gates"
-                )
-                write_json(keep / NOT_KEPT, {"reason": why})
-            sample = np.ascontiguousarray(x[:1])
-            first = {k: v[:1] for k, v in (extra or {}).items()}
-            fp32_ms = median_latency_ms(fp32, sample, first)
-            int8_ms = median_latency_ms(sess8, sample, first)
+    if not v.quantize:
+        write_json(keep / NOT_KEPT, {"reason": "validate.quantize is false"})
+        return {"int8_kept": False}, {}
+    with tempfile.TemporaryDirectory(prefix="int8-") as tmp:
+        path = quantize_int8(folder / "model.onnx", Path(tmp) / "model.onnx")
+        fp32 = fp32 or session(folder / "model.onnx")
+        sess8 = session(path, fp32.get_session_options().intra_op_num_threads or None)
+        scores, _ = task.evaluate(run_onnx(sess8, x, extra)[0], x, y, meta)
+        metric = task.headline
+        drop = report[metric] - scores[metric]
+        drop = drop if task.directions[metric] else -drop
+        passes = not validate_failures({**scores, "parity_max_abs_diff": 0.0}, v, task)
+        kept = drop <= v.int8_max_drop and passes
+        if kept:
+            shutil.copy(path, keep / "model.onnx")
+        else:
+            why = (
+                f"{metric} drops by {drop:.4g}, more than validate.int8_max_drop"
+                f" ({v.int8_max_drop})"
+                if drop > v.int8_max_drop
+                else "the int8 model fails validate's gates"
+            )
+            write_json(keep / NOT_KEPT, {"reason": why})
+        sample = np.ascontiguousarray(x[:1])
+        first = {k: v[:1] for k, v in (extra or {}).items()}
+        fp32_ms = median_latency_ms(fp32, sample, first)
+        int8_ms = median_latency_ms(sess8, sample, first)
     entries = {
         f"int8_{metric}": scores[metric],
         "int8_metric_drop": float(drop),

@@ -16,6 +16,7 @@ from pipeline.export.onnx_export import export_module, export_step
 from pipeline.export.parity import streaming_report
 from pipeline.export.quantize import int8_report, quantize_int8
 from pipeline.inference import run_onnx, session
+from pipeline.io import atomic_dir
 from pipeline.tracking import tracking_uri
 from pipeline.training.module import SequenceModule
 from tests.conftest import write_params
@@ -143,14 +144,16 @@ def test_validate_stage_checks_streaming_and_keeps_int8_within_the_bound(workdir
     # is not kept, and the one kept before is removed.
     x, y = Prepared.load("data/prepared/att").arrays("test")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    entries, timings = int8_report(
-        cfg.experiment("att"),
-        Path("models/att"),
-        {**saved, "mape": 0.0},
-        x,
-        y,
-        Prepared.load("data/prepared/att").meta,
-    )
+    with atomic_dir(Path("models/att/int8")) as keep:
+        entries, timings = int8_report(
+            cfg.experiment("att"),
+            Path("models/att"),
+            keep,
+            {**saved, "mape": 0.0},
+            x,
+            y,
+            Prepared.load("data/prepared/att").meta,
+        )
     assert not entries["int8_kept"] and entries["int8_metric_drop"] > 0.01
     assert not Path("models/att/int8/model.onnx").exists()
     reason = json.loads(Path("models/att/int8/not_kept.json").read_text())["reason"]
