@@ -43,6 +43,12 @@ class Interrupted(PipelineError):
     exit_code = 143
 
 
+class CtrlC(PipelineError):
+    """Interrupted by Ctrl+C where the work keeps its state (a sweep)."""
+
+    exit_code = 130
+
+
 def first_line(err: BaseException) -> str:
     """An error's message as one line: its first (libraries' messages run on for lines), or the
     error's type where the message is empty."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import glob
 import hashlib
 import json
@@ -122,6 +123,19 @@ def check_writable(path: str | Path) -> None:
         fd, name = tempfile.mkstemp(**_temp_name(path))
         os.close(fd)
         os.unlink(name)
+
+
+@contextmanager
+def held_lock(path: Path, busy: str) -> Iterator[None]:
+    """An exclusive lock on `path` (made) for the block; PipelineError(`busy`) where another
+    process holds it. The OS frees it when the holder dies, however it dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PipelineError(busy) from None
+        yield
 
 
 def dumps_json(obj: Any) -> str:

@@ -123,14 +123,15 @@ def ray_session(address: str | None = None, key: str = "tune.address") -> Iterat
     else:
         # A short path: Ray's Unix sockets live under it (about 107 characters at most).
         temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-        ray.init(
-            address="local",
-            _node_ip_address=LOOPBACK,  # private: its servers listen on loopback only
-            _temp_dir=temp_dir,
-            include_dashboard=False,
-            log_to_driver=False,
-        )
     try:
+        if temp_dir:
+            ray.init(
+                address="local",
+                _node_ip_address=LOOPBACK,  # private: its servers listen on loopback only
+                _temp_dir=temp_dir,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
         yield address
     finally:
         ray.shutdown()

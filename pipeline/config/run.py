@@ -3,6 +3,7 @@ release."""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -131,9 +132,10 @@ class Tune(Strict):
                 if kind not in ("choice", "grid"):
                     low, high = values if len(values) == 2 else (None, None)
                     if not (isinstance(low, int | float) and isinstance(high, int | float)
+                            and math.isfinite(low) and math.isfinite(high)
                             and low < high and (low > 0 or kind != "loguniform")):  # fmt: skip
                         raise ValueError(
-                            f"{group}.{key}: {kind} takes [low, high], numbers, low < high"
+                            f"{group}.{key}: {kind} takes [low, high], finite numbers, low < high"
                             f"{', low > 0' if kind == 'loguniform' else ''} (got {values})"
                         )
                 if not values:

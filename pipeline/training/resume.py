@@ -5,7 +5,6 @@ continues from it and ends with the same outputs as a run that was never stopped
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -28,7 +27,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from pipeline import warm
 from pipeline.config import PipelineConfig
-from pipeline.errors import Interrupted, PipelineError
+from pipeline.errors import Interrupted
+from pipeline.io import held_lock
 from pipeline.paths import resume_dir
 
 RESUME_FILE = "resume.ckpt"
@@ -207,7 +207,9 @@ def resume_point(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> Iterat
             if not _is_launcher():  # a DDP rank: the launcher holds the lock and owns the folder
                 yield folder
                 return
-            with _locked(root, exp_name):
+            lock = root / ".lock"
+            busy = f"{exp_name}: another training of this experiment is running (it holds {lock})"
+            with held_lock(lock, busy + "; wait for it to end"):
                 for other in root.iterdir():
                     if other.is_dir() and other != folder:
                         shutil.rmtree(other)
@@ -238,20 +240,6 @@ def _signals_to(terminate: _Terminate) -> Iterator[None]:
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
-
-
-@contextmanager
-def _locked(root: Path, exp_name: str) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PipelineError(
-                f"{exp_name}: another training of this experiment is running (it holds "
-                f"{root / '.lock'}); wait for it to end"
-            ) from None
-        yield
 
 
 def saved_run_id(folder: Path) -> str | None:

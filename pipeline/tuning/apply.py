@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 
@@ -35,9 +36,10 @@ def best_trial(exp_name: str) -> dict:
         raise ConfigError(f"{path}: not found; run `lstm-pipeline tune {exp_name}` first")
     best = read_yaml(path, ConfigError)
     if not (isinstance(best, dict) and isinstance(best.get("overrides"), dict)
-            and isinstance(best.get("val_loss"), int | float)):  # fmt: skip
+            and isinstance(best.get("val_loss"), int | float)
+            and math.isfinite(best["val_loss"])):  # fmt: skip
         raise ConfigError(
-            f"{path}: not a sweep's best trial (a number val_loss, a mapping overrides); "
+            f"{path}: not a sweep's best trial (a finite number val_loss, a mapping overrides); "
             f"run `lstm-pipeline tune {exp_name}` again"
         )
     return best

@@ -4,6 +4,7 @@ best_params.yaml holding the Hydra overrides that reproduce the best trial."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,9 @@ import yaml
 from ray.tune import Callback
 
 from pipeline import plots
+from pipeline.errors import TrainingError
 from pipeline.io import atomic_file
+from pipeline.paths import tune_dir
 from pipeline.tuning.apply import native
 from pipeline.tuning.trial import METRIC
 
@@ -70,7 +73,13 @@ def best_params(table: pd.DataFrame, exp_name: str, scheduler: str) -> dict:
     """The trial with the lowest val/loss at any epoch, as overrides of params.yaml (the params
     of that epoch). fit.max_epochs is the epochs the trial ran (ASHA may have stopped it early):
     the same computation, repeated."""
-    i = table["val_loss"].idxmin()
+    finite = table["val_loss"].astype(float).map(math.isfinite)
+    if not finite.any():
+        raise TrainingError(
+            "every trial diverged (val/loss NaN or inf at every epoch); lower the space's fit.lr "
+            f"or set fit.gradient_clip_val; {tune_dir(exp_name)} unchanged"
+        )
+    i = table.loc[finite, "val_loss"].idxmin()
     row = table.loc[i]
     # Column by column: a row of mixed columns would turn every int into a float.
     params = {k: native(table.at[i, k]) for k in table.columns.drop(["trial", "epoch", "val_loss"])}

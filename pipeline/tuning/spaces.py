@@ -24,6 +24,10 @@ def search_space(exp: Experiment, tune: Tune) -> dict[str, dict[str, dict]]:
     allowed["fit"].discard("max_epochs")  # set by tune.max_epochs
     for group, keys in tune.space.items():
         for key, spec in keys.items():
+            if (group, key) == ("fit", "max_epochs"):
+                raise ConfigError(
+                    "tune.space.fit.max_epochs: a trial's epochs are tune.max_epochs, not sampled"
+                )
             if key not in allowed[group]:
                 raise ConfigError(
                     f"tune.space.{group}.{key}: {group} of model {exp.model.name!r} has no key "
@@ -34,6 +38,23 @@ def search_space(exp: Experiment, tune: Tune) -> dict[str, dict[str, dict]]:
             else:
                 space[group][key] = spec
     return {group: keys for group, keys in space.items() if keys}
+
+
+def check_values(raw: dict, exp_name: str, space: dict, max_epochs: int) -> None:
+    """Each choice, and each range's ends, through the config's schema before Ray starts: a
+    value the model refuses failed every trial that drew it, inside Ray."""
+    from pipeline.tuning.trial import trial_config
+
+    for group, keys in space.items():
+        for key, spec in keys.items():
+            kind, values = next(iter(spec.items()))
+            if kind not in ("choice", "grid"):  # randint's high is exclusive
+                values = [values[0], values[1] - 1 if kind == "randint" else values[1]]
+            for value in values:
+                try:
+                    trial_config(raw, exp_name, {group: {key: value}}, max_epochs)
+                except ConfigError as err:
+                    raise ConfigError(f"tune.space.{group}.{key}: {value!r}: {err}") from None
 
 
 def to_ray(space: dict[str, dict[str, dict]], search: str) -> dict[str, dict[str, Any]]:

@@ -5,17 +5,21 @@ MLflow: one parent run per sweep; each trial's train call is a nested child run.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import ConfigError, DataError, PipelineError
-from pipeline.io import atomic_dir
+from pipeline.errors import ConfigError, CtrlC, DataError, Interrupted, PipelineError, first_line
+from pipeline.io import atomic_dir, held_lock
 from pipeline.paths import prepared_dir, tune_dir
 from pipeline.ray_cluster import check_reachable, check_resources, ray_session, resolve_address
 from pipeline.tracking import absolute_tracking_uri, ensure_reachable, run_tags
 from pipeline.tuning.results import best_params, results_table, write_results
-from pipeline.tuning.spaces import search_space, to_ray
+from pipeline.tuning.spaces import check_values, search_space, to_ray
 from pipeline.tuning.trial import run_trial
 from pipeline.tuning.tuner import RESULT_LOG, expected_trials, tuner
 
@@ -85,8 +89,6 @@ def _sweep_state(cfg: PipelineConfig, exp_name: str, resume: bool) -> tuple[Path
     state = Path(cfg.tune.storage_path or ".ray_results").resolve() / f"tune-{exp_name}"
     if resume and not ray_tune.Tuner.can_restore(str(state)):
         raise ConfigError(f"--resume: no sweep state to resume at {state} (tune.storage_path)")
-    if not resume and state.exists():
-        shutil.rmtree(state)
     return prepared, state
 
 
@@ -110,19 +112,56 @@ def _trainable(cfg: PipelineConfig, exp_name: str, prepared: Path, state: Path, 
     )
 
 
-def _finished_trials(state: Path, expected: int, exp_name: str) -> list:
+def _finished_trials(state: Path, expected: int, exp_name: str, by: str | None) -> list:
     """Every trial of the sweep; raises when some did not finish (Tune returns normally after
-    Ctrl+C: the saved trial states tell an interrupted sweep)."""
+    Ctrl+C, or the SIGTERM `by` names: the saved trial states tell an interrupted sweep)."""
     from ray import tune as ray_tune
 
     trials = ray_tune.ExperimentAnalysis(str(state)).trials
     done = [tr for tr in trials if tr.status in ("TERMINATED", "ERROR")]
-    if len(done) < expected:
-        raise PipelineError(
-            f"sweep interrupted: {len(done)} of {expected} trials done; state kept in {state}; "
-            f"continue with `lstm-pipeline tune {exp_name} --resume`"
+    if len(done) == len(trials) < expected:  # every trial it started ended: not an interruption
+        raise ConfigError(
+            f"tune.num_samples or tune.space: the sweep in {state} was started with "
+            f"{len(trials)} trials, not {expected}; --resume continues a sweep as it was started"
         )
+    if len(done) < expected:
+        stopped = f"{len(done)} of {expected} trials done; state kept in {state}; continue with "
+        stopped += f"`lstm-pipeline tune {exp_name} --resume`"
+        if by:
+            raise Interrupted(f"sweep stopped by {by}: {stopped}")
+        raise CtrlC(f"sweep interrupted: {stopped}")
     return trials
+
+
+@contextmanager
+def _sigterm_stops_sweep() -> Iterator[list]:
+    """SIGTERM stops the sweep as Ctrl+C does (Tune saves its state), not with Ray's stack dump
+    (its handler, installed by ray.init, killed the driver). Yields ["SIGTERM"] once received."""
+    received = []
+
+    def stop(*_):
+        received.append("SIGTERM")
+        os.kill(os.getpid(), signal.SIGINT)  # Tune's own handler: stop and save
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _every_trial_failed(grid) -> PipelineError:
+    """The first trial's error as the stage's own, in one line (a config value the model
+    refuses stays exit 2, a diverged fit exit 7); Ray wraps it in a RayTaskError."""
+    err = next((r.error for r in grid if r.error), None)
+    cause = getattr(err, "cause", None) or err
+    if isinstance(cause, PipelineError):
+        return type(cause)(f"every trial failed; the first: {cause}")
+    return PipelineError(
+        f"every trial failed; the first: {type(cause).__name__}: {first_line(cause)}"
+        if cause
+        else "every trial failed"
+    )
 
 
 def _write_outputs(cfg, exp_name: str, state: Path, trials, grid, parent: str) -> Path:
@@ -132,11 +171,13 @@ def _write_outputs(cfg, exp_name: str, state: Path, trials, grid, parent: str) -
     numbers = {tr.trial_id: int(tr.experiment_tag.split("_", 1)[0]) for tr in trials}
     table = results_table(state / RESULT_LOG, numbers)
     out = tune_dir(exp_name)
-    if table.empty:
+    try:
+        if table.empty:
+            raise _every_trial_failed(grid)
+        best = best_params(table, exp_name, cfg.tune.scheduler)
+    except PipelineError:
         _finish_parent(parent, out, None, "FAILED", errored)
-        first = next((r.error for r in grid if r.error), None)
-        raise PipelineError(f"every trial failed; first error: {first}")
-    best = best_params(table, exp_name, cfg.tune.scheduler)
+        raise
     with atomic_dir(out) as tmp:
         write_results(table, best, tmp)
     _finish_parent(parent, out, best, "FINISHED", errored)
@@ -148,19 +189,30 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
     exp, t = cfg.experiment(exp_name), cfg.tune
     ensure_reachable()
     space = search_space(exp, t)
+    check_values(cfg.model_dump(by_alias=True), exp_name, space, t.trial_epochs(exp.fit))
     ray_space = to_ray(space, t.search)
     address, key = resolve_address(t.address)
     if address:  # fail fast, before anything starts
         check_reachable(address, key)
     prepared, state = _sweep_state(cfg, exp_name, resume)
-    with ray_session(address, key):
+    lock = state.with_name(f"{state.name}.lock")
+    busy = f"{exp_name}: another sweep of this experiment is running (it holds {lock})"
+    with held_lock(lock, busy + "; wait for it to end"), ray_session(address, key):
         check_resources(t.resources_per_trial)
+        if not resume and state.exists():  # every check passed: the earlier state can go
+            shutil.rmtree(state)
         parent = _parent_run(cfg, exp_name, state, resume, space)
         trainable = _trainable(cfg, exp_name, prepared, state, parent)
+        with _sigterm_stops_sweep() as by:
+            try:
+                grid = tuner(cfg, exp.fit, trainable, ray_space, state, resume).fit()
+            except Exception:
+                _set_status(parent, "FAILED")
+                raise
         try:
-            grid = tuner(cfg, exp.fit, trainable, ray_space, state, resume).fit()
-        except Exception:
-            _set_status(parent, "FAILED")
+            expected = expected_trials(t.num_samples, ray_space)
+            trials = _finished_trials(state, expected, exp_name, by and by[0])
+            return _write_outputs(cfg, exp_name, state, trials, grid, parent)
+        except Exception as err:  # the run ends with the sweep, however it ends
+            _set_status(parent, "KILLED" if isinstance(err, CtrlC | Interrupted) else "FAILED")
             raise
-    trials = _finished_trials(state, expected_trials(t.num_samples, ray_space), exp_name)
-    return _write_outputs(cfg, exp_name, state, trials, grid, parent)

@@ -52,7 +52,10 @@ def search_alg(cfg: PipelineConfig):
         from ray.tune.search.optuna import OptunaSearch
 
         return OptunaSearch(sampler=TPESampler(seed=cfg.tune.seed))
-    return BasicVariantGenerator(random_state=cfg.tune.seed)
+    # given here: Tune applies max_concurrent_trials to a Searcher only (it warned and ignored it)
+    return BasicVariantGenerator(
+        random_state=cfg.tune.seed, max_concurrent=cfg.tune.max_concurrent_trials
+    )
 
 
 def tuner(cfg: PipelineConfig, fit: Fit, trainable, ray_space: dict, state: Path, resume: bool):
@@ -72,7 +75,7 @@ def tuner(cfg: PipelineConfig, fit: Fit, trainable, ray_space: dict, state: Path
             num_samples=t.num_samples,
             search_alg=search_alg(cfg),
             scheduler=scheduler(cfg, fit, ray_space),
-            max_concurrent_trials=t.max_concurrent_trials,
+            max_concurrent_trials=t.max_concurrent_trials if t.search == "optuna" else None,
             reuse_actors=True,  # one Python + torch start per slot, not per trial
         ),
         run_config=ray_tune.RunConfig(

@@ -1,14 +1,18 @@
 """Search spaces and the tune stage's bad input (no Ray cluster needed)."""
 
+import fcntl
 import socket
 import threading
 import time
+from math import inf, nan
 
+import pandas as pd
 import pytest
 
 from pipeline.cli import main
 from pipeline.config import parse_config
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, TrainingError
+from pipeline.tuning.results import best_params
 from pipeline.tuning.spaces import FIT_SPACE, search_space, to_ray
 from tests.conftest import free_port, write_params
 from tests.tuning.conftest import EXP, sweep_params
@@ -59,6 +63,7 @@ def test_grid_search_turns_choices_into_grid_axes(params):
         ({"space": {"fit": {"lr": {"uniform": [1]}}}}, r"fit\.lr: uniform takes \[low, high\]"),
         ({"space": {"fit": {"lr": {"loguniform": [0, 1]}}}}, r"fit\.lr: .*, low > 0 \(got \[0, 1"),
         ({"space": {"model": {"hidden_size": {"randint": [10, 5]}}}}, r"low < high \(got \[10"),
+        ({"space": {"fit": {"lr": {"uniform": [0.1, float("inf")]}}}}, r"finite numbers"),
         ({"scheduler": "hyperband"}, r"tune\.scheduler: Input should be"),
     ],
 )
@@ -133,6 +138,7 @@ def test_a_port_where_something_else_listens_is_not_taken_for_ray(
     [
         ("", None, 2, "best_params.yaml: not a sweep's best trial"),
         ("val_loss: [1\n", None, 2, "best_params.yaml: line 2, column 1: expected ',' or ']'"),
+        ("val_loss: .nan\noverrides: {}\n", None, 2, "not a sweep's best trial (a finite"),
         ("val_loss: 1\noverrides: {}\n", "{bad", 3, "train.json: not the train stage's report"),
         ("val_loss: 1\noverrides: {}\n", "[1]", 3, "train.json: not the train stage's report"),
     ],
@@ -151,3 +157,56 @@ def test_a_damaged_sweep_result_or_report_is_named(
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1, err
     assert (tune_workdir / "params.yaml").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "space, expected",
+    [
+        (
+            {"model": {"hidden_size": {"choice": [16, -5]}}},
+            "tune.space.model.hidden_size: -5: invalid config: experiments."
+            f"{EXP}.model.hidden_size: Input should be greater than 0",
+        ),
+        ({"fit": {"max_epochs": {"choice": [1]}}}, "tune.space.fit.max_epochs: a trial's epochs"),
+    ],
+)
+def test_a_space_value_the_model_refuses_is_named_before_ray_starts(
+    tune_workdir, params, capsys, space, expected
+):
+    """Every trial that drew it used to fail inside Ray, ending in a traceback ~25 lines long."""
+    write_params(sweep_params(params, space=space))
+    start = time.monotonic()
+    assert main(["tune", EXP]) == 2
+    assert time.monotonic() - start < 10
+    assert capsys.readouterr().err.startswith(f"lstm-pipeline tune: error: {expected}")
+
+
+def test_a_second_sweep_of_the_experiment_refuses_and_keeps_the_first_ones_state(
+    tune_workdir, params, capsys
+):
+    """It deleted the running (or interrupted) sweep's state before its own checks."""
+    write_params(sweep_params(params))
+    state = tune_workdir / f".ray_results/tune-{EXP}"
+    (state / "kept").mkdir(parents=True)
+    with open(state.with_name(f"tune-{EXP}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running sweep holds it
+        assert main(["tune", EXP]) == 1
+    assert "another sweep of this experiment is running" in capsys.readouterr().err
+    assert (state / "kept").exists()
+    write_params(sweep_params(params, resources_per_trial={"cpu": 100}))
+    assert main(["tune", EXP]) == 2  # found once Ray runs, still before the state goes
+    assert "resources_per_trial.cpu" in capsys.readouterr().err
+    assert (state / "kept").exists()
+
+
+def test_the_best_trial_is_the_best_finite_one():
+    table = pd.DataFrame(
+        {"trial": [0, 0, 1, 1], "epoch": [1, 2, 1, 2], "val_loss": [nan, inf, 0.5, 0.4],
+         "fit.lr": [1e30, 1e30, 1e-3, 1e-3]}
+    )  # fmt: skip
+    best = best_params(table, EXP, "fifo")
+    assert (best["trial"], best["val_loss"], best["overrides"][f"experiments.{EXP}.fit.lr"]) == (
+        1, 0.4, 1e-3,
+    )  # fmt: skip
+    with pytest.raises(TrainingError, match="every trial diverged"):
+        best_params(table[table.trial == 0], EXP, "fifo")
