@@ -12,10 +12,25 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 
 from pipeline.data.sources import last_windows
+from pipeline.errors import DataError
 from pipeline.io import atomic_file
 from pipeline.meta import DataMeta
+
+
+def table(columns: list[tuple[str, Any]]) -> pd.DataFrame:
+    """Predict's output table from (name, values) pairs, each name once: an input column named
+    as one predict adds (its id or time column, a target) would have been overwritten."""
+    names = [name for name, _ in columns]
+    if twice := next((name for name in names if names.count(name) > 1), None):
+        raise DataError(
+            f"column {twice!r}: the predictions would hold two columns of that name (an input "
+            "column named as one predict writes: step, label, prob_<class>, <target>_lo80, ...); "
+            "rename the input's column (or pass --id-column / --time-column)"
+        )
+    return pd.DataFrame(dict(columns))
 
 
 class Task:

@@ -8,7 +8,7 @@ import pandas as pd
 from pipeline import plots
 from pipeline.inference import softmax
 from pipeline.meta import DataMeta
-from pipeline.tasks.base import Task
+from pipeline.tasks.base import Task, table
 
 
 class Classification(Task):
@@ -59,10 +59,10 @@ class Classification(Task):
     def predictions(self, out, x, meta: DataMeta, keys, id_column: str) -> pd.DataFrame:
         probs = softmax(out.astype(np.float64))
         labels = np.asarray(meta.labels)
-        table = pd.DataFrame({id_column: keys, "label": labels[probs.argmax(axis=1)]})
-        for j, label in enumerate(labels):
-            table[f"prob_{label}"] = probs[:, j]
-        return table
+        return table(
+            [(id_column, keys), ("label", labels[probs.argmax(axis=1)])]
+            + [(f"prob_{label}", probs[:, j]) for j, label in enumerate(labels)]
+        )
 
 
 def macro_f1(counts: np.ndarray) -> float:

@@ -12,7 +12,7 @@ from pandas.tseries.frequencies import to_offset
 from pipeline import plots
 from pipeline.data.sources import covariate_windows, last_windows, series_freq
 from pipeline.meta import DataMeta, inv_log, inv_standard
-from pipeline.tasks.base import Task
+from pipeline.tasks.base import Task, table
 
 # torchmetrics' MeanAbsolutePercentageError clamps |truth| at this: train's test/mape and
 # validate's mape are one formula.
@@ -180,20 +180,20 @@ class Forecast(Task):
         else:
             (x, ids, times), extra = last_windows(path, meta, id_column, time_column), {}
         steps = np.arange(1, meta.horizon + 1)
-        keys = pd.DataFrame({id_column: np.repeat(ids, meta.horizon)})
+        keys = [(id_column, np.repeat(ids, meta.horizon))]
         dated = pd.api.types.is_datetime64_any_dtype(times[0])
         fed = [t.iloc[-meta.window :] for t in times]  # a gap before them changes nothing
         freq = dated and series_freq(fed, ids, path, time_column, meta.freq, "the model's freq")
         if freq:
             offset = to_offset(freq)
-            keys[time_column] = [t.iloc[-1] + k * offset for t in times for k in steps]
+            keys.append((time_column, [t.iloc[-1] + k * offset for t in times for k in steps]))
         elif dated:
             print(
                 f"{path}: column {time_column!r} holds dates without one regular frequency "
                 "(and the model records none): forecasts are numbered by step only"
             )
-        keys["step"] = np.tile(steps, len(ids))
-        return x, keys, extra
+        keys.append(("step", np.tile(steps, len(ids))))
+        return x, table(keys), extra
 
     def predictions(self, out, x, meta: DataMeta, keys, id_column: str) -> pd.DataFrame:
         """Per target its forecast, and for each calibrated level the interval's bounds
@@ -202,8 +202,11 @@ class Forecast(Task):
         for level in meta.intervals or {}:
             low, high = meta.interval(out, x, level)
             columns.update({f"_lo{percent(level)}": low, f"_hi{percent(level)}": high})
-        table = keys.copy()
-        for j, target in enumerate(meta.targets):
-            for suffix, values in columns.items():
-                table[target + suffix] = values[:, :, j].reshape(-1)
-        return table
+        return table(
+            list(keys.items())
+            + [
+                (target + suffix, values[:, :, j].reshape(-1))
+                for j, target in enumerate(meta.targets)
+                for suffix, values in columns.items()
+            ]
+        )

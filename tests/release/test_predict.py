@@ -272,6 +272,23 @@ def test_ids_stay_the_text_of_the_file(models, tmp_path):
     ) == ["007", "1e3", "NA"]
 
 
+@pytest.mark.parametrize(
+    "model, rename",
+    [("classify", "label"), ("forecast", "step")],
+)
+def test_an_input_column_named_as_an_output_column_is_refused(
+    models, tmp_path, capsys, model, rename
+):
+    """It was overwritten: the ids by the labels, or by the step numbers."""
+    _, onnx_path = models[model]
+    features = ["a", "b"] if model == "classify" else ["x", "y"]
+    series = long_table([np.ones((16, 2))] * 2, features)
+    data = _write_csv(tmp_path / "in.csv", series.rename(columns={"series_id": rename}))
+    assert main(["predict", str(onnx_path), data, "-o", "out.csv", "--id-column", rename]) == 3
+    assert f"column {rename!r}: the predictions would hold two columns" in capsys.readouterr().err
+    assert not Path("out.csv").exists()
+
+
 def test_an_output_that_overflowed_names_its_series():
     """The attention model's convolutions and batch norm turn inputs of 1e36 (finite on its
     scale) into NaN, where this test's small LSTM saturates: the check, on such an output."""
