@@ -44,7 +44,7 @@ from pipeline.data.prepared import Prepared
 from pipeline.export.onnx_export import export_module
 from pipeline.inference import run_onnx, session
 from pipeline.paths import metrics_file, model_dir, prepared_dir
-from pipeline.tasks.forecast import errors
+from pipeline.tasks.forecast import errors, mape_floor
 
 HERE = Path(__file__).resolve().parent
 RECIPE = RECIPES["forecast"]
@@ -123,7 +123,7 @@ def member_errors(exp: str, work: Path) -> list[dict]:
         path = work / f"{exp}-member{i}.onnx"
         export_module(Trained(member, trained.meta), path, RECIPE["model"]["name"])
         out = run_onnx(session(path), np.ascontiguousarray(x, np.float32))[0]
-        scores.append(errors(meta.to_original(out), meta.to_original(y)))
+        scores.append(errors(meta.to_original(out), meta.to_original(y), "", mape_floor(meta)))
     return scores
 
 

@@ -266,3 +266,23 @@ def test_macro_f1_and_confusion_counts_match_sklearn():
         assert macro_f1(counts) == f1_score(y, pred, average="macro", zero_division=0)
     names = plots.confusion_counts(["a", "c", "c"], ["b", "c", "a"], ["a", "b", "c"])
     assert names.tolist() == [[0, 1, 0], [0, 0, 0], [1, 0, 1]]
+
+
+def test_forecast_metrics_do_not_depend_on_the_data_s_units():
+    """MAPE is unitless: the same series in units 1e30 times smaller scored near 0 for any
+    forecast (torchmetrics' floor on |truth|, 1.17e-6, in the data's units), and train's
+    float32 sums of squares of errors of 1e20 were inf (train.json held `Infinity`)."""
+    out, x, y = _evaluation_inputs(METAS["forecast"])
+    reports = {}
+    for unit in (1.0, 1e-30, 1e20):
+        scaler = {"mean": [0.0, 10.0 * unit], "std": [1.0, 2.0 * unit]}
+        meta = DataMeta.model_validate({**METAS["forecast"].model_dump(), "scaler": scaler})
+        report, _ = TASKS["forecast"].evaluate(out, x, y, meta)
+        metrics = TASKS["forecast"].torchmetrics(meta)
+        truth, pred = (torch.from_numpy(meta.to_original(a)) for a in (y, out))
+        trained = {k: float(m(pred, truth)) for k, m in metrics.items()}
+        assert trained == pytest.approx({k: report[k] for k in trained}, rel=1e-6)
+        reports[unit] = report
+    for unit, report in reports.items():
+        assert report["mape"] == pytest.approx(reports[1.0]["mape"], rel=1e-6)
+        assert report["rmse"] == pytest.approx(reports[1.0]["rmse"] * unit, rel=1e-6)

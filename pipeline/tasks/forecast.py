@@ -66,12 +66,23 @@ def step_name(freq: str | None) -> str:
     return STEP_NAMES.get((freq or "").split("-")[0], "step")
 
 
-def errors(pred: np.ndarray, truth: np.ndarray, prefix: str = "") -> dict[str, float]:
+def mape_floor(meta: DataMeta) -> np.ndarray:
+    """MAPE's floor on |truth| per target: torchmetrics' epsilon, times the data's magnitude
+    where that is below 1. With the epsilon alone, values of 1e-30 divided by 1.17e-6 gave
+    a MAPE near 0 for any forecast: the same data in other units passed different gates."""
+    mean, std = (np.asarray(s, np.float64) for s in meta.target_scaler())
+    level = np.exp(mean) if meta.transform == "log" else np.abs(mean) + std
+    return MAPE_EPS * np.minimum(1.0, level)
+
+
+def errors(
+    pred: np.ndarray, truth: np.ndarray, prefix: str = "", floor: np.ndarray | float = MAPE_EPS
+) -> dict[str, float]:
     err = pred - truth
     return {
         f"{prefix}mae": float(np.abs(err).mean()),
         f"{prefix}rmse": float(np.sqrt((err**2).mean())),
-        f"{prefix}mape": float((np.abs(err) / np.maximum(np.abs(truth), MAPE_EPS)).mean()),
+        f"{prefix}mape": float((np.abs(err) / np.maximum(np.abs(truth), floor)).mean()),
     }
 
 
@@ -108,13 +119,28 @@ class Forecast(Task):
         }
 
     def torchmetrics(self, meta: DataMeta) -> dict:
+        import torch
         from torchmetrics import MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError
 
-        return {
+        class FlooredMAPE(MeanAbsolutePercentageError):
+            """MAPE with mape_floor(meta): |p - t| / max(|t|, eps * s) is MAPE(p / s, t / s)."""
+
+            def __init__(self):
+                super().__init__()
+                scale = torch.tensor(mape_floor(meta) / MAPE_EPS)
+                self.register_buffer("scale", scale, persistent=False)  # not in checkpoints
+
+            def update(self, preds, target):
+                super().update(preds / self.scale, target / self.scale)
+
+        metrics = {
             "mae": MeanAbsoluteError(),
             "rmse": MeanSquaredError(squared=False),
-            "mape": MeanAbsolutePercentageError(),
+            "mape": FlooredMAPE(),
         }
+        for metric in metrics.values():  # sums of squares of 1e20 overflow float32
+            metric.set_dtype(torch.float64)
+        return metrics
 
     def buffers(self, meta: DataMeta) -> dict:
         import torch
@@ -129,13 +155,14 @@ class Forecast(Task):
             z = inv_standard(z, module.target_mean, module.target_std)
             return inv_log(z) if module.meta.transform == "log" else z
 
-        return original(out), original(y)
+        return original(out.double()), original(y.double())
 
     def evaluate(self, out, x, y, meta: DataMeta):
         truth, pred = meta.to_original(y), meta.to_original(out)
         name, base_scaled = naive_forecast(x, meta)
         base = meta.to_original(base_scaled)
-        report = {**errors(pred, truth), **errors(base, truth, f"{name}_")}
+        floor = mape_floor(meta)
+        report = {**errors(pred, truth, "", floor), **errors(base, truth, f"{name}_", floor)}
         # the baseline's and int8's metrics share these units
         unit = f"{', '.join(meta.targets)} (original scale)"
         report.update(mae_unit=unit, rmse_unit=unit, mape_unit="fraction (0.05 = 5 %)")
@@ -155,7 +182,9 @@ class Forecast(Task):
         from pipeline.tasks.classical import ets_forecasts
 
         pred = ets_forecasts(prepared)
-        return {} if pred is None else errors(meta.to_original(pred), meta.to_original(y), "ets_")
+        if pred is None:
+            return {}
+        return errors(meta.to_original(pred), meta.to_original(y), "ets_", mape_floor(meta))
 
     def calibrate(self, outputs, meta: DataMeta) -> dict:
         return normalised_intervals(*outputs(), meta)
