@@ -91,6 +91,8 @@ def _read_table(path: Path, source: str, text=()) -> pd.DataFrame:
         frame = _read_csv(path, text) if source == "csv" else pd.read_parquet(path)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
+    except UnicodeDecodeError as err:  # its position is within the parser's chunk, not the file
+        raise DataError(f"{path}: {_first_non_utf8(path, err)}") from None
     except (ValueError, OSError) as err:
         fault = system_fault(err, path)  # permission denied
         raise fault or DataError(f"{path}: cannot read as {source}: {err}") from None
@@ -111,6 +113,18 @@ def _read_csv(path: Path, text) -> pd.DataFrame:
         frame[col] = frame[col].mask(frame[col] == "")
     # blank lines dropped here, not by pandas, so that the index stays each row's line - 2
     return frame.dropna(how="all")
+
+
+def _first_non_utf8(path: Path, err: UnicodeDecodeError) -> str:
+    """'line 30001: byte 0xe9 is not UTF-8 (save the file as UTF-8)', found in the file."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                byte = line[bad.start]
+                return f"line {number}: byte {byte:#04x} is not UTF-8 (save the file as UTF-8)"
+    return f"not UTF-8 ({err.reason})"
 
 
 def _once_each(columns: list, path: Path) -> None:

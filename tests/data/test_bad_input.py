@@ -80,6 +80,10 @@ def _broken(kind: str) -> str | None:
         frame["time"] = frame["value"]  # pandas would rename the second one 'value.1'
         frame.columns = ["series_id", "value", "value", "label"]
     frame.to_csv("in.csv", index=False)
+    if kind == "latin1":  # e.g. saved by a spreadsheet in cp1252: its error named no line
+        lines = open("in.csv").read().splitlines()
+        lines[40] = lines[40].replace("s1", "s\xe9")
+        open("in.csv", "wb").write("\n".join(lines).encode("latin-1"))
     if kind == "blank_lines":  # line numbers count them, as an editor does
         lines = open("in.csv").read().splitlines()
         lines[3:3] = ["", ""]
@@ -143,6 +147,7 @@ def use_data(params: dict, data: dict) -> None:
             "each side needs one series of each of the 2 classes",
         ),
         ("twice", FORECAST, "in.csv: column 'value' appears twice in the header"),
+        ("latin1", FORECAST, "in.csv: line 41: byte 0xe9 is not UTF-8 (save the file as UTF-8)"),
         ("blank_lines", FORECAST, "in.csv: column 'value' line 11: 'x' is not a number"),
         ("duplicate", FORECAST, "in.csv: line 122: duplicate (series_id, time) = (s0, 5)"),
         ("empty", FORECAST, "in.csv: file is empty"),
