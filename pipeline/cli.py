@@ -212,6 +212,8 @@ def _as_pipeline_error(err: BaseException) -> PipelineError:
         return ConfigError(f"{package} is not installed: pip install 'lstm-pipeline[{extra}]'")
     if fault := system_fault(err):
         return fault
+    if isinstance(err, OSError) and err.filename:  # e.g. a file where a folder must be
+        return SystemFault(f"{err.filename}: {err.strerror}")
     mlflow = sys.modules.get("mlflow.exceptions")  # never imported for it: predict may lack it
     if mlflow and isinstance(err, mlflow.MlflowException):  # e.g. a workspace's credentials
         from pipeline.tracking import redacted, tracking_uri

@@ -528,6 +528,18 @@ def test_an_unexpected_error_is_one_line_unless_debug(repo, capsys, monkeypatch)
         main(["prepare", EXP, "--debug"])
 
 
+def test_a_file_where_a_folder_must_be_is_the_machine_s_fault_naming_it(repo, capsys, monkeypatch):
+    """E.g. MLflow's artifact store (./mlruns) a file: release said 'unexpected
+    NotADirectoryError'."""
+
+    def artifacts_in_a_file(cfg, exp):
+        raise NotADirectoryError(20, "Not a directory", f"{repo}/mlruns/1")
+
+    monkeypatch.setattr("pipeline.data.prepare.prepare", artifacts_in_a_file)
+    assert main(["prepare", EXP]) == 8
+    assert one_line(capsys) == f"lstm-pipeline prepare: error: {repo}/mlruns/1: Not a directory"
+
+
 def test_outputs_honour_the_umask(repo):
     mask = os.umask(0)
     os.umask(mask)
