@@ -38,16 +38,18 @@ def system_fault(err: BaseException, path: str | Path | None = None) -> SystemFa
 
 
 def _temp_name(path: Path) -> dict:
-    """mkstemp/mkdtemp's arguments for a temp beside `path` whose name holds the writer's PID;
-    those a killed writer left (kill -9 gives it no chance to remove them) are removed first."""
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = stale.name[len(path.name) + 2 :].split(".", 1)[0]
+    """mkstemp/mkdtemp's arguments for a temp beside `path`, `.<name>.<pid>-<random>`: those a
+    killed writer left (kill -9 gives it no chance to remove them) are removed first. No dot
+    after the name's own: torch.save names the archive's folder after the stem, and a model's
+    bytes must not depend on its temp name."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*-*"):
+        pid, _, _ = stale.name[len(path.name) + 2 :].partition("-")
         if pid.isdigit() and not _alive(int(pid)):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
             else:
                 stale.unlink(missing_ok=True)
-    return {"prefix": f".{path.name}.{os.getpid()}.", "suffix": ".tmp", "dir": path.parent}
+    return {"prefix": f".{path.name}.{os.getpid()}-", "dir": path.parent}
 
 
 def _alive(pid: int) -> bool:

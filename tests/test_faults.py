@@ -396,7 +396,7 @@ def test_an_export_that_fails_keeps_the_earlier_model_with_its_step_model(repo, 
 def test_the_temp_outputs_of_a_killed_writer_are_removed_by_the_next(tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = [tmp_path / f".out.csv.{dead.pid}.x1.tmp", tmp_path / f".out.csv.{os.getpid()}.x2.tmp"]
+    stale = [tmp_path / f".out.csv.{dead.pid}-x1", tmp_path / f".out.csv.{os.getpid()}-x2"]
     stale[0].mkdir()
     stale[1].write_text("a live writer's")
     with atomic_file(tmp_path / "out.csv") as tmp:
