@@ -80,6 +80,9 @@ def held_stderr() -> Iterator[None]:
         sys.stderr.write(held.read().decode(errors="replace"))
 
 
+AUTH_REFUSED = "its authentication token is missing or wrong here"
+
+
 def refusal_reason(err: BaseException) -> str:
     """Why ray.init was refused, in a line: Ray wraps the authentication error in a
     ConnectionError whose text is empty or a traceback."""
@@ -89,7 +92,7 @@ def refusal_reason(err: BaseException) -> str:
         err = err.__cause__ or err.__context__
     text = "\n".join(chain)
     if "InvalidAuthToken" in text:
-        return "its authentication token is missing or wrong here"
+        return AUTH_REFUSED
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[0].split(" Traceback")[0][:150] if lines else "no reason given"
 
@@ -112,11 +115,15 @@ def ray_session(address: str | None = None, key: str = "tune.address") -> Iterat
             with held_stderr():
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, ray.exceptions.AuthenticationError) as err:
+            reason = refusal_reason(err)
+            hint = (
+                "; a cluster started with token authentication needs RAY_AUTH_MODE=token and "
+                "its token (~/.ray/auth_token or RAY_AUTH_TOKEN) here too, as the README shows"
+                if reason == AUTH_REFUSED or reason == "no reason given"
+                else ""
+            )
             raise ConfigError(
-                f"{key}: the Ray cluster at {address} did not accept this client "
-                f"({refusal_reason(err)}); a cluster started with token "
-                "authentication needs RAY_AUTH_MODE=token and its token "
-                "(~/.ray/auth_token or RAY_AUTH_TOKEN) here too, as the README shows"
+                f"{key}: the Ray cluster at {address} did not accept this client ({reason}){hint}"
             ) from None
         finally:
             ray_constants.NUM_REDIS_GET_RETRIES = attempts
