@@ -16,20 +16,24 @@ from pipeline.io import system_fault
 from pipeline.meta import DataMeta, first_error
 
 
-def session(path: str | Path, threads: int | None = 1) -> ort.InferenceSession:
+def session(
+    path: str | Path, threads: int | None = 1, name: str | None = None
+) -> ort.InferenceSession:
     """`threads`: ONNX Runtime's intra-op threads; None: one per core. One keeps reports the same
-    on every machine (the thread count changes the order of float sums)."""
+    on every machine (the thread count changes the order of float sums). `name`: what errors
+    call the model (a registry URI for its downloaded copy); default its path."""
+    name = name or path
     try:  # ONNX Runtime's own error for a file it cannot open does not say why
         open(path, "rb").close()
     except OSError as err:
-        raise system_fault(err, path) or DataError(f"{path}: {err.strerror}") from None
+        raise system_fault(err, name) or DataError(f"{name}: {err.strerror}") from None
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or 0
     opts.inter_op_num_threads = 1
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own pybind types for missing or corrupt files
-        raise DataError(f"{path}: not a loadable ONNX model ({first_line(err)})") from None
+        raise DataError(f"{name}: not a loadable ONNX model ({first_line(err)})") from None
 
 
 def onnx_meta(sess: ort.InferenceSession, path: str | Path) -> DataMeta:

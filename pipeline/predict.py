@@ -91,7 +91,7 @@ def predict(
         for given, what in ((path, "input"), (onnx_file, "model")):
             if output.exists() and output.samefile(given):
                 raise DataError(f"{output}: is the {what}; -o takes a new path for predictions")
-        sess = session(onnx_file)
+        sess = session(onnx_file, name=model)
         meta = onnx_meta(sess, model)
         state = [i.name for i in sess.get_inputs()[1:] if i.name not in meta.extra_inputs]
         if state:
