@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from pipeline import warm
@@ -38,11 +38,15 @@ RUN_ID_FILE = "mlflow_run_id"
 SAVE_EVERY_S = 30.0
 
 
-class ResumeState(Callback):
+class ResumeState(Checkpoint):
     """Saves the resume checkpoint at train-epoch ends (after validation, early stopping and
     History): the first, then once SAVE_EVERY_S has passed since the last save, and the fit's
     last. With the global RNGs (the datamodule saves its shuffle): a resumed fit draws the same
-    batches and dropout masks as a fit that was never stopped."""
+    batches and dropout masks as a fit that was never stopped.
+    A Checkpoint: Lightning calls the epoch-end hooks of EarlyStopping and the Checkpoints after
+    every other callback's, Checkpoints last and in order, so this one saves their state of this
+    epoch (as a plain Callback it saved the epoch before's: a fit resumed from its best epoch kept
+    another model), and after FiniteLoss has refused a diverged epoch."""
 
     def __init__(self, path: Path):
         self.path, self.pending = path, None

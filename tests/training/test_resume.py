@@ -268,3 +268,33 @@ def test_resume_points_are_the_first_epoch_then_one_per_interval_and_the_last(
     )
     trainer.fit(_Line(stop_at), data)
     assert saves.epochs == saved and (tmp_path / "resume.ckpt").exists()
+
+
+def test_a_fit_stopped_right_after_its_best_epoch_resumes_to_the_same_model(
+    tmp_path, mlflow_template, monkeypatch
+):
+    """The resume point held early stopping's and the best checkpoint's state of the epoch
+    before (Lightning calls their epoch-end hooks after every other callback's): resumed from
+    its best epoch 0, this fit counted its patience from scratch and kept epoch 2's weights."""
+    from pipeline.cli import main
+    from pipeline.training.trainer import FiniteLoss
+
+    exp, fit = "lstm_airline", {"max_epochs": 6, "lr": 0.1, "patience": 1}  # val/loss 0.043, 0.15
+    done = {}
+    for name in ("clean", "stopped"):
+        repo = setup_repo(tmp_path / name, exp, mlflow_template, **fit)
+        monkeypatch.chdir(repo)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo}/mlflow.db")
+        if name == "stopped":  # as a kill at epoch 1's start: epoch 0's resume point is kept
+
+            def ctrl_c_at_epoch_1(self, trainer, _):
+                if trainer.current_epoch == 1:
+                    raise KeyboardInterrupt
+
+            with monkeypatch.context() as patch:
+                patch.setattr(FiniteLoss, "on_train_epoch_start", ctrl_c_at_epoch_1, raising=False)
+                assert main(["train", exp]) == 130
+        assert main(["train", exp]) == 0
+        done[name] = outputs(repo, exp)
+    assert json.loads(done["clean"]["train.json"])["best_epoch"] == 0
+    assert done["stopped"] == done["clean"]
