@@ -21,7 +21,13 @@ from pipeline.tracking import tracking_uri
 from pipeline.training.datamodule import PreparedDataModule
 from pipeline.training.logger import PatientMLFlowLogger, failed_on_error
 from pipeline.training.module import SequenceModule
-from pipeline.training.resume import RESUME_FILE, ResumeState, save_run_id, saved_run_id
+from pipeline.training.resume import (
+    RESUME_FILE,
+    ResumeState,
+    damaged,
+    save_run_id,
+    saved_run_id,
+)
 from pipeline.training.trainer import History, TrainHooks, build_trainer
 
 
@@ -104,6 +110,9 @@ def fit_and_select(
     if hooks.resumable:  # ResumeState last: it saves the other callbacks' epoch-end state
         point = ckpt_dir / RESUME_FILE
         callbacks.append(ResumeState(point))
+        if point.exists() and not resume_from and (why := damaged(point)):
+            rank_zero_only(print)(f"{point}: damaged ({why}); starting over")
+            point.unlink(missing_ok=True)
         if point.exists() and not resume_from:
             rank_zero_only(print)(f"resuming from {point}")  # once, not per DDP rank
             resume_from = point

@@ -27,7 +27,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from pipeline import warm
 from pipeline.config import PipelineConfig
-from pipeline.errors import Interrupted
+from pipeline.errors import Interrupted, first_line
 from pipeline.io import held_lock
 from pipeline.paths import resume_dir
 
@@ -124,6 +124,17 @@ def _sigterm_without_collectives(trainer):
             before(signum, frame)
 
     return handler
+
+
+def damaged(point: Path) -> str | None:
+    """Why the resume checkpoint at `point` cannot be loaded (truncated, emptied, not one), or
+    None. Written atomically, it is damaged only from outside; the fit then starts over rather
+    than failing the same way at every run."""
+    try:
+        state = torch.load(point, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError...
+        return f"{type(err).__name__}: {first_line(err)[:120]}"
+    return None if isinstance(state, dict) and "state_dict" in state else "not a checkpoint"
 
 
 def _key(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> str:

@@ -270,12 +270,14 @@ def test_resume_points_are_the_first_epoch_then_one_per_interval_and_the_last(
     assert saves.epochs == saved and (tmp_path / "resume.ckpt").exists()
 
 
+@pytest.mark.parametrize("damage", [None, b"", b"garbage"])
 def test_a_fit_stopped_right_after_its_best_epoch_resumes_to_the_same_model(
-    tmp_path, mlflow_template, monkeypatch
+    tmp_path, mlflow_template, monkeypatch, capsys, damage
 ):
     """The resume point held early stopping's and the best checkpoint's state of the epoch
     before (Lightning calls their epoch-end hooks after every other callback's): resumed from
-    its best epoch 0, this fit counted its patience from scratch and kept epoch 2's weights."""
+    its best epoch 0, this fit counted its patience from scratch and kept epoch 2's weights.
+    A damaged resume point is named and the fit starts over (it failed every rerun, exit 1)."""
     from pipeline.cli import main
     from pipeline.training.trainer import FiniteLoss
 
@@ -294,7 +296,13 @@ def test_a_fit_stopped_right_after_its_best_epoch_resumes_to_the_same_model(
             with monkeypatch.context() as patch:
                 patch.setattr(FiniteLoss, "on_train_epoch_start", ctrl_c_at_epoch_1, raising=False)
                 assert main(["train", exp]) == 130
+            if damage is not None:
+                (point,) = repo.glob(f".resume/{exp}/*/resume.ckpt")
+                point.write_bytes(damage)
+            capsys.readouterr()
         assert main(["train", exp]) == 0
         done[name] = outputs(repo, exp)
     assert json.loads(done["clean"]["train.json"])["best_epoch"] == 0
     assert done["stopped"] == done["clean"]
+    said = capsys.readouterr().out
+    assert ("damaged" in said and "starting over" in said) == (damage is not None), said
