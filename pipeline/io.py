@@ -30,10 +30,16 @@ _SYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.E
 
 def system_fault(err: BaseException, path: str | Path | None = None) -> SystemFault | None:
     """A SystemFault naming the path for a disk/permission error, or None for other errors."""
+    where = path or err.filename if isinstance(err, OSError) else path
     if isinstance(err, OSError) and err.errno in _SYSTEM_ERRNOS:
-        return SystemFault(f"{path or err.filename}: {err.strerror}")
-    if isinstance(err, RuntimeError) and "file write failed" in str(err):  # torch.save's
-        return SystemFault(f"{path}: write failed (disk full?)")
+        return SystemFault(f"{where}: {err.strerror}" if where else err.strerror)
+    # torch.save's: a short write ("file write failed", or its zip writer's "unexpected pos")
+    if isinstance(err, RuntimeError) and any(
+        s in str(err) for s in ("file write failed", "unexpected pos")
+    ):
+        return SystemFault(
+            f"{where}: write failed (disk full?)" if where else "write failed (disk full?)"
+        )
     return None
 
 

@@ -1,6 +1,7 @@
 """The failure-mode catalogue: each fault gives one line naming the culprit and its documented
 exit code, writes nothing partial and keeps the earlier good output."""
 
+import errno
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ from mlflow import MlflowClient
 from pipeline.cli import main
 from pipeline.config import compose
 from pipeline.errors import ConfigError, SystemFault, TrackingError
-from pipeline.io import append_text, atomic_dir, atomic_file
+from pipeline.io import append_text, atomic_dir, atomic_file, system_fault
 from pipeline.tracking import ensure_reachable
 from tests.conftest import BIN, REPO, free_port, without_file_rights, write_params
 
@@ -546,6 +547,18 @@ def test_outputs_honour_the_umask(repo):
     meta = repo / f"data/prepared/{EXP}/meta.json"
     assert meta.stat().st_mode & 0o777 == 0o666 & ~mask
     assert meta.parent.stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_torch_s_short_writes_and_nameless_ones_are_the_machine_s_fault():
+    """torch.save's zip writer fails a short write with 'unexpected pos' (it was exit 1,
+    'unexpected RuntimeError'); an OSError without a file name said 'None: File too large'."""
+    short = RuntimeError(
+        "[enforce fail at inline_container.cc:672] . unexpected pos 3230848 vs 3230736"
+    )
+    assert str(system_fault(short, "models/x/model.ckpt")) == (
+        "models/x/model.ckpt: write failed (disk full?)"
+    )
+    assert str(system_fault(OSError(errno.EFBIG, "File too large"))) == "File too large"
 
 
 def test_an_append_to_a_full_disk_names_the_file():

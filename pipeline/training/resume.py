@@ -28,7 +28,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pipeline import warm
 from pipeline.config import PipelineConfig
 from pipeline.errors import Interrupted, first_line
-from pipeline.io import held_lock
+from pipeline.io import held_lock, system_fault
 from pipeline.paths import resume_dir
 
 RESUME_FILE = "resume.ckpt"
@@ -102,7 +102,12 @@ class ResumeState(Checkpoint):
                 "step": trainer.fit_loop.epoch_loop._batches_that_stepped - 1,
                 "epoch": trainer.current_epoch,
             }
-            trainer.save_checkpoint(self.path, weights_only=False)  # atomic, by rank zero
+            try:
+                trainer.save_checkpoint(self.path, weights_only=False)  # atomic, by rank zero
+            except (OSError, RuntimeError) as err:  # torch names no file (disk full, too large)
+                if fault := system_fault(err, self.path):
+                    raise fault from err
+                raise
             self.saved_at = time.monotonic()
 
 
