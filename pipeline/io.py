@@ -69,7 +69,7 @@ def _alive(pid: int) -> bool:
 
 
 @contextmanager
-def _named_faults(path: Path, placing: bool = False) -> Iterator[None]:
+def named_faults(path: Path, placing: bool = False) -> Iterator[None]:
     """Disk and permission errors name `path`. `placing`: around making its folder and temp name
     and putting the result in place, where any OS refusal is one about `path` (a file where its
     folder must be, a name too long)."""
@@ -88,14 +88,14 @@ def _named_faults(path: Path, placing: bool = False) -> Iterator[None]:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temp folder beside `path`; on success it replaces `path`, on error it is removed."""
     path = Path(path)
-    with _named_faults(path):
-        with _named_faults(path, placing=True):
+    with named_faults(path):
+        with named_faults(path, placing=True):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(**_temp_name(path)))
         try:
             yield tmp
             tmp.chmod(0o777 & ~_UMASK)
-            with _named_faults(path, placing=True):
+            with named_faults(path, placing=True):
                 if path.exists():
                     shutil.rmtree(path)
                 tmp.rename(path)
@@ -107,8 +107,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temp file path beside `path`; renamed onto `path` only if the block succeeds."""
     path = Path(path)
-    with _named_faults(path):
-        with _named_faults(path, placing=True):
+    with named_faults(path):
+        with named_faults(path, placing=True):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(**_temp_name(path))
         os.close(fd)
@@ -116,7 +116,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         try:
             yield tmp
             tmp.chmod(0o666 & ~_UMASK)
-            with _named_faults(path, placing=True):
+            with named_faults(path, placing=True):
                 os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -126,7 +126,7 @@ def check_writable(path: str | Path) -> None:
     """Fail now, naming `path`, where atomic_file(path) could not start (for a command that
     changes something else first, e.g. a registry, and writes `path` after)."""
     path = Path(path)
-    with _named_faults(path), _named_faults(path, placing=True):
+    with named_faults(path), named_faults(path, placing=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(**_temp_name(path))
         os.close(fd)
@@ -157,7 +157,7 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def append_text(path: str | Path, text: str) -> None:
     """Append to a file, created if missing (a disk or permission error names it)."""
-    with _named_faults(Path(path)), open(path, "a") as f:
+    with named_faults(Path(path)), open(path, "a") as f:
         f.write(text)
 
 

@@ -394,6 +394,20 @@ def test_an_export_that_fails_keeps_the_earlier_model_with_its_step_model(repo, 
     assert tree_digest(repo) == before
 
 
+def test_a_train_that_fails_writing_keeps_every_earlier_output(repo, capsys):
+    """model.ckpt and train.json used to be replaced before the learning curve was written."""
+    (repo / f"models/{EXP}/model.ckpt").write_bytes(b"the earlier model")
+    shutil.rmtree(repo / f"plots/{EXP}/train")
+    (repo / f"plots/{EXP}/train").write_text("a file where the folder must be")
+    outputs = ("models", "metrics", "plots")
+    before = {k: v for k, v in tree_digest(repo).items() if k.startswith(outputs)}
+    assert main(["train", EXP]) == 8
+    assert one_line(capsys).startswith(
+        f"lstm-pipeline train: error: plots/{EXP}/train: cannot write there"
+    )
+    assert {k: v for k, v in tree_digest(repo).items() if k.startswith(outputs)} == before
+
+
 def test_the_temp_outputs_of_a_killed_writer_are_removed_by_the_next(tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()

@@ -22,7 +22,7 @@ from pipeline.data.prepared import Prepared
 from pipeline.errors import PipelineError
 from pipeline.export.parity import run_torch
 from pipeline.export.streaming import StepModel, batch_axes
-from pipeline.io import atomic_dir, atomic_file, write_json
+from pipeline.io import atomic_dir, atomic_file, named_faults, write_json
 from pipeline.paths import model_dir, prepared_dir
 from pipeline.tasks import task_of
 
@@ -338,10 +338,12 @@ def export(cfg: PipelineConfig, exp_name: str) -> Path:
     with ExitStack() as place:
         model_file = place.enter_context(atomic_file(out / "model.onnx"))
         streaming = place.enter_context(atomic_dir(out / "streaming"))
-        export_module(trained, model_file, exp.model.name)
-        reason = trained.model.streaming_unsupported()
-        if reason:
-            write_json(streaming / "unsupported.json", {"reason": reason})
-        else:
-            export_step(trained, streaming / "model_step.onnx", exp.model.name)
+        with named_faults(out / "model.onnx"):  # a disk fault names the output, not the next
+            export_module(trained, model_file, exp.model.name)
+        with named_faults(out / "streaming"):
+            reason = trained.model.streaming_unsupported()
+            if reason:
+                write_json(streaming / "unsupported.json", {"reason": reason})
+            else:
+                export_step(trained, streaming / "model_step.onnx", exp.model.name)
     return out / "model.onnx"

@@ -21,7 +21,7 @@ from pipeline.export.onnx_export import example_length
 from pipeline.export.parity import parity, streaming_report
 from pipeline.export.quantize import int8_report
 from pipeline.inference import onnx_meta, run_onnx, session
-from pipeline.io import atomic_dir, atomic_file, dumps_json, file_digest
+from pipeline.io import atomic_dir, atomic_file, dumps_json, file_digest, named_faults
 from pipeline.meta import same_data
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
 from pipeline.tasks import task_of
@@ -76,12 +76,14 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
         plot_dir = place.enter_context(atomic_dir(plots_dir(exp_name, "validate")))
         int8_dir = place.enter_context(atomic_dir(folder / "int8"))
         report_file = place.enter_context(atomic_file(report_path))
-        if outputs:  # attention weights
-            plots.attention(x[:, :, 0], outputs[0], plot_dir)
-        task.plot(plot_data, plot_dir)
+        with named_faults(plots_dir(exp_name, "validate")):  # not the next output's name
+            if outputs:  # attention weights
+                plots.attention(x[:, :, 0], outputs[0], plot_dir)
+            task.plot(plot_data, plot_dir)
         report.update(streaming_report(folder / "streaming", model, x))
         failed = validate_failures(report, rules, task)
-        int8, timings = int8_report(exp, folder, int8_dir, report, x, y, meta, sess, extra)
+        with named_faults(folder / "int8"):
+            int8, timings = int8_report(exp, folder, int8_dir, report, x, y, meta, sess, extra)
         report.update(int8)
         report.update(passed=not failed, failed_gates=failed)
         report_file.write_text(dumps_json(report))

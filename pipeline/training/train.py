@@ -8,7 +8,7 @@ RAY_ADDRESS is set) and keeps every member in one model.ckpt.
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from pipeline import plots
 from pipeline.checkpoint import PREFIX
 from pipeline.config import PipelineConfig
 from pipeline.data.prepared import Prepared
-from pipeline.io import atomic_dir, atomic_file, file_digest, write_json
+from pipeline.io import atomic_dir, atomic_file, dumps_json, file_digest, named_faults
 from pipeline.meta import SPREAD_LIMIT
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
 from pipeline.tracking import ensure_reachable, run_tags
@@ -38,7 +38,8 @@ from pipeline.training.trainer import TrainHooks, check_accelerator, fit_precisi
 
 
 def slim_checkpoint(srcs: list[Path], dst: Path) -> None:
-    """Keep what loading needs; drop trainer state (absolute paths, optimizer) from model.ckpt.
+    """Keep what loading needs; drop trainer state (absolute paths, optimizer) from model.ckpt
+    (written at `dst` as it is: write_outputs puts it in place).
     Several members: their weights under model.members.<i>. and `members` in the hparams."""
     fulls = [torch.load(src, map_location="cpu", weights_only=False) for src in srcs]
     keep = ("state_dict", "hyper_parameters", "epoch", "global_step", "pytorch-lightning_version")
@@ -51,8 +52,7 @@ def slim_checkpoint(srcs: list[Path], dst: Path) -> None:
             for k, v in full["state_dict"].items()
             if k.startswith(PREFIX)
         }
-    with atomic_file(dst) as tmp:
-        torch.save(ckpt, tmp)
+    torch.save(ckpt, dst)
 
 
 def fit_metrics(fitted: Fitted) -> dict:
@@ -79,13 +79,18 @@ def ensemble_metrics(members: list[Fitted]) -> dict:
 
 def write_outputs(exp_name: str, members: list[Fitted]) -> dict:
     """model.ckpt, train.json and the (first member's) learning curve; returns the metrics."""
-    out = model_dir(exp_name)
-    out.mkdir(parents=True, exist_ok=True)
-    slim_checkpoint([m.ckpt for m in members], out / "model.ckpt")
     metrics = fit_metrics(members[0]) if len(members) == 1 else ensemble_metrics(members)
-    write_json(metrics_file(exp_name, "train"), metrics)
-    with atomic_dir(plots_dir(exp_name, "train")) as tmp:
-        plots.learning_curve(members[0].history, tmp)
+    # written beside their places and put in place together: a kill or a failure never leaves
+    # a new model.ckpt beside the last training's report or learning curve
+    with ExitStack() as place:
+        ckpt = place.enter_context(atomic_file(model_dir(exp_name) / "model.ckpt"))
+        report = place.enter_context(atomic_file(metrics_file(exp_name, "train")))
+        curve = place.enter_context(atomic_dir(plots_dir(exp_name, "train")))
+        with named_faults(model_dir(exp_name) / "model.ckpt"):  # not the next output's name
+            slim_checkpoint([m.ckpt for m in members], ckpt)
+        with named_faults(metrics_file(exp_name, "train")):
+            report.write_text(dumps_json(metrics))
+        plots.learning_curve(members[0].history, curve)
     return metrics
 
 
