@@ -38,7 +38,9 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     # MLflow's note that it creates or migrates a store's tables: on a new store, before a
     # stage's first line or its one-line error
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    # (and its traceback per failed write when the store goes away mid-training: the stage
+    # keeps what it cannot send and ends with one line)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     # its fallback from one Databricks login method to the next: the error, if any, says why
     logging.getLogger("mlflow.utils.databricks_utils").setLevel(logging.ERROR)
     root = logging.getLogger()

@@ -17,7 +17,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pipeline.config import Experiment, PipelineConfig
 from pipeline.data.prepared import Prepared
 from pipeline.paths import prepared_dir
-from pipeline.tracking import tracking_uri
+from pipeline.tracking import redacted, tracking_uri
 from pipeline.training.datamodule import PreparedDataModule
 from pipeline.training.logger import PatientMLFlowLogger, failed_on_error
 from pipeline.training.module import SequenceModule
@@ -157,9 +157,28 @@ def continued_logger(cfg, run_name: str, tags: dict, ckpt_dir: Path, hooks) -> P
     """The fit's logger; a resumable fit continues the MLflow run its resume point recorded."""
     if not hooks.resumable:
         return mlflow_logger(cfg, run_name, tags)
-    logger = mlflow_logger(cfg, run_name, tags, saved_run_id(ckpt_dir), ckpt_dir)
+    run_id = saved_run_id(ckpt_dir)
+    if run_id and not _in_store(run_id):  # the store was replaced, or the URI points elsewhere
+        print(f"MLflow run {run_id} of the resume point is not in {redacted(tracking_uri())}: "
+              "the training goes on in a new run")  # fmt: skip
+        run_id = None
+    logger = mlflow_logger(cfg, run_name, tags, run_id, ckpt_dir)
     save_run_id(ckpt_dir, logger.run_id)
     return logger
+
+
+def _in_store(run_id: str) -> bool:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    try:
+        MlflowClient(tracking_uri()).get_run(run_id)
+    except MlflowException as err:
+        if err.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return False
+        raise
+    return True
 
 
 @dataclass(frozen=True)

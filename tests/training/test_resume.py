@@ -279,7 +279,6 @@ def test_a_fit_stopped_right_after_its_best_epoch_resumes_to_the_same_model(
     its best epoch 0, this fit counted its patience from scratch and kept epoch 2's weights.
     A damaged resume point is named and the fit starts over (it failed every rerun, exit 1)."""
     from pipeline.cli import main
-    from pipeline.training.trainer import FiniteLoss
 
     exp, fit = "lstm_airline", {"max_epochs": 6, "lr": 0.1, "patience": 1}  # val/loss 0.043, 0.15
     done = {}
@@ -287,15 +286,8 @@ def test_a_fit_stopped_right_after_its_best_epoch_resumes_to_the_same_model(
         repo = setup_repo(tmp_path / name, exp, mlflow_template, **fit)
         monkeypatch.chdir(repo)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo}/mlflow.db")
-        if name == "stopped":  # as a kill at epoch 1's start: epoch 0's resume point is kept
-
-            def ctrl_c_at_epoch_1(self, trainer, _):
-                if trainer.current_epoch == 1:
-                    raise KeyboardInterrupt
-
-            with monkeypatch.context() as patch:
-                patch.setattr(FiniteLoss, "on_train_epoch_start", ctrl_c_at_epoch_1, raising=False)
-                assert main(["train", exp]) == 130
+        if name == "stopped":
+            stop_at_epoch_1(exp, monkeypatch)
             if damage is not None:
                 (point,) = repo.glob(f".resume/{exp}/*/resume.ckpt")
                 point.write_bytes(damage)
@@ -306,3 +298,37 @@ def test_a_fit_stopped_right_after_its_best_epoch_resumes_to_the_same_model(
     assert done["stopped"] == done["clean"]
     said = capsys.readouterr().out
     assert ("damaged" in said and "starting over" in said) == (damage is not None), said
+
+
+def stop_at_epoch_1(exp: str, monkeypatch) -> None:
+    """Train `exp` in this process, stopped as by a kill at epoch 1's start: epoch 0's resume
+    point is kept."""
+    from pipeline.cli import main
+    from pipeline.training.trainer import FiniteLoss
+
+    def ctrl_c_at_epoch_1(self, trainer, _):
+        if trainer.current_epoch == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(FiniteLoss, "on_train_epoch_start", ctrl_c_at_epoch_1, raising=False)
+        assert main(["train", exp]) == 130
+
+
+def test_a_resume_point_whose_run_is_not_in_the_store_goes_on_in_a_new_run(
+    tmp_path, mlflow_template, monkeypatch, capsys
+):
+    """The store replaced (or MLFLOW_TRACKING_URI pointed elsewhere) after a kill: every rerun
+    failed with exit 6, 'Run with id=... not found', until .resume was deleted by hand."""
+    from pipeline.cli import main
+
+    exp = "lstm_airline"
+    repo = setup_repo(tmp_path / "repo", exp, mlflow_template, max_epochs=3)
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo}/mlflow.db")
+    stop_at_epoch_1(exp, monkeypatch)
+    shutil.copy(mlflow_template, repo / "mlflow.db")  # a new store
+    capsys.readouterr()
+    assert main(["train", exp]) == 0
+    assert "of the resume point is not in sqlite:///" in capsys.readouterr().out
+    assert tracked_runs(repo) == [(exp, "FINISHED")]
