@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import cache
 from pathlib import Path
 
@@ -232,6 +232,7 @@ def resume_point(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> Iterat
             with held_lock(lock, busy + "; wait for it to end"):
                 for other in root.iterdir():
                     if other.is_dir() and other != folder:
+                        _end_runs_of(other)
                         shutil.rmtree(other)
                 folder.mkdir(exist_ok=True)
                 yield folder
@@ -260,6 +261,21 @@ def _signals_to(terminate: _Terminate) -> Iterator[None]:
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
+
+def _end_runs_of(folder: Path) -> None:
+    """The MLflow runs a resume point of another config was continuing (its members' too) end
+    KILLED: no training will continue them. Best effort: the store may be another by now."""
+    from mlflow import MlflowClient
+
+    from pipeline.tracking import tracking_uri
+
+    with suppress(Exception):
+        client = MlflowClient(tracking_uri())
+        for id_file in folder.rglob(RUN_ID_FILE):
+            run_id = id_file.read_text().strip()
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, "KILLED")
 
 
 def saved_run_id(folder: Path) -> str | None:

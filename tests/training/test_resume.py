@@ -189,6 +189,8 @@ def test_a_changed_config_starts_over(tmp_path, mlflow_template):
     assert "resuming" not in (repo / "train.log").read_text()
     assert not any(p.exists() for p in stale)
     assert yaml.safe_load((repo / f"metrics/{exp}/train.json").read_text())["epochs_run"] == 3
+    # the killed training's run, which nothing will continue, ends (it stayed RUNNING)
+    assert sorted(tracked_runs(repo)) == [(exp, "FINISHED"), (exp, "KILLED")]
 
 
 def test_a_second_training_of_the_same_experiment_refuses_to_start(tmp_path, mlflow_template):
