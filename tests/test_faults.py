@@ -369,6 +369,10 @@ def test_a_diverging_loss_stops_with_the_epoch_and_keeps_the_old_model(repo, cap
     assert main(["train", EXP]) == 7
     assert "loss is inf at epoch 0: training diverged" in one_line(capsys)
     assert tree_digest(repo / "models") == before
+    # no resume point holds the diverged epoch (it was saved before the check): a rerun starts
+    # over, not from inf weights at epoch 1
+    assert main(["train", EXP]) == 7
+    assert "loss is inf at epoch 0: training diverged" in one_line(capsys)
 
 
 def test_a_model_too_large_for_memory(repo, capsys):
