@@ -24,9 +24,12 @@ from pipeline.tuning.trial import run_trial
 from pipeline.tuning.tuner import RESULT_LOG, expected_trials, tuner
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"
+EXPECTED_FILE = "lstm_pipeline_trials"  # how many the sweep was started with
 
 
-def _parent_run(cfg: PipelineConfig, exp_name: str, state: Path, resume: bool, space) -> str:
+def _parent_run(
+    cfg: PipelineConfig, exp_name: str, state: Path, resume: bool, space, expected: int
+) -> str:
     """The sweep's MLflow run (created here, before any trial, so that the experiment's artifact
     location is this repo's; reused on --resume)."""
     import json
@@ -51,6 +54,7 @@ def _parent_run(cfg: PipelineConfig, exp_name: str, state: Path, resume: bool, s
     client.log_param(run.info.run_id, "tune/space", json.dumps(space, sort_keys=True))
     state.mkdir(parents=True, exist_ok=True)
     id_file.write_text(run.info.run_id)
+    (state / EXPECTED_FILE).write_text(str(expected))
     return run.info.run_id
 
 
@@ -79,7 +83,9 @@ def _set_status(run_id: str, status: str) -> None:
     MlflowClient(absolute_tracking_uri()).set_terminated(run_id, status)
 
 
-def _sweep_state(cfg: PipelineConfig, exp_name: str, resume: bool) -> tuple[Path, Path]:
+def _sweep_state(
+    cfg: PipelineConfig, exp_name: str, resume: bool, expected: int
+) -> tuple[Path, Path]:
     """(the prepared data, Ray's state folder of this sweep), checked before anything starts."""
     from ray import tune as ray_tune
 
@@ -89,6 +95,13 @@ def _sweep_state(cfg: PipelineConfig, exp_name: str, resume: bool) -> tuple[Path
     state = Path(cfg.tune.storage_path or ".ray_results").resolve() / f"tune-{exp_name}"
     if resume and not ray_tune.Tuner.can_restore(str(state)):
         raise ConfigError(f"--resume: no sweep state to resume at {state} (tune.storage_path)")
+    started = state / EXPECTED_FILE
+    if resume and started.exists() and started.read_text() != str(expected):
+        raise ConfigError(
+            f"tune.num_samples or tune.space: the sweep in {state} was started with "
+            f"{started.read_text()} trials, not {expected}; --resume continues a sweep as it "
+            "was started"
+        )  # it would end 'interrupted' at every --resume
     return prepared, state
 
 
@@ -119,11 +132,6 @@ def _finished_trials(state: Path, expected: int, exp_name: str, by: str | None) 
 
     trials = ray_tune.ExperimentAnalysis(str(state)).trials
     done = [tr for tr in trials if tr.status in ("TERMINATED", "ERROR")]
-    if len(done) == len(trials) < expected:  # every trial it started ended: not an interruption
-        raise ConfigError(
-            f"tune.num_samples or tune.space: the sweep in {state} was started with "
-            f"{len(trials)} trials, not {expected}; --resume continues a sweep as it was started"
-        )
     if len(done) < expected:
         stopped = f"{len(done)} of {expected} trials done; state kept in {state}; continue with "
         stopped += f"`lstm-pipeline tune {exp_name} --resume`"
@@ -194,14 +202,15 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
     address, key = resolve_address(t.address)
     if address:  # fail fast, before anything starts
         check_reachable(address, key)
-    prepared, state = _sweep_state(cfg, exp_name, resume)
+    expected = expected_trials(t.num_samples, ray_space)
+    prepared, state = _sweep_state(cfg, exp_name, resume, expected)
     lock = state.with_name(f"{state.name}.lock")
     busy = f"{exp_name}: another sweep of this experiment is running (it holds {lock})"
     with held_lock(lock, busy + "; wait for it to end"), ray_session(address, key):
         check_resources(t.resources_per_trial)
         if not resume and state.exists():  # every check passed: the earlier state can go
             shutil.rmtree(state)
-        parent = _parent_run(cfg, exp_name, state, resume, space)
+        parent = _parent_run(cfg, exp_name, state, resume, space, expected)
         trainable = _trainable(cfg, exp_name, prepared, state, parent)
         with _sigterm_stops_sweep() as by:
             try:
@@ -210,7 +219,6 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
                 _set_status(parent, "FAILED")
                 raise
         try:
-            expected = expected_trials(t.num_samples, ray_space)
             trials = _finished_trials(state, expected, exp_name, by and by[0])
             return _write_outputs(cfg, exp_name, state, trials, grid, parent)
         except Exception as err:  # the run ends with the sweep, however it ends

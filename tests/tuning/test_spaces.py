@@ -210,3 +210,19 @@ def test_the_best_trial_is_the_best_finite_one():
     )  # fmt: skip
     with pytest.raises(TrainingError, match="every trial diverged"):
         best_params(table[table.trial == 0], EXP, "fifo")
+
+
+def test_resume_with_another_number_of_trials_says_so_before_ray_starts(
+    tune_workdir, params, capsys
+):
+    """It ran, then ended 'interrupted: 2 of 3 trials done; continue with --resume', at every
+    --resume."""
+    write_params(sweep_params(params, num_samples=3))
+    state = tune_workdir / f".ray_results/tune-{EXP}"
+    state.mkdir(parents=True)
+    (state / "tuner.pkl").write_bytes(b"")  # what Tune looks for to restore
+    (state / "lstm_pipeline_trials").write_text("2")
+    assert main(["tune", EXP, "--resume"]) == 2
+    assert "was started with 2 trials, not 3; --resume continues a sweep as it was started" in (
+        capsys.readouterr().err
+    )
