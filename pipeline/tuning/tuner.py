@@ -52,9 +52,13 @@ def search_alg(cfg: PipelineConfig):
         from ray.tune.search.optuna import OptunaSearch
 
         return OptunaSearch(sampler=TPESampler(seed=cfg.tune.seed))
-    # given here: Tune applies max_concurrent_trials to a Searcher only (it warned and ignored it)
+    # given here: Tune applies max_concurrent_trials to a Searcher only (it warned and ignored
+    # it). Not with PBT: it exploits within the trials that exist, and this generator makes them
+    # only as slots free (2 alive: no quantile to clone from); its population runs as resources
+    # allow.
+    t = cfg.tune
     return BasicVariantGenerator(
-        random_state=cfg.tune.seed, max_concurrent=cfg.tune.max_concurrent_trials
+        random_state=t.seed, max_concurrent=0 if t.scheduler == "pbt" else t.max_concurrent_trials
     )
 
 

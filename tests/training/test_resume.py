@@ -264,7 +264,7 @@ def test_resume_points_are_the_first_epoch_then_one_per_interval_and_the_last(
         max_epochs=6,
         callbacks=[saves, resume.ResumeState(tmp_path / "resume.ckpt")],
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=True,  # ResumeState is the Checkpoint: no default one is added
         enable_progress_bar=False,
         enable_model_summary=False,
     )
