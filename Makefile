@@ -22,14 +22,27 @@ MLFLOW_PORT ?= 5000
 
 install: $(STAMP)
 
+# A venv that does not run (its base Python upgraded or removed), that a killed install left
+# without pip, or made by a Python older than 3.11 is rebuilt: its stamp goes, and the recipe
+# recreates it (--clear: venv keeps a dangling interpreter link otherwise).
+VENV_OK = $(BIN)/python -c 'import sys, pip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
+ifneq ($(shell $(VENV_OK) && echo ok),ok)
+$(shell rm -f $(STAMP))
+endif
+# pip's own defaults wait up to ~6 x 15 s per step for an index that stalls
+PIP_NET ?= --retries 2 --timeout 30
+
 # torch first, then everything else under a constraints file that keeps it pinned
-# (an unpinned resolve pulls several GB of CUDA wheels).
+# (an unpinned resolve pulls several GB of CUDA wheels). One install at a time (flock, where
+# the system has it): two at once (make repro beside make test) broke pip's metadata.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
-	echo "torch==$(TORCH_VERSION)" > $(VENV)/constraints.txt
-	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e '.[train,dev]'
+	@exec 9>"$(VENV).lock"; if command -v flock >/dev/null; then flock 9; fi; \
+	if [ -f $@ ] && [ $@ -nt pyproject.toml ]; then exit 0; fi; set -ex; \
+	$(VENV_OK) || $(PYTHON) -m venv --clear $(VENV); \
+	$(BIN)/python -m pip install -q $(PIP_NET) --upgrade pip; \
+	$(BIN)/python -m pip install -q $(PIP_NET) $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION); \
+	echo "torch==$(TORCH_VERSION)" > $(VENV)/constraints.txt; \
+	$(BIN)/python -m pip install -q $(PIP_NET) -c $(VENV)/constraints.txt -e '.[train,dev]'; \
 	touch $@
 
 # dvc repro with the experiments side by side, one lane per core (pipeline/repro.py)
