@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Hashable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,26 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
                 os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+class Outputs(ExitStack):
+    """A stage's several outputs, each written at a temp beside its place (`file(path)`,
+    `folder(path)`: a context yielding the temp) and put in place together when the block ends
+    without error: a failure or a kill leaves every earlier output as it was. A write's disk
+    fault names the output written, not the last one opened (an error in the block passes
+    through every output's context)."""
+
+    def file(self, path: str | Path):
+        return self._writing(atomic_file, path)
+
+    def folder(self, path: str | Path):
+        return self._writing(atomic_dir, path)
+
+    @contextmanager
+    def _writing(self, atomic, path) -> Iterator[Path]:
+        tmp = self.enter_context(atomic(path))
+        with named_faults(Path(path)):
+            yield tmp
 
 
 def check_writable(path: str | Path) -> None:

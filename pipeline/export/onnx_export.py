@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from pipeline.data.prepared import Prepared
 from pipeline.errors import PipelineError
 from pipeline.export.parity import run_torch
 from pipeline.export.streaming import StepModel, batch_axes
-from pipeline.io import atomic_dir, atomic_file, named_faults, write_json
+from pipeline.io import Outputs, write_json
 from pipeline.paths import model_dir, prepared_dir
 from pipeline.tasks import task_of
 
@@ -333,14 +333,11 @@ def export(cfg: PipelineConfig, exp_name: str) -> Path:
     prepared = Prepared.load(prepared_dir(exp_name))
     trained = calibrated(trained_for(out / "model.ckpt", exp.model.name, prepared.meta), prepared)
     # model.onnx and streaming/ (always there, a DVC out: the step model, or why there is none)
-    # are written beside their places and put in place together: a failure or a kill never
-    # leaves the new model beside the old one's step model
-    with ExitStack() as place:
-        model_file = place.enter_context(atomic_file(out / "model.onnx"))
-        streaming = place.enter_context(atomic_dir(out / "streaming"))
-        with named_faults(out / "model.onnx"):  # a disk fault names the output, not the next
+    # are put in place together: never the new model beside the old one's step model
+    with Outputs() as place:
+        with place.file(out / "model.onnx") as model_file:
             export_module(trained, model_file, exp.model.name)
-        with named_faults(out / "streaming"):
+        with place.folder(out / "streaming") as streaming:
             reason = trained.model.streaming_unsupported()
             if reason:
                 write_json(streaming / "unsupported.json", {"reason": reason})

@@ -6,7 +6,6 @@ GateError if parity or a configured threshold fails, so the stage exits non-zero
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from pipeline.export.onnx_export import example_length
 from pipeline.export.parity import parity, streaming_report
 from pipeline.export.quantize import int8_report
 from pipeline.inference import onnx_meta, run_onnx, session
-from pipeline.io import atomic_dir, atomic_file, dumps_json, file_digest, named_faults
+from pipeline.io import Outputs, dumps_json, file_digest
 from pipeline.meta import same_data
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
 from pipeline.tasks import task_of
@@ -70,23 +69,21 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
     if rules.classical:
         report.update(task.classical_report(prepared, y, meta))
     report_path = metrics_file(exp_name, "validate")
-    # the plots, the int8 model and the report are written beside their places and put in
-    # place together once all three are: a failure leaves the earlier three as they were
-    with ExitStack() as place:
-        plot_dir = place.enter_context(atomic_dir(plots_dir(exp_name, "validate")))
-        int8_dir = place.enter_context(atomic_dir(folder / "int8"))
-        report_file = place.enter_context(atomic_file(report_path))
-        with named_faults(plots_dir(exp_name, "validate")):  # not the next output's name
+    # the plots, the int8 model and the report are put in place together: a failure leaves the
+    # earlier three as they were
+    with Outputs() as place:
+        with place.folder(plots_dir(exp_name, "validate")) as plot_dir:
             if outputs:  # attention weights
                 plots.attention(x[:, :, 0], outputs[0], plot_dir)
             task.plot(plot_data, plot_dir)
         report.update(streaming_report(folder / "streaming", model, x))
         failed = validate_failures(report, rules, task)
-        with named_faults(folder / "int8"):
+        with place.folder(folder / "int8") as int8_dir:
             int8, timings = int8_report(exp, folder, int8_dir, report, x, y, meta, sess, extra)
         report.update(int8)
         report.update(passed=not failed, failed_gates=failed)
-        report_file.write_text(dumps_json(report))
+        with place.file(report_path) as report_file:
+            report_file.write_text(dumps_json(report))
     onnx_metrics = {f"onnx/{k}": v for k, v in report.items() if isinstance(v, float)}
     log_to_training_run(
         cfg.tracking.experiment_name,

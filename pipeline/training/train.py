@@ -8,7 +8,7 @@ RAY_ADDRESS is set) and keeps every member in one model.ckpt.
 from __future__ import annotations
 
 import os
-from contextlib import ExitStack, nullcontext
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from pipeline import plots
 from pipeline.checkpoint import PREFIX
 from pipeline.config import PipelineConfig
 from pipeline.data.prepared import Prepared
-from pipeline.io import atomic_dir, atomic_file, dumps_json, file_digest, named_faults
+from pipeline.io import Outputs, dumps_json, file_digest
 from pipeline.meta import SPREAD_LIMIT
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
 from pipeline.tracking import ensure_reachable, run_tags
@@ -80,17 +80,14 @@ def ensemble_metrics(members: list[Fitted]) -> dict:
 def write_outputs(exp_name: str, members: list[Fitted]) -> dict:
     """model.ckpt, train.json and the (first member's) learning curve; returns the metrics."""
     metrics = fit_metrics(members[0]) if len(members) == 1 else ensemble_metrics(members)
-    # written beside their places and put in place together: a kill or a failure never leaves
-    # a new model.ckpt beside the last training's report or learning curve
-    with ExitStack() as place:
-        ckpt = place.enter_context(atomic_file(model_dir(exp_name) / "model.ckpt"))
-        report = place.enter_context(atomic_file(metrics_file(exp_name, "train")))
-        curve = place.enter_context(atomic_dir(plots_dir(exp_name, "train")))
-        with named_faults(model_dir(exp_name) / "model.ckpt"):  # not the next output's name
+    # put in place together: never a new model.ckpt beside the last training's report or curve
+    with Outputs() as place:
+        with place.file(model_dir(exp_name) / "model.ckpt") as ckpt:
             slim_checkpoint([m.ckpt for m in members], ckpt)
-        with named_faults(metrics_file(exp_name, "train")):
+        with place.file(metrics_file(exp_name, "train")) as report:
             report.write_text(dumps_json(metrics))
-        plots.learning_curve(members[0].history, curve)
+        with place.folder(plots_dir(exp_name, "train")) as curve:
+            plots.learning_curve(members[0].history, curve)
     return metrics
 
 
