@@ -163,6 +163,8 @@ class PatientMLFlowLogger(MLFlowLogger):
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
+        if status == "failed" and _stopped_by_scheduler():
+            status = "KILLED"
         if self.flush():
             try:
                 super().finalize(status)
@@ -170,6 +172,14 @@ class PatientMLFlowLogger(MLFlowLogger):
             except Exception:  # the run's status is set by a later, successful finalize
                 pass
         self._keep()
+
+
+def _stopped_by_scheduler() -> bool:
+    """Ray Tune stops a trial (ASHA, PBT, the sweep's end) by sys.exit(0) in the trial's report,
+    and the actor is killed later: its thread would end the run FAILED after the sweep had
+    marked it KILLED."""
+    error = sys.exc_info()[1]
+    return isinstance(error, SystemExit) and not error.code
 
 
 def _lines(entries: list) -> str:

@@ -62,7 +62,8 @@ def _finish_parent(parent: str, out: Path, best: dict | None, status: str, error
     from mlflow import MlflowClient
 
     client = MlflowClient(absolute_tracking_uri())
-    # A trial stopped by the scheduler ends inside fit: its run is left RUNNING or FAILED.
+    # A trial stopped by the scheduler ends its run KILLED, or leaves it RUNNING where its
+    # actor was killed first; an errored trial's stays FAILED.
     children = client.search_runs(
         [client.get_run(parent).info.experiment_id],
         f"tags.mlflow.parentRunId = '{parent}' and attributes.status != 'FINISHED'",

@@ -32,3 +32,17 @@ def test_metrics_go_in_batches_and_a_killed_trainings_unsent_metrics_are_sent_ne
     history = client.get_metric_history(run_id, "epoch")
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == list(range(50))
     assert not (workdir / PENDING_FILE).exists()
+
+
+def test_a_trial_stopped_by_the_scheduler_ends_its_run_killed_not_failed(workdir):
+    # Ray Tune stops a trial by sys.exit(0) in its report; Lightning then finalizes "failed"
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    client = MlflowClient(uri)
+    for error, status in ((SystemExit(0), "KILLED"), (SystemExit(1), "FAILED")):
+        logger = PatientMLFlowLogger(experiment_name="e", tracking_uri=uri)
+        run_id = logger.run_id  # the run starts
+        try:
+            raise error
+        except SystemExit:
+            logger.finalize("failed")
+        assert client.get_run(run_id).info.status == status
