@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from importlib.metadata import version
 from pathlib import Path
 
@@ -268,15 +269,15 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except KeyboardInterrupt:
         if args.debug:
-            raise
+            traceback.print_exc()
         return _interrupted(args.command)
     except (Exception, SystemExit) as err:
-        if args.debug:
+        if isinstance(err, SystemExit) and not _by_ctrl_c(err):
             raise
+        if args.debug:  # the traceback, then the same line and exit code as without
+            traceback.print_exc()
         if _by_ctrl_c(err):
             return _interrupted(args.command)
-        if isinstance(err, SystemExit):
-            raise
         if not isinstance(err, PipelineError):
             err = _as_pipeline_error(err)
         if str(err):  # empty: a DDP rank the launcher speaks for

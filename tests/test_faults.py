@@ -533,7 +533,7 @@ def test_predict_output_that_is_a_folder(repo, capsys):
 # --- any other error ----------------------------------------------------------------------------
 
 
-def test_an_unexpected_error_is_one_line_unless_debug(repo, capsys, monkeypatch):
+def test_an_unexpected_error_is_one_line_and_debug_adds_the_traceback(repo, capsys, monkeypatch):
     def boom(cfg, exp):
         raise ValueError("something internal\nsecond line")
 
@@ -543,8 +543,12 @@ def test_an_unexpected_error_is_one_line_unless_debug(repo, capsys, monkeypatch)
         "lstm-pipeline prepare: error: unexpected ValueError: something internal "
         "(rerun with --debug for the traceback)"
     )
-    with pytest.raises(ValueError):
-        main(["prepare", EXP, "--debug"])
+    # --debug: the traceback first, then the same line and exit code (a CI step keys on them)
+    assert main(["prepare", EXP, "--debug"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "Traceback (most recent call last):"
+    assert "ValueError: something internal" in err
+    assert err[-1].startswith("lstm-pipeline prepare: error: unexpected ValueError:")
 
 
 def test_a_file_where_a_folder_must_be_is_the_machine_s_fault_naming_it(repo, capsys, monkeypatch):
