@@ -231,6 +231,16 @@ def _error(raw) -> str:
             {"beat_classical": True},
             "experiments.lstm_italypowerdemand: validate.beat_classical needs a forecast task",
         ),
+        (  # lax pydantic read it as 1 and trained one model
+            ("experiments", "lstm_italypowerdemand", "fit", "ensemble"),
+            True,
+            "experiments.lstm_italypowerdemand.fit.ensemble: a number, not true (got True)",
+        ),
+        (
+            ("experiments", "lstm_airline", "fit", "lr"),
+            False,
+            "experiments.lstm_airline.fit.lr: a number, not false (got False)",
+        ),
     ],
 )
 def test_invalid_config_names_the_key(params, path, value, expected):

@@ -148,10 +148,13 @@ def _format(err: ValidationError) -> str:
             continue  # without valid data no default recipe could fill the model in
         # Drop the union tags pydantic puts in the path ("ucr", "lstm"...): users never write them.
         loc = [str(p) for p in e["loc"] if p not in UNION_TAGS]
-        msg = e["msg"].removeprefix("Value error, ")
+        msg, got = e["msg"].removeprefix("Value error, "), e.get("input")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        got = repr(e.get("input"))
+        key, _, rest = msg.partition(": ")
+        if isinstance(got, dict) and key in got:  # a check of the whole block that names a key
+            loc, msg, got = [*loc, key], rest, got[key]
+        got = repr(got)
         lines.append(
             f"{'.'.join(loc) or '<root>'}: {msg}" + (f" (got {got})" if len(got) <= 80 else "")
         )
