@@ -83,7 +83,7 @@ def predict(
 ) -> Path:
     """Predict every series (or frame sequence) of `input_path`; write `output` atomically."""
     path, output = Path(input_path), Path(output)
-    if _kind(path) != "file":
+    if _kind(path) is None:  # a folder: a Parquet data set
         raise DataError(f"{path}: file not found")
     if _kind(output) == "folder":
         raise DataError(f"{output}: is a folder; -o takes the predictions' file path")

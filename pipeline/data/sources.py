@@ -6,8 +6,11 @@ Every check on the user's file raises one DataError naming the file, column and 
 
 from __future__ import annotations
 
+import csv
 import warnings
+from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +91,7 @@ def _read_table(path: Path, source: str, text=()) -> pd.DataFrame:
     if not path.exists():
         raise DataError(f"{path}: file not found")
     try:
-        frame = _read_csv(path, text) if source == "csv" else pd.read_parquet(path)
+        frame = _read_csv(path, text) if source == "csv" else _read_parquet(path)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
     except UnicodeDecodeError as err:  # its position is within the parser's chunk, not the file
@@ -97,6 +100,8 @@ def _read_table(path: Path, source: str, text=()) -> pd.DataFrame:
         fault = system_fault(err, path)  # permission denied
         raise fault or DataError(f"{path}: cannot read as {source}: {err}") from None
     if source != "csv":  # (_read_csv checks the header pandas would rename)
+        if any(name is not None for name in frame.index.names):  # df.set_index(...).to_parquet
+            frame = frame.reset_index()
         frame = frame.reset_index(drop=True)  # a stored index is not the rows' place
         _once_each(frame.columns.tolist(), path)
     if frame.empty:
@@ -104,15 +109,39 @@ def _read_table(path: Path, source: str, text=()) -> pd.DataFrame:
     return frame
 
 
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """A file, or a folder of them; a hive-partitioned folder's keys (`series_id=001/`) are the
+    text of their names, as a CSV's ids are (pyarrow would read `001` as the number 1)."""
+    if not path.is_dir():
+        return pd.read_parquet(path)
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    keys = ds.dataset(path, partitioning="hive").partitioning.schema.names
+    hive = ds.partitioning(pa.schema([(key, pa.string()) for key in keys]), flavor="hive")
+    return ds.dataset(path, partitioning=hive).to_table().to_pandas()
+
+
 def _read_csv(path: Path, text) -> pd.DataFrame:
     header = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].tolist()
     _once_each(header, path)  # pandas would rename the second one `<name>.1`
     text = {col: str for col in text if col in header}
-    frame = pd.read_csv(path, converters=text, skip_blank_lines=False, index_col=False)
+    frame = pd.read_csv(
+        path, converters=text, skip_blank_lines=False, index_col=False, skiprows=_blank_lead(path)
+    )
     for col in text:
         frame[col] = frame[col].mask(frame[col] == "")
     # blank lines dropped here, not by pandas, so that the index stays each row's line - 2
     return frame.dropna(how="all")
+
+
+def _blank_lead(path: Path) -> int:
+    """How many blank lines come before the header (the header read skips them)."""
+    with open(path, "rb") as f:
+        for count, line in enumerate(f):
+            if line.strip():
+                return count
+    return 0
 
 
 def _first_non_utf8(path: Path, err: UnicodeDecodeError) -> str:
@@ -134,8 +163,22 @@ def _once_each(columns: list, path: Path) -> None:
 
 
 def _row_name(path: Path, index: int) -> str:
-    # CSV users look up lines in an editor: header is line 1, first data row line 2.
-    return f"line {index + 2}" if path.suffix.lower() == ".csv" else f"row {index}"
+    # CSV users look up lines in an editor: the line where the row starts
+    return f"line {_csv_line(path, index)}" if path.suffix.lower() == ".csv" else f"row {index}"
+
+
+def _csv_line(path: Path, index: int) -> int:
+    """The file line where data row `index` starts: line index + 2 (after the header) unless
+    blank lines come before the header or a quoted cell before it holds a line break. Read
+    again only to name a bad row."""
+    end, lead = 0, _blank_lead(path)
+    with suppress(OSError, UnicodeDecodeError, csv.Error), open(path, newline="") as f:
+        reader = csv.reader(f)
+        for number, _ in enumerate(reader):
+            if number == lead + index + 1:
+                return end + 1
+            end = reader.line_num
+    return lead + index + 2
 
 
 def _file_row(path: Path, table: pd.DataFrame | pd.Series, i: int) -> str:
@@ -180,6 +223,8 @@ def _times(raw: pd.Series, column: str, path: Path) -> pd.Series:
     cell (`1949-01`, `2024-03-01 10:00`, `03/01/2024`...). Never text: text sorts 0, 1, 10, 2."""
     if isinstance(raw.dtype, pd.PeriodDtype):
         return raw.dt.to_timestamp()
+    if raw.dtype == object and pd.api.types.infer_dtype(raw) in ("date", "datetime"):
+        return pd.to_datetime(raw, utc=_mixed_zones(raw))  # Parquet DATE: datetime.date values
     if not pd.api.types.is_string_dtype(raw):
         return raw
     first = str(raw.iloc[0])
@@ -197,11 +242,33 @@ def _times(raw: pd.Series, column: str, path: Path) -> pd.Series:
         )
     try:
         times = pd.to_datetime(raw, format=fmt, errors="coerce")
-    except ValueError:  # UTC offsets that differ (daylight saving time): in UTC
-        times = pd.to_datetime(raw, format=fmt, errors="coerce", utc=True)
+    except ValueError:  # UTC offsets that differ (daylight saving time)
+        times = _across_offsets(raw, fmt)
     what = f"is not a date in the format of the first one ({fmt})"
     _refuse_unparsed(raw, times, column, path, what)
     return times
+
+
+def _across_offsets(raw: pd.Series, fmt: str) -> pd.Series:
+    """Times whose UTC offsets differ (a zone's daylight saving time): daily or coarser ones,
+    each at the same local time of day, as those local dates and times (in UTC a day would
+    step by 23 or 25 hours, and a calendar field read in UTC could fall on the day before);
+    times within a day in UTC, where each step keeps its length."""
+
+    def local(text):
+        try:
+            return datetime.strptime(text, fmt).replace(tzinfo=None)
+        except (TypeError, ValueError):
+            return pd.NaT
+
+    wall = pd.to_datetime(raw.map(local))
+    if (wall - wall.dt.normalize()).nunique() <= 1:
+        return wall
+    return pd.to_datetime(raw, format=fmt, errors="coerce", utc=True)
+
+
+def _mixed_zones(raw: pd.Series) -> bool:
+    return len({getattr(t, "tzinfo", None) for t in raw}) > 1
 
 
 def _is_number(text: str) -> bool:
@@ -287,7 +354,7 @@ def read_series_table(
             f"{path}: missing column(s) {', '.join(map(repr, missing))}; "
             f"found: {', '.join(map(str, frame.columns))}"
         )
-    for col in (id_column, time_column, *extra):
+    for col in (id_column, time_column, *extra, *(c for c in text if c in frame.columns)):
         empty = frame[col].isna()
         if empty.any():
             i = int(np.flatnonzero(empty.to_numpy())[0])
@@ -469,24 +536,36 @@ def load_moving_digits(cfg) -> dict[str, np.ndarray]:
     }
 
 
+def file_source(path: Path) -> str:
+    """How predict reads a file: Parquet (by its magic bytes, whatever its name, or a folder of
+    Parquet files), else CSV."""
+    if path.is_dir():
+        return "parquet"
+    with suppress(OSError), open(path, "rb") as f:
+        return "parquet" if f.read(4) == b"PAR1" else "csv"
+    return "csv"
+
+
 def last_windows(path: Path, meta, id_column: str, time_column: str):
     """Each series' last `meta.window` steps of a long-format file as [n, window, features]
     (a model of variable-length series: each series whole, in a list), with the series ids
     and each series' time column (what predict feeds a model and dates its forecasts by)."""
-    source = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
+    source = file_source(path)
     frame, values = read_series_table(path, source, id_column, time_column, meta.features)
     ids = frame[id_column].astype(str).to_numpy()
     window, bounds, x = meta.window, series_bounds(ids), []
     keys = [ids[a] for a, _ in bounds], [frame[time_column].iloc[a:b] for a, b in bounds]
-    if meta.variable_length:
-        return [values[a:b] for a, b in bounds], *keys
     for a, b in bounds:
-        if b - a < window:
-            raise DataError(
-                f"{path}: series {ids[a]!r} has {b - a} time steps; the model needs its "
-                f"window of {window}"
+        if b - a < (2 if meta.variable_length else window):
+            need = (
+                "at least 2 (as in training)" if meta.variable_length else f"its window of {window}"
             )
-        x.append(values[b - window : b])
+            raise DataError(
+                f"{path}: series {ids[a]!r} has {b - a} time step(s); the model needs {need}"
+            )
+        x.append(values[a:b] if meta.variable_length else values[b - window : b])
+    if meta.variable_length:
+        return x, *keys
     if meta.transform == "log":
         _positive_or_raise(path, frame, values, [(b - window, b) for _, b in bounds], meta.features)
     return np.stack(x), *keys
@@ -504,13 +583,33 @@ def _positive_or_raise(path: Path, frame: pd.DataFrame, values: np.ndarray, span
             )
 
 
+def _continues(times: pd.Series, w: int, sid: str, path: Path, column: str, freq: str | None):
+    """The horizon rows after a window of `w` observed ones must be the next steps: at the
+    model's freq, or without one, at the window's own step where that is constant (the
+    forecasts are dated by it, and a future covariate read a step off would go unnoticed)."""
+    if freq:
+        series_freq([times], [sid], path, column, freq, "the model's freq")
+        return
+    steps = np.diff(times.to_numpy())
+    if w < 2 or (steps[: w - 1] != steps[0]).any():
+        return
+    off = np.flatnonzero(steps != steps[0])
+    if off.size:
+        i = int(off[0]) + 1
+        raise DataError(
+            f"{path}: {_file_row(path, times, i)}: series {sid!r}: {times.iloc[i]} follows "
+            f"{times.iloc[i - 1]}; the series' window steps by {times.iloc[1] - times.iloc[0]}, "
+            "and the rows after its last observed one must continue it"
+        )
+
+
 def covariate_windows(path: Path, meta, id_column: str, time_column: str):
     """What predict feeds a forecaster with covariates, raw: x [n, window, features + future]
     (the future covariates' past values last), the future covariates over the horizon [n,
     horizon, future], the static ones [n, static], the series ids and each one's observed times.
     A model with future columns of the user's reads them from `horizon` rows after each series'
     last observed one (its features left empty); calendar fields come from the dates."""
-    source = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
+    source = file_source(path)
     calendar = calendar_names(meta.calendar)
     user = meta.future[: len(meta.future) - len(calendar)]
     nf, nu, h, w = len(meta.features), len(user), meta.horizon, meta.window
@@ -555,8 +654,7 @@ def covariate_windows(path: Path, meta, id_column: str, time_column: str):
             continue
         if user:  # the horizon rows' own dates, which must continue the series' steps
             dates = times.iloc[end - w : b]
-            if meta.freq and meta.calendar:
-                series_freq([dates], [sid], path, time_column, meta.freq, "the model's freq")
+            _continues(dates, w, sid, path, time_column, meta.freq)
         else:
             dates = pd.date_range(times.iloc[end - w], periods=w + h, freq=to_offset(meta.freq))
         span = np.concatenate(

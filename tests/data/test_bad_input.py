@@ -26,7 +26,7 @@ def _broken(kind: str) -> str | None:
     frame = _frame()
     if kind == "missing_column":
         frame = frame.drop(columns="value")
-    elif kind == "non_numeric":
+    elif kind in ("non_numeric", "blank_lead"):
         frame["value"] = frame["value"].astype(object)
         frame.loc[7, "value"] = "12,5"
     elif kind == "nan":
@@ -76,6 +76,11 @@ def _broken(kind: str) -> str | None:
     elif kind == "odd_class":  # 6 series: a, b, a, b, a, c
         frame = _frame(n_series=6)
         frame.loc[frame.series_id == "s5", "label"] = "c"
+    elif kind == "quoted_break":  # a quoted cell holding a line break: one row on two lines
+        frame["note"] = ""
+        frame.loc[2, "note"] = "two\nlines"
+        frame["value"] = frame["value"].astype(object)
+        frame.loc[10, "value"] = "x"
     elif kind == "twice":
         frame["time"] = frame["value"]  # pandas would rename the second one 'value.1'
         frame.columns = ["series_id", "value", "value", "label"]
@@ -84,6 +89,9 @@ def _broken(kind: str) -> str | None:
         lines = open("in.csv").read().splitlines()
         lines[40] = lines[40].replace("s1", "s\xe9")
         open("in.csv", "wb").write("\n".join(lines).encode("latin-1"))
+    if kind == "blank_lead":  # blank lines before the header: read, and counted
+        text = open("in.csv").read()
+        open("in.csv", "w").write("\n\n" + text)
     if kind == "blank_lines":  # line numbers count them, as an editor does
         lines = open("in.csv").read().splitlines()
         lines[3:3] = ["", ""]
@@ -149,6 +157,8 @@ def use_data(params: dict, data: dict) -> None:
         ("twice", FORECAST, "in.csv: column 'value' appears twice in the header"),
         ("latin1", FORECAST, "in.csv: line 41: byte 0xe9 is not UTF-8 (save the file as UTF-8)"),
         ("blank_lines", FORECAST, "in.csv: column 'value' line 11: 'x' is not a number"),
+        ("blank_lead", FORECAST, "in.csv: column 'value' line 11: '12,5' is not a number"),
+        ("quoted_break", FORECAST, "in.csv: column 'value' line 13: 'x' is not a number"),
         ("duplicate", FORECAST, "in.csv: line 122: duplicate (series_id, time) = (s0, 5)"),
         ("empty", FORECAST, "in.csv: file is empty"),
         (
@@ -289,3 +299,47 @@ def test_a_freq_pandas_does_not_know_is_a_config_error(workdir, params, capsys):
     assert main(["prepare", "lstm_airline"]) == 2
     err = capsys.readouterr().err
     assert "freq 'fortnight' is not a pandas frequency ('D', 'h', 'MS', 'W-SUN'...)" in err, err
+
+
+@pytest.mark.parametrize(
+    "freq, times, expected",
+    [
+        ("D", pd.date_range("2024-01-01", periods=10, freq="D").strftime("%Y-%m-%d").tolist(), ""),
+        (  # the horizon rows a day late: their promotions would be read for the wrong days
+            "D",
+            [
+                *pd.date_range("2024-01-01", periods=8, freq="D").strftime("%Y-%m-%d"),
+                "2024-01-10",
+                "2024-01-11",
+            ],
+            "line 10: series 'a': 2024-01-10 00:00:00 follows 2024-01-08 00:00:00; a 'D' series "
+            "steps to 2024-01-09 00:00:00 (the model's freq); fill the gap or fix the date",
+        ),
+        (None, list(range(0, 50, 5)), ""),  # numbers: the window's own step
+        (
+            None,
+            [*range(0, 40, 5), 45, 50],
+            "line 10: series 'a': 45 follows 35; the series' window steps by 5, and the rows "
+            "after its last observed one must continue it",
+        ),
+    ],
+)
+def test_a_forecasts_horizon_rows_must_be_the_steps_after_its_window(
+    tmp_path, freq, times, expected
+):
+    from types import SimpleNamespace
+
+    from pipeline.data.sources import covariate_windows
+    from pipeline.errors import DataError
+
+    rows = {"series_id": "a", "time": times, "value": [*range(8), None, None], "promo": 1}
+    pd.DataFrame(rows).to_csv(tmp_path / "in.csv", index=False)
+    meta = SimpleNamespace(features=["value"], future=["promo"], static=[], calendar=[],
+                           horizon=2, window=8, freq=freq, transform=None)  # fmt: skip
+    if not expected:
+        x, extra, *_ = covariate_windows(tmp_path / "in.csv", meta, "series_id", "time")
+        assert x.shape == (1, 8, 2) and extra["future"].shape == (1, 2, 1)
+        return
+    with pytest.raises(DataError) as err:
+        covariate_windows(tmp_path / "in.csv", meta, "series_id", "time")
+    assert str(err.value) == f"{tmp_path / 'in.csv'}: {expected}"

@@ -92,6 +92,11 @@ BAD = {
         DATA,
         "in.csv: column 'split' line 44: 'holdout' is not one of train, val, test",
     ),
+    "split_empty": (  # NaN != NaN: it said 'more than one split value (nan, nan)'
+        lambda f: f.assign(split=np.where(f.series_id == "s2", None, "train")),
+        DATA,
+        "in.csv: column 'split' line 44: empty cell",
+    ),
     "class_only_in_test": (
         lambda f: f.assign(
             split=np.where(f.series_id.isin(["s8", "s9"]), "test", "train"),

@@ -96,8 +96,17 @@ def test_csv_forecast_multiple_series_windows_stay_within_a_series(workdir, para
         (lambda t: (pd.Timestamp("2019-12-28") + pd.Timedelta(days=t)).strftime("%m/%d/%Y"), "D"),
         (lambda t: (pd.Timestamp("2020-01-01") + pd.Timedelta(hours=t**2)).isoformat(), None),
         (lambda t: t, None),
+        (lambda t: (pd.Timestamp("2020-01-01") + pd.Timedelta(days=t)).date(), "D"),
+        (  # local midnights whose UTC offset changes at daylight saving time (+01:00, +02:00)
+            lambda t: (
+                (pd.Timestamp("2024-03-20") + pd.Timedelta(days=t))
+                .tz_localize("Europe/Berlin")
+                .isoformat()
+            ),
+            "D",
+        ),
     ],
-    ids=["monthly", "daily mm/dd/YYYY text", "irregular", "numeric"],
+    ids=["monthly", "daily mm/dd/YYYY text", "irregular", "numeric", "parquet DATE", "daily DST"],
 )
 def test_time_column_sorts_by_date_and_records_its_frequency(workdir, params, dates, freq):
     frame = _long_frame(n_series=2)

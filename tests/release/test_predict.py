@@ -128,6 +128,25 @@ def test_forecast_on_original_scale(models, tmp_path):
     np.testing.assert_allclose(got.y.to_numpy().reshape(2, 4), expected, rtol=1e-5)
 
 
+def test_parquet_in_a_folder_or_under_any_name_is_read_as_parquet(models, tmp_path):
+    """Spark and Hive write folders (`series_id=001/part-0.parquet`); a file's name need not end
+    in .parquet. The ids are the text of the folder names, as a CSV's are."""
+    _, onnx_path = models["forecast"]
+    rng = np.random.default_rng(1)
+    frame = long_table([np.exp(rng.normal([0.5, 3.0], 0.2, size=(14, 2))) for _ in range(2)],
+                       ["x", "y"]).assign(series_id=lambda f: f.series_id.map({"s0": "001", "s1": "1"}))  # fmt: skip
+    frame.to_parquet(tmp_path / "in.parquet")
+    frame.to_parquet(tmp_path / "in.data")
+    frame.to_parquet(tmp_path / "hive", partition_cols=["series_id"])
+    frame.set_index(["series_id", "time"]).to_parquet(tmp_path / "indexed.parquet")
+    outputs = []
+    for given in ("in.parquet", "in.data", "hive", "indexed.parquet"):
+        assert main(["predict", str(onnx_path), str(tmp_path / given), "-o", f"{given}.csv"]) == 0
+        outputs.append((tmp_path / f"{given}.csv").read_text())
+    assert outputs[1:] == outputs[:1] * 3
+    assert list(pd.read_csv("in.parquet.csv", dtype=str).series_id.unique()) == ["001", "1"]
+
+
 def test_forecast_dates_the_horizon_after_each_series_last_month(models, tmp_path, capsys):
     _, onnx_path = models["monthly"]
     rng = np.random.default_rng(4)

@@ -126,3 +126,15 @@ def test_predict_takes_series_of_different_lengths(run):
         x = meta.to_model_scale(v.astype(np.float32))[None]
         probs = np.exp(sess.run(None, {"x": x, "lengths": np.array([len(v)])})[0][0])
         np.testing.assert_allclose(table.loc[i, ["prob_down", "prob_up"]], probs, atol=1e-5)
+
+
+def test_predict_refuses_a_one_step_series_as_training_does(run, capsys):
+    root, _ = run
+    values, _ = _series(3, seed=7)
+    _table([values[0], values[1][:1], values[2]]).to_csv(root / "short.csv", index=False)
+    out = root / "short_pred.csv"
+    assert main(["predict", str(root / "models/mine/model.onnx"), str(root / "short.csv"),
+                 "-o", str(out)]) == 3  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "short.csv: series 's1' has 1 time step(s)" in err, err
+    assert not out.exists()
