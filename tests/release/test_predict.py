@@ -133,8 +133,9 @@ def test_parquet_in_a_folder_or_under_any_name_is_read_as_parquet(models, tmp_pa
     in .parquet. The ids are the text of the folder names, as a CSV's are."""
     _, onnx_path = models["forecast"]
     rng = np.random.default_rng(1)
-    frame = long_table([np.exp(rng.normal([0.5, 3.0], 0.2, size=(14, 2))) for _ in range(2)],
-                       ["x", "y"]).assign(series_id=lambda f: f.series_id.map({"s0": "001", "s1": "1"}))  # fmt: skip
+    series = [np.exp(rng.normal([0.5, 3.0], 0.2, size=(14, 2))) for _ in range(2)]
+    frame = long_table(series, ["x", "y"])
+    frame["series_id"] = frame.series_id.map({"s0": "001", "s1": "1"})
     frame.to_parquet(tmp_path / "in.parquet")
     frame.to_parquet(tmp_path / "in.data")
     frame.to_parquet(tmp_path / "hive", partition_cols=["series_id"])
