@@ -22,7 +22,11 @@ def _actor() -> tuple[str, str]:
             f"{os.environ.get('GITHUB_RUN_ID', '')}"
         )
         return os.environ.get("GITHUB_ACTOR", "github-actions"), f"GitHub Actions {run}"
-    return f"{getpass.getuser()}@{socket.gethostname()}", "lstm-pipeline release"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid without a passwd entry (docker run -u 1234), no $USER
+        user = f"uid {os.getuid()}"
+    return f"{user}@{socket.gethostname()}", "lstm-pipeline release"
 
 
 def move_alias(client, name: str, alias: str, version: str | None, commit: str | None) -> None:
@@ -31,11 +35,11 @@ def move_alias(client, name: str, alias: str, version: str | None, commit: str |
     before = model.aliases.get(alias)
     if before == version:
         return
+    by, via = _actor()  # before the move: a move must never go unrecorded
     if version is None:
         client.delete_registered_model_alias(name, alias)
     else:
         client.set_registered_model_alias(name, alias, version)
-    by, via = _actor()
     event = {
         "alias": alias,
         "from": before,

@@ -239,3 +239,23 @@ def test_a_version_left_without_an_alias_becomes_the_challenger(server, release)
     code, out, _ = release("bare-{exp}", CLASSIFY)
     assert code == 0 and out.splitlines()[-1].endswith("(same sha256): made it @challenger")
     assert state(server, name) == (["1"], {"challenger": "1"})
+
+
+def test_an_alias_move_is_recorded_by_a_user_without_a_name(tmp_path, monkeypatch):
+    """`docker run -u 1234`: no passwd entry and no $USER. getpass raised KeyError after the
+    alias had moved, so the move went unrecorded."""
+    import getpass
+
+    from pipeline.registry import move_alias
+
+    def nameless():
+        raise KeyError(f"getpwuid(): uid not found: {os.getuid()}")
+
+    monkeypatch.setattr(getpass, "getuser", nameless)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client.create_registered_model("m")
+    client.create_model_version("m", str(tmp_path))
+    move_alias(client, "m", "champion", "1", commit="abc")
+    assert client.get_registered_model("m").aliases == {"champion": 1}
+    (event,) = history(client, "m")
+    assert event["by"].startswith(f"uid {os.getuid()}@") and event["to"] == "1"
