@@ -53,8 +53,8 @@ def parity(
     covariates the test windows' `future` and `static` rows beside x's): absolute, and
     relative to the output's largest magnitude where that exceeds 1 (float32 keeps ~7 digits:
     a confident classifier's logits of 6 differed by 1.3e-5 between two correct runtimes)."""
-    seq = x.shape[1]
-    seqs = sorted({max(seq // 2, 1), seq, 2 * seq})
+    seq = x.shape[1]  # not below the model's shortest (a window of two seasons: one season)
+    seqs = sorted({max(seq // 2, getattr(model, "min_length", 1)), seq, 2 * seq})
     worst, scaled, shapes = 0.0, 0.0, []
     for b in batch_sizes:
         for t in seqs:

@@ -95,3 +95,16 @@ def test_flat_windows_keep_the_std_floor_through_onnx(tmp_path, meta, norm):
         expected = model(torch.from_numpy(x)).numpy()
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_parity_of_a_window_of_two_seasons_is_checked_from_its_shortest_length(tmp_path):
+    """validate compared ORT with torch at half the window too: 12 steps, below the 24 that a
+    season of 12 needs, and ORT's convolution refused them (an `unexpected` exit 1)."""
+    from pipeline.export.parity import parity
+
+    meta = {**FORECAST, "input_shape": [24, 2], "window": 24}
+    module = SequenceModule({"name": "lstm", "hidden_size": 8, "season_norm": 12}, meta).eval()
+    path = export_module(module, tmp_path / "model.onnx", "test")
+    x = torch.randn(3, 24, 2).numpy()
+    worst, _, shapes = parity(session(path), module.model, x, [2])
+    assert worst <= 1e-5 and [t for _, t in shapes] == [24, 48]
