@@ -15,7 +15,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from pipeline import warm
-from pipeline.config import PARAMS_FILE, compose, load_config
+from pipeline.config import PARAMS_FILE, compose, load_config, project_above
 from pipeline.errors import ConfigError, PipelineError, SystemFault, TrackingError, first_line
 from pipeline.io import usable_cores
 from pipeline.quiet import quiet
@@ -50,6 +50,8 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _compose(args: argparse.Namespace) -> None:
+    if not args.conf and not Path("conf").is_dir() and (above := project_above()):
+        raise ConfigError(f"conf/: not found here; run it in the project's folder, {above}")
     text = compose(args.overrides, args.conf and Path(args.conf))
     params = Path(args.params)
     if params.is_dir():  # not "cannot write there", naming the temp file beside it
@@ -95,7 +97,8 @@ def _tune_apply(args: argparse.Namespace) -> None:
 
 def _predict(args: argparse.Namespace) -> None:
     predict = _entry("pipeline.predict:predict")
-    print(f"wrote {predict(args.model, args.input, args.output, args.id_column, args.time_column)}")
+    out = predict(args.model, args.input, args.output, args.id_column, args.time_column)
+    print(f"wrote {out}", file=sys.stdout if out.is_file() else sys.stderr)  # -o /dev/stdout
 
 
 def _release(args: argparse.Namespace) -> None:
@@ -281,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(err, PipelineError):
             err = _as_pipeline_error(err)
         if str(err):  # empty: a DDP rank the launcher speaks for
-            print(f"lstm-pipeline {args.command}: error: {err}", file=sys.stderr)
+            one_line = str(err).replace("\r", "\\r").replace("\n", "\\n")  # a name with a break
+            print(f"lstm-pipeline {args.command}: error: {one_line}", file=sys.stderr)
         return err.exit_code
     return 0
 

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Hashable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -105,8 +106,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temp file path beside `path`; renamed onto `path` only if the block succeeds."""
+    """Yield a temp file path beside `path`; renamed onto `path` only if the block succeeds.
+    A character device or a named pipe (`-o /dev/stdout`) is written in place: a stream keeps
+    no earlier content, and the rename would put a file where the device was."""
     path = Path(path)
+    if _special(path):
+        with named_faults(path):
+            yield path
+        return
     with named_faults(path):
         with named_faults(path, placing=True):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,6 +127,17 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
                 os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _special(path: Path) -> bool:
+    """A character device or a named pipe; a block device or a socket is refused."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    if stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+        raise SystemFault(f"{path}: a block device or socket, not a file to write")
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
 class Outputs(ExitStack):

@@ -55,10 +55,12 @@ def local_model(model: str) -> Iterator[Path]:
 
 
 def _kind(path: Path) -> str | None:
-    """'file', 'folder' or None (nothing there); a name the system refuses (too long) is bad
-    input, named."""
+    """'file', 'folder', 'other' (a pipe, a device) or None (nothing there); a name the system
+    refuses (too long) is bad input, named."""
     try:
-        return "folder" if path.is_dir() else "file" if path.is_file() else None
+        if path.is_dir():
+            return "folder"
+        return "file" if path.is_file() else "other" if path.exists() else None
     except OSError as err:
         raise DataError(f"{path}: {err.strerror}") from None
 
@@ -83,8 +85,11 @@ def predict(
 ) -> Path:
     """Predict every series (or frame sequence) of `input_path`; write `output` atomically."""
     path, output = Path(input_path), Path(output)
-    if _kind(path) is None:  # a folder: a Parquet data set
+    kind = _kind(path)  # a folder: a Parquet data set
+    if kind is None:
         raise DataError(f"{path}: file not found")
+    if kind == "other":  # read more than once: the header, then the rows
+        raise DataError(f"{path}: not a regular file (a pipe?); save the input to a file first")
     if _kind(output) == "folder":
         raise DataError(f"{output}: is a folder; -o takes the predictions' file path")
     with local_model(model) as onnx_file:

@@ -241,6 +241,16 @@ def _error(raw) -> str:
             False,
             "experiments.lstm_airline.fit.lr: a number, not false (got False)",
         ),
+        (  # MLflow refused it at release (exit 6); a {field} other than {exp} was a KeyError
+            ("release", "model_name"),
+            "team/{exp}",
+            "release.model_name: / cannot be in a registered model's name",
+        ),
+        (
+            ("release", "model_name"),
+            "{exp}-{version}",
+            "release.model_name: must hold {exp}, the experiment's name, and no other {field}",
+        ),
     ],
 )
 def test_invalid_config_names_the_key(params, path, value, expected):
@@ -306,6 +316,28 @@ def test_cli_unknown_experiment(workdir, params, capsys):
     write_params(params)
     assert main(["train", "lstm_nothing"]) == 2
     assert "experiments.lstm_nothing: no such experiment" in capsys.readouterr().err
+    assert main(["train", "two\nlines"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "experiments.two\\nlines: no such experiment" in err
+
+
+def test_a_stage_run_in_a_subfolder_of_the_project_names_the_project(
+    workdir, params, capsys, monkeypatch
+):
+    """It said `params.yaml: not found (run lstm-pipeline compose ...)`, and following that
+    wrote data/params.yaml and then data/data/prepared/."""
+    write_params(params)
+    (workdir / "dvc.yaml").write_text("stages: {}\n")
+    (workdir / "data").mkdir()
+    monkeypatch.chdir(workdir / "data")
+    for command in (["train", "lstm_airline"], ["compose"]):
+        assert main(command) == 2
+        assert (
+            capsys.readouterr()
+            .err.strip()
+            .endswith(f"not found here; run it in the project's folder, {workdir}")
+        )
+    assert list((workdir / "data").iterdir()) == []
 
 
 def test_compose_check_detects_stale_params(workdir, capsys):

@@ -41,6 +41,14 @@ def conf_dir() -> Path:
     return Path("conf") if Path("conf/config.yaml").exists() else CONF_DIR
 
 
+def project_above() -> Path | None:
+    """The project's folder (the one with dvc.yaml) above the working one, where a command was
+    run in a subfolder of it."""
+    if Path("dvc.yaml").is_file():
+        return None
+    return next((d for d in Path.cwd().parents if (d / "dvc.yaml").is_file()), None)
+
+
 class Experiment(Strict):
     """One experiment; without `model` (or without `model.name`), its task's default recipe
     (recipes.py) gives the model and the fit defaults; keys under `model` and `fit` still
@@ -179,6 +187,9 @@ def parse_model(raw: dict[str, Any]) -> ModelConfig:
 def load_config(path: str | Path = PARAMS_FILE) -> PipelineConfig:
     path = Path(path)
     if not path.exists():
+        above = project_above()
+        if not path.is_absolute() and above and (above / path).is_file():
+            raise ConfigError(f"{path}: not found here; run it in the project's folder, {above}")
         raise ConfigError(f"{path}: not found (run `lstm-pipeline compose` to write it from conf/)")
     raw = read_yaml(path, ConfigError) or {}
     if not isinstance(raw, dict):

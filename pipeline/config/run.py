@@ -153,10 +153,26 @@ class Release(Strict):
     Thresholds on a metric the report lacks are skipped (a forecaster has no accuracy).
     """
 
-    model_name: Annotated[str, Field(pattern=r"\{exp\}")] = "lstm-pipeline-{exp}"
+    model_name: str = "lstm-pipeline-{exp}"
     require_passed: bool = True
     min: dict[str, float] = {}
     max: dict[str, float] = {}
     beat_baseline: bool = True  # forecast/frames: better than the naive baseline validate reports
     # metric -> how much worse than the current @champion a candidate may be (absolute)
     champion_margin: dict[str, Annotated[float, Field(ge=0)]] = {}
+
+    @field_validator("model_name")
+    @classmethod
+    def _registry_name(cls, name: str) -> str:
+        try:
+            named = name.format(exp="\0") != name.format(exp="")
+        except (KeyError, IndexError, ValueError):  # {other}, a lone brace
+            named = False
+        if not named:
+            raise ValueError("must hold {exp}, the experiment's name, and no other {field}")
+        if bad := sorted(set(name) & set("/:@")):
+            raise ValueError(
+                f"{' '.join(bad)} cannot be in a registered model's name (MLflow refuses / and :, "
+                "and models:/<name>@<alias> reads @ as the alias)"
+            )
+        return name

@@ -1,7 +1,9 @@
 """`lstm-pipeline predict` on real exported models: same numbers as torch, torch-free, bad input."""
 
 import http.server
+import os
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -484,3 +486,29 @@ def test_a_server_that_stalls_or_is_not_http_is_exit_6(stalling_server, monkeypa
             err = capsys.readouterr().err
             assert uri in err and err.count("\n") == 1, err
             assert time.monotonic() - start < 30
+
+
+def test_a_named_pipe_is_written_in_place_and_refused_as_input(models, tmp_path, capsys):
+    """`-o /dev/stdout` or a FIFO: the temp file's rename put a regular file in its place (as
+    root, over /dev/stdout itself) and exit 0, and the reader got nothing. As input, a pipe
+    (`<(cat in.csv)`) was 'file not found'."""
+    _, onnx_path = models["forecast"]
+    rng = np.random.default_rng(1)
+    good = _write_csv(tmp_path / "in.csv", long_table([rng.normal(3.0, 0.2, (14, 2))], ["x", "y"]))
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    assert main(["predict", str(onnx_path), good, "-o", str(fifo)]) == 0
+    reader.join(timeout=30)
+    assert got and got[0].startswith("series_id,step,y\n") and len(got[0].splitlines()) == 5
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert capsys.readouterr().err.strip() == f"wrote {fifo}"  # stdout holds the predictions only
+
+    assert main(["predict", str(onnx_path), str(fifo), "-o", "p.csv"]) == 3
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("out.fifo: not a regular file (a pipe?); save the input to a file first")
+    )
