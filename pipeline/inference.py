@@ -30,6 +30,7 @@ def session(
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or 0
     opts.inter_op_num_threads = 1
+    opts.log_severity_level = 4  # a failed run is raised as an error, and stated in one line
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as err:  # ORT raises its own pybind types for missing or corrupt files

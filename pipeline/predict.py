@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import DataError, TrackingError
+from pipeline.errors import DataError, SystemFault, TrackingError
 from pipeline.inference import onnx_meta, run_onnx, session
 from pipeline.meta import padded
 from pipeline.tasks import task_of
@@ -80,6 +80,29 @@ def _finite_or_raise(values: np.ndarray, keys, path: Path, id_column: str, what:
     raise DataError(f"{path}: {which}: {what} NaN or inf in float32; rescale the values")
 
 
+CHUNK_VALUES = 1 << 20
+
+
+def _run_by_length(sess, series: list[np.ndarray], ids, path: Path, id_column: str):
+    """The model over series of different lengths in order of length, each chunk padded to its
+    own longest: one series of 200,000 steps padded 2,000 short ones to its length (7 GB)."""
+    sizes = [s.size for s in series]
+    order, out, start = np.argsort(sizes, kind="stable"), None, 0
+    while start < len(order):  # one series, and more while the chunk holds CHUNK_VALUES at most
+        stop = start + 1
+        while stop < len(order) and (stop + 1 - start) * sizes[order[stop]] <= CHUNK_VALUES:
+            stop += 1
+        rows = order[start:stop]
+        x, lengths = padded([series[i] for i in rows])
+        what = "its values on the model's scale are"
+        _finite_or_raise(x, np.asarray(ids)[rows], path, id_column, what)
+        part = run_onnx(sess, x, {"lengths": lengths})[0]
+        if out is None:
+            out = np.empty((len(series), *part.shape[1:]), part.dtype)
+        out[rows], start = part, stop
+    return out
+
+
 def predict(
     model: str, input_path: str, output: str, id_column="series_id", time_column="time"
 ) -> Path:
@@ -108,10 +131,18 @@ def predict(
         x, keys, extra = task.read_inputs(path, output, meta, id_column, time_column)
         with np.errstate(over="ignore", invalid="ignore"):  # refused below, by series
             x = task.scale_inputs(x, meta)
-        if meta.variable_length:  # series of different lengths: padded, with their lengths
-            x, extra["lengths"] = padded(x)
-        _finite_or_raise(x, keys, path, id_column, "its values on the model's scale are")
-        out = run_onnx(sess, x, extra)[0]
+        try:
+            if meta.variable_length:  # series of different lengths: padded, with their lengths
+                out = _run_by_length(sess, x, keys, path, id_column)
+            else:
+                _finite_or_raise(x, keys, path, id_column, "its values on the model's scale are")
+                out = run_onnx(sess, x, extra)[0]
+        except MemoryError:  # not the training's advice (model size, batch size)
+            longest = max(len(s) for s in x)
+            raise SystemFault(
+                f"{path}: out of memory running the model over {len(x)} sequences (the longest "
+                f"{longest} steps); predict fewer or shorter ones at a time"
+            ) from None
     _finite_or_raise(out, keys, path, id_column, "the model's output from its values is")
     task.write(task.predictions(out, x, meta, keys, id_column), output)
     return output

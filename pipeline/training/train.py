@@ -61,8 +61,13 @@ def fit_metrics(fitted: Fitted) -> dict:
         "epochs_run": len(fitted.history),
         "best_val_loss": fitted.best_val_loss,
         **({"refit_epochs": fitted.refit_epochs} if fitted.refit_epochs else {}),
-        **{k: round(v, 8) for k, v in fitted.tested.items()},
+        **{k: _digits(v) for k, v in fitted.tested.items()},
     }
+
+
+def _digits(value) -> float:
+    """8 significant digits: 8 decimals turned the errors of a series in units of 1e-30 into 0."""
+    return float(f"{float(value):.8g}")
 
 
 def ensemble_metrics(members: list[Fitted]) -> dict:
@@ -71,8 +76,8 @@ def ensemble_metrics(members: list[Fitted]) -> dict:
     spread = {}
     for key in rows[0]:
         values = np.array([r[key] for r in rows], dtype=np.float64)
-        spread[f"members/{key}_mean"] = round(float(values.mean()), 8)
-        spread[f"members/{key}_sd"] = round(float(values.std(ddof=1)), 8)
+        spread[f"members/{key}_mean"] = _digits(values.mean())
+        spread[f"members/{key}_sd"] = _digits(values.std(ddof=1))
     each = {f"member{i}/{k}": v for i, r in enumerate(rows) for k, v in r.items()}
     return {"members": len(members), **spread, **each}
 

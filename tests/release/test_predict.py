@@ -512,3 +512,22 @@ def test_a_named_pipe_is_written_in_place_and_refused_as_input(models, tmp_path,
         .err.strip()
         .endswith("out.fifo: not a regular file (a pipe?); save the input to a file first")
     )
+
+
+def test_out_of_memory_in_predict_names_the_input_not_the_training(
+    models, tmp_path, capsys, monkeypatch
+):
+    _, onnx_path = models["forecast"]
+    rng = np.random.default_rng(1)
+    good = _write_csv(tmp_path / "in.csv", long_table([rng.normal(3.0, 0.2, (14, 2))], ["x", "y"]))
+
+    def no_memory(*args):
+        raise MemoryError("Unable to allocate 1.49 GiB for an array")
+
+    monkeypatch.setattr("pipeline.predict.run_onnx", no_memory)
+    assert main(["predict", str(onnx_path), good, "-o", "p.csv"]) == 8
+    assert capsys.readouterr().err.strip() == (
+        f"lstm-pipeline predict: error: {good}: out of memory running the model over 1 "
+        "sequences (the longest 12 steps); predict fewer or shorter ones at a time"
+    )
+    assert not (tmp_path / "p.csv").exists()

@@ -110,9 +110,11 @@ def test_train_report_and_nested_member_runs(run):
     assert sorted(r.info.run_name for r in members) == ["mine/member0", "mine/member1"]
 
 
-def test_predict_takes_series_of_different_lengths(run):
+def test_predict_takes_series_of_different_lengths(run, monkeypatch):
     root, _ = run
     values, _ = _series(5, seed=7)
+    # in order of length, in chunks padded to their own longest (as if far longer than these)
+    monkeypatch.setattr("pipeline.predict.CHUNK_VALUES", 100)
     _table(values).to_csv(root / "new.csv", index=False)
     out = root / "pred.csv"
     assert main(["predict", str(root / "models/mine/model.onnx"), str(root / "new.csv"),

@@ -52,3 +52,20 @@ def test_a_series_1000_times_larger_gets_a_forecast_1000_times_larger(workdir, p
     for column in ("value", "value_lo80", "value_hi80", "value_lo50", "value_hi90"):
         large, small = forecast.loc["large", column], forecast.loc["small", column]
         np.testing.assert_allclose(large, 1000 * small, rtol=1e-4)
+
+
+def test_train_json_keeps_the_digits_of_metrics_in_tiny_units():
+    """A series in units of 1e-30: 8 decimals wrote its test MAE as 0.0 in train.json."""
+    from types import SimpleNamespace
+
+    from pipeline.training.train import ensemble_metrics, fit_metrics
+
+    def fitted(mae):
+        tested = {"test/mae": mae, "test/mape": 0.123456789}
+        return SimpleNamespace(best_epoch=3, history=[0] * 5, best_val_loss=0.5, refit_epochs=0,
+                               tested=tested)  # fmt: skip
+
+    assert fit_metrics(fitted(4.7912345678e-32))["test/mae"] == 4.7912346e-32
+    assert fit_metrics(fitted(4.7912345678e-32))["test/mape"] == 0.12345679
+    spread = ensemble_metrics([fitted(4e-32), fitted(6e-32)])
+    assert spread["members/test/mae_mean"] == 5e-32 and spread["members/test/mae_sd"] > 0
