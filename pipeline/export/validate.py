@@ -14,7 +14,7 @@ from pipeline import plots
 from pipeline.checkpoint import trained_for
 from pipeline.config import PipelineConfig
 from pipeline.data.prepared import Prepared
-from pipeline.errors import GateError
+from pipeline.errors import GateError, SystemFault
 from pipeline.evaluation import validate_failures
 from pipeline.export.onnx_export import example_length
 from pipeline.export.parity import parity, streaming_report
@@ -53,9 +53,15 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
     covariates = {k: v for k, v in extra.items() if k != "lengths"}
 
     batches = rules.parity_batch_sizes
-    max_diff, scaled_diff, shapes = parity(
-        sess, model, x, batches, extra.get("lengths"), covariates
-    )
+    try:
+        max_diff, scaled_diff, shapes = parity(
+            sess, model, x, batches, extra.get("lengths"), covariates
+        )
+    except MemoryError:  # not the training's advice (model size, fit.batch_size)
+        raise SystemFault(
+            f"out of memory checking parity at up to {max(batches)} x {2 * x.shape[1]} steps "
+            "(twice the test series' length); lower validate.parity_batch_sizes"
+        ) from None
     report = {
         "parity_max_abs_diff": max_diff,
         "parity_max_scaled_diff": scaled_diff,  # the gated one (validate.parity_tol)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from pipeline.cli import main
 from pipeline.config import parse_config
 from pipeline.data.prepared import Prepared
 from pipeline.errors import DataError
@@ -103,7 +104,9 @@ def session_meta(path: str) -> dict:
 
 
 @pytest.mark.slow
-def test_validate_stage_checks_streaming_and_keeps_int8_within_the_bound(workdir, params):
+def test_validate_stage_checks_streaming_and_keeps_int8_within_the_bound(
+    workdir, params, monkeypatch, capsys
+):
     """prepare -> train (2 epochs) -> export -> validate on a causal attention-LSTM forecaster."""
     from pipeline.data.prepare import prepare
     from pipeline.export.onnx_export import export
@@ -138,6 +141,19 @@ def test_validate_stage_checks_streaming_and_keeps_int8_within_the_bound(workdir
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model.onnx", "model_step.onnx", "int8"} <= artifacts
     assert [a.path for a in client.list_artifacts(run.info.run_id, "int8")] == ["int8/model.onnx"]
+
+    # out of memory in the parity check: its own key named, not the training's advice
+    def no_memory(*args):
+        raise MemoryError
+
+    monkeypatch.setattr("pipeline.export.validate.parity", no_memory)
+    before = Path("metrics/att/validate.json").read_bytes()
+    assert main(["validate", "att"]) == 8
+    assert capsys.readouterr().err.strip() == (
+        "lstm-pipeline validate: error: out of memory checking parity at up to 16 x 72 steps "
+        "(twice the test series' length); lower validate.parity_batch_sizes"
+    )
+    assert Path("metrics/att/validate.json").read_bytes() == before
     assert run.data.metrics["int8/latency_ms_batch1"] > 0  # timings go to MLflow only
 
     # A float model scored perfect makes any int8 error a drop beyond the bound: the int8 file
