@@ -33,15 +33,15 @@ def system_fault(err: BaseException, path: str | Path | None = None) -> SystemFa
     """A SystemFault naming the path for a disk/permission error, or None for other errors."""
     where = path or err.filename if isinstance(err, OSError) else path
     if isinstance(err, OSError) and err.errno in _SYSTEM_ERRNOS:
-        return SystemFault(f"{where}: {err.strerror}" if where else err.strerror)
+        what = err.strerror
     # torch.save's: a short write ("file write failed", or its zip writer's "unexpected pos")
-    if isinstance(err, RuntimeError) and any(
+    elif isinstance(err, RuntimeError) and any(
         s in str(err) for s in ("file write failed", "unexpected pos")
     ):
-        return SystemFault(
-            f"{where}: write failed (disk full?)" if where else "write failed (disk full?)"
-        )
-    return None
+        what = "write failed (disk full?)"
+    else:
+        return None
+    return SystemFault(f"{where}: {what}" if where else what)
 
 
 def _temp_name(path: Path) -> dict:

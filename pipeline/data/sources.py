@@ -224,7 +224,8 @@ def _times(raw: pd.Series, column: str, path: Path) -> pd.Series:
     if isinstance(raw.dtype, pd.PeriodDtype):
         return raw.dt.to_timestamp()
     if raw.dtype == object and pd.api.types.infer_dtype(raw) in ("date", "datetime"):
-        return pd.to_datetime(raw, utc=_mixed_zones(raw))  # Parquet DATE: datetime.date values
+        zones = {getattr(t, "tzinfo", None) for t in raw}  # Parquet DATE: datetime.date values
+        return pd.to_datetime(raw, utc=len(zones) > 1)
     if not pd.api.types.is_string_dtype(raw):
         return raw
     first = str(raw.iloc[0])
@@ -265,10 +266,6 @@ def _across_offsets(raw: pd.Series, fmt: str) -> pd.Series:
     if (wall - wall.dt.normalize()).nunique() <= 1:
         return wall
     return pd.to_datetime(raw, format=fmt, errors="coerce", utc=True)
-
-
-def _mixed_zones(raw: pd.Series) -> bool:
-    return len({getattr(t, "tzinfo", None) for t in raw}) > 1
 
 
 def _is_number(text: str) -> bool:
