@@ -97,8 +97,24 @@ def _tune_apply(args: argparse.Namespace) -> None:
 
 def _predict(args: argparse.Namespace) -> None:
     predict = _entry("pipeline.predict:predict")
-    out = predict(args.model, args.input, args.output, args.id_column, args.time_column)
-    print(f"wrote {out}", file=sys.stdout if out.is_file() else sys.stderr)  # -o /dev/stdout
+    from pipeline.io import is_stream
+
+    output = "/dev/stdout" if args.output == "-" else args.output
+    try:
+        out = predict(args.model, args.input, output, args.id_column, args.time_column)
+    except BrokenPipeError:
+        if not is_stream(Path(output)):
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit's flush
+        raise ReaderGone() from None
+    print(f"wrote {out}", file=sys.stderr if is_stream(out) else sys.stdout)
+
+
+class ReaderGone(PipelineError):
+    """`-o - | head`: the reader stopped reading; no line, the exit code of a tool that SIGPIPE
+    ended, as `cat` or `git log` have there."""
+
+    exit_code = 141
 
 
 def _release(args: argparse.Namespace) -> None:
@@ -107,6 +123,11 @@ def _release(args: argparse.Namespace) -> None:
         return
     card = args.card and Path(args.card)
     _entry("pipeline.release:release")(load_config(args.params), args.exp, args.promote, card)
+
+
+def _user_path(text: str) -> str:
+    """`--output=~/x`: no shell expands a `~` after `=`; it would make a folder named `~`."""
+    return os.path.expanduser(text)
 
 
 def _port(text: str) -> int:
@@ -140,14 +161,18 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser = functools.partial(sub.add_parser, parents=[common])
     c = sub.add_parser("compose", help="write params.yaml from conf/ (Hydra overrides allowed)")
     c.add_argument("overrides", nargs="*", help="e.g. trainer.max_epochs=3")
-    c.add_argument("--conf", help="the Hydra config folder (default: ./conf, else the package's)")
+    c.add_argument(
+        "--conf",
+        type=_user_path,
+        help="the Hydra config folder (default: ./conf, else the package's)",
+    )
     c.add_argument("--check", action="store_true", help="fail if params.yaml is not up to date")
-    c.add_argument("--params", default=PARAMS_FILE)
+    c.add_argument("--params", type=_user_path, default=PARAMS_FILE)
     c.set_defaults(func=_compose)
     for stage, func in STAGES.items():
         s = sub.add_parser(stage, help=f"run the {stage} stage for one experiment")
         s.add_argument("experiment", help="a key of experiments in params.yaml")
-        s.add_argument("--params", default=PARAMS_FILE)
+        s.add_argument("--params", type=_user_path, default=PARAMS_FILE)
         s.set_defaults(func=func)
     rp = sub.add_parser("repro", help="dvc repro, with experiments side by side on --jobs lanes")
     rp.add_argument("experiments", nargs="*", help="only these (default: all of params.yaml's)")
@@ -159,26 +184,36 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--exp", help="a key of experiments in params.yaml")
     which.add_argument("--history", metavar="EXP", help="print who moved its aliases, and when")
     r.add_argument("--promote", action="store_true", help="make the new version @champion")
-    r.add_argument("--card", help="also write the version's model card (Markdown) here")
-    r.add_argument("--params", default=PARAMS_FILE)
+    r.add_argument(
+        "--card", type=_user_path, help="also write the version's model card (Markdown) here"
+    )
+    r.add_argument("--params", type=_user_path, default=PARAMS_FILE)
     r.set_defaults(func=_release)
     pr = sub.add_parser("predict", help="predict a long-format CSV/Parquet (or .npy frames)")
-    pr.add_argument("model", help="an ONNX file from export, or models:/<name>@<alias>")
-    pr.add_argument("input", help="CSV/Parquet in the long format, or .npy frames")
-    pr.add_argument("-o", "--output", required=True, help="predictions .csv (.npy for frames)")
+    pr.add_argument(
+        "model", type=_user_path, help="an ONNX file from export, or models:/<name>@<alias>"
+    )
+    pr.add_argument("input", type=_user_path, help="CSV/Parquet in the long format, or .npy frames")
+    pr.add_argument(
+        "-o", "--output", type=_user_path, required=True,
+        help="predictions .csv (.npy for frames); - for stdout",
+    )  # fmt: skip
     pr.add_argument("--id-column", default="series_id")
     pr.add_argument("--time-column", default="time")
     pr.set_defaults(func=_predict)
     m = sub.add_parser("mlflow-server", help="start a local MLflow tracking server")
     m.add_argument("--port", type=_port, default=5000)
-    m.add_argument("--root", default="mlflow-server", help="folder for its database and artifacts")
+    m.add_argument(
+        "--root", type=_user_path, default="mlflow-server",
+        help="folder for its database and artifacts",
+    )  # fmt: skip
     m.add_argument(
         "--artifacts-destination", help="store artifacts there instead, e.g. s3://bucket/mlflow"
     )
     m.set_defaults(func=_mlflow_server)
     t = sub.add_parser("tune", help="Ray Tune sweep over one experiment -> tune/<exp>/")
     t.add_argument("experiment")
-    t.add_argument("--params", default=PARAMS_FILE)
+    t.add_argument("--params", type=_user_path, default=PARAMS_FILE)
     t.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     t.set_defaults(func=_tune)
     a = sub.add_parser(
@@ -186,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
     )
     a.add_argument("experiment")
     a.add_argument("overrides", nargs="*", help="other Hydra overrides to keep")
-    a.add_argument("--params", default=PARAMS_FILE)
+    a.add_argument("--params", type=_user_path, default=PARAMS_FILE)
     a.add_argument("--print", action="store_true", help="print the `dvc exp run -S ...` line")
     a.add_argument(
         "--force", action="store_true", help="apply a trial worse than the current model"

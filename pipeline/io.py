@@ -108,12 +108,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temp file path beside `path`; renamed onto `path` only if the block succeeds.
     A character device or a named pipe (`-o /dev/stdout`) is written in place: a stream keeps
-    no earlier content, and the rename would put a file where the device was."""
+    no earlier content, and the rename would put a file where the device was; stdout redirected
+    to a file gets the bytes through its descriptor. A symlink is replaced, not written through:
+    with DVC's symlink cache, its target is the cache's copy."""
     path = Path(path)
     if _special(path):
         with named_faults(path):
             yield path
         return
+    stream = _own_stream(path)
     with named_faults(path):
         with named_faults(path, placing=True):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,11 +125,32 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         tmp = Path(name)
         try:
             yield tmp
+            if stream is not None:
+                with open(tmp, "rb") as src, open(stream, "wb", closefd=False) as dst:
+                    shutil.copyfileobj(src, dst)
+                return
             tmp.chmod(0o666 & ~_UMASK)
             with named_faults(path, placing=True):
                 os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _own_stream(path: Path) -> int | None:
+    """The descriptor, 1 or 2, when `path` is the file this process's stdout or stderr is
+    redirected to (`-o /dev/stdout > f.csv`): written through it, the shell's `>` or `>>` holds."""
+    for fd in (1, 2):
+        try:
+            if os.path.samestat(path.stat(), os.fstat(fd)):
+                return fd
+        except OSError:
+            continue
+    return None
+
+
+def is_stream(path: Path) -> bool:
+    """Written as a stream, not replaced: a character device, a named pipe, or stdout/stderr."""
+    return _special(path) or _own_stream(path) is not None
 
 
 def _special(path: Path) -> bool:

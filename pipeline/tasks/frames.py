@@ -7,7 +7,7 @@ import numpy as np
 
 from pipeline import plots
 from pipeline.errors import DataError, first_line
-from pipeline.io import atomic_file, system_fault
+from pipeline.io import atomic_file, is_stream, system_fault
 from pipeline.meta import DataMeta
 from pipeline.tasks.base import Task
 
@@ -92,7 +92,7 @@ class Frames(Task):
 
     def read_inputs(self, path, output, meta: DataMeta, id_column, time_column):
         for file, role in ((path, "reads"), (output, "writes")):
-            if file.suffix.lower() != ".npy":
+            if file.suffix.lower() != ".npy" and not (file is output and is_stream(output)):
                 raise DataError(f"{file}: a frames model {role} .npy arrays [n, frames, C, H, W]")
         try:
             x = np.load(path, allow_pickle=False)

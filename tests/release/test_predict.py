@@ -23,7 +23,7 @@ from pipeline.export.onnx_export import export_module, export_step
 from pipeline.meta import DataMeta
 from pipeline.predict import _finite_or_raise
 from pipeline.training.module import SequenceModule
-from tests.conftest import free_port, without_file_rights
+from tests.conftest import BIN, free_port, without_file_rights
 
 CLASSIFY = {
     "task": "classification",
@@ -512,6 +512,36 @@ def test_a_named_pipe_is_written_in_place_and_refused_as_input(models, tmp_path,
         .err.strip()
         .endswith("out.fifo: not a regular file (a pipe?); save the input to a file first")
     )
+
+
+def test_stdout_and_a_tilde_are_written_where_the_user_meant(models, tmp_path, monkeypatch):
+    """`-o /dev/stdout > f.csv` renamed a temp file onto the /dev/stdout link itself (as root,
+    /dev's own) and f.csv got the `wrote` line; `--output=~/x.csv` (no shell expands that `~`)
+    made a folder named `~`; `-o - | head` ended in a BrokenPipeError line, exit 1."""
+    _, onnx_path = models["forecast"]
+    rng = np.random.default_rng(1)
+    series = [rng.normal(3.0, 0.2, (14, 2)) for _ in range(800)]
+    good = _write_csv(tmp_path / "in.csv", long_table(series, ["x", "y"]))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert main(["predict", str(onnx_path), good, "--output=~/ref.csv"]) == 0
+    reference = (tmp_path / "home" / "ref.csv").read_bytes()
+    assert len(reference) > 1 << 16  # more than a pipe holds
+
+    stdout = tmp_path / "stdout"
+    stdout.symlink_to("/proc/self/fd/1")  # what /dev/stdout is, outside /dev
+    log = tmp_path / "log.csv"
+    log.write_text("earlier\n")
+    command = [BIN / "lstm-pipeline", "predict", onnx_path, good, "-o"]
+    for output in ("-", stdout):
+        with open(log, "ab") as appended:  # `>> log.csv`
+            done = subprocess.run([*command, output], stdout=appended, stderr=subprocess.PIPE)
+        assert done.returncode == 0 and done.stderr.decode().startswith("wrote "), done.stderr
+    assert stdout.is_symlink() and log.read_bytes() == b"earlier\n" + reference * 2
+
+    reader = subprocess.Popen([*command, "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader.stdout.read(10) == reference[:10]
+    reader.stdout.close()  # `| head -c 10`
+    assert reader.wait(60) == 141 and reader.stderr.read() == b""
 
 
 def test_out_of_memory_in_predict_names_the_input_not_the_training(
