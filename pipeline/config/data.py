@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -149,15 +150,31 @@ class TableData(ForecastWindows):
         if self.freq is not None:
             if self.task != "forecast":
                 raise ValueError("freq applies to forecasting only")
-            from pandas.tseries.frequencies import to_offset
-
-            try:
-                to_offset(self.freq)
-            except ValueError:
-                raise ValueError(
-                    f"freq {self.freq!r} is not a pandas frequency ('D', 'h', 'MS', 'W-SUN'...)"
-                ) from None
+            if (meant := _pandas_alias(self.freq)) is not None:
+                hint = (
+                    f"; pandas now spells it {meant!r}"
+                    if meant
+                    else " ('D', 'h', 'MS', 'W-SUN'...)"
+                )
+                raise ValueError(f"freq {self.freq!r} is not a pandas frequency{hint}")
         return self
+
+
+def _pandas_alias(freq: str) -> str | None:
+    """None for a frequency pandas reads; else the alias it suggests for a retired one ('M' is
+    'ME' since pandas 2.2, 'H' 'h', 'A' 'YE'), or '' where it has none."""
+    from pandas.tseries.frequencies import to_offset
+
+    for hop in range(3):  # 'A' -> 'Y' -> 'YE'
+        try:
+            to_offset(freq)
+            return freq if hop else None
+        except ValueError as err:
+            meant = re.search(r"Please use '(\w+)' instead|Did you mean (\w+)\?", str(err))
+            if not meant:
+                return ""
+            freq = meant.group(1) or meant.group(2)
+    return ""
 
 
 class MovingDigitsData(Strict):

@@ -164,26 +164,44 @@ def _once_each(columns: list, path: Path) -> None:
 
 def _row_name(path: Path, index: int) -> str:
     # CSV users look up lines in an editor: the line where the row starts
-    return f"line {_csv_line(path, index)}" if path.suffix.lower() == ".csv" else f"row {index}"
+    return f"line {_csv_record(path, index)[0]}" if _is_csv(path) else f"row {index}"
 
 
-def _csv_line(path: Path, index: int) -> int:
-    """The file line where data row `index` starts: line index + 2 (after the header) unless
-    blank lines come before the header or a quoted cell before it holds a line break. Read
-    again only to name a bad row."""
-    end, lead = 0, _blank_lead(path)
+def _is_csv(path: Path) -> bool:
+    return path.suffix.lower() == ".csv"
+
+
+def _csv_record(path: Path, index: int) -> tuple[int, dict[str, str]]:
+    """The file line where data row `index` starts (line index + 2, after the header, unless
+    blank lines come before the header or a quoted cell before it holds a line break) and its
+    cells by column. Read again only to name a bad row."""
+    end, lead, header = 0, _blank_lead(path), []
     with suppress(OSError, UnicodeDecodeError, csv.Error), open(path, newline="") as f:
         reader = csv.reader(f)
-        for number, _ in enumerate(reader):
-            if number == lead + index + 1:
-                return end + 1
+        for number, cells in enumerate(reader):
+            if number == lead:
+                header = cells
+            elif number == lead + index + 1:
+                return end + 1, dict(zip(header, cells, strict=False))  # a short row
             end = reader.line_num
-    return lead + index + 2
+    return lead + index + 2, {}
 
 
 def _file_row(path: Path, table: pd.DataFrame | pd.Series, i: int) -> str:
     """Where the i-th row of `table` (read by `_read_table`, in any order) stands in the file."""
     return _row_name(path, int(table.index[i]))
+
+
+def _empty_cell(path: Path, table: pd.DataFrame, i: int, column: str) -> DataError:
+    """'column 'time' line 4: empty cell', or the text of a cell pandas reads as missing
+    (`NA`, `null`, `N/A`...)."""
+    where = f"{path}: column {column!r} {_file_row(path, table, i)}"
+    text = (
+        _csv_record(path, int(table.index[i]))[1].get(column, "").strip() if _is_csv(path) else ""
+    )
+    if text:
+        return DataError(f"{where}: {text!r} is read as a missing value; fill it or drop the row")
+    return DataError(f"{where}: empty cell")
 
 
 def _numeric(frame: pd.DataFrame, columns: list[str], path: Path, empty_ok=()) -> np.ndarray:
@@ -347,15 +365,18 @@ def read_series_table(
     needed = [id_column, time_column, *features, *extra]
     missing = [c for c in dict.fromkeys(needed) if c not in frame.columns]
     if missing:
+        found = ", ".join(map(str, frame.columns))
+        other = [sep for sep in ";\t|" if len(frame.columns) == 1 and sep in found]
+        if other:
+            found += f" (columns separated by {other[0]!r}? the file must be comma-separated)"
         raise DataError(
-            f"{path}: missing column(s) {', '.join(map(repr, missing))}; "
-            f"found: {', '.join(map(str, frame.columns))}"
+            f"{path}: missing column(s) {', '.join(map(repr, missing))}; found: {found}"
         )
     for col in (id_column, time_column, *extra, *(c for c in text if c in frame.columns)):
         empty = frame[col].isna()
         if empty.any():
             i = int(np.flatnonzero(empty.to_numpy())[0])
-            raise DataError(f"{path}: column {col!r} {_file_row(path, frame, i)}: empty cell")
+            raise _empty_cell(path, frame, i, col)
     values = _numeric(frame, features, path, empty_ok)
     frame[time_column] = _times(frame[time_column], time_column, path)
     dup = frame.duplicated([id_column, time_column])
@@ -638,7 +659,7 @@ def covariate_windows(path: Path, meta, id_column: str, time_column: str):
         if empty[: end - a].any():
             i = a + int(np.flatnonzero(empty[: end - a].any(axis=1))[0])
             column = meta.features[int(np.flatnonzero(empty[i - a])[0])]
-            raise DataError(f"{path}: column {column!r} {_file_row(path, frame, i)}: empty cell")
+            raise _empty_cell(path, frame, i, column)
         if end - a < w:
             raise DataError(
                 f"{path}: series {sid!r} has {end - a} observed steps; the model needs its "

@@ -52,6 +52,12 @@ def _broken(kind: str) -> str | None:
     elif kind == "empty_time":
         frame["time"] = frame["time"].astype(float)
         frame.loc[3, "time"] = None
+    elif kind == "na_time":  # pandas reads NA, null, N/A... as missing
+        frame["time"] = frame["time"].astype(object)
+        frame.loc[3, "time"] = "NA"
+    elif kind == "semicolons":  # a spreadsheet's export in some locales
+        frame.to_csv("in.csv", sep=";", index=False)
+        return None
     elif kind == "beyond_float32":
         frame.loc[12, "value"] = 1e39
     elif kind == "huge":
@@ -173,6 +179,18 @@ def use_data(params: dict, data: dict) -> None:
         ),
         ("empty_id", FORECAST, "in.csv: column 'series_id' line 5: empty cell"),
         ("empty_time", FORECAST, "in.csv: column 'time' line 5: empty cell"),
+        (
+            "na_time",
+            FORECAST,
+            "in.csv: column 'time' line 5: 'NA' is read as a missing value; fill it or drop the "
+            "row",
+        ),
+        (
+            "semicolons",
+            FORECAST,
+            "in.csv: missing column(s) 'series_id', 'time', 'value'; found: series_id;time;value;"
+            "label (columns separated by ';'? the file must be comma-separated)",
+        ),
         ("empty_label", CLASSIFY, "in.csv: column 'label' line 7: empty cell"),
         (
             "beyond_float32",
@@ -299,6 +317,12 @@ def test_a_freq_pandas_does_not_know_is_a_config_error(workdir, params, capsys):
     assert main(["prepare", "lstm_airline"]) == 2
     err = capsys.readouterr().err
     assert "freq 'fortnight' is not a pandas frequency ('D', 'h', 'MS', 'W-SUN'...)" in err, err
+    use_data(params, {**FORECAST, "freq": "M"})  # month end before pandas 2.2
+    write_params(params)
+    assert main(["prepare", "lstm_airline"]) == 2
+    assert (
+        "freq 'M' is not a pandas frequency; pandas now spells it 'ME'" in capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(
