@@ -138,12 +138,24 @@ def ray_session(address: str | None = None, key: str = "tune.address") -> Iterat
                 _temp_dir=temp_dir,
                 include_dashboard=False,
                 log_to_driver=False,
+                logging_level=logging.WARNING,  # its "Started a local Ray instance" line
             )
         yield address
     finally:
         ray.shutdown()
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def check_local_cpus(per_trial: Resources) -> None:
+    """A local Ray's one node is this machine, and it gets no more CPUs than the machine has:
+    a trial that needs more is refused before Ray starts (10 s)."""
+    cores = os.cpu_count() or 1
+    if per_trial.cpu > cores:
+        raise ConfigError(
+            f"tune.resources_per_trial.cpu: {per_trial.cpu:g} exceeds this machine's {cores} "
+            "CPUs (no tune.address: a local Ray)"
+        )
 
 
 def check_resources(per_trial: Resources) -> None:

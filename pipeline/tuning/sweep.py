@@ -16,7 +16,13 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError, CtrlC, DataError, Interrupted, PipelineError, first_line
 from pipeline.io import atomic_dir, held_lock
 from pipeline.paths import prepared_dir, tune_dir
-from pipeline.ray_cluster import check_reachable, check_resources, ray_session, resolve_address
+from pipeline.ray_cluster import (
+    check_local_cpus,
+    check_reachable,
+    check_resources,
+    ray_session,
+    resolve_address,
+)
 from pipeline.tracking import absolute_tracking_uri, ensure_reachable, run_tags
 from pipeline.tuning.results import best_params, results_table, write_results
 from pipeline.tuning.spaces import check_values, search_space, to_ray
@@ -203,6 +209,8 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
     address, key = resolve_address(t.address)
     if address:  # fail fast, before anything starts
         check_reachable(address, key)
+    else:
+        check_local_cpus(t.resources_per_trial)
     expected = expected_trials(t.num_samples, ray_space)
     prepared, state = _sweep_state(cfg, exp_name, resume, expected)
     lock = state.with_name(f"{state.name}.lock")

@@ -1,6 +1,7 @@
 """Search spaces and the tune stage's bad input (no Ray cluster needed)."""
 
 import fcntl
+import os
 import socket
 import threading
 import time
@@ -194,8 +195,11 @@ def test_a_second_sweep_of_the_experiment_refuses_and_keeps_the_first_ones_state
     assert "another sweep of this experiment is running" in capsys.readouterr().err
     assert (state / "kept").exists()
     write_params(sweep_params(params, resources_per_trial={"cpu": 100}))
-    assert main(["tune", EXP]) == 2  # found once Ray runs, still before the state goes
-    assert "resources_per_trial.cpu" in capsys.readouterr().err
+    assert main(["tune", EXP]) == 2  # before a local Ray starts, and the state goes
+    assert capsys.readouterr().err == (
+        "lstm-pipeline tune: error: tune.resources_per_trial.cpu: 100 exceeds this machine's "
+        f"{os.cpu_count()} CPUs (no tune.address: a local Ray)\n"
+    )
     assert (state / "kept").exists()
 
 
