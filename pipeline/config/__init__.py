@@ -162,10 +162,9 @@ def _format(err: ValidationError) -> str:
         key, _, rest = msg.partition(": ")
         if isinstance(got, dict) and key in got:  # a check of the whole block that names a key
             loc, msg, got = [*loc, key], rest, got[key]
-        got = repr(got)
-        lines.append(
-            f"{'.'.join(loc) or '<root>'}: {msg}" + (f" (got {got})" if len(got) <= 80 else "")
-        )
+        got = "" if isinstance(got, dict) else repr(got)  # a block's: its message names values
+        shown = f" (got {got})" if got and len(got) <= 80 and f"(got {got})" not in msg else ""
+        lines.append(f"{'.'.join(loc) or '<root>'}: {msg}{shown}")
     return "invalid config: " + "; ".join(lines)
 
 

@@ -20,6 +20,7 @@ from pipeline import plots
 from pipeline.checkpoint import PREFIX
 from pipeline.config import PipelineConfig
 from pipeline.data.prepared import Prepared
+from pipeline.errors import ConfigError
 from pipeline.io import Outputs, dumps_json, file_digest
 from pipeline.meta import SPREAD_LIMIT
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
@@ -125,12 +126,26 @@ def fit_members(cfg, exp_name: str, parent: Parent, hooks: TrainHooks, ckpt_dir:
     return [fit_member(cfg, exp_name, i, parent, hooks, ckpt_dir) for i in range(n)]
 
 
+def _refuse_for_lengths(model, exp_name: str) -> None:
+    """Before a run opens (the model itself refuses them at its first batch): padded series
+    need a causal RNN, and no statistics of a window that padding would skew."""
+    for key in ("bidirectional", "level_norm", "scale_norm", "season_norm"):
+        if getattr(model, key, False):
+            raise ConfigError(
+                f"experiments.{exp_name}.model.{key}: {getattr(model, key)}; the data's series "
+                "have different lengths (padded): they need a unidirectional RNN without "
+                "level_norm, scale_norm or season_norm"
+            )
+
+
 def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -> Path:
     """Fit, test the selected checkpoint, write the outputs (rank zero only), log one run."""
     hooks = hooks or TrainHooks()
     ensure_reachable()
     exp = cfg.experiment(exp_name)
     prepared = Prepared.load(prepared_dir(exp_name))
+    if prepared.meta.variable_length:
+        _refuse_for_lengths(exp.model, exp_name)
     if getattr(exp.model, "series_norm", None) == "auto":
         on, spread = prepared.meta.auto_series_norm(), prepared.meta.std_spread or 1.0
         print(

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from mlflow import MlflowClient
 
 from pipeline.checkpoint import load_trained
@@ -140,3 +141,23 @@ def test_predict_refuses_a_one_step_series_as_training_does(run, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "short.csv: series 's1' has 1 time step(s)" in err, err
     assert not out.exists()
+
+
+def test_a_bidirectional_rnn_is_refused_before_a_run_opens(run, capsys):
+    """It was 'unexpected ValueError' (exit 1) from the model's first batch, the run FAILED."""
+    root, _ = run
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["experiments"]["mine"]["model"] = {"bidirectional": True}
+    write_params(params, root / "bidirectional.yaml")
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    runs = len(client.search_runs(client.get_experiment_by_name("lstm-pipeline").experiment_id))
+    assert main(["train", "mine", "--params", str(root / "bidirectional.yaml")]) == 2
+    assert capsys.readouterr().err == (
+        "lstm-pipeline train: error: experiments.mine.model.bidirectional: True; the data's "
+        "series have different lengths (padded): they need a unidirectional RNN without "
+        "level_norm, scale_norm or season_norm\n"
+    )
+    assert (
+        len(client.search_runs(client.get_experiment_by_name("lstm-pipeline").experiment_id))
+        == runs
+    )
