@@ -151,13 +151,14 @@ class TableData(ForecastWindows):
             if self.task != "forecast":
                 raise ValueError("freq applies to forecasting only")
             if (meant := _pandas_alias(self.freq)) is not None:
-                hint = (
-                    f"; pandas now spells it {meant!r}"
-                    if meant
-                    else " ('D', 'h', 'MS', 'W-SUN'...)"
+                hint = f"; pandas now spells it {meant!r}" if meant else ""
+                raise ValueError(
+                    f"freq {self.freq!r} is not a pandas frequency{hint or WHICH_FREQ}"
                 )
-                raise ValueError(f"freq {self.freq!r} is not a pandas frequency{hint}")
         return self
+
+
+WHICH_FREQ = " ('D', 'h', 'MS', 'W-SUN'...)"
 
 
 def _pandas_alias(freq: str) -> str | None:
