@@ -225,7 +225,8 @@ def release(
     onnx_path = model_dir(exp_name) / "model.onnx"
     task = task_of(onnx_meta(session(onnx_path), onnx_path))
     client = MlflowClient(uri)
-    training = training_run(cfg.tracking.experiment_name, model_dir(exp_name) / "model.ckpt")
+    ckpt = model_dir(exp_name) / "model.ckpt"
+    training = training_run(cfg.tracking.experiment_name, ckpt, validated=True)
     verified_files(client, training, exp_name)
     name = cfg.release.model_name.format(exp=exp_name)
     champion = _champion(client, name)

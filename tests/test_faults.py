@@ -26,7 +26,7 @@ from pipeline.cli import main
 from pipeline.config import compose
 from pipeline.errors import ConfigError, SystemFault, TrackingError
 from pipeline.io import append_text, atomic_dir, atomic_file, system_fault
-from pipeline.tracking import ensure_reachable
+from pipeline.tracking import ensure_reachable, training_run
 from tests.conftest import BIN, REPO, free_port, without_file_rights, write_params
 
 EXP = "lstm_airline"
@@ -470,8 +470,14 @@ def test_a_strategy_lightning_refuses_names_it_and_leaves_no_run_running(repo, c
     assert "RUNNING" not in {run.info.status for run in all_runs()}  # it used to stay RUNNING
 
 
+def store() -> MlflowClient:
+    """The test's own store: MlflowClient() alone reads mlflow's global URI, which a training
+    earlier in the session set to its store."""
+    return MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+
+
 def all_runs() -> list:
-    client = MlflowClient()
+    client = store()
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
@@ -500,14 +506,25 @@ def test_corrupt_report_refused_by_release(repo, capsys, report, expected):
     assert f"metrics/{EXP}/validate.json: {expected}" in one_line(capsys)
 
 
-def test_a_forged_metric_with_a_matching_dvc_lock_is_refused(repo, capsys):
+@pytest.mark.parametrize("retrained", [False, True], ids=["trained-once", "retrained"])
+def test_a_forged_metric_with_a_matching_dvc_lock_is_refused(repo, capsys, retrained):
+    """Also after a training run again to the same bytes, which opens a run validate never saw:
+    release checked that one alone, found no sha256 tags to check, and released the forgery."""
+    validated = next(run for run in all_runs() if "validate_json_sha256" in run.data.tags)
+    if retrained:
+        tags = {"ckpt_sha256": validated.data.tags["ckpt_sha256"]}
+        again = store().create_run(validated.info.experiment_id, tags=tags)
+        assert training_run("lstm-pipeline", f"models/{EXP}/model.ckpt") == again.info.run_id
     report_path = repo / f"metrics/{EXP}/validate.json"
     report = json.loads(report_path.read_text())
     report.update(passed=True, failed_gates=[], mape=0.0001)
     report_path.write_text(json.dumps(report))
     _lock_validate(repo)  # the checksum edited to match
     assert main(["release", "--exp", EXP]) == 4
-    assert "validate.json differs from what validate logged to training run" in one_line(capsys)
+    run = validated.info.run_id
+    assert f"validate.json differs from what validate logged to training run {run}" in (
+        one_line(capsys)
+    )
 
 
 def test_a_dvc_lock_left_with_merge_markers_is_refused_by_release(repo, capsys):

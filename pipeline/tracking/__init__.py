@@ -181,19 +181,24 @@ def run_tags(exp: str, stage: str, **extra: str) -> dict[str, str]:
     return tags
 
 
-def training_run(experiment_name: str, ckpt) -> str | None:
-    """The id of the MLflow run train logged this exact checkpoint to (tag `ckpt_sha256`), or
-    None (no checkpoint, or MLFLOW_TRACKING_URI points elsewhere than the training did)."""
+def training_run(experiment_name: str, ckpt, validated: bool = False) -> str | None:
+    """The id of the newest MLflow run train logged this exact checkpoint to (tag
+    `ckpt_sha256`), or None (no checkpoint, or MLFLOW_TRACKING_URI points elsewhere than the
+    training did). `validated`: the newest of them that validate logged to, where one is: a
+    training run again to the same bytes opens a run validate never saw."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri())
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None or not Path(ckpt).exists():
         return None
+    # all of them: with max_results=1, MLflow's SQL store returned an older one
     runs = client.search_runs(
-        [experiment.experiment_id], f"tags.ckpt_sha256 = '{file_digest(ckpt)}'", max_results=1
+        [experiment.experiment_id], f"tags.ckpt_sha256 = '{file_digest(ckpt)}'"
     )
-    return runs[0].info.run_id if runs else None
+    if validated:
+        runs = [run for run in runs if "validate_json_sha256" in run.data.tags] or runs
+    return max(runs, key=lambda run: run.info.start_time).info.run_id if runs else None
 
 
 def log_to_training_run(

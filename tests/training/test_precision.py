@@ -2,6 +2,7 @@
 computes bf16 natively. The weights stay float32, so export and parity are as for any model."""
 
 import json
+import os
 
 import torch
 from mlflow import MlflowClient
@@ -45,7 +46,7 @@ def test_an_auto_fit_says_what_it_chose_and_exports_float32_weights(workdir, par
     assert dtypes == {torch.float32}
     report = json.loads((workdir / f"metrics/{EXP}/validate.json").read_text())
     assert report["parity_max_scaled_diff"] <= 1e-5
-    client = MlflowClient()
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])  # not the global URI a fit set
     experiment = client.get_experiment_by_name("lstm-pipeline")
     (run,) = client.search_runs([experiment.experiment_id], "tags.stage = 'train'")
     assert run.data.tags["precision"] == chosen
