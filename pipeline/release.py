@@ -103,11 +103,24 @@ def _signature(sess):
 
     def spec(arg):
         shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
-        return TensorSpec(np.dtype(np.float32), shape, arg.name)
+        return TensorSpec(_dtype(arg), shape, arg.name)
 
     return ModelSignature(
         Schema([spec(a) for a in sess.get_inputs()]), Schema([spec(a) for a in sess.get_outputs()])
     )
+
+
+def _dtype(arg) -> np.dtype:
+    return np.dtype(np.int64 if arg.type == "tensor(int64)" else np.float32)  # lengths: int64
+
+
+def _input_example(sess, prepared: Prepared):
+    """Two test samples under the model's input names: x, and `lengths`, `future` or `static`
+    where the model takes them (a dict; x alone, the array)."""
+    x, _ = prepared.arrays("test")
+    given = {"x": x[:2], **{k: v[:2] for k, v in prepared.extra_inputs("test").items()}}
+    example = {a.name: np.ascontiguousarray(given[a.name], _dtype(a)) for a in sess.get_inputs()}
+    return example if len(example) > 1 else example["x"]
 
 
 def _registered(client, name: str, sha256: str, champion) -> str | None:
@@ -128,7 +141,6 @@ def _register(
     onnx_path = model_dir(exp) / "model.onnx"
     sess = session(onnx_path)
     prepared = Prepared.load(prepared_dir(exp))
-    x_test, _ = prepared.arrays("test")
     tags = run_tags(
         exp,
         "release",
@@ -148,7 +160,7 @@ def _register(
             onnx.load(onnx_path),
             name="model",
             signature=_signature(sess),
-            input_example=np.ascontiguousarray(x_test[:2], dtype=np.float32),
+            input_example=_input_example(sess, prepared),
             registered_model_name=name,
             onnx_execution_providers=["CPUExecutionProvider"],
             # what MLflow would infer, without the subprocess (seconds) that loads the model to see

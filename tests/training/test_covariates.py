@@ -119,3 +119,30 @@ def test_predict_reads_the_horizon_rows_and_reproduces_validate(trained, monkeyp
         err = capsys.readouterr().err
         assert expected_error in err and err.strip().count("\n") == 0, err
     assert not Path("bad.csv").exists()
+
+
+def test_a_release_gives_an_input_example_of_every_input(trained, monkeypatch, capsys, tmp_path):
+    """It logged x alone, as an array: MLflow printed a tensor dump saying the example missed
+    the signature's inputs, and the version's example could not be served."""
+    import mlflow
+    import yaml
+
+    from pipeline.io import file_digest
+
+    monkeypatch.chdir(trained)
+    onnx_file, report_file = "models/cov/model.onnx", "metrics/cov/validate.json"
+    stage = {"deps": [{"path": onnx_file, "md5": file_digest(onnx_file, "md5")}],
+             "outs": [{"path": report_file, "md5": file_digest(report_file, "md5")}]}  # fmt: skip
+    Path("dvc.lock").write_text(
+        yaml.safe_dump({"schema": "2.0", "stages": {"validate@cov": stage}})
+    )
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["release"].update(beat_baseline=False, max={}, min={})
+    write_params(params, Path("release.yaml"))
+    assert main(["release", "--exp", "cov", "--params", "release.yaml"]) == 0
+    assert "missing inputs" not in capsys.readouterr().err
+    name = params["release"]["model_name"].format(exp="cov")
+    folder = mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path))
+    example = json.loads((Path(folder) / "serving_input_example.json").read_text())["inputs"]
+    shapes = {key: np.shape(value) for key, value in example.items()}
+    assert shapes == {"x": (2, 14, 4), "future": (2, 7, 3), "static": (2, 1)}
