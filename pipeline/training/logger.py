@@ -206,7 +206,7 @@ def deliver(logger: PatientMLFlowLogger, log_rest, folder: Path) -> None:
     `log_rest()` (artifacts, tags) and the run's end, retried for DELIVER_S. If the server stays
     away: TrackingError (exit 6), with the kept metrics saved in the resume point; the next run
     of the stage resumes at the end, writes the same outputs and sends them."""
-    deadline, error = time.monotonic() + DELIVER_S, None
+    deadline, error, warned = time.monotonic() + DELIVER_S, None, False
     while time.monotonic() < deadline:
         try:
             members = [_member_logger(logger, f.parent) for f in folder.rglob(PENDING_FILE)]
@@ -216,6 +216,14 @@ def deliver(logger: PatientMLFlowLogger, log_rest, folder: Path) -> None:
                 return
         except (MlflowException, RequestException, OSError) as err:  # the server went away again
             error = err
+        if not warned:  # once, not a silent wait
+            uri = redacted(tracking_uri())
+            print(
+                f"warning: the outputs are written; MLflow at {uri} does not take the run's "
+                f"results yet, retrying for up to {DELIVER_S:.0f} s",
+                file=sys.stderr,
+            )
+            warned = True
         time.sleep(5)
     logger.finalize("success")  # saves what is kept
     raise TrackingError(

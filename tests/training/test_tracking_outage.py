@@ -49,3 +49,30 @@ def test_server_killed_and_restarted_mid_training(tmp_path, mlflow_template):
         if train.poll() is None:
             train.kill()
         stop_server(server)
+
+
+def test_a_server_gone_after_the_outputs_are_written_is_said_at_once(tmp_path, monkeypatch, capsys):
+    """train's last wait (up to 120 s for the run's results) was silent."""
+    from pipeline.errors import TrackingError
+    from pipeline.training.logger import PatientMLFlowLogger, deliver
+
+    root, port = tmp_path / "server", free_port()
+    root.mkdir()
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    server = start_server(root, port)
+    try:
+        logger = PatientMLFlowLogger(experiment_name="outage", tracking_uri=uri)
+        logger.log_metrics({"val/loss": 1.0}, step=0)
+        assert logger.flush()  # the run is open
+    finally:
+        stop_server(server, signal.SIGKILL)
+    logger.log_metrics({"val/loss": 0.5}, step=1)
+    monkeypatch.setattr("pipeline.training.logger.DELIVER_S", 1.0)
+    with pytest.raises(TrackingError, match="the server did not answer for 1 s"):
+        deliver(logger, lambda: None, tmp_path)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "retrying" in line]
+    assert warnings == [
+        f"warning: the outputs are written; MLflow at {uri} does not take the run's results "
+        "yet, retrying for up to 1 s"
+    ]
