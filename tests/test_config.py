@@ -421,3 +421,13 @@ def test_an_invalid_data_block_of_a_default_recipe_is_named_alone(params):
     raw["experiments"]["new"] = {"data": data}
     err = _error(raw)
     assert err.endswith("experiments.new.data: column 'a' has two roles: features and future"), err
+
+
+def test_a_bad_fit_of_a_default_recipe_is_named_alone(params):
+    """`fit: null` beside data alone gave a false "model: Field required" as well."""
+    raw = copy.deepcopy(params)
+    raw["experiments"]["new"] = {"data": {"source": "airline"}, "fit": None}
+    assert _error(raw).endswith(
+        "invalid config: experiments.new.fit: Input should be a valid dictionary or instance of "
+        "Fit (got None)"
+    )

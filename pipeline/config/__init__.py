@@ -149,11 +149,15 @@ UNION_TAGS = _tags(DataConfig, "source") | _tags(ModelConfig, "name")
 
 def _format(err: ValidationError) -> str:
     errors = err.errors()
-    bad_data = {e["loc"][: e["loc"].index("data")] for e in errors if "data" in e["loc"]}
     lines = []
     for e in errors:
-        if e["type"] == "missing" and e["loc"][-1] == "model" and e["loc"][:-1] in bad_data:
-            continue  # without valid data no default recipe could fill the model in
+        exp = e["loc"][:-1]
+        if (
+            e["type"] == "missing"
+            and e["loc"][-1] == "model"
+            and any(o is not e and o["loc"][: len(exp)] == exp for o in errors)
+        ):
+            continue  # the experiment's other error kept its default recipe from filling it in
         # Drop the union tags pydantic puts in the path ("ucr", "lstm"...): users never write them.
         loc = [str(p) for p in e["loc"] if p not in UNION_TAGS]
         msg, got = e["msg"].removeprefix("Value error, "), e.get("input")
