@@ -105,7 +105,7 @@ def _predict(args: argparse.Namespace) -> None:
     except BrokenPipeError:
         if not is_stream(Path(output)):
             raise
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit's flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # for the exit's flush
         raise ReaderGone() from None
     print(f"wrote {out}", file=sys.stderr if is_stream(out) else sys.stdout)
 
@@ -346,7 +346,7 @@ def console() -> None:
 
 
 def _exit_now(code: int) -> None:
-    for stream in (sys.stdout, sys.stderr):
+    for stream in filter(None, (sys.stdout, sys.stderr)):  # None: started with it closed
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe (`| head`): nothing more to say anyway

@@ -105,18 +105,28 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
+def atomic_file(path: str | Path, stream: bool = False) -> Iterator[Path]:
     """Yield a temp file path beside `path`; renamed onto `path` only if the block succeeds.
-    A character device or a named pipe (`-o /dev/stdout`) is written in place: a stream keeps
-    no earlier content, and the rename would put a file where the device was; stdout redirected
-    to a file gets the bytes through its descriptor. A symlink is replaced, not written through:
-    with DVC's symlink cache, its target is the cache's copy."""
+    A character device or a named pipe is written in place: a stream keeps no earlier content,
+    and the rename would put a file where the device was. A symlink is replaced, not written
+    through: with DVC's symlink cache, its target is the cache's copy. `stream` (predict's
+    output, a model card): where `path` is this process's stdout or stderr (`-o -`, or
+    `-o /dev/stdout > f.csv`), the bytes go through its descriptor once all are written, so the
+    shell's `>` or `>>` holds."""
     path = Path(path)
+    fd = _own_stream(path) if stream else None
+    if fd is not None:
+        with named_faults(path), tempfile.TemporaryDirectory(prefix="lstm-pipeline-") as tmp:
+            yield Path(tmp, "out")
+            with open(Path(tmp, "out"), "rb") as src, open(fd, "wb", closefd=False) as dst:
+                shutil.copyfileobj(src, dst)
+        return
     if _special(path):
         with named_faults(path):
             yield path
         return
-    stream = _own_stream(path)
+    if os.path.realpath(path).startswith("/proc/"):  # /dev/stdout with stdout closed
+        raise SystemFault(f"{path}: names a descriptor that is not open")
     with named_faults(path):
         with named_faults(path, placing=True):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,10 +135,6 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         tmp = Path(name)
         try:
             yield tmp
-            if stream is not None:
-                with open(tmp, "rb") as src, open(stream, "wb", closefd=False) as dst:
-                    shutil.copyfileobj(src, dst)
-                return
             tmp.chmod(0o666 & ~_UMASK)
             with named_faults(path, placing=True):
                 os.replace(tmp, path)
@@ -149,8 +155,9 @@ def _own_stream(path: Path) -> int | None:
 
 
 def is_stream(path: Path) -> bool:
-    """Written as a stream, not replaced: a character device, a named pipe, or stdout/stderr."""
-    return _special(path) or _own_stream(path) is not None
+    """Written as a stream by atomic_file(path, stream=True), not replaced: stdout or stderr,
+    a character device, a named pipe."""
+    return _own_stream(path) is not None or _special(path)
 
 
 def _special(path: Path) -> bool:
@@ -185,9 +192,11 @@ class Outputs(ExitStack):
 
 
 def check_writable(path: str | Path) -> None:
-    """Fail now, naming `path`, where atomic_file(path) could not start (for a command that
-    changes something else first, e.g. a registry, and writes `path` after)."""
+    """Fail now, naming `path`, where atomic_file(path, stream=True) could not start (for a
+    command that changes something else first, e.g. a registry, and writes `path` after)."""
     path = Path(path)
+    if is_stream(path):
+        return
     with named_faults(path), named_faults(path, placing=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(**_temp_name(path))

@@ -72,6 +72,11 @@ def verified_files(client, run_id: str | None, exp: str) -> None:
     if run_id is None:
         return
     tags = client.get_run(run_id).data.tags
+    if "validate_json_sha256" not in tags:  # validate logged elsewhere, or never ran
+        raise GateError(
+            f"training run {run_id} of this checkpoint holds no report from validate (it logs "
+            f"to the run that trained the checkpoint, at the same tracking URI); run `dvc repro`"
+        )
     for path, tag in (
         (metrics_file(exp, "validate"), "validate_json_sha256"),
         (model_dir(exp) / "model.onnx", "onnx_sha256"),
@@ -199,7 +204,7 @@ def _promote(client, name: str, version: str, commit: str | None) -> None:
 
 def _write_card(card: str, path: Path | None) -> None:
     if path is not None:
-        with atomic_file(path) as tmp:
+        with atomic_file(path, stream=True) as tmp:
             tmp.write_text(card)
 
 

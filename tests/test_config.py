@@ -431,3 +431,16 @@ def test_a_bad_fit_of_a_default_recipe_is_named_alone(params):
         "invalid config: experiments.new.fit: Input should be a valid dictionary or instance of "
         "Fit (got None)"
     )
+
+
+@pytest.mark.parametrize(
+    "freq, meant", [("M", "ME"), ("2H", "2h"), ("Q-DEC", "QE-DEC"), ("A", "YE"), ("T", "min")]
+)
+def test_a_frequency_pandas_retired_is_named_with_its_new_spelling(params, freq, meant):
+    """Copying the hint must keep the frequency: '2H' is '2h', not 'h'."""
+    data = {"source": "csv", "path": "x.csv", "task": "forecast", "features": ["a"], "freq": freq}
+    params["experiments"]["new"] = {"data": data}
+    assert _error(params).endswith(
+        f"experiments.new.data: freq {freq!r} is not a pandas frequency; pandas now spells it "
+        f"{meant!r}"
+    )

@@ -506,25 +506,28 @@ def test_corrupt_report_refused_by_release(repo, capsys, report, expected):
     assert f"metrics/{EXP}/validate.json: {expected}" in one_line(capsys)
 
 
-@pytest.mark.parametrize("retrained", [False, True], ids=["trained-once", "retrained"])
-def test_a_forged_metric_with_a_matching_dvc_lock_is_refused(repo, capsys, retrained):
-    """Also after a training run again to the same bytes, which opens a run validate never saw:
-    release checked that one alone, found no sha256 tags to check, and released the forgery."""
+@pytest.mark.parametrize("history", ["trained-once", "retrained", "not-validated-here"])
+def test_a_forged_metric_with_a_matching_dvc_lock_is_refused(repo, capsys, history):
+    """Also after a training run again to the same bytes, which opens a run validate never saw
+    (release checked that one alone, found no sha256 tags to check, and released the forgery),
+    and where validate logged to no run of the checkpoint (another tracking URI)."""
     validated = next(run for run in all_runs() if "validate_json_sha256" in run.data.tags)
-    if retrained:
+    run = validated.info.run_id
+    expected = f"validate.json differs from what validate logged to training run {run}"
+    if history == "retrained":
         tags = {"ckpt_sha256": validated.data.tags["ckpt_sha256"]}
         again = store().create_run(validated.info.experiment_id, tags=tags)
         assert training_run("lstm-pipeline", f"models/{EXP}/model.ckpt") == again.info.run_id
+    if history == "not-validated-here":
+        store().delete_tag(run, "validate_json_sha256")
+        expected = f"training run {run} of this checkpoint holds no report from validate"
     report_path = repo / f"metrics/{EXP}/validate.json"
     report = json.loads(report_path.read_text())
     report.update(passed=True, failed_gates=[], mape=0.0001)
     report_path.write_text(json.dumps(report))
     _lock_validate(repo)  # the checksum edited to match
     assert main(["release", "--exp", EXP]) == 4
-    run = validated.info.run_id
-    assert f"validate.json differs from what validate logged to training run {run}" in (
-        one_line(capsys)
-    )
+    assert expected in one_line(capsys)
 
 
 def test_a_dvc_lock_left_with_merge_markers_is_refused_by_release(repo, capsys):
@@ -614,6 +617,19 @@ def test_an_output_whose_folder_is_a_file_names_it(atomic, tmp_path):
         with atomic(tmp_path / "taken" / "out"):
             pass
     assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_a_stage_output_that_stdout_is_redirected_to_is_replaced_whole(tmp_path):
+    """Only predict's output and a model card are written through stdout (`-o -`): a stage's
+    output keeps its rename, so what the command prints later is not appended to it."""
+    code = (
+        "from pipeline.io import atomic_file\n"
+        "with atomic_file('params.yaml') as tmp:\n    tmp.write_text('seed: 1\\n')\n"
+        "print('params.yaml composed with: seed=1')"
+    )
+    with open(tmp_path / "params.yaml", "w") as out:  # `... > params.yaml`
+        subprocess.run([sys.executable, "-c", code], cwd=tmp_path, stdout=out, check=True)
+    assert (tmp_path / "params.yaml").read_text() == "seed: 1\n"
 
 
 def test_a_new_tracking_store_adds_no_line_to_an_error(tmp_path):

@@ -163,18 +163,19 @@ WHICH_FREQ = " ('D', 'h', 'MS', 'W-SUN'...)"
 
 def _pandas_alias(freq: str) -> str | None:
     """None for a frequency pandas reads; else the alias it suggests for a retired one ('M' is
-    'ME' since pandas 2.2, 'H' 'h', 'A' 'YE'), or '' where it has none."""
+    'ME' since pandas 2.2, '2H' '2h', 'Q-DEC' 'QE-DEC', 'A' 'YE'), or '' where it has none."""
     from pandas.tseries.frequencies import to_offset
 
+    count, name = re.fullmatch(r"(\d*)(.*)", freq.strip()).groups()
     for hop in range(3):  # 'A' -> 'Y' -> 'YE'
         try:
-            to_offset(freq)
-            return freq if hop else None
+            to_offset(count + name)
+            return count + name if hop else None
         except ValueError as err:
-            meant = re.search(r"Please use '(\w+)' instead|Did you mean (\w+)\?", str(err))
+            meant = re.search(r"Please use '([\w-]+)' instead|Did you mean ([\w-]+)\?", str(err))
             if not meant:
                 return ""
-            freq = meant.group(1) or meant.group(2)
+            name = meant.group(1) or meant.group(2)
     return ""
 
 

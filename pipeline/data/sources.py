@@ -19,7 +19,7 @@ from pandas.tseries.api import guess_datetime_format
 from pandas.tseries.frequencies import to_offset
 
 from pipeline.config import TableData
-from pipeline.errors import DataError
+from pipeline.errors import DataError, first_line
 from pipeline.io import system_fault
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -98,7 +98,8 @@ def _read_table(path: Path, source: str, text=()) -> pd.DataFrame:
         raise DataError(f"{path}: {_first_non_utf8(path, err)}") from None
     except (ValueError, OSError) as err:
         fault = system_fault(err, path)  # permission denied
-        raise fault or DataError(f"{path}: cannot read as {source}: {err}") from None
+        why = f"{first_line(err)}{_separator_hint(path) if source == 'csv' else ''}"
+        raise fault or DataError(f"{path}: cannot read as {source}: {why}") from None
     if source != "csv":  # (_read_csv checks the header pandas would rename)
         if any(name is not None for name in frame.index.names):  # df.set_index(...).to_parquet
             frame = frame.reset_index()
@@ -133,6 +134,16 @@ def _read_csv(path: Path, text) -> pd.DataFrame:
         frame[col] = frame[col].mask(frame[col] == "")
     # blank lines dropped here, not by pandas, so that the index stays each row's line - 2
     return frame.dropna(how="all")
+
+
+def _separator_hint(path: Path) -> str:
+    """' (columns separated by ';'? ...)' where the header holds no comma but a ;, tab or |."""
+    with suppress(OSError, UnicodeDecodeError), open(path, encoding="utf-8-sig") as f:
+        header = next((line for line in f if line.strip()), "")
+        other = [sep for sep in ";\t|" if sep in header and "," not in header]
+        if other:
+            return f" (columns separated by {other[0]!r}? the file must be comma-separated)"
+    return ""
 
 
 def _blank_lead(path: Path) -> int:
@@ -176,7 +187,10 @@ def _csv_record(path: Path, index: int) -> tuple[int, dict[str, str]]:
     blank lines come before the header or a quoted cell before it holds a line break) and its
     cells by column. Read again only to name a bad row."""
     end, lead, header = 0, _blank_lead(path), []
-    with suppress(OSError, UnicodeDecodeError, csv.Error), open(path, newline="") as f:
+    with (
+        suppress(OSError, UnicodeDecodeError, csv.Error),
+        open(path, newline="", encoding="utf-8-sig") as f,  # a BOM: not in the first name
+    ):
         reader = csv.reader(f)
         for number, cells in enumerate(reader):
             if number == lead:
@@ -195,10 +209,13 @@ def _file_row(path: Path, table: pd.DataFrame | pd.Series, i: int) -> str:
 def _empty_cell(path: Path, table: pd.DataFrame, i: int, column: str) -> DataError:
     """'column 'time' line 4: empty cell', or the text of a cell pandas reads as missing
     (`NA`, `null`, `N/A`...)."""
-    where = f"{path}: column {column!r} {_file_row(path, table, i)}"
-    text = (
-        _csv_record(path, int(table.index[i]))[1].get(column, "").strip() if _is_csv(path) else ""
-    )
+    index, text = int(table.index[i]), ""
+    if _is_csv(path):
+        line, cells = _csv_record(path, index)
+        where, text = f"line {line}", cells.get(column, "").strip()
+    else:
+        where = f"row {index}"
+    where = f"{path}: column {column!r} {where}"
     if text:
         return DataError(f"{where}: {text!r} is read as a missing value; fill it or drop the row")
     return DataError(f"{where}: empty cell")
@@ -366,9 +383,8 @@ def read_series_table(
     missing = [c for c in dict.fromkeys(needed) if c not in frame.columns]
     if missing:
         found = ", ".join(map(str, frame.columns))
-        other = [sep for sep in ";\t|" if len(frame.columns) == 1 and sep in found]
-        if other:
-            found += f" (columns separated by {other[0]!r}? the file must be comma-separated)"
+        if len(frame.columns) == 1 and source == "csv":
+            found += _separator_hint(path)
         raise DataError(
             f"{path}: missing column(s) {', '.join(map(repr, missing))}; found: {found}"
         )

@@ -101,5 +101,5 @@ class Task:
         raise NotImplementedError
 
     def write(self, result, output: Path) -> None:
-        with atomic_file(output) as tmp:
+        with atomic_file(output, stream=True) as tmp:
             result.to_csv(tmp, index=False)

@@ -124,6 +124,6 @@ class Frames(Task):
         return (out * np.float32(meta.scaler.std[0])).astype(np.float32)  # back to 0..255
 
     def write(self, result: np.ndarray, output) -> None:
-        with atomic_file(output) as tmp:
+        with atomic_file(output, stream=True) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, result)

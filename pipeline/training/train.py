@@ -141,11 +141,11 @@ def _refuse_for_lengths(model, exp_name: str) -> None:
 def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -> Path:
     """Fit, test the selected checkpoint, write the outputs (rank zero only), log one run."""
     hooks = hooks or TrainHooks()
-    ensure_reachable()
     exp = cfg.experiment(exp_name)
     prepared = Prepared.load(prepared_dir(exp_name))
     if prepared.meta.variable_length:
         _refuse_for_lengths(exp.model, exp_name)
+    ensure_reachable()
     if getattr(exp.model, "series_norm", None) == "auto":
         on, spread = prepared.meta.auto_series_norm(), prepared.meta.std_spread or 1.0
         print(

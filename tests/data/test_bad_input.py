@@ -58,6 +58,14 @@ def _broken(kind: str) -> str | None:
     elif kind == "semicolons":  # a spreadsheet's export in some locales
         frame.to_csv("in.csv", sep=";", index=False)
         return None
+    elif kind == "decimal_commas":  # ...with decimal commas: rows of 1, 2 and 3 fields
+        open("in.csv", "w").write("series_id;time;value\ns0;0;2\ns0;1;1,5\ns0;2;2,25,1\n")
+        return None
+    elif kind == "na_time_bom":  # a BOM before the header's first name
+        frame["time"] = frame["time"].astype(object)
+        frame.loc[3, "time"] = "NA"
+        frame[["time", "series_id", "value"]].to_csv("in.csv", index=False, encoding="utf-8-sig")
+        return None
     elif kind == "beyond_float32":
         frame.loc[12, "value"] = 1e39
     elif kind == "huge":
@@ -184,6 +192,18 @@ def use_data(params: dict, data: dict) -> None:
             FORECAST,
             "in.csv: column 'time' line 5: 'NA' is read as a missing value; fill it or drop the "
             "row",
+        ),
+        (
+            "na_time_bom",
+            FORECAST,
+            "in.csv: column 'time' line 5: 'NA' is read as a missing value; fill it or drop the "
+            "row",
+        ),
+        (
+            "decimal_commas",
+            FORECAST,
+            "in.csv: cannot read as csv: Error tokenizing data. C error: Expected 1 fields in line "
+            "3, saw 2 (columns separated by ';'? the file must be comma-separated)",
         ),
         (
             "semicolons",

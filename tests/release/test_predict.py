@@ -542,6 +542,14 @@ def test_stdout_and_a_tilde_are_written_where_the_user_meant(models, tmp_path, m
     assert reader.stdout.read(10) == reference[:10]
     reader.stdout.close()  # `| head -c 10`
     assert reader.wait(60) == 141 and reader.stderr.read() == b""
+    # `>&-`: the rename put a regular file over /dev/stdout (as root)
+    closed = subprocess.run(
+        [*command, "-"], stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1)
+    )
+    assert closed.returncode == 8 and closed.stderr.strip().endswith(
+        "/dev/stdout: names a descriptor that is not open"
+    )
+    assert Path("/dev/stdout").is_symlink() and not list(Path("/dev").glob(".stdout.*"))
 
 
 def test_out_of_memory_in_predict_names_the_input_not_the_training(
