@@ -133,7 +133,20 @@ def _read_csv(path: Path, text) -> pd.DataFrame:
     for col in text:
         frame[col] = frame[col].mask(frame[col] == "")
     # blank lines dropped here, not by pandas, so that the index stays each row's line - 2
-    return frame.dropna(how="all")
+    frame = frame.dropna(how="all")
+    return frame.drop(frame.index[_spaces_only(frame)])  # a line of spaces: blank too
+
+
+def _spaces_only(frame: pd.DataFrame) -> np.ndarray:
+    """Rows whose every cell is empty or spaces (looked at where the first cell is)."""
+
+    def blank(column: pd.Series) -> pd.Series:
+        if not (column.dtype == object or pd.api.types.is_string_dtype(column)):
+            return column.isna()
+        return column.isna() | column.astype(str).str.strip().eq("")
+
+    rows = np.flatnonzero(blank(frame.iloc[:, 0]).to_numpy())
+    return rows[frame.iloc[rows].apply(blank).all(axis=1).to_numpy()]
 
 
 def _separator_hint(path: Path) -> str:

@@ -106,9 +106,9 @@ def _broken(kind: str) -> str | None:
     if kind == "blank_lead":  # blank lines before the header: read, and counted
         text = open("in.csv").read()
         open("in.csv", "w").write("\n\n" + text)
-    if kind == "blank_lines":  # line numbers count them, as an editor does
+    if kind in ("blank_lines", "space_lines"):  # line numbers count them, as an editor does
         lines = open("in.csv").read().splitlines()
-        lines[3:3] = ["", ""]
+        lines[3:3] = ["", ""] if kind == "blank_lines" else ["   ", " ,\t, ,  "]
         lines[10] = lines[10].replace(lines[10].split(",")[2], "x")
         open("in.csv", "w").write("\n".join(lines) + "\n")
     return None
@@ -171,6 +171,8 @@ def use_data(params: dict, data: dict) -> None:
         ("twice", FORECAST, "in.csv: column 'value' appears twice in the header"),
         ("latin1", FORECAST, "in.csv: line 41: byte 0xe9 is not UTF-8 (save the file as UTF-8)"),
         ("blank_lines", FORECAST, "in.csv: column 'value' line 11: 'x' is not a number"),
+        # lines of spaces are blank too: they were 'column 'series_id' line 4: empty cell'
+        ("space_lines", FORECAST, "in.csv: column 'value' line 11: 'x' is not a number"),
         ("blank_lead", FORECAST, "in.csv: column 'value' line 11: '12,5' is not a number"),
         ("quoted_break", FORECAST, "in.csv: column 'value' line 13: 'x' is not a number"),
         ("duplicate", FORECAST, "in.csv: line 122: duplicate (series_id, time) = (s0, 5)"),
