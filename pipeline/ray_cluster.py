@@ -10,6 +10,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -98,9 +99,11 @@ def refusal_reason(err: BaseException) -> str:
 
 
 @contextmanager
-def ray_session(address: str | None = None, key: str = "tune.address") -> Iterator[str | None]:
-    """ray.init on the cluster at `address` (checked first), else on a new local Ray; shut down
-    on exit. Yields the address used (None: local)."""
+def ray_session(
+    address: str | None = None, key: str = "tune.address", command: str = "tune"
+) -> Iterator[str | None]:
+    """ray.init on the cluster at `address` (checked first, and watched while joined), else on
+    a new local Ray; shut down on exit. Yields the address used (None: local)."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -130,6 +133,7 @@ def ray_session(address: str | None = None, key: str = "tune.address") -> Iterat
     else:
         # A short path: Ray's Unix sockets live under it (about 107 characters at most).
         temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    stop = threading.Event()
     try:
         if temp_dir:
             ray.init(
@@ -140,11 +144,41 @@ def ray_session(address: str | None = None, key: str = "tune.address") -> Iterat
                 log_to_driver=False,
                 logging_level=logging.WARNING,  # its "Started a local Ray instance" line
             )
+        else:
+            watch = (address, key, command, stop)
+            threading.Thread(target=_watch_head, args=watch, daemon=True).start()
         yield address
     finally:
+        stop.set()
         ray.shutdown()
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+WATCH_S = 2  # how often a joined cluster's head is looked at; 3 misses in a row end the command
+
+
+def _watch_head(address: str, key: str, command: str, stop: threading.Event) -> None:
+    """Ray's client waits 60 s for a head node (its GCS) that is gone, then ends the process
+    with its own lines and exit 1. Where the head's port refuses 3 times in a row, this ends the
+    command first, with one line."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    misses = 0
+    while not stop.wait(WATCH_S):
+        try:
+            socket.create_connection((host, int(port)), timeout=WATCH_S).close()
+            misses = 0
+        except OSError:
+            misses += 1
+        if misses == 3:
+            print(
+                f"lstm-pipeline {command}: error: {key}: the Ray cluster at {address} stopped "
+                "answering (its head node is gone?); run the command again once it is back (a "
+                "sweep: with --resume, which keeps its finished trials)",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(ConfigError.exit_code)
 
 
 def check_local_cpus(per_trial: Resources) -> None:

@@ -51,7 +51,7 @@ def fit_members_on_ray(
     task = ray.remote(num_cpus=cfg.trainer.threads or 1, num_gpus=gpus, max_retries=0)(_member)
     raw = cfg.model_dump(by_alias=True)
     try:
-        with ray_session(address, key):
+        with ray_session(address, key, "train"):
             refs = [task.remote(raw, exp_name, i, parent, os.getcwd(), where) for i in range(n)]
             try:
                 members = ray.get(refs)

@@ -68,7 +68,7 @@ def train_on_ray(cfg: PipelineConfig, exp_name: str) -> Path:
     address, key = resolve_address(None)
     Path(".ray_results").mkdir(exist_ok=True)
     ckpt_dir = Path(tempfile.mkdtemp(prefix=f"train-{exp_name}-", dir=".ray_results")).resolve()
-    with ray_session(address, key or "RAY_ADDRESS"), _removed(ckpt_dir):
+    with ray_session(address, key or "RAY_ADDRESS", "train"), _removed(ckpt_dir):
         trainer = TorchTrainer(
             _worker,
             train_loop_config={

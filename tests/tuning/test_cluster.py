@@ -253,3 +253,33 @@ def test_a_client_without_the_clusters_token_gets_one_line(cluster, tune_workdir
         "token authentication needs RAY_AUTH_MODE=token and its token (~/.ray/auth_token or "
         "RAY_AUTH_TOKEN) here too, as the README shows"
     ]
+
+
+def test_a_head_node_lost_mid_sweep_ends_it_with_one_line(cluster_nodes, tune_workdir, params):
+    """Ray's client waited 60 s for the lost head, then ended the sweep with its own lines and
+    exit 1. Last in the module: it takes the module's cluster down."""
+    address, procs = cluster_nodes
+    tune_keys = {"num_samples": 8, "max_epochs": 100, "scheduler": "fifo"}
+    write_params(sweep_params(params, address=address, **tune_keys))
+    cmd = [sys.executable, "-m", "pipeline", "tune", EXP]
+    sweep = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        state = tune_workdir / ".ray_results" / f"tune-{EXP}"
+        deadline = time.monotonic() + 120
+        while not list(state.glob("*run_trial*")):  # trials are running
+            assert sweep.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        head = psutil.Process(procs[0].pid)
+        for p in [head, *head.children(recursive=True)]:
+            p.kill()
+        lost = time.monotonic()
+        _, err = sweep.communicate(timeout=60)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 2 and time.monotonic() - lost < 20
+    assert err.strip().splitlines()[-1] == (
+        f"lstm-pipeline tune: error: tune.address: the Ray cluster at {address} stopped "
+        "answering (its head node is gone?); run the command again once it is back (a sweep: "
+        "with --resume, which keeps its finished trials)"
+    )
