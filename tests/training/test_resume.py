@@ -136,18 +136,24 @@ def test_train_metrics_a_kill_cut_off_are_sent_by_the_resumed_fit(
     reference, tmp_path, mlflow_template
 ):
     """Lightning logs an epoch's train metrics after the hook that saves the resume point; a kill
-    between the two is made here by deleting the first epoch's from the store and from what the
-    killed training kept."""
+    between the two is made here by deleting, from the store and from what the killed training
+    kept, the train metrics of the epoch the resume point holds and of every later one (a kill
+    that came epochs after the save, as under load, had sent those later ones)."""
     exp = "lstm_airline"
     repo = setup_repo(tmp_path / "repo", exp, mlflow_template, **CASES[exp])
-    stop_mid_fit(repo, exp, signal.SIGKILL)
-    first = min(step for _, key, step, _ in reference[exp]["metrics"] if key.startswith("train/"))
+    _, epoch = stop_mid_fit(repo, exp, signal.SIGKILL)
+    steps = sorted(step for _, key, step, _ in reference[exp]["metrics"] if key == "train/loss")
+    cut_from = steps[epoch]  # the step of that epoch's train metrics
     with sqlite3.connect(repo / "mlflow.db") as db:
-        db.execute("DELETE FROM metrics WHERE key LIKE 'train/%' AND step = ?", (first,))
+        db.execute("DELETE FROM metrics WHERE key LIKE 'train/%' AND step >= ?", (cut_from,))
     for kept in (repo / ".resume" / exp).glob("*/pending_metrics.jsonl"):
         entries = [json.loads(line) for line in kept.read_text().splitlines()]
         cut = [
-            e for e in entries if not (e[1] == first and any(k.startswith("train/") for k in e[0]))
+            e
+            for e in entries
+            if not (
+                e[1] != "params" and e[1] >= cut_from and any(k.startswith("train/") for k in e[0])
+            )
         ]
         kept.write_text("".join(json.dumps(e) + "\n" for e in cut))
     assert train(repo, exp).wait() == 0, (repo / "train.log").read_text()[-3000:]
