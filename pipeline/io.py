@@ -143,8 +143,7 @@ def atomic_file(path: str | Path, stream: bool = False) -> Iterator[Path]:
 
 
 def _own_stream(path: Path) -> int | None:
-    """The descriptor, 1 or 2, when `path` is the file this process's stdout or stderr is
-    redirected to (`-o /dev/stdout > f.csv`): written through it, the shell's `>` or `>>` holds."""
+    """The descriptor, 1 or 2, where `path` is what this process's stdout or stderr is."""
     for fd in (1, 2):
         try:
             if os.path.samestat(path.stat(), os.fstat(fd)):

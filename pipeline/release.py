@@ -75,7 +75,7 @@ def verified_files(client, run_id: str | None, exp: str) -> None:
     if "validate_json_sha256" not in tags:  # validate logged elsewhere, or never ran
         raise GateError(
             f"training run {run_id} of this checkpoint holds no report from validate (it logs "
-            f"to the run that trained the checkpoint, at the same tracking URI); run `dvc repro`"
+            "to the run that trained the checkpoint, at the same tracking URI); run `dvc repro`"
         )
     for path, tag in (
         (metrics_file(exp, "validate"), "validate_json_sha256"),
