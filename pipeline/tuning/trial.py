@@ -17,6 +17,11 @@ from pipeline.paths import prepared_dir
 from pipeline.quiet import quiet
 
 METRIC = "val/loss"
+# Tune gives the next trial a trial's actor only once the trial's thread has ended, waiting 2 s
+# for it by default: an ending that logs to a busy MLflow server takes longer, and then that trial
+# fails and a sweep limited by max_concurrent_trials waits for it without end (Ray 2.53). Read
+# by the actor at each reuse; longer than the logger's own bound on its final wait for MLflow.
+REUSE_WAIT_S = 300
 
 
 def trial_config(raw: dict, exp_name: str, params: dict, max_epochs: int) -> PipelineConfig:
@@ -56,6 +61,7 @@ def run_trial(
     cfg = trial_config(raw, exp_name, params, max_epochs)
     trial_id = tune.get_context().get_trial_id()
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(REUSE_WAIT_S)
     # Ray runs the trial in its own working dir: the stage outputs land there, the data is linked.
     link = prepared_dir(exp_name)
     if not link.exists():

@@ -32,9 +32,14 @@ def runs(tag_filter: str = "") -> list:
     return client.search_runs([experiment.experiment_id], tag_filter)
 
 
-def test_local_sweep_asha_stops_early_and_the_best_trial_reproduces(tune_workdir, params):
+def test_local_sweep_asha_stops_early_and_the_best_trial_reproduces(
+    tune_workdir, params, monkeypatch
+):
     # A grid run one trial at a time makes ASHA deterministic: some lr=1e-5 trial reaches the
     # first rung after an lr=1e-2 one, is worse than the rung's median, and is stopped.
+    # Ray waiting no time for a trial's end before it reuses the actor (its 2 s, under load):
+    # the next trial failed, and the sweep waited for it without end.
+    monkeypatch.setenv("TUNE_FUNCTION_THREAD_TIMEOUT_S", "0")
     space = {
         "fit": {"lr": {"choice": [1e-2, 1e-5]}, "batch_size": None, "weight_decay": None},
         "model": {
