@@ -218,7 +218,10 @@ def test_a_training_that_finds_a_server_starting_waits_and_runs_in_it(root):
             stderr=subprocess.PIPE, text=True,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
-        time.sleep(2)  # past its imports, into the wait
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{stopped.pid}/wchan").read_text() != "hrtimer_nanosleep":
+            assert time.monotonic() < deadline, "never reached its wait"  # (its sleep)
+            time.sleep(0.05)
         stopped.send_signal(signal.SIGINT)
         assert stopped.communicate(timeout=60)[1] == "lstm-pipeline validate: interrupted\n"
         assert stopped.returncode == 130
