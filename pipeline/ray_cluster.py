@@ -11,8 +11,8 @@ import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 
 from pipeline.config import Resources
 from pipeline.errors import ConfigError
@@ -23,6 +23,12 @@ ANSWER_TIMEOUT_S = 3  # a gRPC server sends its SETTINGS frame as it accepts, wh
 # answering: Ray's 20 make a client refused for its token wait 20 s for the error.
 JOIN_ATTEMPTS = 4
 LOOPBACK = "127.0.0.1"
+_when_head_lost: list[Callable[[], None]] = []
+
+
+def when_head_lost(action: Callable[[], None]) -> None:
+    """`action` runs (its errors ignored) before a command whose cluster head is lost ends."""
+    _when_head_lost.append(action)
 
 
 def resolve_address(address: str | None) -> tuple[str | None, str]:
@@ -150,6 +156,7 @@ def ray_session(
         yield address
     finally:
         stop.set()
+        _when_head_lost.clear()
         ray.shutdown()
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
@@ -171,6 +178,9 @@ def _watch_head(address: str, key: str, command: str, stop: threading.Event) -> 
         except OSError:
             misses += 1
         if misses == 3:
+            for action in _when_head_lost:
+                with suppress(Exception):
+                    action()
             print(
                 f"lstm-pipeline {command}: error: {key}: the Ray cluster at {address} stopped "
                 "answering (its head node is gone?); run the command again once it is back (a "

@@ -22,6 +22,7 @@ from pipeline.ray_cluster import (
     check_resources,
     ray_session,
     resolve_address,
+    when_head_lost,
 )
 from pipeline.tracking import absolute_tracking_uri, ensure_reachable, run_tags
 from pipeline.tuning.results import best_params, results_table, write_results
@@ -82,6 +83,20 @@ def _finish_parent(parent: str, out: Path, best: dict | None, status: str, error
         client.log_param(parent, "best/trial", best["trial"])
         client.log_artifacts(parent, str(out))
     client.set_terminated(parent, status)
+
+
+def _abandon(parent: str) -> None:
+    """The sweep's runs where its cluster is lost: the parent FAILED, a running trial KILLED."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(absolute_tracking_uri())
+    running = client.search_runs(
+        [client.get_run(parent).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'",
+    )
+    for child in running:
+        client.set_terminated(child.info.run_id, "KILLED")
+    client.set_terminated(parent, "FAILED")
 
 
 def _set_status(run_id: str, status: str) -> None:
@@ -220,6 +235,7 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
         if not resume and state.exists():  # every check passed: the earlier state can go
             shutil.rmtree(state)
         parent = _parent_run(cfg, exp_name, state, resume, space, expected)
+        when_head_lost(lambda: _abandon(parent))
         trainable = _trainable(cfg, exp_name, prepared, state, parent)
         with _sigterm_stops_sweep() as by:
             try:

@@ -255,6 +255,14 @@ def test_a_client_without_the_clusters_token_gets_one_line(cluster, tune_workdir
     ]
 
 
+def runs_of(stage: str) -> list:
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("lstm-pipeline")
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], f"tags.stage = '{stage}'")
+
+
 def test_a_head_node_lost_mid_sweep_ends_it_with_one_line(cluster_nodes, tune_workdir, params):
     """Ray's client waited 60 s for the lost head, then ended the sweep with its own lines and
     exit 1. Last in the module: it takes the module's cluster down."""
@@ -264,9 +272,8 @@ def test_a_head_node_lost_mid_sweep_ends_it_with_one_line(cluster_nodes, tune_wo
     cmd = [sys.executable, "-m", "pipeline", "tune", EXP]
     sweep = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     try:
-        state = tune_workdir / ".ray_results" / f"tune-{EXP}"
         deadline = time.monotonic() + 120
-        while not list(state.glob("*run_trial*")):  # trials are running
+        while not runs_of("tune-trial"):  # trials are running
             assert sweep.poll() is None and time.monotonic() < deadline
             time.sleep(0.5)
         head = psutil.Process(procs[0].pid)
@@ -283,3 +290,6 @@ def test_a_head_node_lost_mid_sweep_ends_it_with_one_line(cluster_nodes, tune_wo
         "answering (its head node is gone?); run the command again once it is back (a sweep: "
         "with --resume, which keeps its finished trials)"
     )
+    # no run left RUNNING in MLflow for ever
+    assert [r.info.status for r in runs_of("tune")] == ["FAILED"]
+    assert {r.info.status for r in runs_of("tune-trial")} == {"KILLED"}
