@@ -69,24 +69,17 @@ def _finish_parent(parent: str, out: Path, best: dict | None, status: str, error
     from mlflow import MlflowClient
 
     client = MlflowClient(absolute_tracking_uri())
-    # A trial stopped by the scheduler ends its run KILLED, or leaves it RUNNING where its
-    # actor was killed first; an errored trial's stays FAILED.
-    children = client.search_runs(
-        [client.get_run(parent).info.experiment_id],
-        f"tags.mlflow.parentRunId = '{parent}' and attributes.status != 'FINISHED'",
-    )
-    for child in children:
-        if child.data.tags.get("trial_id") not in errored:
-            client.set_terminated(child.info.run_id, "KILLED")
     if best:
         client.log_metric(parent, "best/val_loss", best["val_loss"])
         client.log_param(parent, "best/trial", best["trial"])
         client.log_artifacts(parent, str(out))
-    client.set_terminated(parent, status)
+    _end_runs(parent, status, errored)
 
 
-def _abandon(parent: str) -> None:
-    """The sweep's runs where its cluster is lost: the parent FAILED, a running trial KILLED."""
+def _end_runs(parent: str, status: str, errored: frozenset | set = frozenset()) -> None:
+    """The sweep's run ends `status`. A trial's run still RUNNING (its actor was killed first:
+    stopped by the scheduler, or the sweep by its cluster's loss) ends KILLED, or FAILED where
+    the trial errored."""
     from mlflow import MlflowClient
 
     client = MlflowClient(absolute_tracking_uri())
@@ -95,14 +88,9 @@ def _abandon(parent: str) -> None:
         f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'",
     )
     for child in running:
-        client.set_terminated(child.info.run_id, "KILLED")
-    client.set_terminated(parent, "FAILED")
-
-
-def _set_status(run_id: str, status: str) -> None:
-    from mlflow import MlflowClient
-
-    MlflowClient(absolute_tracking_uri()).set_terminated(run_id, status)
+        failed = child.data.tags.get("trial_id") in errored
+        client.set_terminated(child.info.run_id, "FAILED" if failed else "KILLED")
+    client.set_terminated(parent, status)
 
 
 def _sweep_state(
@@ -235,17 +223,17 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
         if not resume and state.exists():  # every check passed: the earlier state can go
             shutil.rmtree(state)
         parent = _parent_run(cfg, exp_name, state, resume, space, expected)
-        when_head_lost(lambda: _abandon(parent))
+        when_head_lost(lambda: _end_runs(parent, "FAILED"))
         trainable = _trainable(cfg, exp_name, prepared, state, parent)
         with _sigterm_stops_sweep() as by:
             try:
                 grid = tuner(cfg, exp.fit, trainable, ray_space, state, resume).fit()
             except Exception:
-                _set_status(parent, "FAILED")
+                _end_runs(parent, "FAILED")
                 raise
         try:
             trials = _finished_trials(state, expected, exp_name, by and by[0])
             return _write_outputs(cfg, exp_name, state, trials, grid, parent)
         except Exception as err:  # the run ends with the sweep, however it ends
-            _set_status(parent, "KILLED" if isinstance(err, CtrlC | Interrupted) else "FAILED")
+            _end_runs(parent, "KILLED" if isinstance(err, CtrlC | Interrupted) else "FAILED")
             raise

@@ -142,6 +142,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tune_workdir,
     assert err.strip().splitlines()[-1].startswith("lstm-pipeline tune: error: sweep stopped by ")
     assert f"lstm-pipeline tune {EXP} --resume" in err
     assert [r.info.status for r in runs("tags.stage = 'tune'")] == ["KILLED"]
+    assert "RUNNING" not in {r.info.status for r in runs("tags.stage = 'tune-trial'")}
     done_before = {r.data.tags["trial_id"] for r in finished}
     assert len(done_before) < trials_total
 
