@@ -17,10 +17,10 @@ from pipeline.paths import prepared_dir
 from pipeline.quiet import quiet
 
 METRIC = "val/loss"
-# Tune gives the next trial a trial's actor only once the trial's thread has ended, waiting 2 s
-# for it by default: an ending that logs to a busy MLflow server takes longer, and then that trial
-# fails and a sweep limited by max_concurrent_trials waits for it without end (Ray 2.53). Read
-# by the actor at each reuse; longer than the logger's own bound on its final wait for MLflow.
+# Tune hands a trial's actor to the next trial once the trial's thread has ended, waiting 2 s
+# for it by default: an ending that logs to a busy MLflow server takes longer, the next trial then
+# fails at its start, and a sweep limited by max_concurrent_trials waits for that trial without end
+# (Ray 2.53). The actor reads this at each reuse; it exceeds the logger's bound on its final wait.
 REUSE_WAIT_S = 300
 
 

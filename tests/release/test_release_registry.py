@@ -16,7 +16,7 @@ from pipeline.cli import main
 from pipeline.io import file_digest
 from pipeline.registry import history
 from pipeline.tracking import run_tags
-from tests.conftest import REPO, write_params
+from tests.conftest import BIN, REPO, write_params
 
 FORECAST, CLASSIFY = "lstm_airline", "lstm_italypowerdemand"
 REQUIRED = ("mlflow", "numpy", "onnx", "onnxruntime")  # what a served ONNX model runs on
@@ -259,3 +259,26 @@ def test_an_alias_move_is_recorded_by_a_user_without_a_name(tmp_path, monkeypatc
     assert client.get_registered_model("m").aliases == {"champion": 1}
     (event,) = history(client, "m")
     assert event["by"].startswith(f"uid {os.getuid()}@") and event["to"] == "1"
+
+
+def test_the_card_goes_through_a_link_to_standard_output(made, server, tmp_path):
+    """`--card /dev/stdout > f.md` wrote through the descriptor, not over the link."""
+    root, params = made
+    changed = {**params, "release": {**params["release"], "model_name": "stdout-{exp}"}}
+    path = write_params(changed, tmp_path / "params.yaml")
+    stdout = tmp_path / "stdout"
+    stdout.symlink_to("/proc/self/fd/1")  # what /dev/stdout is, outside /dev
+    log = tmp_path / "log.md"
+    log.write_text("earlier\n")
+    command = [BIN / "lstm-pipeline", "release", "--exp", CLASSIFY, "--params", path]
+    with open(log, "a") as appended:  # `>> log.md`
+        done = subprocess.run(
+            [*command, "--card", stdout],
+            cwd=root, env={**os.environ, "MLFLOW_TRACKING_URI": server},
+            stdout=appended, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (version,) = MlflowClient(server).search_model_versions(f"name = 'stdout-{CLASSIFY}'")
+    assert stdout.is_symlink()
+    written = log.read_text()  # the release's lines around the card
+    assert written.startswith("earlier\n") and version.description in written
