@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from pipeline.config import Resources
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, SystemFault
 
 CONNECT_TIMEOUT_S = 10
-ANSWER_TIMEOUT_S = 3  # a gRPC server sends its SETTINGS frame as it accepts, whatever its load
+# a gRPC server sends its SETTINGS frame as it accepts; a head node stalled by load may take seconds
+ANSWER_TIMEOUT_S = 10
 # ray.init's attempts, a second apart, to reach the GCS of a cluster that check_reachable found
 # answering: Ray's 20 make a client refused for its token wait 20 s for the error.
 JOIN_ATTEMPTS = 4
@@ -56,7 +57,14 @@ def check_reachable(address: str, key: str) -> None:
             conn.settimeout(ANSWER_TIMEOUT_S)
             if os.environ.get("RAY_USE_TLS", "0") in ("0", ""):
                 conn.sendall(_HTTP2_HELLO)
-                answer = conn.recv(9)
+                try:
+                    answer = conn.recv(9)
+                except TimeoutError:
+                    raise ConfigError(
+                        f"{key}: {address} accepts connections but sent nothing within "
+                        f"{ANSWER_TIMEOUT_S:g} s (not a Ray cluster, or its head node is "
+                        "overloaded); check the host and port (`ray start --head` prints them)"
+                    ) from None
                 if len(answer) < 4 or answer[3] != 4:
                     raise ConfigError(
                         f"{key}: {address} answers, but not as a Ray cluster (no gRPC "
@@ -142,14 +150,7 @@ def ray_session(
     stop = threading.Event()
     try:
         if temp_dir:
-            ray.init(
-                address="local",
-                _node_ip_address=LOOPBACK,  # private: its servers listen on loopback only
-                _temp_dir=temp_dir,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,  # its "Started a local Ray instance" line
-            )
+            _start_local(temp_dir)
         else:
             watch = (address, key, command, stop)
             threading.Thread(target=_watch_head, args=watch, daemon=True).start()
@@ -160,6 +161,27 @@ def ray_session(
         ray.shutdown()
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _start_local(temp_dir: str) -> None:
+    import ray
+
+    try:
+        ray.init(
+            address="local",
+            _node_ip_address=LOOPBACK,  # private: its servers listen on loopback only
+            _temp_dir=temp_dir,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,  # its "Started a local Ray instance" line
+        )
+    except Exception as err:  # Ray's own words, a bare Exception, after its fixed 30 s
+        if "timed out during startup" not in str(err):
+            raise
+        raise SystemFault(
+            "the local Ray did not start within 30 s (the machine too busy, or too few file "
+            "descriptors: see ulimit -n); run the command again"
+        ) from None
 
 
 WATCH_S = 2  # how often a joined cluster's head is looked at; 3 misses in a row end the command

@@ -160,7 +160,7 @@ def test_the_clients_signal_reaches_its_warm_stage(root):
     client, child = started(root, server(root))
     client.send_signal(signal.SIGTERM)
     assert client.wait(60) == 143  # the stage stopped as it does on SIGTERM, and said so
-    psutil.wait_procs([child], timeout=10)
+    psutil.wait_procs([child], timeout=30)
     assert not child.is_running()
     assert "stopped by SIGTERM" in (root / "stages.log").read_text()
 
@@ -169,7 +169,7 @@ def test_a_killed_client_takes_its_warm_stage_with_it(root):
     client, child = started(root, server(root))
     client.kill()
     client.wait()
-    _, alive = psutil.wait_procs([child], timeout=10)
+    _, alive = psutil.wait_procs([child], timeout=30)
     assert not alive
 
 
@@ -185,7 +185,7 @@ def test_a_killed_dvc_stops_a_warm_training_as_it_stops_a_cold_one(root):
     child = training(root, warm, fake_dvc)
     fake_dvc.kill()
     fake_dvc.wait()
-    _, alive = psutil.wait_procs([child], timeout=30)
+    _, alive = psutil.wait_procs([child], timeout=60)
     assert not alive, "the training went on after its dvc was killed"
     assert list((root / ".resume" / LONG).glob("*/**/resume.ckpt"))  # kept for the next run
 

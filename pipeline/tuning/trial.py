@@ -20,8 +20,9 @@ METRIC = "val/loss"
 # Tune hands a trial's actor to the next trial once the trial's thread has ended, waiting 2 s
 # for it by default: an ending that logs to a busy MLflow server takes longer, the next trial then
 # fails at its start, and a sweep limited by max_concurrent_trials waits for that trial without end
-# (Ray 2.53). The actor reads this at each reuse; it exceeds the logger's bound on its final wait.
-REUSE_WAIT_S = 300
+# (Ray 2.53). The actor reads this at each reuse. An hour: the logger's final wait stops trying
+# after 120 s, but a try under way may still make a dozen requests of up to 10 s each.
+REUSE_WAIT_S = 3600
 
 
 def trial_config(raw: dict, exp_name: str, params: dict, max_epochs: int) -> PipelineConfig:

@@ -125,11 +125,16 @@ def test_a_port_where_something_else_listens_is_not_taken_for_ray(
     threading.Thread(target=serve, daemon=True).start()
     write_params(sweep_params(params))
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    monkeypatch.setattr("pipeline.ray_cluster.ANSWER_TIMEOUT_S", 2)
     start = time.monotonic()
     assert main(["tune", EXP]) == 2
     assert time.monotonic() - start < 15
     err = capsys.readouterr().err
-    expected = "answers, but not as a Ray cluster" if reply else "cannot reach a Ray cluster"
+    expected = (
+        "answers, but not as a Ray cluster"
+        if reply
+        else f"127.0.0.1:{port} accepts connections but sent nothing within 2 s"
+    )
     assert err.startswith("lstm-pipeline tune: error: RAY_ADDRESS: ") and expected in err
     listener.close()
 
