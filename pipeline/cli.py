@@ -316,10 +316,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         if _by_ctrl_c(err):
             return _interrupted(args.command)
+        notes = getattr(err, "__notes__", [])  # what a stage adds: what to do next
         if not isinstance(err, PipelineError):
             err = _as_pipeline_error(err)
         if str(err):  # empty: a DDP rank the launcher speaks for
-            one_line = str(err).replace("\r", "\\r").replace("\n", "\\n")  # a name with a break
+            one_line = "; ".join([str(err), *notes])
+            one_line = one_line.replace("\r", "\\r").replace("\n", "\\n")  # a name with a break
             print(f"lstm-pipeline {args.command}: error: {one_line}", file=sys.stderr)
         return err.exit_code
     return 0

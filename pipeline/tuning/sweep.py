@@ -9,12 +9,21 @@ import os
 import shutil
 import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import ConfigError, CtrlC, DataError, Interrupted, PipelineError, first_line
-from pipeline.io import atomic_dir, held_lock
+from pipeline.errors import (
+    ConfigError,
+    CtrlC,
+    DataError,
+    Interrupted,
+    PipelineError,
+    SystemFault,
+    TrackingError,
+    first_line,
+)
+from pipeline.io import atomic_dir, check_writable, held_lock
 from pipeline.paths import prepared_dir, tune_dir
 from pipeline.ray_cluster import (
     check_local_cpus,
@@ -206,6 +215,7 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
     """Sweep, then write tune/<exp>/; one MLflow parent run with a child run per trial."""
     exp, t = cfg.experiment(exp_name), cfg.tune
     ensure_reachable()
+    check_writable(tune_dir(exp_name))  # before the trials, not after
     space = search_space(exp, t)
     check_values(cfg.model_dump(by_alias=True), exp_name, space, t.trial_epochs(exp.fit))
     ray_space = to_ray(space, t.search)
@@ -235,5 +245,12 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
             trials = _finished_trials(state, expected, exp_name, by and by[0])
             return _write_outputs(cfg, exp_name, state, trials, grid, parent)
         except Exception as err:  # the run ends with the sweep, however it ends
-            _end_runs(parent, "KILLED" if isinstance(err, CtrlC | Interrupted) else "FAILED")
+            stopped = isinstance(err, CtrlC | Interrupted)
+            if isinstance(err, SystemFault | TrackingError) or not isinstance(err, PipelineError):
+                err.add_note(  # the trials are done and kept
+                    f"`lstm-pipeline tune {exp_name} --resume` writes the sweep's results "
+                    "without training its trials again"
+                )
+            with suppress(Exception):  # MLflow may be what failed
+                _end_runs(parent, "KILLED" if stopped else "FAILED")
             raise

@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from math import inf, nan
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -235,3 +236,13 @@ def test_resume_with_another_number_of_trials_says_so_before_ray_starts(
     assert "was started with 2 trials, not 3; --resume continues a sweep as it was started" in (
         capsys.readouterr().err
     )
+
+
+def test_a_sweep_whose_results_cannot_be_written_is_refused_before_it_starts(
+    tune_workdir, params, capsys
+):
+    write_params(sweep_params(params))
+    Path("tune").write_text("a file where the results' folder goes")
+    assert main(["tune", EXP]) == 8
+    assert capsys.readouterr().err.strip().startswith(f"lstm-pipeline tune: error: tune/{EXP}")
+    assert not Path(".ray_results").exists()  # no trial ran

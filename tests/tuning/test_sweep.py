@@ -2,10 +2,12 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -54,7 +56,23 @@ def test_local_sweep_asha_stops_early_and_the_best_trial_reproduces(
             params, search="grid", num_samples=1, max_concurrent_trials=1, max_epochs=3, space=space
         )
     )
-    proc = subprocess.run(tune_cmd(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.Popen(tune_cmd(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The results' folder becomes a file while trials run (as a disk gone read-only would
+    # fail): the trials are kept, and --resume writes the results without training them again.
+    results = tune_workdir / ".ray_results" / f"tune-{EXP}" / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while not results.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.poll()
+        time.sleep(0.2)
+    shutil.rmtree("tune")
+    Path("tune").write_text("a file where the results' folder goes")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 8 and err.strip().splitlines()[-1].endswith(
+        f"`lstm-pipeline tune {EXP} --resume` writes the sweep's results without training its "
+        "trials again"
+    ), err[-3000:]
+    Path("tune").unlink()
+    proc = subprocess.run(tune_cmd("--resume"), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     out = tune_workdir / "tune" / EXP
