@@ -239,7 +239,8 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
             try:
                 grid = tuner(cfg, exp.fit, trainable, ray_space, state, resume).fit()
             except Exception:
-                _end_runs(parent, "FAILED")
+                with suppress(Exception):  # the sweep's own error is the one to report
+                    _end_runs(parent, "FAILED")
                 raise
         try:
             trials = _finished_trials(state, expected, exp_name, by and by[0])
