@@ -13,16 +13,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import (
-    ConfigError,
-    CtrlC,
-    DataError,
-    Interrupted,
-    PipelineError,
-    SystemFault,
-    TrackingError,
-    first_line,
-)
+from pipeline.errors import ConfigError, CtrlC, DataError, Interrupted, PipelineError, first_line
 from pipeline.io import atomic_dir, check_writable, held_lock
 from pipeline.paths import prepared_dir, tune_dir
 from pipeline.ray_cluster import (
@@ -205,9 +196,16 @@ def _write_outputs(cfg, exp_name: str, state: Path, trials, grid, parent: str) -
     except PipelineError:
         _finish_parent(parent, out, None, "FAILED", errored)
         raise
-    with atomic_dir(out) as tmp:
-        write_results(table, best, tmp)
-    _finish_parent(parent, out, best, "FINISHED", errored)
+    try:
+        with atomic_dir(out) as tmp:
+            write_results(table, best, tmp)
+        _finish_parent(parent, out, best, "FINISHED", errored)
+    except Exception as err:  # the disk or MLflow: the trials are done and kept
+        err.add_note(
+            f"`lstm-pipeline tune {exp_name} --resume` writes the sweep's results without "
+            "training its trials again"
+        )
+        raise
     return out
 
 
@@ -246,12 +244,6 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
             trials = _finished_trials(state, expected, exp_name, by and by[0])
             return _write_outputs(cfg, exp_name, state, trials, grid, parent)
         except Exception as err:  # the run ends with the sweep, however it ends
-            stopped = isinstance(err, CtrlC | Interrupted)
-            if isinstance(err, SystemFault | TrackingError) or not isinstance(err, PipelineError):
-                err.add_note(  # the trials are done and kept
-                    f"`lstm-pipeline tune {exp_name} --resume` writes the sweep's results "
-                    "without training its trials again"
-                )
             with suppress(Exception):  # MLflow may be what failed
-                _end_runs(parent, "KILLED" if stopped else "FAILED")
+                _end_runs(parent, "KILLED" if isinstance(err, CtrlC | Interrupted) else "FAILED")
             raise
