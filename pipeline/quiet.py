@@ -28,6 +28,10 @@ def quiet() -> None:
     Child processes (DDP ranks, a local Ray's workers) inherit PYTHONWARNINGS."""
     os.environ.setdefault("PYTHONWARNINGS", WARNINGS)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray's C++ side logs "Failed to establish connection to the metrics exporter agent" ~20 s
+    # into every session (ray[tune] has no metrics agent), as an error that is none; what
+    # fails a sweep or a join reaches the user as Python exceptions, said in one line
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     # ConvLSTM's even kernels: torch pads a copy of the input, which is what we want

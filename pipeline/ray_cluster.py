@@ -77,11 +77,15 @@ def check_reachable(address: str, key: str) -> None:
         ) from None
 
 
+# what Ray's C++ side says as ray.init reads RAY_BACKEND_LOG_LEVEL (which quiet() sets)
+RAY_LOG_LEVEL_LINE = "Set ray log level from environment variable"
+
+
 @contextmanager
 def held_stderr() -> Iterator[None]:
     """Ray's C++ client writes each refused connection attempt, once a second, to file
     descriptor 2: hold it back, and pass it on only if the block succeeds (the error that
-    follows a failure says it in one line)."""
+    follows a failure says it in one line), less Ray's note of its log level."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as held:
@@ -92,7 +96,8 @@ def held_stderr() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
         held.seek(0)
-        sys.stderr.write(held.read().decode(errors="replace"))
+        lines = held.read().decode(errors="replace").splitlines(keepends=True)
+        sys.stderr.write("".join(line for line in lines if RAY_LOG_LEVEL_LINE not in line))
 
 
 AUTH_REFUSED = "its authentication token is missing or wrong here"
@@ -167,14 +172,15 @@ def _start_local(temp_dir: str) -> None:
     import ray
 
     try:
-        ray.init(
-            address="local",
-            _node_ip_address=LOOPBACK,  # private: its servers listen on loopback only
-            _temp_dir=temp_dir,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,  # its "Started a local Ray instance" line
-        )
+        with held_stderr():
+            ray.init(
+                address="local",
+                _node_ip_address=LOOPBACK,  # private: its servers listen on loopback only
+                _temp_dir=temp_dir,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,  # its "Started a local Ray instance" line
+            )
     except Exception as err:  # Ray's own words, a bare Exception, after its fixed 30 s
         if "timed out during startup" not in str(err):
             raise
