@@ -401,6 +401,10 @@ def test_an_experiment_that_sets_only_its_data_gets_the_tasks_default_recipe():
     assert swept.model.name == "lstm" and swept.model.hidden_size == 8 and swept.model.level_norm
     # the season (12) fits twice in the 36-step window: the recipe takes it out
     assert swept.model.season_norm == 12
+    # and its fit, bounded in updates: a user's thousands of windows trained for hours
+    forecast_fit = RECIPES["forecast"]["fit"]
+    assert swept.fit.model_dump(include=set(forecast_fit)) == forecast_fit
+    assert forecast_fit["max_updates"] == 5000
     assert exps["one_season"].model.season_norm == 0 and exps["season_off"].model.season_norm == 0
     # frames: patches of 4x4 pixels, or the largest size that divides the frame
     assert [exps[f"frames_{n}"].model.patch_size for n in (24, 18, 15)] == [4, 2, 1]
