@@ -198,8 +198,11 @@ def parser() -> argparse.ArgumentParser:
         "-o", "--output", type=_user_path, required=True,
         help="predictions .csv (.npy for frames); - for stdout",
     )  # fmt: skip
-    pr.add_argument("--id-column", default="series_id")
-    pr.add_argument("--time-column", default="time")
+    for column, default in (("id", "series_id"), ("time", "time")):
+        pr.add_argument(
+            f"--{column}-column",
+            help=f"default: the training CSV's {column}_column (in the model), else {default}",
+        )
     pr.set_defaults(func=_predict)
     m = sub.add_parser("mlflow-server", help="start a local MLflow tracking server")
     m.add_argument("--port", type=_port, default=5000)

@@ -184,6 +184,9 @@ class PreparedMeta(DataMeta):
     content_sha256: str
     sizes: dict[str, int]
     series_ids: list[str] | None = None  # forecast
+    # a CSV/Parquet source's id_column and time_column: export writes them into the ONNX
+    # metadata, and predict reads a file of the training's columns without being told them
+    columns: dict[str, str] | None = None
 
     def contract(self) -> DataMeta:
         return DataMeta.model_validate(self.model_dump(include=set(DataMeta.model_fields)))

@@ -8,6 +8,7 @@ time frequency), so nothing here imports torch: a deployment needs numpy, pandas
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -103,10 +104,10 @@ def _run_by_length(sess, series: list[np.ndarray], ids, path: Path, id_column: s
     return out
 
 
-def predict(
-    model: str, input_path: str, output: str, id_column="series_id", time_column="time"
-) -> Path:
-    """Predict every series (or frame sequence) of `input_path`; write `output` atomically."""
+def predict(model: str, input_path: str, output: str, id_column=None, time_column=None) -> Path:
+    """Predict every series (or frame sequence) of `input_path`; write `output` atomically.
+    The id and time columns, where not given: the training table's (the model's metadata, from
+    export), else series_id and time."""
     path, output = Path(input_path), Path(output)
     kind = _kind(path)  # a folder: a Parquet data set
     if kind is None:
@@ -128,6 +129,9 @@ def predict(
                 "takes the whole model, models/<exp>/model.onnx"
             )
         task = task_of(meta)
+        trained_on = sess.get_modelmeta().custom_metadata_map
+        id_column = id_column or json.loads(trained_on.get("id_column", '"series_id"'))
+        time_column = time_column or json.loads(trained_on.get("time_column", '"time"'))
         x, keys, extra = task.read_inputs(path, output, meta, id_column, time_column)
         with np.errstate(over="ignore", invalid="ignore"):  # refused below, by series
             x = task.scale_inputs(x, meta)

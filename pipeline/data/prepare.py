@@ -285,12 +285,17 @@ def prepare(cfg: PipelineConfig, exp_name: str) -> Path:
             arrays, meta = _forecast(exp, loaded)
 
     meta.update(task=exp.task, source=d.source, dataset=_source_name(exp))
+    if isinstance(d, TableData):
+        meta["columns"] = {"id_column": d.id_column, "time_column": d.time_column}
     return save_prepared(prepared_dir(exp_name), arrays, meta)
 
 
 def save_prepared(out: Path, arrays: dict[str, np.ndarray | Chunked], meta: dict) -> Path:
     """The arrays and meta.json (checked against the contract first) into `out`, atomically."""
-    checked = PreparedMeta.model_validate(meta).model_dump(mode="json")
+    checked = PreparedMeta.model_validate(meta).model_dump(
+        mode="json",
+        exclude=set() if meta.get("columns") else {"columns"},  # the packaged data's
+    )  # meta.json as before the key: their prepared data, and what follows it, unchanged
     with atomic_dir(out) as tmp:
         for name, arr in arrays.items():
             if isinstance(arr, Chunked):  # the bytes np.save would write for the whole array

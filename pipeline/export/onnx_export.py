@@ -247,10 +247,11 @@ def _save(proto: onnx.ModelProto, props: dict[str, str], path: Path) -> Path:
     return path
 
 
-def export_module(trained: Trained, path: Path, family: str) -> Path:
+def export_module(trained: Trained, path: Path, family: str, columns: dict | None = None) -> Path:
     """model.onnx: input `x` [batch, seq, ...], and for variable-length series `lengths`
     [batch] (int64, each series' steps; x padded at the end), for a forecaster with covariates
-    `future` [batch, horizon, len(future)] and `static` [batch, len(static)]."""
+    `future` [batch, horizon, len(future)] and `static` [batch, len(static)]. `columns`: the
+    training table's id_column and time_column, metadata for predict."""
     meta, model = trained.meta, trained.model
     shortest = getattr(model, "min_length", 1)  # e.g. season_norm's two periods
     example_seq = example_length(model)
@@ -278,7 +279,7 @@ def export_module(trained: Trained, path: Path, family: str) -> Path:
     proto = program.model_proto
     symbolic_dims_or_raise(proto)
     forget_example_length(proto, getattr(model, "extra_outputs", {}))
-    return _save(proto, trained.meta.to_props(family=family), path)
+    return _save(proto, trained.meta.to_props(family=family, **(columns or {})), path)
 
 
 def export_step(trained: Trained, path: Path, family: str) -> Path:
@@ -336,7 +337,7 @@ def export(cfg: PipelineConfig, exp_name: str) -> Path:
     # are put in place together: never the new model beside the old one's step model
     with Outputs() as place:
         with place.file(out / "model.onnx") as model_file:
-            export_module(trained, model_file, exp.model.name)
+            export_module(trained, model_file, exp.model.name, prepared.meta.columns)
         with place.folder(out / "streaming") as streaming:
             reason = trained.model.streaming_unsupported()
             if reason:

@@ -38,6 +38,8 @@ def test_airline_forecast_windows(workdir, params):
     p = Prepared.load(out)
     assert p.meta.sizes == {"train": 49, "val": 13, "test": 13}
     assert p.meta.freq == "MS"  # monthly: predict dates its forecasts by it
+    # no table, no id and time columns: meta.json, and all that follows it, as before the key
+    assert "columns" not in json.loads((out / "meta.json").read_text())
     x, y = p.arrays("test")
     assert x.shape == (13, 36, 1) and y.shape == (13, 12, 1)
     series = np.load(out / "series.npy")
@@ -137,6 +139,7 @@ def test_parquet_classification_by_series(workdir, params):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["labels"] == ["down", "up"] and meta["input_shape"] == [30, 2]
     assert sum(meta["sizes"].values()) == 20
+    assert meta["columns"] == {"id_column": "series_id", "time_column": "time"}  # for predict
 
 
 def test_prepare_cli_writes_atomically(workdir, params):

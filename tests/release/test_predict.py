@@ -130,6 +130,24 @@ def test_forecast_on_original_scale(models, tmp_path):
     np.testing.assert_allclose(got.y.to_numpy().reshape(2, 4), expected, rtol=1e-5)
 
 
+def test_the_training_tables_id_and_time_columns_are_predicts_defaults(models, tmp_path):
+    """A model trained on a file whose columns are `meter` and `hour` read that file only when
+    told `--id-column meter --time-column hour`; export now writes them into the metadata."""
+    module, _ = models["forecast"]
+    named = export_module(module, tmp_path / "named.onnx", "lstm", {"id_column": "meter",
+                          "time_column": "hour"})  # fmt: skip
+    series = [np.exp(np.random.default_rng(1).normal([0.5, 3.0], 0.2, size=(12, 2)))]
+    table = long_table(series, ["x", "y"])
+    table.rename(columns={"series_id": "meter", "time": "hour"}).to_csv("meters.csv", index=False)
+    assert main(["predict", str(named), "meters.csv", "-o", "by_model.csv"]) == 0
+    assert list(pd.read_csv("by_model.csv").columns) == ["meter", "step", "y"]
+    table.to_csv("other.csv", index=False)  # what the flags say wins
+    flags = ["--id-column", "series_id", "--time-column", "time"]
+    assert main(["predict", str(named), "other.csv", "-o", "by_flags.csv", *flags]) == 0
+    by_model, by_flags = pd.read_csv("by_model.csv"), pd.read_csv("by_flags.csv")
+    np.testing.assert_array_equal(by_model.y, by_flags.y)
+
+
 def test_parquet_in_a_folder_or_under_any_name_is_read_as_parquet(models, tmp_path):
     """Spark and Hive write folders (`series_id=001/part-0.parquet`); a file's name need not end
     in .parquet. The ids are the text of the folder names, as a CSV's are."""

@@ -18,9 +18,10 @@ from tests.conftest import REPO, module_workdir, write_params
 
 pytestmark = pytest.mark.slow
 
+# the file's own id and time columns: predict reads them from the model, told nothing
 DATA = {"source": "csv", "path": "sales.csv", "task": "forecast", "features": ["value"],
         "targets": ["value"], "window": 14, "horizon": 7, "val_size": 28, "test_size": 28,
-        "season": 7, "freq": "D"}  # fmt: skip
+        "season": 7, "freq": "D", "id_column": "store", "time_column": "day"}  # fmt: skip
 COVARIATES = {"future": ["promo"], "static": ["size"], "calendar": ["day_of_week"]}
 
 
@@ -32,7 +33,7 @@ def sales() -> pd.DataFrame:
         days = pd.date_range("2024-01-01", periods=200, freq="D")
         promo = rng.integers(0, 2, len(days))
         value = 20 * size + 10 * promo + 3 * (days.dayofweek >= 5) + rng.normal(0, 0.3, 200)
-        frames.append(pd.DataFrame({"series_id": store, "time": days.strftime("%Y-%m-%d"),
+        frames.append(pd.DataFrame({"store": store, "day": days.strftime("%Y-%m-%d"),
                                     "value": value, "promo": promo, "size": size}))  # fmt: skip
     return pd.concat(frames)
 
@@ -86,13 +87,14 @@ def test_predict_reads_the_horizon_rows_and_reproduces_validate(trained, monkeyp
     monkeypatch.chdir(trained)
     frame = sales()
     frame["value"] = frame["value"].astype(object)
-    ahead = frame.groupby("series_id").cumcount(ascending=False) < 7  # each store's last week
+    ahead = frame.groupby("store").cumcount(ascending=False) < 7  # each store's last week
     frame.loc[ahead, "value"] = None  # unknown: the forecast's horizon, promotions given
     frame = frame.sample(frac=1, random_state=0)  # any row order
     frame.to_csv("ahead.csv", index=False)
     assert main(["predict", "models/cov/model.onnx", "ahead.csv", "-o", "out.csv"]) == 0
     got = pd.read_csv("out.csv")
-    assert list(got.time[:7]) == [str(d.date()) for d in pd.date_range("2024-07-12", periods=7)]
+    assert list(got.columns[:3]) == ["store", "day", "step"]
+    assert list(got.day[:7]) == [str(d.date()) for d in pd.date_range("2024-07-12", periods=7)]
 
     prepared = Prepared.load("data/prepared/cov")
     x, _ = prepared.arrays("test")
@@ -104,12 +106,12 @@ def test_predict_reads_the_horizon_rows_and_reproduces_validate(trained, monkeyp
     bad = {
         "no_promo.csv": (frame.drop(columns="promo"), "missing column(s) 'promo'"),
         "short.csv": (
-            frame[frame.time != "2024-07-18"],
+            frame[frame.day != "2024-07-18"],
             "series 'a' ends with 6 rows without value; the model forecasts 7 steps and reads "
             "promo on each: give 7 rows after the last observed one",
         ),
         "empty_promo.csv": (
-            frame.assign(promo=frame.promo.where(frame.time != "2024-07-15")),
+            frame.assign(promo=frame.promo.where(frame.day != "2024-07-15")),
             "column 'promo' line",
         ),
     }
