@@ -197,26 +197,43 @@ def _watch_head(address: str, key: str, command: str, stop: threading.Event) -> 
     """Ray's client waits 60 s for a head node (its GCS) that is gone, then ends the process
     with its own lines and exit 1. Where the head's port refuses 3 times in a row, this ends the
     command first, with one line."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
     misses = 0
     while not stop.wait(WATCH_S):
-        try:
-            socket.create_connection((host, int(port)), timeout=WATCH_S).close()
-            misses = 0
-        except OSError:
-            misses += 1
+        misses = 0 if _head_answers(address) else misses + 1
         if misses == 3:
-            for action in _when_head_lost:
-                with suppress(Exception):
-                    action()
-            print(
-                f"lstm-pipeline {command}: error: {key}: the Ray cluster at {address} stopped "
-                "answering (its head node is gone?); run the command again once it is back (a "
-                "sweep: with --resume, which keeps its finished trials)",
-                file=sys.stderr,
-                flush=True,
-            )
-            os._exit(ConfigError.exit_code)
+            _end_for_lost_head(address, key, command)
+
+
+def end_if_head_lost(address: str | None, key: str, command: str) -> None:
+    """A Ray error that may be the head's loss (the tasks it ran die with it, before the watch
+    has missed it 3 times): the command ends as the watch ends it, where the head is gone."""
+    if address and not _head_answers(address):
+        _end_for_lost_head(address, key, command)
+
+
+def _head_answers(address: str) -> bool:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=WATCH_S).close()
+        return True
+    except OSError:
+        return False
+
+
+def _end_for_lost_head(address: str, key: str, command: str) -> None:
+    """Its when_head_lost actions, one line, and exit 2 at once, from whichever thread saw the
+    loss (the process ends here, as Ray's own client would after its 60 s)."""
+    for action in _when_head_lost:
+        with suppress(Exception):
+            action()
+    print(
+        f"lstm-pipeline {command}: error: {key}: the Ray cluster at {address} stopped "
+        "answering (its head node is gone?); run the command again once it is back (a "
+        "sweep: with --resume, which keeps its finished trials)",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(ConfigError.exit_code)
 
 
 def check_local_cpus(per_trial: Resources) -> None:

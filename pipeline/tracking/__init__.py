@@ -229,3 +229,19 @@ def log_to_training_run(
         path, folder = item if isinstance(item, tuple) else (item, None)
         client.log_artifact(run_id, str(path), folder)
     return run_id
+
+
+def end_with_children(parent: str, status: str, child_status=lambda child: "KILLED") -> None:
+    """The run `parent` ends `status`, and each of its nested runs still RUNNING (its process
+    killed before it could end it: a trial stopped by its scheduler, a Ray worker gone with its
+    cluster) `child_status(child)`."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(absolute_tracking_uri())
+    running = client.search_runs(
+        [client.get_run(parent).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'",
+    )
+    for child in running:
+        client.set_terminated(child.info.run_id, child_status(child))
+    client.set_terminated(parent, status)

@@ -14,10 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline.config import PipelineConfig, parse_config
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, SystemFault, first_line
 from pipeline.quiet import quiet
-from pipeline.ray_cluster import ray_session, resolve_address
-from pipeline.tracking import absolute_tracking_uri
+from pipeline.ray_cluster import end_if_head_lost, ray_session, resolve_address, when_head_lost
+from pipeline.tracking import absolute_tracking_uri, end_with_children
 from pipeline.training.fit import Fitted, Parent, fit_member
 from pipeline.training.trainer import TrainHooks
 
@@ -52,12 +52,19 @@ def fit_members_on_ray(
     raw = cfg.model_dump(by_alias=True)
     try:
         with ray_session(address, key, "train"):
+            when_head_lost(lambda: end_with_children(parent.run_id, "FAILED"))
             refs = [task.remote(raw, exp_name, i, parent, os.getcwd(), where) for i in range(n)]
             try:
                 members = ray.get(refs)
             except ray.exceptions.RayTaskError as err:
                 cause = str(err.cause).strip().splitlines() or [type(err.cause).__name__]
                 raise PipelineError(f"an ensemble member failed on Ray: {cause[-1]}") from None
+            except ray.exceptions.RayError as err:  # its worker or node died, not its code
+                end_if_head_lost(address, key, "train")
+                raise SystemFault(
+                    f"an ensemble member's Ray worker was lost ({first_line(err)[:200]}); run "
+                    "the command again"
+                ) from None
         copies = [keep / f"member{i}.ckpt" for i in range(n)]
         for m, copy in zip(members, copies, strict=True):
             shutil.copy(m.ckpt, copy)

@@ -24,7 +24,7 @@ from pipeline.ray_cluster import (
     resolve_address,
     when_head_lost,
 )
-from pipeline.tracking import absolute_tracking_uri, ensure_reachable, run_tags
+from pipeline.tracking import absolute_tracking_uri, end_with_children, ensure_reachable, run_tags
 from pipeline.tuning.results import best_params, results_table, write_results
 from pipeline.tuning.spaces import check_values, search_space, to_ray
 from pipeline.tuning.trial import run_trial
@@ -80,17 +80,11 @@ def _end_runs(parent: str, status: str, errored: frozenset | set = frozenset()) 
     """The sweep's run ends `status`. A trial's run still RUNNING (its actor was killed first:
     stopped by the scheduler, or the sweep by its cluster's loss) ends KILLED, or FAILED where
     the trial errored."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(absolute_tracking_uri())
-    running = client.search_runs(
-        [client.get_run(parent).info.experiment_id],
-        f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'",
+    end_with_children(
+        parent,
+        status,
+        lambda child: "FAILED" if child.data.tags.get("trial_id") in errored else "KILLED",
     )
-    for child in running:
-        failed = child.data.tags.get("trial_id") in errored
-        client.set_terminated(child.info.run_id, "FAILED" if failed else "KILLED")
-    client.set_terminated(parent, status)
 
 
 def _sweep_state(

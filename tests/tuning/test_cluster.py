@@ -265,31 +265,50 @@ def runs_of(stage: str) -> list:
 
 def test_a_head_node_lost_mid_sweep_ends_it_with_one_line(cluster_nodes, tune_workdir, params):
     """Ray's client waited 60 s for the lost head, then ended the sweep with its own lines and
-    exit 1. Last in the module: it takes the module's cluster down."""
+    exit 1. An ensemble training on the cluster at the same time ends the same way. Last in the
+    module: it takes the module's cluster down."""
     address, procs = cluster_nodes
     tune_keys = {"num_samples": 8, "max_epochs": 100, "scheduler": "fifo"}
     write_params(sweep_params(params, address=address, **tune_keys))
-    cmd = [sys.executable, "-m", "pipeline", "tune", EXP]
-    sweep = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "pipeline"]
+    jobs = [subprocess.Popen([*command, "tune", EXP], stderr=subprocess.PIPE, text=True)]
     try:
         deadline = time.monotonic() + 120
-        while not runs_of("tune-trial"):  # trials are running
-            assert sweep.poll() is None and time.monotonic() < deadline
+        while not runs_of("tune-trial"):  # trials are running (the sweep read its params)
+            assert jobs[0].poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        ensemble = sweep_params(params)  # the cluster's other 2 CPUs: a member on each
+        ensemble["experiments"][EXP]["fit"]["ensemble"] = 2
+        ensemble["trainer"]["max_epochs"] = 100
+        write_params(ensemble)
+        jobs.append(subprocess.Popen([*command, "train", EXP],
+                                     env={**os.environ, "RAY_ADDRESS": address},
+                                     stderr=subprocess.PIPE, text=True))  # fmt: skip
+        while len([r for r in runs_of("train") if "member" in r.data.tags]) < 2:
+            assert jobs[1].poll() is None and time.monotonic() < deadline
             time.sleep(0.5)
         head = psutil.Process(procs[0].pid)
         for p in [head, *head.children(recursive=True)]:
             p.kill()
         lost = time.monotonic()
-        _, err = sweep.communicate(timeout=60)
+        errors = [job.communicate(timeout=60)[1] for job in jobs]
     finally:
-        if sweep.poll() is None:
-            sweep.kill()
-    assert sweep.returncode == 2 and time.monotonic() - lost < 20
-    assert err.strip().splitlines()[-1] == (
-        f"lstm-pipeline tune: error: tune.address: the Ray cluster at {address} stopped "
-        "answering (its head node is gone?); run the command again once it is back (a sweep: "
-        "with --resume, which keeps its finished trials)"
-    )
-    # no run left RUNNING in MLflow for ever
+        for job in jobs:
+            if job.poll() is None:
+                job.kill()
+    assert [job.returncode for job in jobs] == [2, 2], [err[-2000:] for err in errors]
+    assert time.monotonic() - lost < 20
+    for stage, key, err in zip(
+        ("tune", "train"), ("tune.address", "RAY_ADDRESS"), errors, strict=True
+    ):
+        assert err.strip().splitlines()[-1] == (
+            f"lstm-pipeline {stage}: error: {key}: the Ray cluster at {address} stopped "
+            "answering (its head node is gone?); run the command again once it is back (a sweep: "
+            "with --resume, which keeps its finished trials)"
+        )
+    # no run left RUNNING in MLflow for ever (the ensemble's were, its members' on the workers)
     assert [r.info.status for r in runs_of("tune")] == ["FAILED"]
-    assert {r.info.status for r in runs_of("tune-trial")} == {"KILLED"}
+    trials = {r.info.status for r in runs_of("tune-trial")}
+    assert "KILLED" in trials and "RUNNING" not in trials  # (a trial may have ended early)
+    trained = {"member" in r.data.tags: r.info.status for r in runs_of("train")}
+    assert trained == {False: "FAILED", True: "KILLED"}
