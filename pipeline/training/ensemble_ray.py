@@ -61,6 +61,7 @@ def fit_members_on_ray(
                 raise PipelineError(f"an ensemble member failed on Ray: {cause[-1]}") from None
             except ray.exceptions.RayError as err:  # its worker or node died, not its code
                 end_if_head_lost(address, key, "train")
+                end_with_children(parent.run_id, "FAILED")  # the dead member's run, the others'
                 raise SystemFault(
                     f"an ensemble member's Ray worker was lost ({first_line(err)[:200]}); run "
                     "the command again"

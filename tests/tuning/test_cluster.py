@@ -255,6 +255,36 @@ def test_a_client_without_the_clusters_token_gets_one_line(cluster, tune_workdir
     ]
 
 
+def test_an_ensemble_member_whose_worker_dies_ends_the_training_with_one_line(
+    cluster_nodes, tune_workdir, params
+):
+    """Ray's error for a task whose worker died (not its code) ended the training `unexpected`,
+    exit 1, with its runs RUNNING."""
+    params = sweep_params(params)
+    params["experiments"][EXP]["fit"]["ensemble"] = 2
+    params["trainer"]["max_epochs"] = 100
+    write_params(params)
+    training = subprocess.Popen([sys.executable, "-m", "pipeline", "train", EXP],
+                                env={**os.environ, "RAY_ADDRESS": cluster_nodes[0]},
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len([r for r in runs_of("train") if "member" in r.data.tags]) < 2:
+            assert training.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        on_nodes = [c for node in cluster_nodes[1] for c in psutil.Process(node.pid).children(True)]
+        next(c for c in on_nodes if c.cmdline()[:1] == ["ray::_member"]).kill()
+        _, err = training.communicate(timeout=60)
+    finally:
+        if training.poll() is None:
+            training.kill()
+    assert training.returncode == 8, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith(
+        "lstm-pipeline train: error: an ensemble member's Ray worker was lost ("
+    ) and err.strip().endswith("); run the command again")
+    assert {r.info.status for r in runs_of("train")} == {"FAILED", "KILLED"}  # none RUNNING
+
+
 def runs_of(stage: str) -> list:
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("lstm-pipeline")
