@@ -28,7 +28,7 @@ def quiet() -> None:
     Child processes (DDP ranks, a local Ray's workers) inherit PYTHONWARNINGS."""
     os.environ.setdefault("PYTHONWARNINGS", WARNINGS)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Ray's C++ side logs "Failed to establish connection to the metrics exporter agent" ~20 s
+    # Ray's C++ side logs "Failed to establish connection to the metrics exporter agent" ~30 s
     # into every session (ray[tune] has no metrics agent), as an error that is none; what
     # fails a sweep or a join reaches the user as Python exceptions, said in one line
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")

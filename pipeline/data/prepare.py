@@ -292,10 +292,9 @@ def prepare(cfg: PipelineConfig, exp_name: str) -> Path:
 
 def save_prepared(out: Path, arrays: dict[str, np.ndarray | Chunked], meta: dict) -> Path:
     """The arrays and meta.json (checked against the contract first) into `out`, atomically."""
-    checked = PreparedMeta.model_validate(meta).model_dump(
-        mode="json",
-        exclude=set() if meta.get("columns") else {"columns"},  # the packaged data's
-    )  # meta.json as before the key: their prepared data, and what follows it, unchanged
+    checked = PreparedMeta.model_validate(meta).model_dump(mode="json")
+    if checked["columns"] is None:  # packaged data: meta.json, and all after it, as before the key
+        del checked["columns"]
     with atomic_dir(out) as tmp:
         for name, arr in arrays.items():
             if isinstance(arr, Chunked):  # the bytes np.save would write for the whole array

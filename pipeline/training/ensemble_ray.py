@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def fit_members_on_ray(
                 raise PipelineError(f"an ensemble member failed on Ray: {cause[-1]}") from None
             except ray.exceptions.RayError as err:  # its worker or node died, not its code
                 end_if_head_lost(address, key, "train")
-                end_with_children(parent.run_id, "FAILED")  # the dead member's run, the others'
+                with suppress(Exception):  # the error to report is Ray's
+                    end_with_children(parent.run_id, "FAILED")  # the dead member's run too
                 raise SystemFault(
                     f"an ensemble member's Ray worker was lost ({first_line(err)[:200]}); run "
                     "the command again"
