@@ -51,9 +51,13 @@ def fit_members_on_ray(
     gpus = 1 if cfg.trainer.accelerator == "gpu" else 0
     task = ray.remote(num_cpus=cfg.trainer.threads or 1, num_gpus=gpus, max_retries=0)(_member)
     raw = cfg.model_dump(by_alias=True)
+
+    def end_runs() -> None:  # the ensemble's and its members' (a dead worker's is RUNNING)
+        end_with_children(parent.run_id, "FAILED")
+
     try:
         with ray_session(address, key, "train"):
-            when_head_lost(lambda: end_with_children(parent.run_id, "FAILED"))
+            when_head_lost(end_runs)
             refs = [task.remote(raw, exp_name, i, parent, os.getcwd(), where) for i in range(n)]
             try:
                 members = ray.get(refs)
@@ -63,7 +67,7 @@ def fit_members_on_ray(
             except ray.exceptions.RayError as err:  # its worker or node died, not its code
                 end_if_head_lost(address, key, "train")
                 with suppress(Exception):  # the error to report is Ray's
-                    end_with_children(parent.run_id, "FAILED")  # the dead member's run too
+                    end_runs()
                 raise SystemFault(
                     f"an ensemble member's Ray worker was lost ({first_line(err)[:200]}); run "
                     "the command again"
