@@ -67,6 +67,7 @@ ANSWER_S = 5.0  # a server that has not forked within this is not used
 START_WAIT_S = 15.0
 IMPORT_TORCH = ("train", "export", "validate")
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+JOB_CONTROL = (signal.SIGTSTP, signal.SIGCONT)
 LIMITS = [getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")]
 PR_SET_PDEATHSIG = 1
 SOCKET_PATH_MAX = 108  # sun_path's size on Linux, its final NUL included
@@ -272,9 +273,11 @@ def _run_in_child(conn: socket.socket) -> int | None:
     if not started:
         return None
     conn.settimeout(None)
-    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    previous = {s: signal.getsignal(s) for s in (*SIGNALS, *JOB_CONTROL)}
     for s in SIGNALS:
         signal.signal(s, lambda number, _: _forward(conn, number))
+    signal.signal(signal.SIGTSTP, lambda *_: _suspend(conn))
+    signal.signal(signal.SIGCONT, lambda *_: _forward(conn, signal.SIGCONT))
     try:
         done = _next(lines)
     finally:
@@ -291,6 +294,13 @@ def _forward(conn: socket.socket, number: int) -> None:
         _send(conn, {"signal": number})
     except OSError:  # the server is gone: the stage with it, as the next read will tell
         pass
+
+
+def _suspend(conn: socket.socket) -> None:
+    """Ctrl+Z: the child is in the server's session, not the terminal's job, so it is stopped
+    here, then this process the way Ctrl+Z stops it; `fg` or `bg` continues both (SIGCONT)."""
+    _forward(conn, signal.SIGSTOP)
+    os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def _exit_status(status: int) -> int:

@@ -165,6 +165,32 @@ def test_the_clients_signal_reaches_its_warm_stage(root):
     assert "stopped by SIGTERM" in (root / "stages.log").read_text()
 
 
+def test_ctrl_z_stops_the_warm_stage_with_its_client_and_fg_continues_both(root):
+    """The child is not in the terminal's job: Ctrl+Z (SIGTSTP) reaches the client only."""
+    client, child = started(root, server(root))
+    client.send_signal(signal.SIGTSTP)
+    for proc in (psutil.Process(client.pid), child):
+        wait_for_status(proc, psutil.STATUS_STOPPED)
+    assert cpu_seconds_in(child, 1.0) == 0
+    client.send_signal(signal.SIGCONT)
+    assert cpu_seconds_in(child, 1.0) > 0.2  # training again
+    client.send_signal(signal.SIGTERM)
+    assert client.wait(60) == 143
+
+
+def wait_for_status(proc: psutil.Process, status: str) -> None:
+    deadline = time.monotonic() + 30
+    while proc.status() != status:
+        assert time.monotonic() < deadline, proc.status()
+        time.sleep(0.05)
+
+
+def cpu_seconds_in(proc: psutil.Process, seconds: float) -> float:
+    before = sum(proc.cpu_times()[:2])
+    time.sleep(seconds)
+    return sum(proc.cpu_times()[:2]) - before
+
+
 def test_a_killed_client_takes_its_warm_stage_with_it(root):
     client, child = started(root, server(root))
     client.kill()

@@ -48,7 +48,9 @@ def setup_repo(root: Path, exp: str, template: Path, **fit) -> Path:
 
 
 def train(root: Path, exp: str, stage: str = "train") -> subprocess.Popen:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
+    # in its own process: SIGSTOP, which stop_mid_fit sends, cannot reach a warm child
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+           "LSTM_PIPELINE_WARM": "0"}  # fmt: skip
     log = open(root / f"{stage}.log", "a")
     return subprocess.Popen(
         [BIN / "lstm-pipeline", stage, exp],
