@@ -37,9 +37,8 @@ class ForecastWindows(Strict):
     val_size: PositiveInt = 24
     test_size: PositiveInt = 24
     transform: Literal["none", "log"] = "none"
-    season: PositiveInt | None = (
-        None  # period of the seasonal-naive baseline; None: naive (last value)
-    )
+    # the seasonal-naive baseline's period; None: the frequency's (prepare's SEASONS), else naive
+    season: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ForecastWindows:

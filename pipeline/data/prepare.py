@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pandas.tseries.frequencies import to_offset
 
 from pipeline.config import Experiment, PipelineConfig, TableData, UcrData
 from pipeline.data.prepared import SPLITS
@@ -213,7 +214,7 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
         "targets": targets,
         "target_index": [data.features.index(t) for t in targets],
         "transform": cfg.transform,
-        "season": cfg.season,
+        "season": cfg.season or freq_season(data.freq, cfg.window),
         "freq": data.freq,
         "scaler": {"mean": mean.tolist(), "std": std.tolist()},
         "series_ids": data.ids,
@@ -221,6 +222,24 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
         "content_sha256": _digest(*data.values, *(data.future or []), *_listed(data.static)),
     }
     return arrays, meta
+
+
+# Steps per season by the frequency's base (pandas' names, start and end variants alike): the
+# table AutoGluon uses (adapted from GluonTS's `get_seasonality`). Weekly and yearly data: none.
+SEASONS = {"h": 24, "bh": 9, "min": 1440, "D": 7, "B": 5, "SMS": 24, "SME": 24,
+           **dict.fromkeys(("M", "MS", "ME", "BMS", "BME"), 12),
+           **dict.fromkeys(("Q", "QS", "QE", "BQS", "BQE"), 4)}  # fmt: skip
+
+
+def freq_season(freq: str | None, window: int) -> int | None:
+    """The seasonal-naive baseline's period for a series of `freq` that sets no `season` (e.g.
+    24 for 'h', 48 for '30min'): None when it is 1 or not a whole number of steps, or when the
+    window cannot hold it."""
+    if not freq:
+        return None
+    offset = to_offset(freq)
+    steps, remainder = divmod(SEASONS.get(offset.name.split("-")[0], 1), offset.n)
+    return steps if not remainder and 1 < steps <= window else None
 
 
 def _listed(array: np.ndarray | None) -> list[np.ndarray]:

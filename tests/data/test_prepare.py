@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import parse_config
-from pipeline.data.prepare import prepare
+from pipeline.data.prepare import freq_season, prepare
 from pipeline.data.prepared import Prepared
 from tests.conftest import write_params
 
@@ -92,13 +92,21 @@ def test_csv_forecast_multiple_series_windows_stay_within_a_series(workdir, para
 
 
 @pytest.mark.parametrize(
-    "dates, freq",
+    "dates, freq, season",
     [
-        (lambda t: pd.Timestamp("2019-11-01") + pd.DateOffset(months=t), "MS"),  # parquet dates
-        (lambda t: (pd.Timestamp("2019-12-28") + pd.Timedelta(days=t)).strftime("%m/%d/%Y"), "D"),
-        (lambda t: (pd.Timestamp("2020-01-01") + pd.Timedelta(hours=t**2)).isoformat(), None),
-        (lambda t: t, None),
-        (lambda t: (pd.Timestamp("2020-01-01") + pd.Timedelta(days=t)).date(), "D"),
+        (
+            lambda t: pd.Timestamp("2019-11-01") + pd.DateOffset(months=t),
+            "MS",
+            None,
+        ),  # parquet dates; 12 months > the window
+        (
+            lambda t: (pd.Timestamp("2019-12-28") + pd.Timedelta(days=t)).strftime("%m/%d/%Y"),
+            "D",
+            7,
+        ),
+        (lambda t: (pd.Timestamp("2020-01-01") + pd.Timedelta(hours=t**2)).isoformat(), None, None),
+        (lambda t: t, None, None),
+        (lambda t: (pd.Timestamp("2020-01-01") + pd.Timedelta(days=t)).date(), "D", 7),
         (  # local midnights whose UTC offset changes at daylight saving time (+01:00, +02:00)
             lambda t: (
                 (pd.Timestamp("2024-03-20") + pd.Timedelta(days=t))
@@ -106,11 +114,12 @@ def test_csv_forecast_multiple_series_windows_stay_within_a_series(workdir, para
                 .isoformat()
             ),
             "D",
+            7,
         ),
     ],
     ids=["monthly", "daily mm/dd/YYYY text", "irregular", "numeric", "parquet DATE", "daily DST"],
 )
-def test_time_column_sorts_by_date_and_records_its_frequency(workdir, params, dates, freq):
+def test_time_column_sorts_by_date_and_records_its_frequency(workdir, params, dates, freq, season):
     frame = _long_frame(n_series=2)
     frame["time"] = [dates(t) for t in frame.time]
     frame.sample(frac=1, random_state=0).to_parquet("data.parquet")  # text dates sort as dates
@@ -118,9 +127,20 @@ def test_time_column_sorts_by_date_and_records_its_frequency(workdir, params, da
             "window": 8, "horizon": 4, "val_size": 6, "test_size": 6}  # fmt: skip
     p = Prepared.load(prepare(_cfg(params, "lstm_airline", data), "lstm_airline"))
     assert p.meta.freq == freq
+    assert p.meta.season == season  # no data.season: the baselines' period from freq
     scaled = frame.a.to_numpy() - p.meta.scaler.mean[0]  # rows in time order, as generated
     np.testing.assert_allclose(np.load(p.root / "series.npy")[:, 0] * p.meta.scaler.std[0],
                                scaled, atol=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "freq, window, season",
+    [("h", 48, 24), ("30min", 48, 48), ("15min", 48, None), ("2h", 24, 12), ("7h", 24, None),
+     ("QS-JAN", 8, 4), ("ME", 12, 12), ("B", 8, 5), ("W-SUN", 60, None), ("YS-JAN", 8, None),
+     (None, 8, None)],
+)  # fmt: skip
+def test_a_season_follows_from_the_frequency_when_the_window_holds_it(freq, window, season):
+    assert freq_season(freq, window) == season
 
 
 def test_parquet_classification_by_series(workdir, params):
