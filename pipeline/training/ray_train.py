@@ -11,17 +11,20 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
 
 from pipeline.config import PipelineConfig, parse_config
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, SystemFault, first_line
 from pipeline.paths import model_dir
 from pipeline.quiet import quiet
-from pipeline.ray_cluster import ray_session, resolve_address
+from pipeline.ray_cluster import end_if_head_lost, ray_session, resolve_address, when_head_lost
 from pipeline.tracking import absolute_tracking_uri, ensure_reachable
 from pipeline.training.train import train
 from pipeline.training.trainer import TrainHooks
+
+RUN_TAG = "ray_train_run"  # the training's own: its run is found by it once a worker is lost
 
 
 def _worker(params: dict) -> None:
@@ -40,7 +43,7 @@ def _worker(params: dict) -> None:
         strategy=RayDDPStrategy(),
         plugins=(RayLightningEnvironment(),),
         prepare=prepare_trainer,
-        tags={"ray_train_workers": str(params["workers"])},
+        tags={"ray_train_workers": str(params["workers"]), RUN_TAG: params["run_tag"]},
         ckpt_dir=Path(params["ckpt_dir"]),  # one folder for every worker (rank zero writes)
     )
     train(parse_config(params["raw"]), params["exp_name"], hooks)
@@ -56,7 +59,7 @@ def _removed(folder: Path) -> Iterator[None]:
 
 def train_on_ray(cfg: PipelineConfig, exp_name: str) -> Path:
     from mlflow import MlflowClient
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     ensure_reachable()
@@ -68,7 +71,10 @@ def train_on_ray(cfg: PipelineConfig, exp_name: str) -> Path:
     address, key = resolve_address(None)
     Path(".ray_results").mkdir(exist_ok=True)
     ckpt_dir = Path(tempfile.mkdtemp(prefix=f"train-{exp_name}-", dir=".ray_results")).resolve()
-    with ray_session(address, key or "RAY_ADDRESS", "train"), _removed(ckpt_dir):
+    key = key or "RAY_ADDRESS"
+    end_runs = partial(_end_runs_left, cfg.tracking.experiment_name, ckpt_dir.name)
+    with ray_session(address, key, "train"), _removed(ckpt_dir):
+        when_head_lost(end_runs)  # its workers, rank zero's run with them
         trainer = TorchTrainer(
             _worker,
             train_loop_config={
@@ -78,6 +84,7 @@ def train_on_ray(cfg: PipelineConfig, exp_name: str) -> Path:
                 "tracking_uri": absolute_tracking_uri(),
                 "workers": workers,
                 "ckpt_dir": str(ckpt_dir),
+                "run_tag": ckpt_dir.name,
             },
             scaling_config=ScalingConfig(
                 num_workers=workers, use_gpu=cfg.trainer.accelerator == "gpu"
@@ -86,7 +93,45 @@ def train_on_ray(cfg: PipelineConfig, exp_name: str) -> Path:
                 name=f"train-{exp_name}", storage_path=str(Path(".ray_results").resolve())
             ),
         )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except TrainingFailedError as err:
+            end_if_head_lost(address, key, "train")
+            with suppress(Exception):  # the error to report is the training's
+                end_runs()
+            raise _cause(err) from None
     if result.error:
-        raise PipelineError(f"Ray Train failed: {result.error}")
+        raise PipelineError(f"Ray Train failed: {first_line(result.error)}")
     return model_dir(exp_name)
+
+
+def _cause(err: Exception) -> BaseException:
+    """What ended the fit (Ray Train's TrainingFailedError), as the train stage states it: a
+    worker process lost (its node or the process killed), else the first rank's own error (bad
+    data: exit 3, ...)."""
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+
+    failures = getattr(err, "worker_failures", {})
+    for rank in sorted(failures):
+        if isinstance(failures[rank], WorkerHealthCheckFailedError):
+            lost = first_line(failures[rank].health_check_failure)[:200]
+            return SystemFault(f"a Ray Train worker was lost ({lost}); run the command again")
+    causes = [getattr(failures[rank], "_base_exc", failures[rank]) for rank in sorted(failures)]
+    causes += [getattr(err, "controller_failure", err)]
+    return next((c for c in causes if isinstance(c, PipelineError)), causes[0])
+
+
+def _end_runs_left(experiment_name: str, run_tag: str) -> None:
+    """Rank zero's run, where its worker was killed before it could end it, ends FAILED."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(absolute_tracking_uri())
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return
+    left = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.{RUN_TAG} = '{run_tag}' and attributes.status = 'RUNNING'",
+    )
+    for run in left:
+        client.set_terminated(run.info.run_id, "FAILED")

@@ -285,6 +285,65 @@ def test_an_ensemble_member_whose_worker_dies_ends_the_training_with_one_line(
     assert {r.info.status for r in runs_of("train")} == {"FAILED", "KILLED"}  # none RUNNING
 
 
+def test_a_ray_train_worker_that_dies_ends_the_training_with_one_line(
+    cluster_nodes, tune_workdir, params
+):
+    """It was `unexpected WorkerGroupError`, exit 1, with rank zero's run RUNNING."""
+    import yaml
+
+    from pipeline.config import CONF_DIR
+
+    params = sweep_params(params)
+    params["trainer"] = yaml.safe_load((CONF_DIR / "trainer" / "ray_ddp.yaml").read_text())
+    params["trainer"]["max_epochs"] = 100
+    write_params(params)
+    training = subprocess.Popen([sys.executable, "-m", "pipeline", "train", EXP],
+                                env={**os.environ, "RAY_ADDRESS": cluster_nodes[0]},
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not runs_of("train"):  # rank zero has started its fit
+            assert training.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        nodes = [psutil.Process(node.pid) for node in cluster_nodes[1]]
+        on_nodes = [c for node in nodes for c in node.children(True)]
+        workers = [c for c in on_nodes if c.cmdline()[:1] == ["ray::RayTrainWorker"]]
+        assert len(workers) == 2, [c.cmdline()[:1] for c in on_nodes]
+        for worker in workers:  # rank zero's too: nothing on the cluster ends its run
+            worker.kill()
+        _, err = training.communicate(timeout=120)
+    finally:
+        if training.poll() is None:
+            training.kill()
+    assert training.returncode == 8, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith(
+        "lstm-pipeline train: error: a Ray Train worker was lost ("
+    ) and err.strip().endswith("); run the command again")
+    assert [r.info.status for r in runs_of("train")] == ["FAILED"]  # not RUNNING
+
+
+def test_a_ray_train_workers_own_error_is_stated_as_the_train_stage_states_it(
+    cluster, tune_workdir, params
+):
+    """It was `unexpected WorkerGroupError: Training failed due to worker errors:`, exit 1."""
+    import yaml
+
+    from pipeline.config import CONF_DIR
+
+    params = sweep_params(params)
+    params["trainer"] = yaml.safe_load((CONF_DIR / "trainer" / "ray_ddp.yaml").read_text())
+    write_params(params)
+    (tune_workdir / "data/prepared" / EXP / "meta.json").write_text("{")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "train", EXP],
+                          env={**os.environ, "RAY_ADDRESS": cluster}, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"lstm-pipeline train: error: data/prepared/{EXP}/meta.json: not a valid meta.json "
+        "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"
+    ]
+
+
 def runs_of(stage: str) -> list:
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("lstm-pipeline")
