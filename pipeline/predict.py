@@ -104,6 +104,20 @@ def _run_by_length(sess, series: list[np.ndarray], ids, path: Path, id_column: s
     return out
 
 
+def _trained_column(props: dict[str, str], key: str, default: str, model: str) -> str:
+    """The training table's column name that export wrote into the metadata, else `default`."""
+    try:
+        name = json.loads(props.get(key, json.dumps(default)))
+    except ValueError:
+        name = None
+    if not isinstance(name, str) or not name:
+        raise DataError(
+            f"{model}: the ONNX model's metadata is not a valid data contract: {key}: "
+            f"{props[key][:80]!r} is not a column name in JSON"
+        )
+    return name
+
+
 def predict(model: str, input_path: str, output: str, id_column=None, time_column=None) -> Path:
     """Predict every series (or frame sequence) of `input_path`; write `output` atomically.
     The id and time columns, where not given: the training table's (the model's metadata, from
@@ -130,8 +144,8 @@ def predict(model: str, input_path: str, output: str, id_column=None, time_colum
             )
         task = task_of(meta)
         trained_on = sess.get_modelmeta().custom_metadata_map
-        id_column = id_column or json.loads(trained_on.get("id_column", '"series_id"'))
-        time_column = time_column or json.loads(trained_on.get("time_column", '"time"'))
+        id_column = id_column or _trained_column(trained_on, "id_column", "series_id", model)
+        time_column = time_column or _trained_column(trained_on, "time_column", "time", model)
         x, keys, extra = task.read_inputs(path, output, meta, id_column, time_column)
         with np.errstate(over="ignore", invalid="ignore"):  # refused below, by series
             x = task.scale_inputs(x, meta)

@@ -148,6 +148,23 @@ def test_the_training_tables_id_and_time_columns_are_predicts_defaults(models, t
     np.testing.assert_array_equal(by_model.y, by_flags.y)
 
 
+def test_a_column_name_in_the_metadata_that_is_not_json_is_named(models, tmp_path, capsys):
+    """A hand-edited model file: it was `unexpected JSONDecodeError`, exit 1."""
+    module, _ = models["forecast"]
+    edited = export_module(module, tmp_path / "edited.onnx", "lstm", {"id_column": "meter"})
+    model = onnx.load(edited)
+    (prop,) = [p for p in model.metadata_props if p.key == "id_column"]
+    prop.value = "meter"  # not JSON
+    onnx.save(model, edited)
+    long_table([np.ones((12, 2))], ["x", "y"]).to_csv("in.csv", index=False)
+    assert main(["predict", str(edited), "in.csv", "-o", "out.csv"]) == 3
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"lstm-pipeline predict: error: {edited}: the ONNX model's metadata is not a valid data "
+        "contract: id_column: 'meter' is not a column name in JSON"
+    ]
+    assert not Path("out.csv").exists()
+
+
 def test_parquet_in_a_folder_or_under_any_name_is_read_as_parquet(models, tmp_path):
     """Spark and Hive write folders (`series_id=001/part-0.parquet`); a file's name need not end
     in .parquet. The ids are the text of the folder names, as a CSV's are."""
