@@ -188,6 +188,12 @@ class PreparedMeta(DataMeta):
     # metadata, and predict reads a file of the training's columns without being told them
     columns: dict[str, str] | None = None
 
+    def auto_scale_norm(self) -> bool:
+        """`scale_norm: auto` (forecasting): on for one model over several series, which a
+        global scaler leaves at their own scales (DeepAR scales each series for this reason,
+        Salinas et al. 2020); off for a single series, where the dev series fit better without."""
+        return len(self.series_ids or []) > 1
+
     def contract(self) -> DataMeta:
         return DataMeta.model_validate(self.model_dump(include=set(DataMeta.model_fields)))
 

@@ -126,6 +126,11 @@ def _error(raw) -> str:
             "(got 'ture')",
         ),
         (
+            ("experiments", "lstm_airline", "model", "scale_norm"),
+            "yes",
+            "experiments.lstm_airline.model.scale_norm: must be true, false or auto (got 'yes')",
+        ),
+        (
             ("experiments", "lstm_airline", "model", "season_norm"),
             24,
             "experiments.lstm_airline: model.season_norm: 24 needs windows of 2 periods or more "
@@ -401,6 +406,8 @@ def test_an_experiment_that_sets_only_its_data_gets_the_tasks_default_recipe():
     assert swept.model.name == "lstm" and swept.model.hidden_size == 8 and swept.model.level_norm
     # the season (12) fits twice in the 36-step window: the recipe takes it out
     assert swept.model.season_norm == 12
+    # each window in its own std's units where there is more than one series (train decides)
+    assert swept.model.scale_norm == "auto"
     # and its fit, bounded in updates: a user's thousands of windows trained for hours
     forecast_fit = RECIPES["forecast"]["fit"]
     assert swept.fit.model_dump(include=set(forecast_fit)) == forecast_fit

@@ -302,3 +302,13 @@ def test_a_confusion_plot_of_many_classes_draws_no_text_per_cell(tmp_path, monke
     assert len(pd.read_csv(tmp_path / "confusion.csv")) == 2000
     plots.confusion(["a", "b", "c"], ["a", "c", "c"], ["a", "b", "c"], tmp_path)
     assert len(drawn) == 9  # a few classes: each cell's count
+
+
+@pytest.mark.parametrize("ids, on", [(["a"], False), (["a", "b"], True), (None, False)])
+def test_scale_norm_auto_is_on_for_more_than_one_series(ids, on):
+    meta = PreparedMeta(
+        task="forecast", input_shape=[8, 1], features=["y"], window=8, horizon=2, targets=["y"],
+        target_index=[0], scaler={"mean": [0.0], "std": [1.0]}, source="csv", dataset="t",
+        content_sha256="0", sizes={"train": 1, "val": 1, "test": 1}, series_ids=ids,
+    )  # fmt: skip
+    assert meta.auto_scale_norm() is on

@@ -24,7 +24,9 @@ class RecurrentModel(Strict):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     bidirectional: bool = False
     level_norm: bool = False  # forecasting: model the change from the last observed step
-    scale_norm: bool = False  # forecasting: divide each window by its own std (RevIN-style)
+    # forecasting: divide each window by its own std (RevIN-style); auto: where the data holds
+    # more than one series (pipeline.meta)
+    scale_norm: Literal[False, True, "auto"] = False
     # classification: z-normalise each series per feature over its own steps (inside the graph);
     # auto: where the train split's series amplitudes are 1,000 times apart (pipeline.meta)
     series_norm: Literal[False, True, "auto"] = False
@@ -32,9 +34,9 @@ class RecurrentModel(Strict):
     # back to the forecast (0: off)
     season_norm: Annotated[int, Field(ge=0)] = 0
 
-    @field_validator("series_norm", mode="before")
+    @field_validator("scale_norm", "series_norm", mode="before")
     @classmethod
-    def _series_norm(cls, value):
+    def _true_false_or_auto(cls, value):
         if value not in (True, False, "auto"):
             raise ValueError("must be true, false or auto")
         return value

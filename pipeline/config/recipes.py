@@ -45,9 +45,16 @@ RECIPES: dict[str, dict[str, dict]] = {
         },
     },
     # The airline recipe (conf/experiment/lstm_airline.yaml); with a `data.season` that the
-    # window holds twice, `model.season_norm` is that season (pipeline/config/__init__.py).
+    # window holds twice, `model.season_norm` is that season (pipeline/config/__init__.py); with
+    # more than one series, each window in units of its own std (scale_norm: auto).
     "forecast": {
-        "model": {"name": "lstm", "hidden_size": 64, "num_layers": 1, "level_norm": True},
+        "model": {
+            "name": "lstm",
+            "hidden_size": 64,
+            "num_layers": 1,
+            "level_norm": True,
+            "scale_norm": "auto",
+        },  # fmt: skip
         "fit": {
             "max_epochs": 300,
             # GluonTS's default budget (100 epochs of 50 batches). The dev series train 300

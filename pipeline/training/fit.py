@@ -56,7 +56,10 @@ def seeded_module_and_data(
         include={"lr", "weight_decay", "schedule", "patience", "teacher_forcing",
                  "label_smoothing", "scaling", "jitter"}
     )  # fmt: skip
-    module = SequenceModule(exp.model.model_dump(), meta, **fit)
+    model = exp.model.model_dump()
+    if model.get("scale_norm") == "auto":  # the checkpoint keeps what it resolved to
+        model["scale_norm"] = prepared.meta.auto_scale_norm()
+    module = SequenceModule(model, meta, **fit)
     data = PreparedDataModule(
         prepared, exp.fit.batch_size, cfg.trainer.num_workers, seed, train_splits
     )

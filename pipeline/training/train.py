@@ -152,6 +152,11 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
             f"model.series_norm: auto -> {'on' if on else 'off'} (std_spread {spread:,.0f}: the "
             f"train split's series stds, 90th over 10th percentile; on above {SPREAD_LIMIT:,.0f})"
         )
+    if getattr(exp.model, "scale_norm", None) == "auto":
+        count = len(prepared.meta.series_ids or [])
+        on = prepared.meta.auto_scale_norm()
+        print(f"model.scale_norm: auto -> {'on' if on else 'off'} ({count} series; on for more "
+              "than one)")  # fmt: skip
     epochs = update_capped(exp, prepared).fit.max_epochs
     if epochs < exp.fit.max_epochs:
         print(f"fit.max_updates: {exp.fit.max_updates} -> {epochs} of {exp.fit.max_epochs} epochs")

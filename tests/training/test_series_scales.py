@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from sktime.datasets import load_airline
 
+from pipeline.checkpoint import load_trained
 from pipeline.cli import main
 from pipeline.config import parse_config
 from tests.conftest import write_params
@@ -31,8 +32,7 @@ def test_a_series_1000_times_larger_gets_a_forecast_1000_times_larger(workdir, p
     data = {"source": "csv", "path": "series.csv", "task": "forecast", "features": ["value"],
             "targets": ["value"], "window": 24, "horizon": 6, "val_size": 18, "test_size": 12,
             "season": 12}  # fmt: skip
-    model = {"name": "lstm", "hidden_size": 16, "num_layers": 1, "level_norm": True,
-             "scale_norm": True}  # fmt: skip
+    model = {"hidden_size": 16}  # else the default recipe: scale_norm auto, on for 2 series
     params["experiments"] = {"scales": {"data": data, "model": model,
                                         "fit": {"max_epochs": 20, "batch_size": 32}}}  # fmt: skip
     params["trainer"].update(progress_bar=False)
@@ -41,6 +41,7 @@ def test_a_series_1000_times_larger_gets_a_forecast_1000_times_larger(workdir, p
     for stage in (prepare, train, export, validate):
         stage(cfg, "scales")
 
+    assert load_trained("models/scales/model.ckpt").model.scale_norm is True
     report = json.loads(Path("metrics/scales/validate.json").read_text())
     assert report["passed"] and report["parity_max_scaled_diff"] <= 1e-5  # the norm is in the graph
     assert report["ets_mape"] > 0 and report["seasonal_naive_mape"] > 0
