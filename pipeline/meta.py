@@ -188,6 +188,10 @@ class PreparedMeta(DataMeta):
     # metadata, and predict reads a file of the training's columns without being told them
     columns: dict[str, str] | None = None
 
+    def auto_season_norm(self) -> int:
+        """`season_norm: auto`: the data's season (`season`) where the window holds two."""
+        return self.season if self.season and self.window >= 2 * self.season else 0
+
     def auto_scale_norm(self) -> bool:
         """`scale_norm: auto` (forecasting): on for one model over several series, which a
         global scaler leaves at their own scales (DeepAR scales each series for this reason,

@@ -80,8 +80,8 @@ class Experiment(Strict):
         recipe = RECIPES[data.task]
         model, fit = {**recipe["model"], **(given or {})}, {**recipe["fit"], **fit}
         season = getattr(data, "season", None)
-        if data.task == "forecast" and season and data.window >= 2 * season:
-            model.setdefault("season_norm", season)
+        if season and model.get("season_norm") == "auto":  # else prepare's, read by train
+            model["season_norm"] = season if data.window >= 2 * season else 0
         if data.task == "frames":  # patches of 4x4 pixels, or the largest size that divides
             model.setdefault("patch_size", next(p for p in (4, 2, 1) if data.frame_size % p == 0))
         return {**raw, "model": model, "fit": fit}
@@ -101,7 +101,7 @@ class Experiment(Strict):
             if getattr(self.model, key, None) and self.task != "classification":
                 raise ValueError(f"model.{key} applies to classification only")
         period = getattr(self.model, "season_norm", 0)
-        if period and self.data.window < 2 * period:
+        if period != "auto" and period and self.data.window < 2 * period:
             raise ValueError(
                 f"model.season_norm: {period} needs windows of 2 periods or more "
                 f"(data.window is {self.data.window})"

@@ -37,7 +37,8 @@ class ForecastWindows(Strict):
     val_size: PositiveInt = 24
     test_size: PositiveInt = 24
     transform: Literal["none", "log"] = "none"
-    # the seasonal-naive baseline's period; None: the frequency's (prepare's SEASONS), else naive
+    # the seasonal-naive baseline's period; None: the one prepare finds at the dates' frequency
+    # (SEASONS and a seasonality test), else naive
     season: PositiveInt | None = None
 
     @model_validator(mode="after")

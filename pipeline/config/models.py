@@ -31,8 +31,8 @@ class RecurrentModel(Strict):
     # auto: where the train split's series amplitudes are 1,000 times apart (pipeline.meta)
     series_norm: Literal[False, True, "auto"] = False
     # forecasting: the season's period; each window's seasonal profile is taken out, then added
-    # back to the forecast (0: off)
-    season_norm: Annotated[int, Field(ge=0)] = 0
+    # back to the forecast (0: off); auto: the data's season where the window holds two
+    season_norm: Annotated[int, Field(ge=0)] | Literal["auto"] = 0
 
     @field_validator("scale_norm", "series_norm", mode="before")
     @classmethod
@@ -43,7 +43,7 @@ class RecurrentModel(Strict):
 
     @field_validator("season_norm")
     @classmethod
-    def _period(cls, period: int) -> int:
+    def _period(cls, period: int | str) -> int | str:
         if period == 1:
             raise ValueError("must be 0 (off) or a period of 2 steps or more (got 1)")
         return period

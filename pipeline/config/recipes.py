@@ -44,9 +44,9 @@ RECIPES: dict[str, dict[str, dict]] = {
             "precision": "auto",
         },
     },
-    # The airline recipe (conf/experiment/lstm_airline.yaml); with a `data.season` that the
-    # window holds twice, `model.season_norm` is that season (pipeline/config/__init__.py); with
-    # more than one series, each window in units of its own std (scale_norm: auto).
+    # The airline recipe (conf/experiment/lstm_airline.yaml); with a season (`data.season`, or
+    # the one prepare finds at the dates' frequency) that the window holds twice, season_norm
+    # takes it out; with more than one series, each window in units of its own std.
     "forecast": {
         "model": {
             "name": "lstm",
@@ -54,6 +54,7 @@ RECIPES: dict[str, dict[str, dict]] = {
             "num_layers": 1,
             "level_norm": True,
             "scale_norm": "auto",
+            "season_norm": "auto",
         },  # fmt: skip
         "fit": {
             "max_epochs": 300,

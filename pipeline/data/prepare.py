@@ -214,7 +214,7 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
         "targets": targets,
         "target_index": [data.features.index(t) for t in targets],
         "transform": cfg.transform,
-        "season": cfg.season or freq_season(data.freq, cfg.window),
+        "season": cfg.season or _tested_season(raw, targets, data, cfg),
         "freq": data.freq,
         "scaler": {"mean": mean.tolist(), "std": std.tolist()},
         "series_ids": data.ids,
@@ -240,6 +240,36 @@ def freq_season(freq: str | None, window: int) -> int | None:
     offset = to_offset(freq)
     steps, remainder = divmod(SEASONS.get(offset.name.split("-")[0], 1), offset.n)
     return steps if not remainder and 1 < steps <= window else None
+
+
+def _tested_season(raw: list[np.ndarray], targets: list[str], data: Series, cfg) -> int | None:
+    """The frequency's season where most series' train parts show it (`seasonal`, on each
+    target of each series)."""
+    period = freq_season(data.freq, cfg.window)
+    if period is None:
+        return None
+    columns = [data.features.index(t) for t in targets]
+    held_out = cfg.val_size + cfg.test_size
+    votes = [seasonal(v[: len(v) - held_out, c], period) for v in raw for c in columns]
+    return period if sum(votes) * 2 > len(votes) else None
+
+
+def seasonal(x: np.ndarray, period: int) -> bool:
+    """The M4 competition's benchmarks' seasonality test (Makridakis et al. 2020), a 90 %
+    autocorrelation test at the seasonal lag: |acf(period)| > 1.645 sqrt((1 + 2 sum acf(k)^2,
+    k < period) / n), on the first differences (on the levels, every trend and random walk passed
+    it). A series shorter than three periods is not called seasonal."""
+    if len(x) < 3 * period:
+        return False
+    x = np.diff(x)
+    n = len(x)
+    centred = x - x.mean()
+    denominator = float(centred @ centred)
+    if denominator == 0:
+        return False
+    acf = np.array([centred[: n - k] @ centred[k:] for k in range(1, period + 1)]) / denominator
+    limit = 1.645 * np.sqrt((1 + 2 * np.sum(acf[:-1] ** 2)) / n)
+    return bool(abs(acf[-1]) > limit)
 
 
 def _listed(array: np.ndarray | None) -> list[np.ndarray]:

@@ -56,14 +56,18 @@ def seeded_module_and_data(
         include={"lr", "weight_decay", "schedule", "patience", "teacher_forcing",
                  "label_smoothing", "scaling", "jitter"}
     )  # fmt: skip
-    model = exp.model.model_dump()
-    if model.get("scale_norm") == "auto":  # the checkpoint keeps what it resolved to
-        model["scale_norm"] = prepared.meta.auto_scale_norm()
+    model = {**exp.model.model_dump(), **resolved_autos(exp.model, prepared.meta)}
     module = SequenceModule(model, meta, **fit)
     data = PreparedDataModule(
         prepared, exp.fit.batch_size, cfg.trainer.num_workers, seed, train_splits
     )
     return module, data
+
+
+def resolved_autos(model, meta) -> dict:
+    """The model keys set to `auto` and what this data makes them (the checkpoint keeps that)."""
+    autos = {"scale_norm": meta.auto_scale_norm, "season_norm": meta.auto_season_norm}
+    return {key: value() for key, value in autos.items() if getattr(model, key, None) == "auto"}
 
 
 def update_capped(exp: Experiment, prepared: Prepared) -> Experiment:

@@ -31,6 +31,7 @@ from pipeline.training.fit import (
     continued_logger,
     fit_and_select,
     fit_member,
+    resolved_autos,
     update_capped,
 )
 from pipeline.training.logger import deliver, failed_on_error
@@ -126,6 +127,14 @@ def fit_members(cfg, exp_name: str, parent: Parent, hooks: TrainHooks, ckpt_dir:
     return [fit_member(cfg, exp_name, i, parent, hooks, ckpt_dir) for i in range(n)]
 
 
+def _auto_rule(key: str, meta) -> str:
+    if key == "scale_norm":
+        return f"{len(meta.series_ids or [])} series; on for more than one"
+    return (
+        f"the data's season: {meta.season or 'none'}; on where the window, {meta.window}, holds two"
+    )
+
+
 def _refuse_for_lengths(model, exp_name: str) -> None:
     """Before a run opens (the model itself refuses them at its first batch): padded series
     need a causal RNN, and no statistics of a window that padding would skew."""
@@ -152,11 +161,8 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
             f"model.series_norm: auto -> {'on' if on else 'off'} (std_spread {spread:,.0f}: the "
             f"train split's series stds, 90th over 10th percentile; on above {SPREAD_LIMIT:,.0f})"
         )
-    if getattr(exp.model, "scale_norm", None) == "auto":
-        count = len(prepared.meta.series_ids or [])
-        on = prepared.meta.auto_scale_norm()
-        print(f"model.scale_norm: auto -> {'on' if on else 'off'} ({count} series; on for more "
-              "than one)")  # fmt: skip
+    for key, value in resolved_autos(exp.model, prepared.meta).items():
+        print(f"model.{key}: auto -> {value} ({_auto_rule(key, prepared.meta)})")
     epochs = update_capped(exp, prepared).fit.max_epochs
     if epochs < exp.fit.max_epochs:
         print(f"fit.max_updates: {exp.fit.max_updates} -> {epochs} of {exp.fit.max_epochs} epochs")

@@ -3,9 +3,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from sktime.datasets import load_airline
 
 from pipeline.config import parse_config
-from pipeline.data.prepare import freq_season, prepare
+from pipeline.data.prepare import freq_season, prepare, seasonal
 from pipeline.data.prepared import Prepared
 from tests.conftest import write_params
 
@@ -92,21 +93,13 @@ def test_csv_forecast_multiple_series_windows_stay_within_a_series(workdir, para
 
 
 @pytest.mark.parametrize(
-    "dates, freq, season",
+    "dates, freq",
     [
-        (
-            lambda t: pd.Timestamp("2019-11-01") + pd.DateOffset(months=t),
-            "MS",
-            None,
-        ),  # parquet dates; 12 months > the window
-        (
-            lambda t: (pd.Timestamp("2019-12-28") + pd.Timedelta(days=t)).strftime("%m/%d/%Y"),
-            "D",
-            7,
-        ),
-        (lambda t: (pd.Timestamp("2020-01-01") + pd.Timedelta(hours=t**2)).isoformat(), None, None),
-        (lambda t: t, None, None),
-        (lambda t: (pd.Timestamp("2020-01-01") + pd.Timedelta(days=t)).date(), "D", 7),
+        (lambda t: pd.Timestamp("2019-11-01") + pd.DateOffset(months=t), "MS"),  # parquet dates
+        (lambda t: (pd.Timestamp("2019-12-28") + pd.Timedelta(days=t)).strftime("%m/%d/%Y"), "D"),
+        (lambda t: (pd.Timestamp("2020-01-01") + pd.Timedelta(hours=t**2)).isoformat(), None),
+        (lambda t: t, None),
+        (lambda t: (pd.Timestamp("2020-01-01") + pd.Timedelta(days=t)).date(), "D"),
         (  # local midnights whose UTC offset changes at daylight saving time (+01:00, +02:00)
             lambda t: (
                 (pd.Timestamp("2024-03-20") + pd.Timedelta(days=t))
@@ -114,12 +107,11 @@ def test_csv_forecast_multiple_series_windows_stay_within_a_series(workdir, para
                 .isoformat()
             ),
             "D",
-            7,
         ),
     ],
     ids=["monthly", "daily mm/dd/YYYY text", "irregular", "numeric", "parquet DATE", "daily DST"],
 )
-def test_time_column_sorts_by_date_and_records_its_frequency(workdir, params, dates, freq, season):
+def test_time_column_sorts_by_date_and_records_its_frequency(workdir, params, dates, freq):
     frame = _long_frame(n_series=2)
     frame["time"] = [dates(t) for t in frame.time]
     frame.sample(frac=1, random_state=0).to_parquet("data.parquet")  # text dates sort as dates
@@ -127,7 +119,6 @@ def test_time_column_sorts_by_date_and_records_its_frequency(workdir, params, da
             "window": 8, "horizon": 4, "val_size": 6, "test_size": 6}  # fmt: skip
     p = Prepared.load(prepare(_cfg(params, "lstm_airline", data), "lstm_airline"))
     assert p.meta.freq == freq
-    assert p.meta.season == season  # no data.season: the baselines' period from freq
     scaled = frame.a.to_numpy() - p.meta.scaler.mean[0]  # rows in time order, as generated
     np.testing.assert_allclose(np.load(p.root / "series.npy")[:, 0] * p.meta.scaler.std[0],
                                scaled, atol=1e-5)  # fmt: skip
@@ -141,6 +132,32 @@ def test_time_column_sorts_by_date_and_records_its_frequency(workdir, params, da
 )  # fmt: skip
 def test_a_season_follows_from_the_frequency_when_the_window_holds_it(freq, window, season):
     assert freq_season(freq, window) == season
+
+
+def test_the_seasonality_test_finds_airlines_season_and_none_in_random_walks():
+    y = load_airline().to_numpy()
+    assert seasonal(y[:-24], 12) and seasonal(np.log(y[:-24]), 12)
+    assert not seasonal(y[:35], 12)  # under three seasons: not tested
+    rng = np.random.default_rng(0)
+    walks = [np.cumsum(rng.normal(0.5, 1, 120)) for _ in range(100)]  # a trend, no season
+    assert sum(seasonal(w, 12) for w in walks) <= 10  # on the levels, 98 of them passed
+
+
+def test_a_forecast_without_season_gets_the_one_its_dates_and_values_show(workdir, params):
+    """Monthly airline passengers as a CSV with dates and no `season`: 12, and the default
+    recipe's season_norm with it; the same months shuffled in time: none."""
+    y = load_airline()
+    months = y.index.to_timestamp().strftime("%Y-%m-%d")
+    shuffled = np.random.default_rng(0).permutation(y.to_numpy())
+    for values, season in ((y.to_numpy(), 12), (shuffled, None)):
+        pd.DataFrame({"series_id": "a", "time": months, "y": values}).to_csv("a.csv", index=False)
+        data = {"source": "csv", "path": "a.csv", "task": "forecast", "features": ["y"],
+                "window": 36, "horizon": 12, "val_size": 24, "test_size": 12}  # fmt: skip
+        cfg = parse_config({**params, "experiments": {"new": {"data": data}}})
+        assert cfg.experiment("new").model.season_norm == "auto"  # train reads prepare's
+        meta = Prepared.load(prepare(cfg, "new")).meta
+        assert (meta.freq, meta.season) == ("MS", season)
+        assert meta.auto_season_norm() == (season or 0)
 
 
 def test_parquet_classification_by_series(workdir, params):

@@ -23,16 +23,17 @@ def test_a_series_1000_times_larger_gets_a_forecast_1000_times_larger(workdir, p
     from pipeline.export.validate import validate
     from pipeline.training.train import train
 
-    y = load_airline().to_numpy()
+    airline = load_airline()
+    y, months = airline.to_numpy(), airline.index.to_timestamp().strftime("%Y-%m-%d")
     table = pd.concat(
-        pd.DataFrame({"series_id": sid, "time": np.arange(len(y)), "value": y * factor})
+        pd.DataFrame({"series_id": sid, "time": months, "value": y * factor})
         for sid, factor in (("small", 1.0), ("large", 1000.0))
     )
     table.to_csv("series.csv", index=False)
     data = {"source": "csv", "path": "series.csv", "task": "forecast", "features": ["value"],
-            "targets": ["value"], "window": 24, "horizon": 6, "val_size": 18, "test_size": 12,
-            "season": 12}  # fmt: skip
-    model = {"hidden_size": 16}  # else the default recipe: scale_norm auto, on for 2 series
+            "targets": ["value"], "window": 24, "horizon": 6, "val_size": 18,
+            "test_size": 12}  # fmt: skip
+    model = {"hidden_size": 16}  # else the default recipe: its `auto`s are decided by the data
     params["experiments"] = {"scales": {"data": data, "model": model,
                                         "fit": {"max_epochs": 20, "batch_size": 32}}}  # fmt: skip
     params["trainer"].update(progress_bar=False)
@@ -41,7 +42,9 @@ def test_a_series_1000_times_larger_gets_a_forecast_1000_times_larger(workdir, p
     for stage in (prepare, train, export, validate):
         stage(cfg, "scales")
 
-    assert load_trained("models/scales/model.ckpt").model.scale_norm is True
+    model = load_trained("models/scales/model.ckpt").model
+    assert model.scale_norm is True  # two series
+    assert model.season_norm == 12  # the dates are monthly and the values show the season
     report = json.loads(Path("metrics/scales/validate.json").read_text())
     assert report["passed"] and report["parity_max_scaled_diff"] <= 1e-5  # the norm is in the graph
     assert report["ets_mape"] > 0 and report["seasonal_naive_mape"] > 0
