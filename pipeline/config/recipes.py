@@ -55,7 +55,7 @@ RECIPES: dict[str, dict[str, dict]] = {
             "level_norm": True,
             "scale_norm": "auto",
             "season_norm": "auto",
-        },  # fmt: skip
+        },
         "fit": {
             "max_epochs": 300,
             # GluonTS's default budget (100 epochs of 50 batches). The dev series train 300
