@@ -231,6 +231,22 @@ def log_to_training_run(
     return run_id
 
 
+def end_tagged(experiment_name: str, tag: str, value: str, status: str) -> None:
+    """Each run of the experiment tagged `tag` = `value` still RUNNING (its process killed before
+    it could end it: a Ray Train worker) ends `status`."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(absolute_tracking_uri())
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return
+    running = client.search_runs(
+        [experiment.experiment_id], f"tags.{tag} = '{value}' and attributes.status = 'RUNNING'"
+    )
+    for run in running:
+        client.set_terminated(run.info.run_id, status)
+
+
 def end_with_children(parent: str, status: str, child_status=lambda child: "KILLED") -> None:
     """The run `parent` ends `status`, and each of its nested runs still RUNNING (its process
     killed before it could end it: a trial stopped by its scheduler, a Ray worker gone with its

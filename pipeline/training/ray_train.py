@@ -20,7 +20,7 @@ from pipeline.errors import PipelineError, SystemFault, first_line
 from pipeline.paths import model_dir
 from pipeline.quiet import quiet
 from pipeline.ray_cluster import end_if_head_lost, ray_session, resolve_address, when_head_lost
-from pipeline.tracking import absolute_tracking_uri, ensure_reachable
+from pipeline.tracking import absolute_tracking_uri, end_tagged, ensure_reachable
 from pipeline.training.train import train
 from pipeline.training.trainer import TrainHooks
 
@@ -72,7 +72,8 @@ def train_on_ray(cfg: PipelineConfig, exp_name: str) -> Path:
     Path(".ray_results").mkdir(exist_ok=True)
     ckpt_dir = Path(tempfile.mkdtemp(prefix=f"train-{exp_name}-", dir=".ray_results")).resolve()
     key = key or "RAY_ADDRESS"
-    end_runs = partial(_end_runs_left, cfg.tracking.experiment_name, ckpt_dir.name)
+    # rank zero's run, where its worker was killed before it could end it
+    end_runs = partial(end_tagged, cfg.tracking.experiment_name, RUN_TAG, ckpt_dir.name, "FAILED")
     with ray_session(address, key, "train"), _removed(ckpt_dir):
         when_head_lost(end_runs)  # its workers, rank zero's run with them
         trainer = TorchTrainer(
@@ -119,19 +120,3 @@ def _cause(err: Exception) -> BaseException:
     causes = [getattr(failures[rank], "_base_exc", failures[rank]) for rank in sorted(failures)]
     causes += [getattr(err, "controller_failure", err)]
     return next((c for c in causes if isinstance(c, PipelineError)), causes[0])
-
-
-def _end_runs_left(experiment_name: str, run_tag: str) -> None:
-    """Rank zero's run, where its worker was killed before it could end it, ends FAILED."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(absolute_tracking_uri())
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        return
-    left = client.search_runs(
-        [experiment.experiment_id],
-        f"tags.{RUN_TAG} = '{run_tag}' and attributes.status = 'RUNNING'",
-    )
-    for run in left:
-        client.set_terminated(run.info.run_id, "FAILED")

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 from mlflow import MlflowClient
 
+from pipeline.config import CONF_DIR
 from tests.conftest import free_port, write_params
 from tests.tuning.conftest import EXP, LOOPBACK_IPS, listening_ips, sweep_params
 
@@ -213,13 +215,14 @@ def train_on(cluster: str, params: dict, workdir: Path) -> dict:
     return json.loads((workdir / f"metrics/{EXP}/train.json").read_text())
 
 
-def test_ray_train_torch_trainer_with_two_cpu_workers(cluster, tune_workdir, params, monkeypatch):
-    import yaml
-
-    from pipeline.config import CONF_DIR
-
-    params = sweep_params(params)
+def ray_ddp(params: dict) -> dict:
+    """`-S trainer=ray_ddp`: Ray Train's TorchTrainer with 2 workers."""
     params["trainer"] = yaml.safe_load((CONF_DIR / "trainer" / "ray_ddp.yaml").read_text())
+    return params
+
+
+def test_ray_train_torch_trainer_with_two_cpu_workers(cluster, tune_workdir, params, monkeypatch):
+    params = ray_ddp(sweep_params(params))
     params["trainer"]["max_epochs"] = 2
     metrics = train_on(cluster, params, tune_workdir)
     assert metrics["epochs_run"] == 2
@@ -264,21 +267,12 @@ def test_an_ensemble_member_whose_worker_dies_ends_the_training_with_one_line(
     params["experiments"][EXP]["fit"]["ensemble"] = 2
     params["trainer"]["max_epochs"] = 100
     write_params(params)
-    training = subprocess.Popen([sys.executable, "-m", "pipeline", "train", EXP],
-                                env={**os.environ, "RAY_ADDRESS": cluster_nodes[0]},
-                                stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while len([r for r in runs_of("train") if "member" in r.data.tags]) < 2:
-            assert training.poll() is None and time.monotonic() < deadline
-            time.sleep(0.5)
-        on_nodes = [c for node in cluster_nodes[1] for c in psutil.Process(node.pid).children(True)]
-        next(c for c in on_nodes if c.cmdline()[:1] == ["ray::_member"]).kill()
-        _, err = training.communicate(timeout=60)
-    finally:
-        if training.poll() is None:
-            training.kill()
-    assert training.returncode == 8, err[-2000:]
+
+    def both_members_started() -> bool:
+        return len([r for r in runs_of("train") if "member" in r.data.tags]) == 2
+
+    code, err = kill_mid_training(cluster_nodes, both_members_started, "ray::_member", count=1)
+    assert code == 8, err[-2000:]
     assert err.strip().splitlines()[-1].startswith(
         "lstm-pipeline train: error: an ensemble member's Ray worker was lost ("
     ) and err.strip().endswith("); run the command again")
@@ -289,33 +283,13 @@ def test_a_ray_train_worker_that_dies_ends_the_training_with_one_line(
     cluster_nodes, tune_workdir, params
 ):
     """It was `unexpected WorkerGroupError`, exit 1, with rank zero's run RUNNING."""
-    import yaml
-
-    from pipeline.config import CONF_DIR
-
-    params = sweep_params(params)
-    params["trainer"] = yaml.safe_load((CONF_DIR / "trainer" / "ray_ddp.yaml").read_text())
+    params = ray_ddp(sweep_params(params))
     params["trainer"]["max_epochs"] = 100
     write_params(params)
-    training = subprocess.Popen([sys.executable, "-m", "pipeline", "train", EXP],
-                                env={**os.environ, "RAY_ADDRESS": cluster_nodes[0]},
-                                stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while not runs_of("train"):  # rank zero has started its fit
-            assert training.poll() is None and time.monotonic() < deadline
-            time.sleep(0.5)
-        nodes = [psutil.Process(node.pid) for node in cluster_nodes[1]]
-        on_nodes = [c for node in nodes for c in node.children(True)]
-        workers = [c for c in on_nodes if c.cmdline()[:1] == ["ray::RayTrainWorker"]]
-        assert len(workers) == 2, [c.cmdline()[:1] for c in on_nodes]
-        for worker in workers:  # rank zero's too: nothing on the cluster ends its run
-            worker.kill()
-        _, err = training.communicate(timeout=120)
-    finally:
-        if training.poll() is None:
-            training.kill()
-    assert training.returncode == 8, err[-2000:]
+    # both workers, rank zero's too: nothing on the cluster ends its run
+    code, err = kill_mid_training(cluster_nodes, lambda: bool(runs_of("train")),
+                                  "ray::RayTrainWorker", count=2)  # fmt: skip
+    assert code == 8, err[-2000:]
     assert err.strip().splitlines()[-1].startswith(
         "lstm-pipeline train: error: a Ray Train worker was lost ("
     ) and err.strip().endswith("); run the command again")
@@ -326,13 +300,7 @@ def test_a_ray_train_workers_own_error_is_stated_as_the_train_stage_states_it(
     cluster, tune_workdir, params
 ):
     """It was `unexpected WorkerGroupError: Training failed due to worker errors:`, exit 1."""
-    import yaml
-
-    from pipeline.config import CONF_DIR
-
-    params = sweep_params(params)
-    params["trainer"] = yaml.safe_load((CONF_DIR / "trainer" / "ray_ddp.yaml").read_text())
-    write_params(params)
+    write_params(ray_ddp(sweep_params(params)))
     (tune_workdir / "data/prepared" / EXP / "meta.json").write_text("{")
     proc = subprocess.run([sys.executable, "-m", "pipeline", "train", EXP],
                           env={**os.environ, "RAY_ADDRESS": cluster}, capture_output=True,
@@ -342,6 +310,30 @@ def test_a_ray_train_workers_own_error_is_stated_as_the_train_stage_states_it(
         f"lstm-pipeline train: error: data/prepared/{EXP}/meta.json: not a valid meta.json "
         "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"
     ]
+
+
+def kill_mid_training(cluster_nodes, started, process: str, count: int) -> tuple[int, str]:
+    """A training on the cluster; once `started()`, the first `count` of its worker processes
+    named `process` on the nodes are killed. Its exit code and standard error."""
+    address, nodes = cluster_nodes
+    training = subprocess.Popen([sys.executable, "-m", "pipeline", "train", EXP],
+                                env={**os.environ, "RAY_ADDRESS": address},
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not started():
+            assert training.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        on_nodes = [c for node in nodes for c in psutil.Process(node.pid).children(True)]
+        workers = [c for c in on_nodes if c.cmdline()[:1] == [process]]
+        assert len(workers) >= count, [c.cmdline()[:1] for c in on_nodes]
+        for worker in workers[:count]:
+            worker.kill()
+        _, err = training.communicate(timeout=120)
+    finally:
+        if training.poll() is None:
+            training.kill()
+    return training.returncode, err
 
 
 def runs_of(stage: str) -> list:
