@@ -189,13 +189,22 @@ class PreparedMeta(DataMeta):
     columns: dict[str, str] | None = None
 
     def auto_season_norm(self) -> int:
-        """`season_norm: auto`: the data's season (`season`) where the window holds two."""
-        return self.season if self.season and self.window >= 2 * self.season else 0
+        """`season_norm: auto`: the data's season (`season`) for a single series whose window
+        holds two. Off for several: one model over a set of related series learns the season
+        they share, and taking each window's out did worse (Bandara, Bergmeir and Hewamalage
+        2021: "homogeneous series from a single application" fit better without it)."""
+        if self.several_series or not self.season:
+            return 0
+        return self.season if self.window >= 2 * self.season else 0
 
     def auto_scale_norm(self) -> bool:
         """`scale_norm: auto` (forecasting): on for one model over several series, which a
         global scaler leaves at their own scales (DeepAR scales each series for this reason,
         Salinas et al. 2020); off for a single series, where the dev series fit better without."""
+        return self.several_series
+
+    @property
+    def several_series(self) -> bool:
         return len(self.series_ids or []) > 1
 
     def contract(self) -> DataMeta:

@@ -388,7 +388,6 @@ def test_an_experiment_that_sets_only_its_data_gets_the_tasks_default_recipe():
         "only_data": {"data": {"source": "ucr", "name": "GunPoint"}},
         "fit_override": {"data": {"source": "ucr", "name": "GunPoint"}, "fit": {"ensemble": 5}},
         "swept": {"data": monthly, "model": {"hidden_size": 8}},
-        "one_season": {"data": {**monthly, "window": 18}},
         "season_off": {"data": monthly, "model": {"season_norm": 0}},
         **{
             f"frames_{n}": {"data": {"source": "moving_digits", "frame_size": n}}
@@ -404,15 +403,14 @@ def test_an_experiment_that_sets_only_its_data_gets_the_tasks_default_recipe():
     assert exps["fit_override"].fit.schedule == recipe["fit"]["schedule"]
     swept = exps["swept"]  # a sweep's best key on top of the forecasting recipe
     assert swept.model.name == "lstm" and swept.model.hidden_size == 8 and swept.model.level_norm
-    # the season (12) fits twice in the 36-step window: the recipe takes it out
-    assert swept.model.season_norm == 12
-    # each window in its own std's units where there is more than one series (train decides)
-    assert swept.model.scale_norm == "auto"
+    # the season taken out of each window (a single series) and each window in its own std's
+    # units (several): train decides both from the prepared data (tests/test_tasks.py)
+    assert swept.model.season_norm == swept.model.scale_norm == "auto"
     # and its fit, bounded in updates: a user's thousands of windows trained for hours
     forecast_fit = RECIPES["forecast"]["fit"]
     assert swept.fit.model_dump(include=set(forecast_fit)) == forecast_fit
     assert forecast_fit["max_updates"] == 5000
-    assert exps["one_season"].model.season_norm == 0 and exps["season_off"].model.season_norm == 0
+    assert exps["season_off"].model.season_norm == 0
     # frames: patches of 4x4 pixels, or the largest size that divides the frame
     assert [exps[f"frames_{n}"].model.patch_size for n in (24, 18, 15)] == [4, 2, 1]
     assert exps["frames_pixels"].model.patch_size == 1

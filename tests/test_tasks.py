@@ -304,11 +304,25 @@ def test_a_confusion_plot_of_many_classes_draws_no_text_per_cell(tmp_path, monke
     assert len(drawn) == 9  # a few classes: each cell's count
 
 
-@pytest.mark.parametrize("ids, on", [(["a"], False), (["a", "b"], True), (None, False)])
-def test_scale_norm_auto_is_on_for_more_than_one_series(ids, on):
+@pytest.mark.parametrize(
+    "ids, season, window, scale, season_norm",
+    [
+        (None, 12, 36, False, 12),  # the built-in airline series
+        (["a"], 12, 24, False, 12),
+        (["a"], 12, 23, False, 0),  # the window holds one season
+        (["a"], None, 36, False, 0),
+        (["a", "b"], 12, 36, True, 0),  # several: the model learns the season they share
+        (["a", "b"], None, 36, True, 0),
+    ],
+)
+def test_the_recipes_autos_scale_several_series_and_deseasonalise_a_single_one(
+    ids, season, window, scale, season_norm
+):
     meta = PreparedMeta(
-        task="forecast", input_shape=[8, 1], features=["y"], window=8, horizon=2, targets=["y"],
-        target_index=[0], scaler={"mean": [0.0], "std": [1.0]}, source="csv", dataset="t",
-        content_sha256="0", sizes={"train": 1, "val": 1, "test": 1}, series_ids=ids,
+        task="forecast", input_shape=[window, 1], features=["y"], window=window, horizon=2,
+        targets=["y"], target_index=[0], scaler={"mean": [0.0], "std": [1.0]}, source="csv",
+        dataset="t", content_sha256="0", sizes={"train": 1, "val": 1, "test": 1},
+        series_ids=ids, season=season,
     )  # fmt: skip
-    assert meta.auto_scale_norm() is on
+    assert meta.auto_scale_norm() is scale
+    assert meta.auto_season_norm() == season_norm

@@ -79,9 +79,6 @@ class Experiment(Strict):
             return raw  # the field validation reports what is wrong with `data`
         recipe = RECIPES[data.task]
         model, fit = {**recipe["model"], **(given or {})}, {**recipe["fit"], **fit}
-        season = getattr(data, "season", None)
-        if season and model.get("season_norm") == "auto":  # else prepare's, read by train
-            model["season_norm"] = season if data.window >= 2 * season else 0
         if data.task == "frames":  # patches of 4x4 pixels, or the largest size that divides
             model.setdefault("patch_size", next(p for p in (4, 2, 1) if data.frame_size % p == 0))
         return {**raw, "model": model, "fit": fit}

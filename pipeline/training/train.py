@@ -128,10 +128,12 @@ def fit_members(cfg, exp_name: str, parent: Parent, hooks: TrainHooks, ckpt_dir:
 
 
 def _auto_rule(key: str, meta) -> str:
+    count = f"{len(meta.series_ids or [1])} series"
     if key == "scale_norm":
-        return f"{len(meta.series_ids or [])} series; on for more than one"
+        return f"{count}; on for more than one"
     return (
-        f"the data's season: {meta.season or 'none'}; on where the window, {meta.window}, holds two"
+        f"{count}, season {meta.season or 'none'}; on for a single series whose window, "
+        f"{meta.window}, holds two seasons"
     )
 
 
