@@ -6,7 +6,8 @@ stage that dvc runs (DVC_STAGE is set) and that finds no server runs as before a
 the background: it imports the stage modules, exports a tiny model once (torch.onnx's
 first-export set-up), listens on a Unix socket, and later imports what its children imported. Later
 stages connect and hand it their argv, working folder and standard streams; it forks a child
-that runs the stage as `lstm-pipeline` would. The client forwards its signals to the child, the
+that runs the stage as `lstm-pipeline` would. The client forwards its signals to the child, a
+client stopped (Ctrl+Z, or SIGSTOP, which the server reads in its state) stops the child, the
 child dies with its client or the server, and the client exits with the child's status. A train,
 export or validate stage that finds a server still importing waits for it (START_WAIT_S at most
 after the server's start) rather than import the same stack beside it.
@@ -33,6 +34,7 @@ import resource
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -61,6 +63,7 @@ WARM_UPS = ("pipeline.export.onnx_export",)
 IDLE_S = 60.0  # dvc starts the next stage within seconds; a user the next run within a minute
 STALE_S = 7 * 24 * 3600.0  # a key whose server has not started for this long is deleted
 ANSWER_S = 5.0  # a server that has not forked within this is not used
+STOP_POLL_S = 0.25  # how often a server with stages running reads whether their clients stopped
 # A stage that would import torch itself waits this long after a server's start for it to listen:
 # the server is already part-way through the same imports (a second stage of a repro starts
 # while the first stage's server imports).
@@ -405,6 +408,8 @@ class _Server:
         self.failed: set[str] = set()
         self.clients: dict[socket.socket, _Lines] = {}
         self.children: dict[socket.socket, int] = {}  # a client's stage
+        self.peers: dict[socket.socket, int] = {}  # a client's pid
+        self.stopped: set[socket.socket] = set()  # clients seen stopped
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ)
         self.wake, wake_w = os.pipe()
@@ -419,13 +424,15 @@ class _Server:
         """Until IDLE_S after the last client and the starter have ended."""
         idle_since = time.monotonic()
         while self.clients or self.starter is not None or time.monotonic() - idle_since < IDLE_S:
-            events = self.selector.select(timeout=0 if self.to_import else 1.0)
+            poll = STOP_POLL_S if self.children else 1.0
+            events = self.selector.select(timeout=0 if self.to_import else poll)
             if not events and self.to_import:
                 self._learn()
             for event, _ in events:
                 if event.fileobj is self.listener:
                     conn, _ = self.listener.accept()
                     self.clients[conn] = _Lines(conn)
+                    self.peers[conn] = _peer_pid(conn)
                     self.selector.register(conn, selectors.EVENT_READ)
                 elif event.fileobj == self.starter:
                     self.selector.unregister(self.starter)
@@ -436,8 +443,22 @@ class _Server:
                     self._reap()
                 elif event.fileobj in self.clients:
                     self._read(event.fileobj)
+            self._follow_stops()
             if self.clients or self.starter is not None:
                 idle_since = time.monotonic()
+
+    def _follow_stops(self) -> None:
+        """A client stopped by a signal it cannot catch (`kill -STOP`, a batch system's
+        suspend) stops its stage too, and continues it when it continues (Ctrl+Z's SIGTSTP
+        the client forwards itself, before it stops)."""
+        for conn, child in self.children.items():
+            stopped = _stopped(self.peers[conn])
+            if stopped and conn not in self.stopped:
+                _kill(child, signal.SIGSTOP)
+                self.stopped.add(conn)
+            elif not stopped and conn in self.stopped:
+                _kill(child, signal.SIGCONT)
+                self.stopped.discard(conn)
 
     def _learn(self, batch: int = 10) -> None:
         """Import a few of the modules a child used (one that fails is skipped). One that
@@ -541,6 +562,8 @@ class _Server:
     def _drop(self, conn: socket.socket) -> None:
         self.selector.unregister(conn)
         self.children.pop(conn, None)
+        self.peers.pop(conn, None)
+        self.stopped.discard(conn)
         for fd in self.clients.pop(conn).fds:
             os.close(fd)
         conn.close()
@@ -552,6 +575,21 @@ def _tell_modules(path: Path) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}")
     tmp.write_text("\n".join(names))
     tmp.replace(path)
+
+
+def _peer_pid(conn: socket.socket) -> int:
+    """The pid of the process at the other end of a Unix socket (SO_PEERCRED: pid, uid, gid)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[0]
+
+
+def _stopped(pid: int) -> bool:
+    """Stopped by a signal (state T in /proc/<pid>/stat; a debugger's `t` is not counted)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone: the end of its socket tells the server
+        return False
+    return stat[stat.rindex(")") + 2] == "T"
 
 
 def _kill(pid: int, number: int) -> None:

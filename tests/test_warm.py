@@ -165,10 +165,12 @@ def test_the_clients_signal_reaches_its_warm_stage(root):
     assert "stopped by SIGTERM" in (root / "stages.log").read_text()
 
 
-def test_ctrl_z_stops_the_warm_stage_with_its_client_and_fg_continues_both(root):
-    """The child is not in the terminal's job: Ctrl+Z (SIGTSTP) reaches the client only."""
+@pytest.mark.parametrize("stop", [signal.SIGTSTP, signal.SIGSTOP], ids=["ctrl_z", "kill_stop"])
+def test_a_stopped_client_stops_its_warm_stage_and_sigcont_continues_both(root, stop):
+    """The child is not in the terminal's job: Ctrl+Z (SIGTSTP) reaches the client only, which
+    forwards it; SIGSTOP, which no process can catch, the server sees in the client's state."""
     client, child = started(root, server(root))
-    client.send_signal(signal.SIGTSTP)
+    client.send_signal(stop)
     for proc in (psutil.Process(client.pid), child):
         wait_for_status(proc, psutil.STATUS_STOPPED)
     assert cpu_seconds_in(child, 1.0) == 0
