@@ -184,18 +184,25 @@ class PreparedMeta(DataMeta):
     content_sha256: str
     sizes: dict[str, int]
     series_ids: list[str] | None = None  # forecast
+    season_share: float | None = None  # several series: data.prepare.season_share
     # a CSV/Parquet source's id_column and time_column: export writes them into the ONNX
     # metadata, and predict reads a file of the training's columns without being told them
     columns: dict[str, str] | None = None
 
     def auto_season_norm(self) -> int:
-        """`season_norm: auto`: the data's season (`season`) for a single series whose window
-        holds two. Off for several: one model over a set of related series learns the season
-        they share, and taking each window's out did worse (Bandara, Bergmeir and Hewamalage
-        2021: "homogeneous series from a single application" fit better without it)."""
-        if self.several_series or not self.season:
+        """`season_norm: auto`: the data's season (`season`) where the window holds two, for a
+        single series or several whose seasons differ. Off for several that share one: one model
+        over them learns it (Bandara, Bergmeir and Hewamalage 2021: a decomposition helped on
+        series from disparate sources, none was better for "homogeneous series from a single
+        application")."""
+        if not self.season or self.window < 2 * self.season or self.shares_season:
             return 0
-        return self.season if self.window >= 2 * self.season else 0
+        return self.season
+
+    @property
+    def shares_season(self) -> bool:
+        """Several series whose common seasonal profile explains most of theirs (or unknown)."""
+        return self.several_series and (self.season_share is None or self.season_share > 0.5)
 
     def auto_scale_norm(self) -> bool:
         """`scale_norm: auto` (forecasting): on for one model over several series, which a

@@ -305,24 +305,27 @@ def test_a_confusion_plot_of_many_classes_draws_no_text_per_cell(tmp_path, monke
 
 
 @pytest.mark.parametrize(
-    "ids, season, window, scale, season_norm",
+    "ids, season, share, window, scale, season_norm",
     [
-        (None, 12, 36, False, 12),  # the built-in airline series
-        (["a"], 12, 24, False, 12),
-        (["a"], 12, 23, False, 0),  # the window holds one season
-        (["a"], None, 36, False, 0),
-        (["a", "b"], 12, 36, True, 0),  # several: the model learns the season they share
-        (["a", "b"], None, 36, True, 0),
+        (None, 12, None, 36, False, 12),  # the built-in airline series
+        (["a"], 12, None, 24, False, 12),
+        (["a"], 12, None, 23, False, 0),  # the window holds one season
+        (["a"], None, None, 36, False, 0),
+        (["a", "b"], 12, 0.99, 36, True, 0),  # one season shared: the model learns it
+        (["a", "b"], 12, 0.24, 36, True, 12),  # seasons that differ: taken out
+        (["a", "b"], 12, 0.24, 23, True, 0),
+        (["a", "b"], 12, None, 36, True, 0),  # a meta.json from before the share
+        (["a", "b"], None, None, 36, True, 0),
     ],
 )
-def test_the_recipes_autos_scale_several_series_and_deseasonalise_a_single_one(
-    ids, season, window, scale, season_norm
+def test_the_recipes_autos_scale_several_series_and_deseasonalise_unshared_seasons(
+    ids, season, share, window, scale, season_norm
 ):
     meta = PreparedMeta(
         task="forecast", input_shape=[window, 1], features=["y"], window=window, horizon=2,
         targets=["y"], target_index=[0], scaler={"mean": [0.0], "std": [1.0]}, source="csv",
         dataset="t", content_sha256="0", sizes={"train": 1, "val": 1, "test": 1},
-        series_ids=ids, season=season,
+        series_ids=ids, season=season, season_share=share,
     )  # fmt: skip
     assert meta.auto_scale_norm() is scale
     assert meta.auto_season_norm() == season_norm

@@ -44,10 +44,10 @@ RECIPES: dict[str, dict[str, dict]] = {
             "precision": "auto",
         },
     },
-    # The airline recipe (conf/experiment/lstm_airline.yaml). A single series with a season
-    # (`data.season`, or the one prepare finds at the dates' frequency) that the window holds
-    # twice: season_norm takes it out. More than one series: each window in units of its own
-    # std, and the season left to the model (train decides both from meta.json).
+    # The airline recipe (conf/experiment/lstm_airline.yaml). A season (`data.season`, or the
+    # one prepare finds at the dates' frequency) that the window holds twice: season_norm takes
+    # it out, but for several series that share it. More than one series: each window in units
+    # of its own std (train decides both from meta.json).
     "forecast": {
         "model": {
             "name": "lstm",

@@ -202,6 +202,8 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
                 ranges[split].append((offset + first, count))
         offset += len(v)
     arrays = {"series": _scaled(raw, mean, std)}
+    columns, held_out = [data.features.index(t) for t in targets], cfg.val_size + cfg.test_size
+    season = cfg.season or _tested_season(raw, columns, held_out, data.freq, cfg.window)
     arrays.update({f"windows_{s}": np.array(ranges[s], np.int64).reshape(-1, 2) for s in SPLITS})
     covariates = _covariates(data, cfg.val_size + cfg.test_size)
     arrays.update(covariates.pop("arrays"))
@@ -212,9 +214,12 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
         "horizon": cfg.horizon,
         "features": data.features,
         "targets": targets,
-        "target_index": [data.features.index(t) for t in targets],
+        "target_index": columns,
         "transform": cfg.transform,
-        "season": cfg.season or _tested_season(raw, targets, data, cfg),
+        "season": season,
+        "season_share": season_share(
+            [v[: len(v) - held_out] for v in raw], columns, season, data.starts
+        ),
         "freq": data.freq,
         "scaler": {"mean": mean.tolist(), "std": std.tolist()},
         "series_ids": data.ids,
@@ -241,16 +246,40 @@ def freq_season(freq: str | None, window: int) -> int | None:
     return steps if not remainder and 1 < steps <= window else None
 
 
-def _tested_season(raw: list[np.ndarray], targets: list[str], data: Series, cfg) -> int | None:
+def _tested_season(raw: list[np.ndarray], columns: list[int], held_out: int, freq, window: int):
     """The frequency's season where most series' train parts show it (`seasonal`, on each
     target of each series)."""
-    period = freq_season(data.freq, cfg.window)
+    period = freq_season(freq, window)
     if period is None:
         return None
-    columns = [data.features.index(t) for t in targets]
-    held_out = cfg.val_size + cfg.test_size
     votes = [seasonal(v[: len(v) - held_out, c], period) for v in raw for c in columns]
     return period if sum(votes) * 2 > len(votes) else None
+
+
+def season_share(train: list[np.ndarray], columns: list[int], period, starts) -> float | None:
+    """How much of several series' seasonal profiles one common profile explains (R², mean over
+    the targets; 1: one season shared, about 1/n for n unrelated ones, 0.25 for two whose
+    profiles correlate -0.5): each train part's profile from a classical decomposition
+    (statsmodels'), at the phases of one time axis (`starts`; without dates, the series are
+    taken to start together), scaled to unit norm. None for one series or no season."""
+    from statsmodels.tsa.seasonal import seasonal_decompose
+
+    if not period or len(train) < 2:
+        return None
+    shares = []
+    for c in columns:
+        profiles = []
+        for i, x in enumerate(train):
+            if len(x) < 2 * period:  # the decomposition needs two whole periods
+                continue
+            profile = seasonal_decompose(x[:, c], period=period).seasonal[:period]
+            profile = np.roll(profile, starts[i] if starts else 0)  # [phase of one axis]
+            if (norm := np.linalg.norm(profile)) > 0:
+                profiles.append(profile / norm)
+        if len(profiles) > 1:
+            p = np.stack(profiles)
+            shares.append(1 - ((p - p.mean(0)) ** 2).sum() / len(p))
+    return round(float(np.mean(shares)), 4) if shares else None
 
 
 def seasonal(x: np.ndarray, period: int) -> bool:

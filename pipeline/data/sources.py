@@ -55,6 +55,8 @@ class Series:
     static: np.ndarray | None = None
     static_names: list[str] = field(default_factory=list)
     calendar: list[str] = field(default_factory=list)
+    # each series' first step on one axis (steps of `freq` after the earliest); None: no dates
+    starts: list[int] | None = None
 
 
 def load_ucr(name: str) -> Labelled:
@@ -486,7 +488,16 @@ def _forecast_series(frame, values: np.ndarray, ids, bounds, cfg: TableData, pat
     return Series(
         [values[a:b, :nf] for a, b in bounds], names, cfg.features, freq, future,
         [*cfg.future, *calendar_names(cfg.calendar)], static, list(cfg.static), list(cfg.calendar),
+        _starts([t.iloc[0] for t in times], freq),
     )  # fmt: skip
+
+
+def _starts(firsts: list, freq: str | None) -> list[int] | None:
+    """Each series' first date as steps of `freq` after the earliest; None without dates."""
+    if not freq:
+        return None
+    grid = pd.date_range(min(firsts), max(firsts), freq=to_offset(freq))
+    return grid.get_indexer(firsts).tolist()
 
 
 def load_table(cfg: TableData) -> Labelled | Series:

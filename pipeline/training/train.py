@@ -131,9 +131,12 @@ def _auto_rule(key: str, meta) -> str:
     count = f"{len(meta.series_ids or [1])} series"
     if key == "scale_norm":
         return f"{count}; on for more than one"
+    share = (
+        "" if meta.season_share is None else f", {meta.season_share:.0%} of their seasons shared"
+    )
     return (
-        f"{count}, season {meta.season or 'none'}; on for a single series whose window, "
-        f"{meta.window}, holds two seasons"
+        f"{count}, season {meta.season or 'none'}{share}; on where the window, {meta.window}, "
+        "holds two seasons, for a single series or several that share under half of theirs"
     )
 
 

@@ -6,7 +6,7 @@ import pytest
 from sktime.datasets import load_airline
 
 from pipeline.config import parse_config
-from pipeline.data.prepare import freq_season, prepare, seasonal
+from pipeline.data.prepare import freq_season, prepare, season_share, seasonal
 from pipeline.data.prepared import Prepared
 from tests.conftest import write_params
 
@@ -158,6 +158,49 @@ def test_a_forecast_without_season_gets_the_one_its_dates_and_values_show(workdi
         meta = Prepared.load(prepare(cfg, "new")).meta
         assert (meta.freq, meta.season) == ("MS", season)
         assert meta.auto_season_norm() == (season or 0)
+
+
+def _airline_profile_moved(months: int) -> np.ndarray:
+    """Airline with its seasonal profile moved by `months`, its trend and noise kept."""
+    from statsmodels.tsa.seasonal import seasonal_decompose
+
+    y = np.log(load_airline().to_numpy())
+    profile, t = seasonal_decompose(y, period=12).seasonal[:12], np.arange(len(y))
+    return np.exp(y - profile[t % 12] + profile[(t + months) % 12])
+
+
+def test_the_share_of_a_season_tells_series_that_share_it_from_series_that_do_not():
+    y = load_airline().to_numpy()
+    rng = np.random.default_rng(0)
+    copies = [(y * f * np.exp(rng.normal(0, 0.03, len(y))))[:, None] for f in (1, 3, 10)]
+    assert season_share(copies, [0], 12, None) > 0.95  # one season, three scales
+    moved = [y[:, None], _airline_profile_moved(6)[:, None]]
+    assert season_share(moved, [0], 12, None) < 0.5  # profiles half a year apart
+    # the same profile, one series starting 6 months later: aligned by the dates
+    late = [y[:, None], y[6:, None]]
+    assert season_share(late, [0], 12, [0, 6]) > 0.99 > 0.5 > season_share(late, [0], 12, None)
+    assert season_share(copies[:1], [0], 12, None) is None  # one series
+    assert season_share(copies, [0], None, None) is None  # no season
+
+
+def test_series_that_share_a_season_keep_it_and_series_that_do_not_get_it_taken_out(
+    workdir, params
+):
+    """Through prepare: the series' first dates align their profiles (one starts 6 months
+    later), and the recipe's season_norm follows the share."""
+    y, months = load_airline(), load_airline().index.to_timestamp()
+    for other, shared in ((y.to_numpy() * 3, True), (_airline_profile_moved(6), False)):
+        pd.concat(
+            [pd.DataFrame({"id": "a", "t": months, "v": y.to_numpy()}),
+             pd.DataFrame({"id": "b", "t": months[6:], "v": other[6:]})]
+        ).to_csv("two.csv", index=False)  # fmt: skip
+        data = {"source": "csv", "path": "two.csv", "task": "forecast", "id_column": "id",
+                "time_column": "t", "features": ["v"], "window": 36, "horizon": 12,
+                "val_size": 24, "test_size": 12, "transform": "log"}  # fmt: skip
+        cfg = parse_config({**params, "experiments": {"two": {"data": data}}})
+        meta = Prepared.load(prepare(cfg, "two")).meta
+        assert meta.season == 12 and (meta.season_share > 0.5) is shared
+        assert meta.auto_season_norm() == (0 if shared else 12)
 
 
 def test_parquet_classification_by_series(workdir, params):
