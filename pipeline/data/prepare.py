@@ -205,7 +205,7 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
     columns, held_out = [data.features.index(t) for t in targets], cfg.val_size + cfg.test_size
     season = cfg.season or _tested_season(raw, columns, held_out, data.freq, cfg.window)
     arrays.update({f"windows_{s}": np.array(ranges[s], np.int64).reshape(-1, 2) for s in SPLITS})
-    covariates = _covariates(data, cfg.val_size + cfg.test_size)
+    covariates = _covariates(data, held_out)
     arrays.update(covariates.pop("arrays"))
     meta = {
         **covariates,
@@ -273,7 +273,7 @@ def season_share(train: list[np.ndarray], columns: list[int], period, starts) ->
             if len(x) < 2 * period:  # the decomposition needs two whole periods
                 continue
             profile = seasonal_decompose(x[:, c], period=period).seasonal[:period]
-            profile = np.roll(profile, starts[i] if starts else 0)  # [phase of one axis]
+            profile = np.roll(profile, starts[i] if starts else 0)  # index: the axis' phase
             if (norm := np.linalg.norm(profile)) > 0:
                 profiles.append(profile / norm)
         if len(profiles) > 1:
