@@ -203,7 +203,8 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
         offset += len(v)
     arrays = {"series": _scaled(raw, mean, std)}
     columns, held_out = [data.features.index(t) for t in targets], cfg.val_size + cfg.test_size
-    season = cfg.season or _tested_season(raw, columns, held_out, data.freq, cfg.window)
+    train = [v[: len(v) - held_out] for v in raw]
+    season = cfg.season or _tested_season(train, columns, data.freq, cfg.window)
     arrays.update({f"windows_{s}": np.array(ranges[s], np.int64).reshape(-1, 2) for s in SPLITS})
     covariates = _covariates(data, held_out)
     arrays.update(covariates.pop("arrays"))
@@ -217,9 +218,7 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
         "target_index": columns,
         "transform": cfg.transform,
         "season": season,
-        "season_share": season_share(
-            [v[: len(v) - held_out] for v in raw], columns, season, data.starts
-        ),
+        "season_share": season_share(train, columns, season, data.starts),
         "freq": data.freq,
         "scaler": {"mean": mean.tolist(), "std": std.tolist()},
         "series_ids": data.ids,
@@ -246,13 +245,13 @@ def freq_season(freq: str | None, window: int) -> int | None:
     return steps if not remainder and 1 < steps <= window else None
 
 
-def _tested_season(raw: list[np.ndarray], columns: list[int], held_out: int, freq, window: int):
+def _tested_season(train: list[np.ndarray], columns: list[int], freq, window: int) -> int | None:
     """The frequency's season where most series' train parts show it (`seasonal`, on each
     target of each series)."""
     period = freq_season(freq, window)
     if period is None:
         return None
-    votes = [seasonal(v[: len(v) - held_out, c], period) for v in raw for c in columns]
+    votes = [seasonal(x[:, c], period) for x in train for c in columns]
     return period if sum(votes) * 2 > len(votes) else None
 
 
