@@ -11,7 +11,7 @@ h + 1 windows there calibrate the intervals; nothing is selected on test). Repor
 ONNX Runtime: each member's MAPE and MAE (each member exported alone), the ensemble's,
 the baselines', the 80 % interval's coverage and mean width and the members' training wall
 time. Outside the dev series (OUTSIDE, checks of the recipe on series it was not chosen on):
-seatbelts, uschange and gdp, each with its last h steps held out.
+seatbelts, uschange, gdp and solar, each with its last h steps held out.
 
 Usage: python benchmarks/quality_forecast.py [--series airline-12 ...] [--members 5]
        [--model KEY=VALUE ...] [--fit KEY=VALUE ...] [--max-epochs K] [--origins K]
@@ -81,15 +81,23 @@ def load_gdp() -> pd.Series:
     return load_macroeconomic()["realgdp"]
 
 
+def load_solar() -> pd.Series:
+    from sktime.datasets import load_solar  # api_version None: the sample sktime ships, no network
+
+    return load_solar(api_version=None)
+
+
 # Outside the dev series, for checks only (nothing is chosen on them): road casualties (monthly,
-# a seat-belt law two years before the end), US consumption growth (quarterly) and US real GDP
-# (quarterly, ending in the 2008-09 recession).
+# a seat-belt law two years before the end), US consumption growth (quarterly), US real GDP
+# (quarterly, ending in the 2008-09 recession) and UK solar generation (half-hourly, 6 days: a
+# daily season of 48 steps, zero at night).
 OUTSIDE = {
     "seatbelts": (load_seatbelts,
                   {"window": 36, "horizon": 12, "season": 12, "transform": "none"}),
     "uschange": (load_consumption,
                  {"window": 16, "horizon": 8, "season": None, "transform": "none"}),
     "gdp": (load_gdp, {"window": 16, "horizon": 8, "season": None, "transform": "none"}),
+    "solar": (load_solar, {"window": 96, "horizon": 24, "season": 48, "transform": "none"}),
 }  # fmt: skip
 
 
