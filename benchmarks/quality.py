@@ -140,9 +140,9 @@ def data_config(name: str, data: Labelled, work: Path) -> dict:
     return cfg if data.variable_length else {**cfg, "window": len(data.x[0])}
 
 
-def run_stages(exp: str, work: Path, env: dict) -> dict:
+def run_stages(exp: str, work: Path, env: dict, stages: tuple[str, ...] = STAGES) -> dict:
     seconds = {}
-    for stage in STAGES:
+    for stage in stages:
         start = time.perf_counter()
         proc = subprocess.run(
             ["lstm-pipeline", stage, exp], cwd=work, env=env, capture_output=True, text=True

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from common import cli_env, machine
+from quality import run_stages
 
 from pipeline.data.prepared import Prepared
 from pipeline.paths import metrics_file, prepared_dir
@@ -93,12 +93,7 @@ SETS = {"stores": stores, "meters": meters, "moved": moved, "copy": copy}
 
 
 def run(exp: str, work: Path, env: dict) -> dict:
-    for stage in ("prepare", "train"):
-        proc = subprocess.run(["lstm-pipeline", stage, exp], cwd=work, env=env, text=True,
-                              capture_output=True)  # fmt: skip
-        if proc.returncode:
-            sys.exit(f"lstm-pipeline {stage} {exp} failed:\n{proc.stderr[-3000:]}")
-        print(f"{exp}: {stage} done", file=sys.stderr)
+    run_stages(exp, work, env, ("prepare", "train"))
     train = json.loads((work / metrics_file(exp, "train")).read_text())
     return {"mape_mean": train["members/test/mape_mean"], "mape_sd": train["members/test/mape_sd"]}
 
@@ -122,8 +117,7 @@ def main() -> None:
         params = {"seed": 0, "trainer": {"progress_bar": False}, "experiments": experiments}
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         for name in args.sets:
-            subprocess.run(["lstm-pipeline", "prepare", f"{name}_auto"], cwd=work, env=env,
-                           check=True, capture_output=True)  # fmt: skip
+            run_stages(f"{name}_auto", work, env, ("prepare",))
             meta = Prepared.load(work / prepared_dir(f"{name}_auto")).meta
             rows[name] = {"season": meta.season, "season_share": meta.season_share,
                           "auto": meta.auto_season_norm()}  # fmt: skip
