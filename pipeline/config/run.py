@@ -53,10 +53,10 @@ class Validate(Strict):
     parity_batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [1, 4, 16]
     min: dict[str, float] = {}  # metric -> lowest passing value, e.g. accuracy: 0.95
     max: dict[str, float] = {}  # metric -> highest passing value, e.g. mape: 10
-    # forecast: mape < (seasonal-)naive mape; frames: mse below and ssim above copy-last-frame's
+    # forecast: mae < (seasonal-)naive mae; frames: mse below and ssim above copy-last-frame's
     beat_baseline: bool = False
     classical: bool = True  # forecast: report ETS fitted on the train part (ets_mae, ...)
-    beat_classical: bool = False  # forecast: mape < ets_mape
+    beat_classical: bool = False  # forecast: mae < ets_mae
     quantize: bool = True  # try a dynamic int8 model (models/<exp>/int8/model.onnx)
     # keep it only if accuracy falls (mape, mse rises) by at most this much, absolute
     int8_max_drop: Annotated[float, Field(ge=0)] = 0.01

@@ -9,7 +9,7 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.config import Release
-from pipeline.evaluation import Gate, gate_table, release_gates
+from pipeline.evaluation import Gate, baseline_gates, gate_table, release_gates
 from pipeline.tasks import TASKS
 from tests.conftest import REPO, free_port, write_params
 
@@ -29,11 +29,11 @@ def test_thresholds_apply_to_the_metrics_a_report_has():
         "accuracy vs baseline": True,  # skipped: classification has no baseline
         "accuracy vs champion": True,  # no champion yet
     }
-    forecast = {"passed": True, "mape": 0.25, "mae": 3.0, "seasonal_naive_mape": 0.3}
+    forecast = {"passed": True, "mape": 0.25, "mae": 3.0, "seasonal_naive_mae": 3.5}
     assert verdicts(forecast, task="forecast") == {
         "validate.json passed": True,
         "mape": False,
-        "mape vs baseline": True,
+        "mae vs baseline": True,
         "mape vs champion": True,
     }
 
@@ -43,13 +43,13 @@ def test_thresholds_apply_to_the_metrics_a_report_has():
     [
         (  # within release.max.mape, but worse than last year's same month
             "forecast",
-            {"mape": 0.110, "seasonal_naive_mape": 0.095},
-            Gate("mape vs baseline", "0.11", "< 0.095 (seasonal_naive_mape)", False),
+            {"mape": 0.110, "mae": 12.0, "seasonal_naive_mape": 0.095, "seasonal_naive_mae": 11.5},
+            Gate("mae vs baseline", "12", "< 11.5 (seasonal_naive_mae)", False),
         ),
         (
             "forecast",
-            {"mape": 0.09, "naive_mape": 0.095},
-            Gate("mape vs baseline", "0.09", "< 0.095 (naive_mape)", True),
+            {"mape": 0.09, "mae": 9.0, "naive_mape": 0.095, "naive_mae": 9.5},
+            Gate("mae vs baseline", "9", "< 9.5 (naive_mae)", True),
         ),
         (
             "frames",
@@ -158,3 +158,13 @@ def test_unreachable_tracking_server_fails_fast(workdir, params, monkeypatch, ca
     assert main(["release", "--exp", "lstm_airline"]) == 6
     assert f"MLflow tracking server {uri} is unreachable" in capsys.readouterr().err
     assert time.monotonic() - start < 15
+
+
+def test_a_forecaster_meets_its_baseline_on_mae_where_zeros_make_mape_meaningless():
+    """Solar generation at night: the truth is 0, so MAPE divides by its floor and a forecast
+    0.001 off scores 1e4 there, while seasonal naive repeats yesterday's exact zeros. Which
+    forecast is closer is MAE's to say (below the naive MAE: MASE below 1)."""
+    report = {"mape": 6.5e4, "mae": 0.03, "seasonal_naive_mape": 0.09, "seasonal_naive_mae": 0.04}
+    assert baseline_gates(report, TASKS["forecast"]) == [
+        Gate("mae vs baseline", "0.03", "< 0.04 (seasonal_naive_mae)", True)
+    ]

@@ -98,14 +98,14 @@ def state(server: str, name: str) -> tuple[list[str], dict]:
 
 def test_forecaster_worse_than_its_seasonal_naive_is_refused_by_default(made, server, release):
     report = json.loads((made[0] / f"metrics/{FORECAST}/validate.json").read_text())
-    assert report["passed"] and report["mape"] > report["seasonal_naive_mape"]
+    assert report["passed"] and report["mae"] > report["seasonal_naive_mae"]
 
     code, out, err = release("refused-{exp}", FORECAST, "--promote")
     assert code == 4
-    (row,) = [line for line in out.splitlines() if line.startswith("mape vs baseline")]
-    bound = f"< {report['seasonal_naive_mape']:.6g} (seasonal_naive_mape)"
+    (row,) = [line for line in out.splitlines() if line.startswith("mae vs baseline")]
+    bound = f"< {report['seasonal_naive_mae']:.6g} (seasonal_naive_mae)"
     assert bound in row and row.endswith("FAIL")
-    assert err.strip().endswith("release refused by mape vs baseline; registry unchanged")
+    assert err.strip().endswith("release refused by mae vs baseline; registry unchanged")
     client = MlflowClient(server)
     assert client.search_registered_models(f"name = 'refused-{FORECAST}'") == []
     experiment = client.get_experiment_by_name("lstm-pipeline")
