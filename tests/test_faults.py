@@ -255,6 +255,25 @@ def test_two_processes_creating_a_new_store_at_once_both_succeed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]  # no temp store left
 
 
+def test_an_experiment_another_process_creates_first_is_used_not_an_error(
+    tmp_path, mlflow_template, monkeypatch
+):
+    """Two `make repro` lanes on a fresh store: both trainings looked the experiment up, found
+    none, and the second's create failed (UNIQUE constraint; train exit 6). Staged here: the
+    lookup answers none, as it did just before the other lane created the experiment."""
+    from pipeline.training.logger import PatientMLFlowLogger
+
+    shutil.copy(mlflow_template, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    made = MlflowClient(uri).create_experiment("lstm-pipeline")  # by the other lane
+    logger = PatientMLFlowLogger(experiment_name="lstm-pipeline", tracking_uri=uri, run_name="r")
+    lookup, answers = logger._mlflow_client.get_experiment_by_name, [None]
+    monkeypatch.setattr(logger._mlflow_client, "get_experiment_by_name",
+                        lambda name: answers.pop() if answers else lookup(name))  # fmt: skip
+    assert logger.experiment.get_run(logger.run_id).info.experiment_id == made
+    assert not answers  # the staged answer was read
+
+
 def test_a_store_that_cannot_be_created_gives_one_line(repo, capsys, monkeypatch):
     uri = f"sqlite:///{repo}/params.yaml/mlflow.db"  # under a file
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

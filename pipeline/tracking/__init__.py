@@ -181,6 +181,23 @@ def run_tags(exp: str, stage: str, **extra: str) -> dict[str, str]:
     return tags
 
 
+def experiment_id(client, name: str) -> str:
+    """The id of MLflow experiment `name`, created where there is none. Another process creating
+    it meanwhile is no error: two `make repro` lanes starting their trainings on a fresh store
+    both found none, and the second's create failed (UNIQUE constraint, train exit 6)."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException:
+            found = client.get_experiment_by_name(name)  # made by the other process, or raise
+            if found is None:
+                raise
+    return found.experiment_id
+
+
 def training_run(experiment_name: str, ckpt, validated: bool = False) -> str | None:
     """The id of the newest MLflow run train logged this exact checkpoint to (tag
     `ckpt_sha256`), or None (no checkpoint, or MLFLOW_TRACKING_URI points elsewhere than the

@@ -29,7 +29,7 @@ from requests.exceptions import RequestException
 
 from pipeline.errors import TrackingError, first_line
 from pipeline.io import append_text, atomic_file
-from pipeline.tracking import one_bounded_try, redacted, tracking_uri
+from pipeline.tracking import experiment_id, one_bounded_try, redacted, tracking_uri
 from pipeline.training.resume import saved_run_id
 
 RETRY_S = 30.0
@@ -49,6 +49,15 @@ class PatientMLFlowLogger(MLFlowLogger):
         self.send_at, self.down = 0.0, False
         self.continued = kwargs.get("run_id") is not None
         self.logged: dict[str, int] | None = None  # for a continued run: see _logged_steps
+
+    @property
+    def experiment(self):
+        # Lightning's get-then-create of the experiment fails in the process that comes second
+        if rank_zero_only.rank == 0 and not (
+            self._initialized or self._run_id or self._experiment_id
+        ):
+            self._experiment_id = experiment_id(self._mlflow_client, self._experiment_name)
+        return super().experiment
 
     def _read_kept(self) -> list:
         """The entries a killed training kept; a line cut short by the kill is dropped (and

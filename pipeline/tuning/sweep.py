@@ -24,7 +24,13 @@ from pipeline.ray_cluster import (
     resolve_address,
     when_head_lost,
 )
-from pipeline.tracking import absolute_tracking_uri, end_with_children, ensure_reachable, run_tags
+from pipeline.tracking import (
+    absolute_tracking_uri,
+    end_with_children,
+    ensure_reachable,
+    experiment_id,
+    run_tags,
+)
 from pipeline.tuning.results import best_params, results_table, write_results
 from pipeline.tuning.spaces import check_values, search_space, to_ray
 from pipeline.tuning.trial import run_trial
@@ -47,12 +53,7 @@ def _parent_run(
     id_file = state / PARENT_RUN_FILE
     if resume and id_file.exists():
         return id_file.read_text().strip()
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment_name)
-    exp_id = (
-        experiment.experiment_id
-        if experiment
-        else client.create_experiment(cfg.tracking.experiment_name)
-    )
+    exp_id = experiment_id(client, cfg.tracking.experiment_name)
     run = client.create_run(exp_id, run_name=f"tune-{exp_name}", tags=run_tags(exp_name, "tune"))
     t, fit = cfg.tune, cfg.experiment(exp_name).fit
     for key in ("num_samples", "search", "scheduler", "max_concurrent_trials"):
