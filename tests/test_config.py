@@ -222,9 +222,10 @@ def _error(raw) -> str:
             "experiments.attention_lstm_airline: model.max_steps applies to classification only",
         ),
         (
-            ("experiments", "lstm_airline", "fit", "jitter"),
+            ("experiments", "conv_lstm_moving_digits", "fit", "jitter"),
             0.03,
-            "experiments.lstm_airline: fit.jitter applies to classification only",
+            "experiments.conv_lstm_moving_digits: fit.jitter applies to classification and "
+            "forecasting only",
         ),
         (
             ("experiments", "lstm_italypowerdemand", "fit", "label_smoothing"),

@@ -108,9 +108,11 @@ class Experiment(Strict):
             raise ValueError(f"model.patch_size: {patch} must divide data.frame_size ({frame})")
         if self.fit.teacher_forcing and self.task != "frames":
             raise ValueError("fit.teacher_forcing applies to the frames task (conv_lstm) only")
-        for key in ("label_smoothing", "scaling", "jitter"):
+        for key in ("label_smoothing", "scaling"):
             if getattr(self.fit, key) and self.task != "classification":
                 raise ValueError(f"fit.{key} applies to classification only")
+        if self.fit.jitter and self.task == "frames":
+            raise ValueError("fit.jitter applies to classification and forecasting only")
         if self.validation.beat_classical and not (
             self.task == "forecast" and self.validation.classical
         ):

@@ -40,10 +40,12 @@ class Fit(Strict):
     # it), else 32-true: elsewhere bf16 is emulated, slower than float32.
     precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed"] | None = None
     # Classification, training steps only: cross-entropy against labels smoothed by this much
-    # (Szegedy et al. 2016); each series' channels scaled by 1 + N(0, scaling²), then Gaussian
-    # noise of sd `jitter` on every input value (Um et al. 2017; the inputs are standardised).
+    # (Szegedy et al. 2016); each series' channels scaled by 1 + N(0, scaling²).
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
     scaling: Annotated[float, Field(ge=0)] = 0.0
+    # Classification and forecasting, training steps only: Gaussian noise of sd `jitter` on every
+    # standardised input value (Um et al. 2017), in each window's std where model.scale_norm is
+    # on; a forecast's future covariates get none.
     jitter: Annotated[float, Field(ge=0)] = 0.0
 
 

@@ -8,6 +8,7 @@ from torchmetrics import MeanMetric, MetricCollection
 
 from pipeline.checkpoint import model_for
 from pipeline.meta import DataMeta
+from pipeline.models.lstm import normalise
 from pipeline.tasks import task_of
 
 
@@ -77,12 +78,19 @@ class SequenceModule(pl.LightningModule):
         return loss
 
     def _augmented(self, x: torch.Tensor) -> torch.Tensor:
-        """fit.scaling and fit.jitter (classification): x [batch, seq, channels]."""
+        """fit.scaling and fit.jitter: x [batch, seq, channels]. The jitter is in the units
+        the network reads: each window's own std where `scale_norm` is on (a small series
+        among large ones is not drowned); none on the future covariates' past values (x's
+        last columns: a calendar or a plan, known exactly)."""
         if self.hparams.scaling:
             factor = torch.randn(x.shape[0], 1, x.shape[-1], device=x.device)
             x = x * (1 + self.hparams.scaling * factor)
         if self.hparams.jitter:
-            x = x + self.hparams.jitter * torch.randn_like(x)
+            width = x.shape[-1] - len(self.meta.future)
+            noise = self.hparams.jitter * torch.randn_like(x[..., :width])
+            if getattr(self.model, "scale_norm", False):
+                noise = noise * normalise(self.model, x)[1][1]
+            x = torch.cat([x[..., :width] + noise, x[..., width:]], dim=-1)
         return x
 
     def _log_epoch_metrics(self, key: str) -> None:
