@@ -10,7 +10,7 @@ from pipeline import plots
 from pipeline.config import Validate
 from pipeline.data.prepared import Prepared
 from pipeline.data.windows import split_ranges
-from pipeline.evaluation import validate_failures
+from pipeline.evaluation import lost_to_baseline, validate_failures
 from pipeline.meta import DataMeta, PreparedMeta
 from pipeline.tasks import TASKS, classical, higher_is_better
 from pipeline.tasks.classical import ets_forecasts
@@ -249,6 +249,7 @@ def test_frames_beat_baseline_gates_on_mse_and_ssim():
     assert report["mse"] < report["baseline_mse"] and report["ssim"] < report["baseline_ssim"]
     (failure,) = validate_failures(report, Validate(beat_baseline=True), task)
     assert failure.startswith("ssim vs baseline: ")
+    assert lost_to_baseline(report, task) == [failure]  # what validate says with the gate off
     assert not validate_failures(report, Validate(beat_baseline=False), task)
 
 

@@ -15,7 +15,7 @@ from pipeline.checkpoint import trained_for
 from pipeline.config import PipelineConfig
 from pipeline.data.prepared import Prepared
 from pipeline.errors import GateError, SystemFault
-from pipeline.evaluation import validate_failures
+from pipeline.evaluation import lost_to_baseline, validate_failures
 from pipeline.export.onnx_export import example_length
 from pipeline.export.parity import parity, streaming_report
 from pipeline.export.quantize import int8_report
@@ -103,6 +103,10 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
             "onnx_sha256": file_digest(folder / "model.onnx"),
         },
     )
+    if not rules.beat_baseline:  # a user's data, where the recipe may lose: said, not failed
+        for line in lost_to_baseline(report, task):
+            print(f"{exp_name}: {line}: no better than the naive prediction "
+                  "(validate.beat_baseline: true fails the stage on it)")  # fmt: skip
     if failed and cfg.trainer.gates == "enforce":
         raise GateError(f"{exp_name}: validation failed: " + "; ".join(failed))
     return report
