@@ -26,6 +26,7 @@ from pipeline.registry import history, history_table, model_card, move_alias
 from pipeline.tasks import task_of
 from pipeline.tracking import (
     ensure_reachable,
+    experiment_id,
     redacted,
     run_tags,
     tracking_uri,
@@ -155,7 +156,8 @@ def _register(
         data_sha256=prepared.meta.content_sha256,
     )
     mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(cfg.tracking.experiment_name)
+    tracked = experiment_id(mlflow.MlflowClient(), cfg.tracking.experiment_name)
+    mlflow.set_experiment(experiment_id=tracked)
     lineage = {"training_run_id": training} if training else {}
     with mlflow.start_run(run_name=f"release-{exp}", tags={**tags, **lineage}) as run:
         mlflow.log_metrics({k: v for k, v in report.items() if isinstance(v, float)})
