@@ -14,8 +14,10 @@ time. Outside the dev series (OUTSIDE, checks of the recipe on series it was not
 seatbelts, uschange, gdp and solar, each with its last h steps held out.
 
 Usage: python benchmarks/quality_forecast.py [--series airline-12 ...] [--members 5]
-       [--model KEY=VALUE ...] [--fit KEY=VALUE ...] [--max-epochs K] [--origins K]
---model and --fit override a key of the recipe's (a comparison, never the default); --max-epochs
+       [--model KEY=VALUE ...] [--fit KEY=VALUE ...] [--data KEY=VALUE ...] [--max-epochs K]
+       [--origins K]
+--model, --fit and --data override a key of the recipe's or the series' (a comparison, never the
+default; `--data window=null`: the window prepare picks where none is set); --max-epochs
 caps every fit (smoke runs only). --origins K runs the protocol K times per series, the series
 cut 0, 1, ..., K - 1 steps shorter (each run holds out the h steps before its own end), and
 reports each figure averaged over the origins: coverage over K h points, not one window's h.
@@ -212,13 +214,14 @@ def main() -> None:
     p.add_argument("--members", type=int, default=5)
     p.add_argument("--model", nargs="*", default=[], help="KEY=VALUE over the recipe's model")
     p.add_argument("--fit", nargs="*", default=[], help="KEY=VALUE over the recipe's fit")
+    p.add_argument("--data", nargs="*", default=[], help="KEY=VALUE over each series' data")
     p.add_argument("--max-epochs", type=int, help="cap every fit (smoke runs only)")
     p.add_argument("--origins", type=int, default=1, help="successive forecast origins")
     args = p.parse_args()
     if args.origins < 1:
         p.error(f"--origins: at least 1 (got {args.origins})")
     cuts = range(args.origins)
-    model, fit = overrides(args.model), overrides(args.fit)
+    model, fit, data = overrides(args.model), overrides(args.fit), overrides(args.data)
     with tempfile.TemporaryDirectory(prefix="bench-forecast-") as tmp:
         work, env = Path(tmp), cli_env(tmp)
         trainer = {"progress_bar": False}
@@ -226,7 +229,7 @@ def main() -> None:
             trainer["max_epochs"] = args.max_epochs
         experiments = {
             experiment(name, cut): {
-                "data": data_config(name, work, cut),
+                "data": {**data_config(name, work, cut), **data},
                 "fit": {**fit, "ensemble": args.members},
                 "validate": {"quantize": False},
                 **({"model": model} if model else {}),
@@ -245,12 +248,15 @@ def main() -> None:
         "recipe": RECIPE,
         "model_override": model,
         "fit_override": fit,
+        "data_override": data,
         "members": args.members,
         "origins": args.origins,
         "series": rows,
     }
     text = json.dumps(result, indent=2)
-    if not (model or fit or args.max_epochs or args.origins > 1) and args.series == list(SERIES):
+    if not (model or fit or data or args.max_epochs or args.origins > 1) and args.series == list(
+        SERIES
+    ):
         (HERE / "quality_forecast.json").write_text(text + "\n")
     print(text)
     print(table(rows), file=sys.stderr)

@@ -98,7 +98,7 @@ class Experiment(Strict):
             if getattr(self.model, key, None) and self.task != "classification":
                 raise ValueError(f"model.{key} applies to classification only")
         period = getattr(self.model, "season_norm", 0)
-        if period != "auto" and period and self.data.window < 2 * period:
+        if period != "auto" and period and self.data.window and self.data.window < 2 * period:
             raise ValueError(
                 f"model.season_norm: {period} needs windows of 2 periods or more "
                 f"(data.window is {self.data.window})"

@@ -32,7 +32,7 @@ def shipped_ucr_sets() -> tuple[str, ...]:
 class ForecastWindows(Strict):
     """Windowing and time-ordered splits of a forecasting series (counts are time steps)."""
 
-    window: PositiveInt = 24
+    window: PositiveInt | None = None  # None: prepare's auto_window
     horizon: PositiveInt = 12
     val_size: PositiveInt = 24
     test_size: PositiveInt = 24
@@ -100,7 +100,7 @@ class TableData(ForecastWindows):
     source: Literal["csv", "parquet"]
     path: str
     task: Literal["classification", "forecast"]
-    window: PositiveInt | None = None  # forecast: 24 when not set
+    window: PositiveInt | None = None  # forecast: prepare's auto_window; classification: whole
     split_column: str = "split"
     max_length: PositiveInt | None = None  # classification: refuse longer series
     id_column: str = "series_id"
@@ -124,8 +124,6 @@ class TableData(ForecastWindows):
     def _task_defaults(cls, raw):
         if not isinstance(raw, dict):
             return raw
-        if raw.get("task") == "forecast" and raw.get("window") is None:
-            raw = {**raw, "window": 24}
         if raw.get("task") == "classification" or raw.get("targets") is None:
             raw = {**raw, "targets": []}  # classification predicts the label, not columns
         return raw

@@ -29,7 +29,7 @@ from pipeline.data.sources import (
     load_table,
     load_ucr,
 )
-from pipeline.data.windows import min_length, split_ranges
+from pipeline.data.windows import auto_window, min_length, split_ranges
 from pipeline.errors import DataError
 from pipeline.io import atomic_dir, write_json
 from pipeline.meta import PreparedMeta, fit_standard, log, padded, standard, std_spread
@@ -173,12 +173,15 @@ def _scaled(raw: list[np.ndarray], mean, std, chunk: int = 1 << 18) -> Chunked:
 def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
     cfg = exp.data
     targets = list(getattr(cfg, "targets", None) or data.features)
-    need = min_length(cfg.window, cfg.horizon, cfg.val_size, cfg.test_size)
+    period = getattr(exp.model, "season_norm", 0)  # needs two periods; the baseline, one season
+    least = max(2 * period if isinstance(period, int) else 1, cfg.season or 1)
+    need = min_length(cfg.window or least, cfg.horizon, cfg.val_size, cfg.test_size)
+    inputs = f"window ({cfg.window})" if cfg.window else f"a window of at least {least}"
     for sid, values in zip(data.ids, data.values, strict=True):
         if len(values) < need:
             raise DataError(
-                f"{_source_name(exp)}: series {sid!r} has {len(values)} time steps; window "
-                f"({cfg.window}) + horizon ({cfg.horizon}) + val_size ({cfg.val_size}) + "
+                f"{_source_name(exp)}: series {sid!r} has {len(values)} time steps; {inputs} + "
+                f"horizon ({cfg.horizon}) + val_size ({cfg.val_size}) + "
                 f"test_size ({cfg.test_size}) need at least {need}"
             )
         if cfg.transform == "log" and (values <= 0).any():
@@ -190,28 +193,36 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
             )
 
     raw = [log(v) if cfg.transform == "log" else v for v in data.values]
-    mean, std = fit_standard([v[: len(v) - cfg.val_size - cfg.test_size] for v in raw])
+    columns, held_out = [data.features.index(t) for t in targets], cfg.val_size + cfg.test_size
+    train = [v[: len(v) - held_out] for v in raw]
+    room = min(len(v) for v in train) - cfg.horizon  # inputs of the shortest's one train window
+    season = cfg.season or _tested_season(train, columns, data.freq, cfg.window or room // 2)
+    window = cfg.window or auto_window(cfg.horizon, season, room, least)
+    if not cfg.window:
+        print(
+            f"data.window: auto -> {window} (2 horizons of {cfg.horizon} or 3 seasons of "
+            f"{season or 'none'}, the longer, within half the {room} inputs the shortest series' "
+            "train part leaves)"
+        )
+    mean, std = fit_standard(train)
 
     ranges = {s: [] for s in SPLITS}
     offset = 0
     for v in raw:
         for split, (first, count) in split_ranges(
-            len(v), cfg.window, cfg.horizon, cfg.val_size, cfg.test_size
+            len(v), window, cfg.horizon, cfg.val_size, cfg.test_size
         ).items():
             if count:
                 ranges[split].append((offset + first, count))
         offset += len(v)
     arrays = {"series": _scaled(raw, mean, std)}
-    columns, held_out = [data.features.index(t) for t in targets], cfg.val_size + cfg.test_size
-    train = [v[: len(v) - held_out] for v in raw]
-    season = cfg.season or _tested_season(train, columns, data.freq, cfg.window)
     arrays.update({f"windows_{s}": np.array(ranges[s], np.int64).reshape(-1, 2) for s in SPLITS})
     covariates = _covariates(data, held_out)
     arrays.update(covariates.pop("arrays"))
     meta = {
         **covariates,
-        "input_shape": [cfg.window, len(data.features) + len(data.future_names)],
-        "window": cfg.window,
+        "input_shape": [window, len(data.features) + len(data.future_names)],
+        "window": window,
         "horizon": cfg.horizon,
         "features": data.features,
         "targets": targets,

@@ -58,3 +58,13 @@ class WindowStarts:
 def min_length(window: int, horizon: int, val_size: int, test_size: int) -> int:
     """Shortest series that still gives one train window."""
     return window + horizon + val_size + test_size
+
+
+def auto_window(horizon: int, season: int | None, room: int, least: int = 1) -> int:
+    """A forecaster's window where `data.window` is not set: two horizons (the shortest
+    lookback N-BEATS ensembles over, Oreshkin et al. 2020) or three seasons (season_norm's
+    profile from three periods: the airline recipe's 36 months, better than 24 on airline and
+    seatbelts), whichever is longer; at most half of `room`, the longest window that leaves
+    the shortest series one train window (so half its train targets' starts remain); never
+    under `least`."""
+    return max(min(max(2 * horizon, 3 * (season or 0)), room // 2), least)

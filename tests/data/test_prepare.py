@@ -8,6 +8,7 @@ from sktime.datasets import load_airline
 from pipeline.config import parse_config
 from pipeline.data.prepare import freq_season, prepare, season_share, seasonal
 from pipeline.data.prepared import Prepared
+from pipeline.errors import DataError
 from tests.conftest import write_params
 
 
@@ -158,6 +159,41 @@ def test_a_forecast_without_season_gets_the_one_its_dates_and_values_show(workdi
         meta = Prepared.load(prepare(cfg, "new")).meta
         assert (meta.freq, meta.season) == ("MS", season)
         assert meta.auto_season_norm() == (season or 0)
+
+
+def test_a_forecast_without_window_gets_two_horizons_or_three_seasons(workdir, params, capsys):
+    """Hourly series with a daily season: a window of three days, and the season with it; a
+    series too short for that: half of what its train part leaves; too short for any: one line
+    naming what it needs."""
+    hours = pd.date_range("2024-01-01", periods=24 * 30, freq="h")
+    rng = np.random.default_rng(0)
+    daily = np.sin(2 * np.pi * np.arange(len(hours)) / 24)
+    y = 5 + daily + rng.normal(0, 0.1, len(hours))
+    frame = pd.DataFrame({"series_id": "m", "time": hours.strftime("%Y-%m-%d %H:%M"), "y": y})
+    frame.to_csv("h.csv", index=False)
+    hourly = {"source": "csv", "path": "h.csv", "task": "forecast", "features": ["y"],
+              "horizon": 24, "val_size": 48, "test_size": 48}  # fmt: skip
+    cfg = parse_config({**params, "experiments": {"new": {"data": hourly}}})
+    meta = Prepared.load(prepare(cfg, "new")).meta
+    assert (meta.freq, meta.season, meta.window, meta.input_shape) == ("h", 24, 72, [72, 1])
+    assert meta.auto_season_norm() == 24  # the window holds two days or more
+    assert "data.window: auto -> 72" in capsys.readouterr().out
+
+    shampoo = {"source": "csv", "path": "s.csv", "task": "forecast", "features": ["y"],
+               "horizon": 6, "val_size": 12, "test_size": 6}  # fmt: skip
+    seasons = {"model": {"name": "lstm", "season_norm": 4}}  # a stated one: two periods at least
+    for length, window, windows, model in ((36, 6, 7, {}), (36, 8, 5, seasons), (25, 1, 1, {})):
+        pd.DataFrame({"series_id": "s", "time": range(length), "y": rng.normal(size=length)}
+                     ).to_csv("s.csv", index=False)  # fmt: skip
+        cfg = parse_config({**params, "experiments": {"new": {"data": shampoo, **model}}})
+        meta = Prepared.load(prepare(cfg, "new")).meta
+        assert (meta.window, meta.sizes["train"]) == (window, windows)
+    short = {**shampoo, "season": 6}  # the seasonal-naive baseline needs a window of one season
+    cfg = parse_config({**params, "experiments": {"new": {"data": short}}})
+    need = (r"series 's' has 25 time steps; a window of at least 6 \+ horizon \(6\) \+ "
+            r"val_size \(12\) \+ test_size \(6\) need at least 30")  # fmt: skip
+    with pytest.raises(DataError, match=need):
+        prepare(cfg, "new")
 
 
 def _airline_profile_moved(months: int) -> np.ndarray:

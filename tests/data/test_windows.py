@@ -1,6 +1,12 @@
 import numpy as np
 
-from pipeline.data.windows import WindowStarts, min_length, split_ranges, window_view
+from pipeline.data.windows import (
+    WindowStarts,
+    auto_window,
+    min_length,
+    split_ranges,
+    window_view,
+)
 
 
 def test_window_view_is_zero_copy():
@@ -23,6 +29,16 @@ def test_splits_are_time_ordered_and_targets_do_not_leak():
     assert target["test"][1].max() == length
     assert [len(starts[s]) for s in ("train", "val", "test")] == [49, 13, 13]
     assert min_length(window, horizon, val, test) == 96
+
+
+def test_an_unset_window_is_two_horizons_or_three_seasons_within_the_shortest_series():
+    assert auto_window(horizon=12, season=12, room=84) == 36  # airline, monthly: three years
+    assert auto_window(horizon=24, season=24, room=2000) == 72  # hourly: three days
+    assert auto_window(horizon=24, season=48, room=192) == 96  # half-hourly, 6 days: half
+    assert auto_window(horizon=10, season=None, room=74) == 20  # lynx: two horizons
+    assert auto_window(horizon=6, season=None, room=12) == 6  # a short series: half its room
+    assert auto_window(horizon=6, season=None, room=1) == 1
+    assert auto_window(horizon=6, season=None, room=12, least=24) == 24  # season_norm: 12
 
 
 def test_window_starts_map_indices_through_per_series_ranges():
