@@ -254,9 +254,8 @@ def main() -> None:
         "series": rows,
     }
     text = json.dumps(result, indent=2)
-    if not (model or fit or data or args.max_epochs or args.origins > 1) and args.series == list(
-        SERIES
-    ):
+    overridden = model or fit or data or args.max_epochs or args.origins > 1
+    if not overridden and args.series == list(SERIES):
         (HERE / "quality_forecast.json").write_text(text + "\n")
     print(text)
     print(table(rows), file=sys.stderr)
