@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,11 @@ RUN_ID_FILE = "mlflow_run_id"
 # A kill redoes at most this much training. Saving at every epoch end cost a 300-epoch airline
 # training (epochs of a few ms) ~2 s of its ~10.
 SAVE_EVERY_S = 30.0
+# How long a DDP launcher has to end by itself once a rank has exited non-zero, before every rank
+# is killed. Lightning's child-process observer SIGKILLs it within 5 s: a rank stopped by SIGTERM
+# exits 143 while the launcher is still stopping at the same batch, which then died with -9 and no
+# line instead of its own "stopped by SIGTERM".
+RANK_EXIT_GRACE_S = 30.0
 
 
 class ResumeState(Checkpoint):
@@ -72,6 +77,7 @@ class ResumeState(Checkpoint):
     def on_train_start(self, trainer, _):
         if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _sigterm_without_collectives(trainer))
+            grace_before_killing_the_ranks()
         if not self.pending:
             return
         if self.pending["stopped"]:  # the restored epoch was the last one
@@ -129,6 +135,30 @@ def _sigterm_without_collectives(trainer):
             before(signum, frame)
 
     return handler
+
+
+def grace_before_killing_the_ranks() -> None:
+    """In the launcher, Lightning's observer of the ranks it started (a thread, found by its
+    name) waits RANK_EXIT_GRACE_S after a rank's non-zero exit before it kills every rank, and
+    then ends the launcher with one line; the launcher usually ends first, the thread with it."""
+    for thread in threading.enumerate():
+        if thread.name == "child-process-observer" and hasattr(thread, "_terminate_all"):
+            thread._terminate_all = partial(_kill_ranks_after_grace, thread._child_processes)
+
+
+def _kill_ranks_after_grace(ranks: list) -> None:
+    time.sleep(RANK_EXIT_GRACE_S)
+    codes = ", ".join(f"rank {i}: {p.returncode}" for i, p in enumerate(ranks, 1) if p.returncode)
+    for rank in ranks:
+        rank.kill()
+    print(
+        f"lstm-pipeline train: error: DDP: a rank exited ({codes}) and rank 0 had not ended "
+        f"{RANK_EXIT_GRACE_S:.0f} s later; every rank killed; run it again to resume from its "
+        "last saved epoch",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(1)
 
 
 def damaged(point: Path) -> str | None:

@@ -143,3 +143,33 @@ def test_a_stopped_or_lost_rank_ends_the_ddp_fit_with_one_line(workdir, params):
     assert errors()[0].startswith(
         "lstm-pipeline train: error: DDP rank 0: another rank of this training stopped ("
     ) and errors()[0].endswith("); run it again to resume from its last saved epoch")
+
+
+OBSERVED_LAUNCHER = """
+import subprocess, sys, time
+from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+from pipeline.training import resume
+resume.RANK_EXIT_GRACE_S = 2
+rank = subprocess.Popen([sys.executable, "-c", "raise SystemExit(143)"])
+_ChildProcessObserver(main_pid=0, child_processes=[rank], sleep_period=0.1).start()
+resume.grace_before_killing_the_ranks()
+time.sleep(float(sys.argv[1]))  # the launcher stopping at the same batch, or stuck
+raise SystemExit(143)
+"""
+
+
+@pytest.mark.parametrize("stopping_s, code", [(1, 143), (60, 1)])
+def test_a_launcher_whose_rank_has_exited_gets_time_to_end_by_itself(stopping_s, code):
+    """Lightning's observer SIGKILLed the launcher within 5 s of a rank's exit 143 (SIGTERM),
+    while the launcher was still stopping: exit -9 and no line (seen in `make test`). Now it
+    ends by itself within the grace; one stuck past it is ended with one line and exit 1."""
+    run = subprocess.run(
+        [sys.executable, "-c", OBSERVED_LAUNCHER, str(stopping_s)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == code, run.stderr
+    if code == 1:
+        assert run.stderr.splitlines()[-1] == (
+            "lstm-pipeline train: error: DDP: a rank exited (rank 1: 143) and rank 0 had not "
+            "ended 2 s later; every rank killed; run it again to resume from its last saved epoch"
+        )
