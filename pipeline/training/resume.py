@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import select
@@ -41,6 +42,7 @@ SAVE_EVERY_S = 30.0
 # exits 143 while the launcher is still stopping at the same batch, which then died with -9 and no
 # line instead of its own "stopped by SIGTERM".
 RANK_EXIT_GRACE_S = 30.0
+OBSERVER_LOGGER = "lightning_fabric.strategies.launchers.subprocess_script"
 
 
 class ResumeState(Checkpoint):
@@ -140,7 +142,10 @@ def _sigterm_without_collectives(trainer):
 def grace_before_killing_the_ranks() -> None:
     """In the launcher, Lightning's observer of the ranks it started (a thread, found by its
     name) waits RANK_EXIT_GRACE_S after a rank's non-zero exit before it kills every rank, and
-    then ends the launcher with one line; the launcher usually ends first, the thread with it."""
+    then ends the launcher with one line; the launcher usually ends first, the thread with it.
+    Its log line ("Forcefully terminating all other processes") is silenced: most often nothing
+    is killed now."""
+    logging.getLogger(OBSERVER_LOGGER).setLevel(logging.WARNING)
     for thread in threading.enumerate():
         if thread.name == "child-process-observer" and hasattr(thread, "_terminate_all"):
             thread._terminate_all = partial(_kill_ranks_after_grace, thread._child_processes)
