@@ -146,12 +146,12 @@ def test_a_stopped_or_lost_rank_ends_the_ddp_fit_with_one_line(workdir, params):
 
 
 OBSERVED_LAUNCHER = """
-import subprocess, sys, time
+import os, subprocess, sys, time
 from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
 from pipeline.training import resume
 resume.RANK_EXIT_GRACE_S = 2
 rank = subprocess.Popen([sys.executable, "-c", "raise SystemExit(143)"])
-_ChildProcessObserver(main_pid=0, child_processes=[rank], sleep_period=0.1).start()
+_ChildProcessObserver(main_pid=os.getpid(), child_processes=[rank], sleep_period=0.1).start()
 resume.grace_before_killing_the_ranks()
 time.sleep(float(sys.argv[1]))  # the launcher stopping at the same batch, or stuck
 raise SystemExit(143)
