@@ -1,5 +1,9 @@
 """Errors a user can fix. The CLI prints their message alone and exits with the code."""
 
+import os
+import sys
+from typing import NoReturn
+
 
 class PipelineError(Exception):
     exit_code = 1
@@ -53,3 +57,10 @@ def first_line(err: BaseException) -> str:
     """An error's message as one line: its first (libraries' messages run on for lines), or the
     error's type where the message is empty."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def end_now(command: str, err: PipelineError) -> NoReturn:
+    """The CLI's line for `err` and its exit code at once, from any thread: for a watcher that
+    finds the process cannot go on, where the CLI's own handler would never be reached."""
+    print(f"lstm-pipeline {command}: error: {err}", file=sys.stderr, flush=True)
+    os._exit(err.exit_code)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from pipeline.config import Resources
-from pipeline.errors import ConfigError, SystemFault
+from pipeline.errors import ConfigError, SystemFault, end_now
 
 CONNECT_TIMEOUT_S = 10
 # a gRPC server sends its SETTINGS frame as it accepts; a head node stalled by load may take seconds
@@ -226,14 +226,14 @@ def _end_for_lost_head(address: str, key: str, command: str) -> None:
     for action in _when_head_lost:
         with suppress(Exception):
             action()
-    print(
-        f"lstm-pipeline {command}: error: {key}: the Ray cluster at {address} stopped "
-        "answering (its head node is gone?); run the command again once it is back (a "
-        "sweep: with --resume, which keeps its finished trials)",
-        file=sys.stderr,
-        flush=True,
+    end_now(
+        command,
+        ConfigError(
+            f"{key}: the Ray cluster at {address} stopped answering (its head node is gone?); "
+            "run the command again once it is back (a sweep: with --resume, which keeps its "
+            "finished trials)"
+        ),
     )
-    os._exit(ConfigError.exit_code)
 
 
 def check_local_cpus(per_trial: Resources) -> None:

@@ -28,7 +28,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from pipeline import warm
 from pipeline.config import PipelineConfig
-from pipeline.errors import Interrupted, first_line
+from pipeline.errors import Interrupted, PipelineError, end_now, first_line
 from pipeline.io import held_lock, system_fault
 from pipeline.paths import resume_dir
 
@@ -156,14 +156,13 @@ def _kill_ranks_after_grace(ranks: list) -> None:
     codes = ", ".join(f"rank {i}: {p.returncode}" for i, p in enumerate(ranks, 1) if p.returncode)
     for rank in ranks:
         rank.kill()
-    print(
-        f"lstm-pipeline train: error: DDP: a rank exited ({codes}) and rank 0 had not ended "
-        f"{RANK_EXIT_GRACE_S:.0f} s later; every rank killed; run it again to resume from its "
-        "last saved epoch",
-        file=sys.stderr,
-        flush=True,
+    end_now(
+        "train",
+        PipelineError(
+            f"DDP: a rank exited ({codes}) and rank 0 had not ended {RANK_EXIT_GRACE_S:.0f} s "
+            "later; every rank killed; run it again to resume from its last saved epoch"
+        ),
     )
-    os._exit(1)
 
 
 def damaged(point: Path) -> str | None:
