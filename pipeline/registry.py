@@ -92,7 +92,9 @@ def model_card(
 ) -> str:
     """Markdown: what the version is made of, its test metrics beside those of the champion it
     would replace (`champion`: its version and metrics), the export checks and the gates."""
-    dirty = " (uncommitted changes)" if tags.get("git_dirty") == "true" else ""
+    dirty = {"true": " (uncommitted changes)", "unknown": " (changes unknown)"}.get(
+        tags.get("git_dirty"), ""
+    )
     facts = {
         "data sha256": tags.get("data_sha256"),
         "dvc.lock sha256": tags.get("dvc_lock_sha256"),

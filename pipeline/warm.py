@@ -66,8 +66,9 @@ ANSWER_S = 5.0  # a server that has not forked within this is not used
 STOP_POLL_S = 0.25  # how often a server with stages running reads whether their clients stopped
 # A stage that would import torch itself waits this long after a server's start for it to listen:
 # the server is already part-way through the same imports (a second stage of a repro starts
-# while the first stage's server imports).
-START_WAIT_S = 15.0
+# while the first stage's server imports). Quiet, a server listens 5-8 s after its start; with
+# the cores shared, 15 s was seen passing and the stage then imported beside it.
+START_WAIT_S = 60.0
 IMPORT_TORCH = ("train", "export", "validate")
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 JOB_CONTROL = (signal.SIGTSTP, signal.SIGCONT)

@@ -12,6 +12,7 @@ from pipeline.errors import SystemFault, TrackingError, first_line
 from pipeline.io import file_digest
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+GIT_TIMEOUT_S = 10.0  # a `git status` of a huge tree on a slow disk is not waited for longer
 
 
 def tracking_uri() -> str:
@@ -159,7 +160,9 @@ def _create_sqlite(uri: str, path: Path) -> None:
 
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
+        out = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=True
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip()
@@ -167,7 +170,8 @@ def _git(*args: str) -> str | None:
 
 def run_tags(exp: str, stage: str, **extra: str) -> dict[str, str]:
     """The tags every run carries: experiment, stage, the git commit and whether the tree had
-    changes (when in a git repo), and `extra` (e.g. data_sha256)."""
+    changes (when in a git repo; "unknown" where `git status` failed or outlasted GIT_TIMEOUT_S),
+    and `extra` (e.g. data_sha256)."""
     tags = {"exp": exp, "stage": stage, **extra}
     if dvc_exp := os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run`
         tags["dvc_experiment"] = dvc_exp
@@ -176,8 +180,7 @@ def run_tags(exp: str, stage: str, **extra: str) -> dict[str, str]:
         # modified tracked files or untracked files git does not ignore; only the flag is kept.
         # --no-optional-locks: a status here must not take the index lock from a concurrent git.
         status = _git("--no-optional-locks", "status", "--porcelain", "--untracked-files=normal")
-        if status is not None:
-            tags["git_dirty"] = "true" if status else "false"
+        tags["git_dirty"] = "unknown" if status is None else "true" if status else "false"
     return tags
 
 

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from functools import cache, partial
 from pathlib import Path
@@ -79,7 +79,7 @@ class ResumeState(Checkpoint):
     def on_train_start(self, trainer, _):
         if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _sigterm_without_collectives(trainer))
-            grace_before_killing_the_ranks()
+            grace_before_killing_the_ranks(partial(_end_runs_failed, trainer.loggers))
         if not self.pending:
             return
         if self.pending["stopped"]:  # the restored epoch was the last one
@@ -139,23 +139,33 @@ def _sigterm_without_collectives(trainer):
     return handler
 
 
-def grace_before_killing_the_ranks() -> None:
+def grace_before_killing_the_ranks(before_exit: Callable[[], None]) -> None:
     """In the launcher, Lightning's observer of the ranks it started (a thread, found by its
-    name) waits RANK_EXIT_GRACE_S after a rank's non-zero exit before it kills every rank, and
-    then ends the launcher with one line; the launcher usually ends first, the thread with it.
-    Its log line ("Forcefully terminating all other processes") is silenced: most often nothing
-    is killed now."""
+    name) waits RANK_EXIT_GRACE_S after a rank's non-zero exit before it kills every rank, calls
+    `before_exit` (ends the tracked runs) and ends the launcher with one line; the launcher
+    usually ends first, the thread with it. Its log line ("Forcefully terminating all other
+    processes") is silenced: most often nothing is killed now."""
     logging.getLogger(OBSERVER_LOGGER).setLevel(logging.WARNING)
     for thread in threading.enumerate():
         if thread.name == "child-process-observer" and hasattr(thread, "_terminate_all"):
-            thread._terminate_all = partial(_kill_ranks_after_grace, thread._child_processes)
+            kill = partial(_kill_ranks_after_grace, thread._child_processes, before_exit)
+            thread._terminate_all = kill
 
 
-def _kill_ranks_after_grace(ranks: list) -> None:
+def _end_runs_failed(loggers: list) -> None:
+    """Rank zero's MLflow run FAILED rather than RUNNING for ever (best effort: the launcher is
+    stuck, maybe in the store itself)."""
+    for logger in loggers:
+        with suppress(Exception):
+            logger.finalize("failed")
+
+
+def _kill_ranks_after_grace(ranks: list, before_exit: Callable[[], None]) -> None:
     time.sleep(RANK_EXIT_GRACE_S)
     codes = ", ".join(f"rank {i}: {p.returncode}" for i, p in enumerate(ranks, 1) if p.returncode)
     for rank in ranks:
         rank.kill()
+    before_exit()
     end_now(
         "train",
         PipelineError(

@@ -12,6 +12,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 
+from pipeline import tracking
 from pipeline.cli import main
 from pipeline.io import file_digest
 from pipeline.registry import history
@@ -214,6 +215,18 @@ def test_run_tags_flag_changed_and_untracked_files_but_not_ignored_ones(tmp_path
     Path("new.txt").unlink()
     Path("tracked.txt").write_text("changed\n")
     assert dirty() == "true"
+
+
+def test_a_git_status_that_outlasts_its_bound_tags_the_tree_unknown(tmp_path, monkeypatch):
+    """Not a missing tag that reads like a clean tree: a release card shows what was known."""
+    fake = tmp_path / "bin/git"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\n[ "$1" = rev-parse ] && echo abc123 && exit 0\nexec sleep 30\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(tracking, "GIT_TIMEOUT_S", 0.5)
+    tags = run_tags("exp", "stage")
+    assert (tags["git_commit"], tags["git_dirty"]) == ("abc123", "unknown")
 
 
 def test_a_card_path_that_is_a_folder_is_refused_before_the_registry_changes(

@@ -18,7 +18,7 @@ from pipeline.checkpoint import load_trained
 from pipeline.cli import main
 from pipeline.config import CONF_DIR
 from pipeline.data.prepared import Prepared
-from tests.conftest import BIN, write_params
+from tests.conftest import BIN, tracked_runs, write_params
 
 pytestmark = pytest.mark.slow
 EXP = "lstm_italypowerdemand"
@@ -149,22 +149,27 @@ OBSERVED_LAUNCHER = """
 import os, subprocess, sys, time
 from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
 from pipeline.training import resume
+from pipeline.training.logger import PatientMLFlowLogger
 resume.RANK_EXIT_GRACE_S = 2
+logger = PatientMLFlowLogger(experiment_name="e", tracking_uri=sys.argv[2], run_name="fit")
+logger.log_metrics({"train_loss": 1.0}, step=0)
 rank = subprocess.Popen([sys.executable, "-c", "raise SystemExit(143)"])
 _ChildProcessObserver(main_pid=os.getpid(), child_processes=[rank], sleep_period=0.1).start()
-resume.grace_before_killing_the_ranks()
+resume.grace_before_killing_the_ranks(lambda: resume._end_runs_failed([logger]))
 time.sleep(float(sys.argv[1]))  # the launcher stopping at the same batch, or stuck
 raise SystemExit(143)
 """
 
 
 @pytest.mark.parametrize("stopping_s, code", [(1, 143), (60, 1)])
-def test_a_launcher_whose_rank_has_exited_gets_time_to_end_by_itself(stopping_s, code):
+def test_a_launcher_whose_rank_has_exited_gets_time_to_end_by_itself(stopping_s, code, workdir):
     """Lightning's observer SIGKILLed the launcher within 5 s of a rank's exit 143 (SIGTERM),
     while the launcher was still stopping: exit -9 and no line (seen in `make test`). Now it
-    ends by itself within the grace; one stuck past it is ended with one line and exit 1."""
+    ends by itself within the grace; one stuck past it is ended with one line and exit 1, its
+    tracked run FAILED (not RUNNING for ever)."""
+    uri = os.environ["MLFLOW_TRACKING_URI"]
     run = subprocess.run(
-        [sys.executable, "-c", OBSERVED_LAUNCHER, str(stopping_s)],
+        [sys.executable, "-c", OBSERVED_LAUNCHER, str(stopping_s), uri],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert run.returncode == code, run.stderr
@@ -174,3 +179,4 @@ def test_a_launcher_whose_rank_has_exited_gets_time_to_end_by_itself(stopping_s,
             "lstm-pipeline train: error: DDP: a rank exited (rank 1: 143) and rank 0 had not "
             "ended 2 s later; every rank killed; run it again to resume from its last saved epoch"
         )
+        assert tracked_runs(workdir) == [("fit", "FAILED")]
