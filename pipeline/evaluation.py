@@ -71,12 +71,12 @@ def champion_gate(metric: str, value: float, margin: float, champion: dict | Non
 
 
 def baseline_gates(report: dict, task: Task) -> list[Gate]:
-    """Better than the naive prediction a task reports beside its own (classification has none),
-    in each metric the task gates on."""
+    """Better than the naive prediction a task reports beside its own, in each metric the task
+    gates on (a report written before its task had a baseline has none: skipped)."""
     pairs = task.baseline_gates(report)
     if not pairs:
         value = f"{report[task.headline]:.6g}" if task.headline in report else "-"
-        return [Gate(f"{task.headline} vs baseline", value, f"skipped: {task.name} has none", True)]
+        return [Gate(f"{task.headline} vs baseline", value, "skipped: the report has none", True)]
     gates = []
     for metric, base in pairs:
         value, bound = report[metric], report[base]

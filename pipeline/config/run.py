@@ -159,7 +159,7 @@ class Release(Strict):
     require_passed: bool = True
     min: dict[str, float] = {}
     max: dict[str, float] = {}
-    beat_baseline: bool = True  # forecast/frames: better than the naive baseline validate reports
+    beat_baseline: bool = True  # better than the naive baseline validate reports
     # metric -> how much worse than the current @champion a candidate may be (absolute)
     champion_margin: dict[str, Annotated[float, Field(ge=0)]] = {}
 

@@ -1,4 +1,5 @@
-"""Sequence classification: logits [batch, classes]; accuracy and macro F1."""
+"""Sequence classification: logits [batch, classes]; accuracy and macro F1, and the baseline
+every classifier must beat: the best accuracy a constant answer scores on the same split."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pipeline.tasks.base import Task, table
 
 class Classification(Task):
     name = "classification"
-    directions = {"accuracy": True, "f1_macro": True}
+    directions = {"accuracy": True, "f1_macro": True, "majority_accuracy": True}
     headline = "accuracy"
 
     def output_shape(self, meta: DataMeta) -> tuple[int, ...]:
@@ -40,12 +41,17 @@ class Classification(Task):
         report = {
             "accuracy": float((pred == y).mean()),
             "f1_macro": macro_f1(plots.confusion_counts(y, pred, range(len(meta.labels)))),
+            # always the split's most frequent class: a model collapsed onto one class scores it
+            "majority_accuracy": float(np.bincount(y).max() / len(y)),
             "accuracy_unit": "fraction (0.95 = 95 %)",
             "f1_macro_unit": "fraction, 0 to 1",
         }
         labels = meta.labels
         data = {"actual": [labels[i] for i in y], "predicted": [labels[i] for i in pred]}
         return report, {**data, "labels": labels}
+
+    def baseline_gates(self, report: dict) -> list[tuple[str, str]]:
+        return [("accuracy", "majority_accuracy")] if "majority_accuracy" in report else []
 
     def plot(self, data: dict, out) -> None:
         plots.confusion(data["actual"], data["predicted"], data["labels"], out)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 EXP = "lstm_italypowerdemand"
 NAME = f"lstm-pipeline-{EXP}"
-BASE = ["trainer.progress_bar=false", "release.min.accuracy=0"]
+BASE = ["trainer.progress_bar=false"]
 BIN = Path(sys.executable).parent
 
 
@@ -104,7 +104,10 @@ def test_worse_candidate_is_refused_and_registry_unchanged(story):
     proc = story["worse_release"]
     assert proc.returncode == 4
     assert "accuracy vs champion" in proc.stdout and "FAIL" in proc.stdout
-    assert "release refused by accuracy vs champion" in proc.stderr
+    # a chance-level model: below the test split's most frequent class as well
+    assert proc.stderr.strip().endswith(
+        "release refused by accuracy vs baseline, accuracy vs champion; registry unchanged"
+    )
     assert story["after_worse"] == story["after_first"]
 
 

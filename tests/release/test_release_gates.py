@@ -26,7 +26,7 @@ def test_thresholds_apply_to_the_metrics_a_report_has():
     assert verdicts({"passed": True, "accuracy": 0.95}) == {
         "validate.json passed": True,
         "accuracy": True,
-        "accuracy vs baseline": True,  # skipped: classification has no baseline
+        "accuracy vs baseline": True,  # skipped: the report has no majority_accuracy
         "accuracy vs champion": True,  # no champion yet
     }
     forecast = {"passed": True, "mape": 0.25, "mae": 3.0, "seasonal_naive_mae": 3.5}
@@ -63,8 +63,18 @@ def test_thresholds_apply_to_the_metrics_a_report_has():
         ),
         (
             "classification",
+            {"accuracy": 0.95, "majority_accuracy": 0.5},
+            Gate("accuracy vs baseline", "0.95", "> 0.5 (majority_accuracy)", True),
+        ),
+        (  # collapsed onto the most frequent class: its accuracy, on data of any balance
+            "classification",
+            {"accuracy": 0.9, "majority_accuracy": 0.9},
+            Gate("accuracy vs baseline", "0.9", "> 0.9 (majority_accuracy)", False),
+        ),
+        (  # validated before classification had a baseline
+            "classification",
             {"accuracy": 0.95},
-            Gate("accuracy vs baseline", "0.95", "skipped: classification has none", True),
+            Gate("accuracy vs baseline", "0.95", "skipped: the report has none", True),
         ),
     ],
 )

@@ -39,12 +39,9 @@ def made(server, tmp_path_factory) -> tuple[Path, dict]:
     params["experiments"] = exps
     exps[FORECAST]["fit"].update(max_epochs=1, lr=1e-4)
     exps[FORECAST]["model"]["season_norm"] = 0  # with it, an untrained model is seasonal naive
-    exps[CLASSIFY]["fit"].update(max_epochs=3)
+    exps[CLASSIFY]["fit"].update(max_epochs=10)  # 3 left it at chance: below its baseline
     for exp in exps.values():
         exp["validate"] = {"quantize": False}
-    # So that the forecaster meets every release gate but its baseline, the classifier all
-    params["release"]["max"]["mape"] = 10.0
-    params["release"]["min"]["accuracy"] = 0.0
     cwd, uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
     os.chdir(root)
     os.environ["MLFLOW_TRACKING_URI"] = server
@@ -118,7 +115,7 @@ def test_the_same_model_twice_is_one_version(server, release):
     name = f"twice-{CLASSIFY}"
     code, out, _ = release("twice-{exp}", CLASSIFY, "--promote")
     assert code == 0
-    assert "skipped: classification has none" in out
+    assert "> 0.501458 (majority_accuracy)" in out  # its accuracy vs baseline
     for flags in (["--promote"], []):
         code, out, _ = release("twice-{exp}", CLASSIFY, *flags)
         assert code == 0
