@@ -42,6 +42,7 @@ SAVE_EVERY_S = 30.0
 # exits 143 while the launcher is still stopping at the same batch, which then died with -9 and no
 # line instead of its own "stopped by SIGTERM".
 RANK_EXIT_GRACE_S = 30.0
+RUNS_END_WAIT_S = 30.0  # then for its MLflow run to be ended FAILED
 OBSERVER_LOGGER = "lightning_fabric.strategies.launchers.subprocess_script"
 
 
@@ -153,8 +154,7 @@ def grace_before_killing_the_ranks(before_exit: Callable[[], None]) -> None:
 
 
 def _end_runs_failed(loggers: list) -> None:
-    """Rank zero's MLflow run FAILED rather than RUNNING for ever (best effort: the launcher is
-    stuck, maybe in the store itself)."""
+    """Rank zero's MLflow run FAILED rather than RUNNING for ever (best effort)."""
     for logger in loggers:
         with suppress(Exception):
             logger.finalize("failed")
@@ -165,7 +165,10 @@ def _kill_ranks_after_grace(ranks: list, before_exit: Callable[[], None]) -> Non
     codes = ", ".join(f"rank {i}: {p.returncode}" for i, p in enumerate(ranks, 1) if p.returncode)
     for rank in ranks:
         rank.kill()
-    before_exit()
+    # bounded: the launcher may be stuck in the tracking store itself
+    ending = threading.Thread(target=before_exit, daemon=True)
+    ending.start()
+    ending.join(RUNS_END_WAIT_S)
     end_now(
         "train",
         PipelineError(
