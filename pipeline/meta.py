@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from pipeline.errors import DataError
 from pipeline.io import read_json
@@ -115,6 +115,27 @@ class DataMeta(BaseModel):
     calendar: list[str] = []
     static: list[str] = []
     covariate_scaler: dict[str, Scaler] = {}  # "future", "static": from the train part
+
+    @model_validator(mode="after")
+    def _whole(self) -> DataMeta:
+        """What each task reads of it is there and consistent: a meta.json edited by hand
+        failed train or export with an IndexError or a NoneType's missing attribute."""
+        needs = {"classification": ("labels",), "frames": ("horizon",),
+                 "forecast": ("horizon", "targets", "target_index", "scaler")}  # fmt: skip
+        for key in needs.get(self.task, ()):
+            if not getattr(self, key):
+                raise ValueError(f"{key}: missing; a {self.task} model needs it")
+        if self.scaler and len(self.scaler.mean) != len(self.scaler.std):
+            raise ValueError("scaler: mean and std differ in length")
+        if self.task == "forecast":
+            if len(self.targets) != len(self.target_index):
+                raise ValueError("targets and target_index differ in length")
+            if not all(0 <= i < len(self.scaler.mean) for i in self.target_index):
+                raise ValueError(
+                    f"target_index: {self.target_index} beyond the {len(self.scaler.mean)} "
+                    "scaled features"
+                )
+        return self
 
     def auto_series_norm(self) -> bool:
         """`series_norm: auto`: on where the train split's amplitudes span SPREAD_LIMIT."""
@@ -245,5 +266,10 @@ def same_data(meta: DataMeta, prepared: DataMeta, path: str | Path, stage: str) 
 
 
 def first_error(err: Exception) -> str:
-    """A validation error's first complaint on one line (pydantic spreads it over several)."""
+    """A validation error's first complaint on one line: where, and what (pydantic spreads it
+    over several, with the whole input)."""
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        where, what = ".".join(map(str, first["loc"])), first["msg"].removeprefix("Value error, ")
+        return f"{where}: {what}" if where else what
     return " ".join(line.strip() for line in str(err).splitlines()[:3])

@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.errors import DataError, SystemFault, TrackingError
 from pipeline.inference import onnx_meta, run_onnx, session
-from pipeline.meta import padded
+from pipeline.meta import DataMeta, padded
 from pipeline.tasks import task_of
 from pipeline.tracking import ensure_reachable, redacted, tracking_uri
 
@@ -118,6 +118,17 @@ def _trained_column(props: dict[str, str], key: str, default: str, model: str) -
     return name
 
 
+def _not_a_model_column(meta: DataMeta, **given: str) -> None:
+    """An id or time column that is one of the model's inputs would order or split its values."""
+    inputs = {*meta.features, *meta.future, *meta.static}
+    for option, column in given.items():
+        if column in inputs:
+            raise DataError(
+                f"--{option.replace('_', '-')} {column}: is one of the model's input columns; "
+                f"name the input's {option.split('_')[0]} column"
+            )
+
+
 def predict(model: str, input_path: str, output: str, id_column=None, time_column=None) -> Path:
     """Predict every series (or frame sequence) of `input_path`; write `output` atomically.
     The id and time columns, where not given: the training table's (the model's metadata, from
@@ -143,9 +154,16 @@ def predict(model: str, input_path: str, output: str, id_column=None, time_colum
                 "takes the whole model, models/<exp>/model.onnx"
             )
         task = task_of(meta)
+        suffix = output.suffix.lower()  # a pipe or device takes the first format, named as it is
+        if suffix and suffix not in task.output_formats and _kind(output) != "other":
+            raise DataError(
+                f"{output}: a {task.name} model's predictions are written as "
+                f"{' or '.join(task.output_formats)}; name the output so"
+            )
         trained_on = sess.get_modelmeta().custom_metadata_map
         id_column = id_column or _trained_column(trained_on, "id_column", "series_id", model)
         time_column = time_column or _trained_column(trained_on, "time_column", "time", model)
+        _not_a_model_column(meta, id_column=id_column, time_column=time_column)
         x, keys, extra = task.read_inputs(path, output, meta, id_column, time_column)
         with np.errstate(over="ignore", invalid="ignore"):  # refused below, by series
             x = task.scale_inputs(x, meta)

@@ -359,6 +359,11 @@ def test_a_model_made_for_other_data_or_another_family_is_refused(repo, capsys):
     assert "model.ckpt: a lstm model, but the experiment's model.name is 'attention_lstm'" in (
         one_line(capsys)
     )
+    assert main(["validate", EXP]) == 3  # its model.onnx: validate said "unexpected ValueError"
+    assert (
+        f'models/{EXP}/model.onnx: a "lstm" model, but the experiment\'s model.name is '
+        "'attention_lstm'; run the export stage"
+    ) in one_line(capsys)
     assert {k: v for k, v in tree_digest(repo).items() if k in outputs} == outputs
 
 
@@ -366,6 +371,31 @@ def test_missing_prepared_data(repo, capsys):
     shutil.rmtree(repo / "data/prepared")
     assert main(["train", EXP]) == 3
     assert "meta.json: not found; run the prepare stage first" in one_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda m: m.pop("scaler"), "scaler: missing; a forecast model needs it"),
+        (lambda m: m.update(target_index=[5]), "target_index: [5] beyond the 1 scaled features"),
+        (lambda m: m.update(task="classification"), "labels: missing; a classification model"),
+    ],
+    ids=["no-scaler", "target-index", "task"],
+)
+@pytest.mark.parametrize("stage", ["train", "export"])
+def test_a_meta_json_edited_out_of_shape_is_named(repo, capsys, edit, reason, stage):
+    """Valid JSON, but not what the task reads: train and export said `unexpected
+    AttributeError`, `IndexError` or `TypeError`, exit 1."""
+    path = repo / f"data/prepared/{EXP}/meta.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+    before = tree_digest(repo / "models")
+    assert main([stage, EXP]) == 3
+    line = one_line(capsys)
+    assert line.startswith(f"lstm-pipeline {stage}: error: data/prepared/{EXP}/meta.json: not a "
+                           "valid meta.json (") and reason in line  # fmt: skip
+    assert tree_digest(repo / "models") == before
 
 
 def test_truncated_prepared_array(repo, capsys):

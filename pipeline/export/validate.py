@@ -6,6 +6,7 @@ GateError if parity or a configured threshold fails, so the stage exits non-zero
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from pipeline import plots
 from pipeline.checkpoint import trained_for
 from pipeline.config import PipelineConfig
 from pipeline.data.prepared import Prepared
-from pipeline.errors import GateError, SystemFault
+from pipeline.errors import DataError, GateError, SystemFault
 from pipeline.evaluation import lost_to_baseline, validate_failures
 from pipeline.export.onnx_export import example_length
 from pipeline.export.parity import parity, streaming_report
@@ -38,6 +39,17 @@ def deployable_files(folder: Path) -> list[tuple[Path, str | None]]:
     return [(path, where) for path, where in files if path.exists()]
 
 
+def same_family(sess, path: Path, family: str) -> None:
+    """Refuse an ONNX model of another family (e.g. copied from another experiment): its
+    outputs are not the checkpoint's model's."""
+    made = sess.get_modelmeta().custom_metadata_map.get("family", "null")
+    if made != json.dumps(family):
+        raise DataError(
+            f"{path}: a {made} model, but the experiment's model.name is {family!r}; "
+            "run the export stage"
+        )
+
+
 def validate(cfg: PipelineConfig, exp_name: str) -> dict:
     ensure_reachable()  # before anything is written: the report goes to the training run too
     exp, folder = cfg.experiment(exp_name), model_dir(exp_name)
@@ -46,6 +58,7 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
     sess = session(onnx_path, cfg.trainer.threads)  # as the train stage's torch
     meta, rules = onnx_meta(sess, onnx_path), exp.validation  # the contract predict will use
     same_data(meta, prepared.meta, onnx_path, "export")
+    same_family(sess, onnx_path, exp.model.name)
     task = task_of(meta)
     model = trained_for(folder / "model.ckpt", exp.model.name, prepared.meta).model
     x, y = prepared.arrays("test")

@@ -38,6 +38,8 @@ class Task:
     # Every metric evaluate() reports -> whether higher is better (gates, release, int8 bound).
     directions: ClassVar[dict[str, bool]]
     headline: ClassVar[str]  # the one metric a quality bound (int8) applies to
+    # what predict writes, by the output's suffix (a name without one: the first)
+    output_formats: ClassVar[tuple[str, ...]] = (".csv", ".parquet")
 
     def output_shape(self, meta: DataMeta) -> tuple[int, ...]:
         raise NotImplementedError
@@ -102,4 +104,7 @@ class Task:
 
     def write(self, result, output: Path) -> None:
         with atomic_file(output, stream=True) as tmp:
-            result.to_csv(tmp, index=False)
+            if output.suffix.lower() == ".parquet":
+                result.to_parquet(tmp, index=False)
+            else:
+                result.to_csv(tmp, index=False)

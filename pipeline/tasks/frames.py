@@ -46,6 +46,7 @@ class Frames(Task):
         "mse_ratio_to_baseline": False,
     }
     headline = "mse"
+    output_formats = (".npy",)
     # SSIM of teacher-forced training frames says little of the model's own, and cost 13 % of
     # the fit once the cells ran on patches
     not_in_training = ("ssim",)

@@ -346,6 +346,53 @@ def test_an_input_column_named_as_an_output_column_is_refused(
     assert not Path("out.csv").exists()
 
 
+def test_a_parquet_output_is_parquet_and_a_format_predict_does_not_write_is_refused(
+    models, tmp_path, capsys
+):
+    """`-o f.parquet` wrote CSV text under that name, and a frames model `.npy` under any."""
+    _, onnx_path = models["forecast"]
+    series = [np.exp(np.random.default_rng(1).normal([0.5, 3.0], 0.2, size=(12, 2)))] * 2
+    data = _write_csv(tmp_path / "in.csv", long_table(series, ["x", "y"]))
+    assert main(["predict", str(onnx_path), data, "-o", "f.csv"]) == 0
+    assert main(["predict", str(onnx_path), data, "-o", "f.Parquet"]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet("f.Parquet"), pd.read_csv("f.csv"))
+    for model, name, formats in (("forecast", "f.npy", ".csv or .parquet"),
+                                 ("frames", "p.csv", ".npy")):  # fmt: skip
+        given = data if model == "forecast" else str(tmp_path / "in.npy")
+        np.save(tmp_path / "in.npy", np.zeros((1, 5, 1, 8, 8), np.uint8))
+        assert main(["predict", str(models[model][1]), given, "-o", name]) == 3
+        assert (
+            capsys.readouterr()
+            .err.strip()
+            .endswith(
+                f"{name}: a {'forecast' if model == 'forecast' else 'frames'} model's predictions "
+                f"are written as {formats}; name the output so"
+            )
+        )
+        assert not Path(name).exists()
+
+
+@pytest.mark.parametrize("option", ["--id-column", "--time-column"])
+def test_an_input_column_given_as_the_id_or_time_column_is_refused(
+    models, tmp_path, capsys, option
+):
+    """It ordered the rows (the last window: the largest values) or split the series: a wrong
+    forecast, exit 0."""
+    _, onnx_path = models["forecast"]
+    series = [np.exp(np.random.default_rng(1).normal([0.5, 3.0], 0.2, size=(12, 2)))] * 2
+    data = _write_csv(tmp_path / "in.csv", long_table(series, ["x", "y"]))
+    assert main(["predict", str(onnx_path), data, "-o", "out.csv", option, "y"]) == 3
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            f"{option} y: is one of the model's input columns; name the input's "
+            f"{option[2:].split('-')[0]} column"
+        )
+    )
+    assert not Path("out.csv").exists()
+
+
 def test_an_output_that_overflowed_names_its_series():
     """The attention model's convolutions and batch norm turn inputs of 1e36 (finite on its
     scale) into NaN, where this test's small LSTM saturates: the check, on such an output."""
