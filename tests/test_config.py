@@ -87,6 +87,11 @@ def _error(raw) -> str:
         ),
         (("trainer", "precision"), "fp8", "trainer.precision: Input should be '32-true'"),
         (
+            ("experiments", "lstm_airline", "fit", "lr"),
+            float("inf"),
+            "experiments.lstm_airline.fit.lr: Input should be a finite number",
+        ),
+        (
             ("experiments", "lstm_italypowerdemand", "model", "level_norm"),
             True,
             "experiments.lstm_italypowerdemand: model.level_norm applies to forecasting only",

@@ -11,7 +11,8 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    # allow_inf_nan: `fit.lr: .inf` passed gt=0 and ended as a diverged training, exit 7
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
