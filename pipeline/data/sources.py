@@ -270,7 +270,8 @@ def _numeric(frame: pd.DataFrame, columns: list[str], path: Path, empty_ok=()) -
 def _times(raw: pd.Series, column: str, path: Path) -> pd.Series:
     """The time column as it sorts: numbers and datetimes as they are, periods as their start;
     text as numbers when its first cell is one, else as datetimes in the date format of its first
-    cell (`1949-01`, `2024-03-01 10:00`, `03/01/2024`...). Never text: text sorts 0, 1, 10, 2."""
+    cell (`1949-01`, `2024-03-01 10:00`, `03/01/2024`...), day and month swapped where only that
+    order reads every cell or steps regularly. Never text: text sorts 0, 1, 10, 2."""
     if isinstance(raw.dtype, pd.PeriodDtype):
         return raw.dt.to_timestamp()
     if raw.dtype == object and pd.api.types.infer_dtype(raw) in ("date", "datetime"):
@@ -291,13 +292,36 @@ def _times(raw: pd.Series, column: str, path: Path) -> pd.Series:
             f"{path}: column {column!r} {_file_row(path, raw, 0)}: {first!r} is neither a number "
             "nor a date; the time column must hold one or the other"
         )
-    try:
-        times = pd.to_datetime(raw, format=fmt, errors="coerce")
-    except ValueError:  # UTC offsets that differ (daylight saving time)
-        times = _across_offsets(raw, fmt)
+    times = _dates(raw, fmt)
+    # 01.02.2015 is 1 February or 2 January: the first cell cannot tell (pandas reads it month
+    # first). The other order wins where it reads every cell and the dates only step regularly
+    # in it: day-first monthly data read month first was 12 days a year, a silent misreading.
+    if (swapped := _other_order(fmt)) and (other := _dates(raw, swapped)).notna().all():
+        if times.isna().any() or (_regular(other) and not _regular(times)):
+            times, fmt = other, swapped
     what = f"is not a date in the format of the first one ({fmt})"
     _refuse_unparsed(raw, times, column, path, what)
     return times
+
+
+def _dates(raw: pd.Series, fmt: str) -> pd.Series:
+    try:
+        return pd.to_datetime(raw, format=fmt, errors="coerce")
+    except ValueError:  # UTC offsets that differ (daylight saving time)
+        return _across_offsets(raw, fmt)
+
+
+def _other_order(fmt: str) -> str | None:
+    """`fmt` with day and month swapped, for the formats where either order is in use (not
+    year-first, which is always year-month-day)."""
+    if fmt.startswith("%Y") or "%d" not in fmt or "%m" not in fmt:
+        return None
+    return fmt.replace("%d", "\0").replace("%m", "%d").replace("\0", "%m")
+
+
+def _regular(times: pd.Series) -> bool:
+    steps = pd.DatetimeIndex(times.dropna().drop_duplicates().sort_values())
+    return len(steps) >= 3 and pd.infer_freq(steps) is not None
 
 
 def _across_offsets(raw: pd.Series, fmt: str) -> pd.Series:

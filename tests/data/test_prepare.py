@@ -98,6 +98,13 @@ def test_csv_forecast_multiple_series_windows_stay_within_a_series(workdir, para
     [
         (lambda t: pd.Timestamp("2019-11-01") + pd.DateOffset(months=t), "MS"),  # parquet dates
         (lambda t: (pd.Timestamp("2019-12-28") + pd.Timedelta(days=t)).strftime("%m/%d/%Y"), "D"),
+        # day first: 01.11.2019 read month first made the monthly steps 12 days a year (no
+        # frequency, no season); 13/01/2020 read month first was refused
+        (
+            lambda t: (pd.Timestamp("2019-11-01") + pd.DateOffset(months=t)).strftime("%d.%m.%Y"),
+            "MS",
+        ),
+        (lambda t: (pd.Timestamp("2020-01-01") + pd.Timedelta(days=t)).strftime("%d/%m/%Y"), "D"),
         (lambda t: (pd.Timestamp("2020-01-01") + pd.Timedelta(hours=t**2)).isoformat(), None),
         (lambda t: t, None),
         (lambda t: (pd.Timestamp("2020-01-01") + pd.Timedelta(days=t)).date(), "D"),
@@ -110,7 +117,16 @@ def test_csv_forecast_multiple_series_windows_stay_within_a_series(workdir, para
             "D",
         ),
     ],
-    ids=["monthly", "daily mm/dd/YYYY text", "irregular", "numeric", "parquet DATE", "daily DST"],
+    ids=[
+        "monthly",
+        "daily mm/dd/YYYY text",
+        "monthly dd.mm.YYYY text",
+        "daily dd/mm/YYYY text",
+        "irregular",
+        "numeric",
+        "parquet DATE",
+        "daily DST",
+    ],
 )
 def test_time_column_sorts_by_date_and_records_its_frequency(workdir, params, dates, freq):
     frame = _long_frame(n_series=2)
