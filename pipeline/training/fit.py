@@ -165,27 +165,29 @@ def continued_logger(cfg, run_name: str, tags: dict, ckpt_dir: Path, hooks) -> P
     if not hooks.resumable:
         return mlflow_logger(cfg, run_name, tags)
     run_id = saved_run_id(ckpt_dir)
-    if run_id and not _in_store(run_id):  # the store was replaced, or the URI points elsewhere
-        print(f"MLflow run {run_id} of the resume point is not in {redacted(tracking_uri())}: "
-              "the training goes on in a new run")  # fmt: skip
+    # the store was replaced, the URI points elsewhere, or the run was deleted (which refuses
+    # every metric: continued, the stage failed at each rerun)
+    if run_id and (stage := _run_stage(run_id)) != "active":
+        print(f"MLflow run {run_id} of the resume point is {stage} in "
+              f"{redacted(tracking_uri())}: the training goes on in a new run")  # fmt: skip
         run_id = None
     logger = mlflow_logger(cfg, run_name, tags, run_id, ckpt_dir)
     save_run_id(ckpt_dir, logger.run_id)
     return logger
 
 
-def _in_store(run_id: str) -> bool:
+def _run_stage(run_id: str) -> str:
+    """The run's lifecycle stage ("active", "deleted"), or "not found"."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
     try:
-        MlflowClient(tracking_uri()).get_run(run_id)
+        return MlflowClient(tracking_uri()).get_run(run_id).info.lifecycle_stage
     except MlflowException as err:
         if err.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            return False
+            return "not found"
         raise
-    return True
 
 
 @dataclass(frozen=True)

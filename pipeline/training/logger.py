@@ -47,6 +47,7 @@ class PatientMLFlowLogger(MLFlowLogger):
         self.pending: list = self._read_kept()
         self.kept = len(self.pending)  # how many of them the file holds
         self.send_at, self.down = 0.0, False
+        self.refusal: str | None = None  # why the server refuses this run's metrics (deleted...)
         self.continued = kwargs.get("run_id") is not None
         self.logged: dict[str, int] | None = None  # for a continued run: see _logged_steps
 
@@ -123,9 +124,25 @@ class PatientMLFlowLogger(MLFlowLogger):
 
     def _send_first(self) -> int:
         """Send the oldest kept params, or the oldest metrics (up to BATCH) in one request;
-        returns how many entries went."""
+        returns how many entries went. Params the server refuses (a resumed run's param logged
+        before with another value) go without those the run has: sending them again cannot
+        succeed, and kept first they would hold back every metric after them."""
         if self.pending[0][1] == "params":
-            super().log_hyperparams(self.pending[0][0])
+            params = self.pending[0][0]
+            try:
+                super().log_hyperparams(params)
+            except MlflowException as err:
+                if not refused(err):
+                    raise
+                print(
+                    f"warning: MLflow at {redacted(tracking_uri())} refused params of run "
+                    f"{self.run_id} ({first_line(err)[:300]}); the run keeps those it has",
+                    file=sys.stderr,
+                )
+                with suppress(MlflowException):  # a deleted run takes none
+                    have = self.experiment.get_run(self.run_id).data.params
+                    if new := {k: v for k, v in params.items() if k not in have}:
+                        super().log_hyperparams(new)
             return 1
         metrics, count = [], 0
         for values, step, *stamp in self.pending:
@@ -149,14 +166,15 @@ class PatientMLFlowLogger(MLFlowLogger):
                 if sent_now and self.pending_file and self.kept:
                     self._rewrite(self.pending)  # the file must not hold what was sent
                 self.send_at = time.monotonic() + RETRY_S
+                reason = first_line(err)[:200]
                 if not self.down:
-                    reason = first_line(err)[:200]
+                    state = f"refuses run {self.run_id}" if refused(err) else "unreachable"
                     print(
-                        f"warning: MLflow tracking server unreachable ({reason}); training goes "
-                        "on, its metrics are kept and sent when the server answers",
+                        f"warning: MLflow tracking server {state} ({reason}); training goes "
+                        "on, its metrics are kept and sent when the server takes them",
                         file=sys.stderr,
                     )
-                self.down = True
+                self.down, self.refusal = True, reason if refused(err) else None
                 return False
             del self.pending[:sent]
             sent_now += sent
@@ -181,6 +199,13 @@ class PatientMLFlowLogger(MLFlowLogger):
             except Exception:  # the run's status is set by a later, successful finalize
                 pass
         self._keep()
+
+
+def refused(err: BaseException) -> bool:
+    """The server answered, and no: a 4xx (a deleted run, a param logged before with another
+    value), which waiting for does not change, unlike an outage, a timeout or a 5xx."""
+    status = err.get_http_status_code() if isinstance(err, MlflowException) else 0
+    return 400 <= status < 500 and status not in (408, 429)
 
 
 def _stopped_by_scheduler() -> bool:
@@ -223,8 +248,16 @@ def deliver(logger: PatientMLFlowLogger, log_rest, folder: Path) -> None:
                 log_rest()
                 logger.finalize("success")
                 return
+            refusal = next((lg.refusal for lg in (logger, *members) if lg.refusal), None)
         except (MlflowException, RequestException, OSError) as err:  # the server went away again
-            error = err
+            error, refusal = err, first_line(err)[:200] if refused(err) else None
+        if refusal:
+            logger.finalize("success")  # saves what is kept
+            raise TrackingError(
+                f"the outputs are written, but MLflow at {redacted(tracking_uri())} refuses run "
+                f"{logger.run_id}'s results ({refusal}); the metrics are kept in the resume "
+                "point: run the train stage again (a deleted run is then replaced by a new one)"
+            )
         if not warned:  # once, not a silent wait
             uri = redacted(tracking_uri())
             print(

@@ -46,3 +46,39 @@ def test_a_trial_stopped_by_the_scheduler_ends_its_run_killed_not_failed(workdir
         except SystemExit:
             logger.finalize("failed")
         assert client.get_run(run_id).info.status == status
+
+
+def test_refused_params_keep_the_runs_values_and_a_deleted_run_is_refused_not_unreachable(
+    workdir, capsys
+):
+    """A resumed run's param logged before with another value held back every metric behind it,
+    and the stage ended 120 s later with exit 6, the server "unreachable"."""
+    import pytest
+
+    from pipeline.errors import TrackingError
+    from pipeline.training.logger import deliver
+
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    first = PatientMLFlowLogger(experiment_name="e", tracking_uri=uri, pending_dir=workdir)
+    first.log_hyperparams({"x": 1})
+    run_id, client = first.run_id, MlflowClient(uri)
+    second = PatientMLFlowLogger(
+        experiment_name="e", tracking_uri=uri, run_id=run_id, pending_dir=workdir
+    )
+    second.log_hyperparams({"x": 2, "y": 3})
+    second.log_metrics({"val/loss": 0.5}, step=0)
+    assert second.flush()
+    assert "refused params of run" in capsys.readouterr().err
+    # the run keeps what it has, and takes the new one
+    assert client.get_run(run_id).data.params == {"x": "1", "y": "3"}
+    assert [m.value for m in client.get_metric_history(run_id, "val/loss")] == [0.5]
+
+    client.delete_run(run_id)  # in the UI, while the training runs
+    second.send_at = 0.0
+    second.log_metrics({"val/loss": 0.25}, step=1)
+    warned = capsys.readouterr().err
+    assert "refuses run" in warned and "unreachable" not in warned, warned
+    assert len(second.pending) == 1
+    with pytest.raises(TrackingError, match="refuses run .*'active' state.*run the train stage"):
+        deliver(second, lambda: None, workdir)  # at once, not after DELIVER_S
+    assert len((workdir / PENDING_FILE).read_text().splitlines()) == 1  # kept for the rerun

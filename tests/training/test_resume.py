@@ -325,20 +325,31 @@ def stop_at_epoch_1(exp: str, monkeypatch) -> None:
         assert main(["train", exp]) == 130
 
 
-def test_a_resume_point_whose_run_is_not_in_the_store_goes_on_in_a_new_run(
-    tmp_path, mlflow_template, monkeypatch, capsys
+@pytest.mark.parametrize("lost", ["not found", "deleted"])
+def test_a_resume_point_whose_run_is_gone_goes_on_in_a_new_run(
+    lost, tmp_path, mlflow_template, monkeypatch, capsys
 ):
     """The store replaced (or MLFLOW_TRACKING_URI pointed elsewhere) after a kill: every rerun
-    failed with exit 6, 'Run with id=... not found', until .resume was deleted by hand."""
+    failed with exit 6, 'Run with id=... not found', until .resume was deleted by hand. The run
+    deleted in the UI: every rerun failed with exit 6 after 120 s, the server "unreachable"."""
+    from mlflow import MlflowClient
+
     from pipeline.cli import main
+    from pipeline.training.resume import saved_run_id
 
     exp = "lstm_airline"
     repo = setup_repo(tmp_path / "repo", exp, mlflow_template, max_epochs=3)
     monkeypatch.chdir(repo)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo}/mlflow.db")
+    uri = f"sqlite:///{repo}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     stop_at_epoch_1(exp, monkeypatch)
-    shutil.copy(mlflow_template, repo / "mlflow.db")  # a new store
+    if lost == "deleted":
+        (point,) = repo.glob(f".resume/{exp}/*/resume.ckpt")
+        MlflowClient(uri).delete_run(saved_run_id(point.parent))
+    else:
+        shutil.copy(mlflow_template, repo / "mlflow.db")  # a new store
     capsys.readouterr()
     assert main(["train", exp]) == 0
-    assert "of the resume point is not in sqlite:///" in capsys.readouterr().out
-    assert tracked_runs(repo) == [(exp, "FINISHED")]
+    assert f"of the resume point is {lost} in sqlite:///" in capsys.readouterr().out
+    ended = [(exp, "FAILED")] if lost == "deleted" else []  # the Ctrl+C'd one, in the bin
+    assert tracked_runs(repo) == [*ended, (exp, "FINISHED")]
