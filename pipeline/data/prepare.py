@@ -107,17 +107,25 @@ def _classification(exp: Experiment, data: Labelled) -> tuple[dict, dict]:
     cfg = exp.data
     _checked_lengths(exp, data)
     column = f"column {cfg.label!r}" if isinstance(cfg, TableData) else "labels"
-    fitted = data.y if data.split is None else data.y[data.split != "test"]
+    # the classes the training sees: a val split drawn from the rest is stratified on them
+    fitted, outside = data.y, ""
+    if data.split is not None and (data.split == "val").any():
+        fitted, outside = data.y[data.split == "train"], " in the train split"
+    elif data.split is not None:
+        fitted, outside = data.y[data.split != "test"], " outside the test split"
     classes = sorted(set(fitted.tolist()))
     if len(classes) < 2:
         raise DataError(
-            f"{_source_name(exp)}: {column} has a single class {classes[0]!r}"
-            f"{'' if data.split is None else ' outside the test split'}; "
+            f"{_source_name(exp)}: {column} has a single class {classes[0]!r}{outside}; "
             "classification needs at least 2"
         )
     unknown = sorted(set(data.y.tolist()) - set(classes))
     if unknown:
-        raise DataError(f"{_source_name(exp)}: {column}: {unknown} occur only in the test split")
+        where = sorted(set(data.split[np.isin(data.y, unknown)].tolist()))
+        raise DataError(
+            f"{_source_name(exp)}: {column}: {unknown} occur only in the {' and '.join(where)} "
+            f"split{'s' if len(where) > 1 else ''}"
+        )
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[c] for c in data.y], dtype=np.int64)
     splits = _split_indices(exp, data, y, classes)

@@ -127,11 +127,25 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 
 def _read_csv(path: Path, text) -> pd.DataFrame:
     header = pd.read_csv(path, header=None, nrows=1, dtype=str).iloc[0].tolist()
+    if str(header[0]).lower().startswith("sep="):
+        with open(path, encoding="utf-8-sig") as f:
+            line = next(line.strip() for line in f if line.strip())
+        raise DataError(f"{path}: the first line, {line!r}, is Excel's separator line; remove "
+                        "it (the first line must be the header)")  # fmt: skip
     _once_each(header, path)  # pandas would rename the second one `<name>.1`
     text = {col: str for col in text if col in header}
-    frame = pd.read_csv(
-        path, converters=text, skip_blank_lines=False, index_col=False, skiprows=_blank_lead(path)
-    )
+    with warnings.catch_warnings():
+        # rows longer than the header at the top: pandas drops their last fields with a
+        # warning (only later rows are an error), and every value was read a column over
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        try:
+            frame = pd.read_csv(
+                path, converters=text, skip_blank_lines=False, index_col=False,
+                skiprows=_blank_lead(path),
+            )  # fmt: skip
+        except pd.errors.ParserWarning:
+            why = f"{_longer_row(path, len(header))}{_separator_hint(path)}"
+            raise DataError(f"{path}: {why}") from None
     for col in text:
         frame[col] = frame[col].mask(frame[col] == "")
     # blank lines dropped here, not by pandas, so that the index stays each row's line - 2
@@ -159,6 +173,15 @@ def _separator_hint(path: Path) -> str:
         if other:
             return f" (columns separated by {other[0]!r}? the file must be comma-separated)"
     return ""
+
+
+def _longer_row(path: Path, width: int) -> str:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = csv.reader(f)
+        for row in rows:
+            if len(row) > width:
+                return f"line {rows.line_num}: {len(row)} fields where the header has {width}"
+    return f"a row has more fields than the header's {width}"
 
 
 def _blank_lead(path: Path) -> int:
@@ -432,6 +455,8 @@ def read_series_table(
         if empty.any():
             i = int(np.flatnonzero(empty.to_numpy())[0])
             raise _empty_cell(path, frame, i, col)
+    for col in (id_column, *extra):
+        _no_space_twins(frame, col, path)
     values = _numeric(frame, features, path, empty_ok)
     frame[time_column] = _times(frame[time_column], time_column, path)
     dup = frame.duplicated([id_column, time_column])
@@ -514,6 +539,22 @@ def _forecast_series(frame, values: np.ndarray, ids, bounds, cfg: TableData, pat
         [*cfg.future, *calendar_names(cfg.calendar)], static, list(cfg.static), list(cfg.calendar),
         _starts([t.iloc[0] for t in times], freq),
     )  # fmt: skip
+
+
+def _no_space_twins(frame: pd.DataFrame, col: str, path: Path) -> None:
+    """Ids and labels are the text held, but two that differ only by spaces at their ends are
+    one typed twice: `up` and `up ` made a third class, `a` and `a ` split a series in two."""
+    seen: dict[str, str] = {}
+    for value in pd.unique(frame[col]):
+        if not isinstance(value, str):
+            continue
+        twin = seen.setdefault(value.strip(), value)
+        if twin != value:
+            i = int(np.flatnonzero((frame[col] == value).to_numpy())[0])
+            raise DataError(
+                f"{path}: column {col!r} {_file_row(path, frame, i)}: {value!r} and {twin!r} "
+                "differ only by spaces at their ends; make them one"
+            )
 
 
 def _starts(firsts: list, freq: str | None) -> list[int] | None:

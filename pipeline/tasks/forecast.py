@@ -4,6 +4,7 @@ beside the (seasonal) naive baseline."""
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pandas as pd
@@ -222,7 +223,8 @@ class Forecast(Task):
         elif dated:
             print(
                 f"{path}: column {time_column!r} holds dates without one regular frequency "
-                "(and the model records none): forecasts are numbered by step only"
+                "(and the model records none): forecasts are numbered by step only",
+                file=sys.stderr,  # the predictions may go to stdout
             )
         keys.append(("step", np.tile(steps, len(ids))))
         return x, table(keys), extra

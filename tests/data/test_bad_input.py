@@ -95,6 +95,10 @@ def _broken(kind: str) -> str | None:
         frame.loc[2, "note"] = "two\nlines"
         frame["value"] = frame["value"].astype(object)
         frame.loc[10, "value"] = "x"
+    elif kind == "label_space_twin":  # a third class, silently
+        frame.loc[frame.series_id == "s2", "label"] = "a "
+    elif kind == "id_space_twin":  # s1 read as two series stepping by 2, silently
+        frame.loc[(frame.series_id == "s1") & (frame.time % 2 == 1), "series_id"] = "s1 "
     elif kind == "twice":
         frame["time"] = frame["value"]  # pandas would rename the second one 'value.1'
         frame.columns = ["series_id", "value", "value", "label"]
@@ -106,6 +110,12 @@ def _broken(kind: str) -> str | None:
     if kind == "blank_lead":  # blank lines before the header: read, and counted
         text = open("in.csv").read()
         open("in.csv", "w").write("\n\n" + text)
+    if kind == "longer_rows":  # a field more than the header on every row: pandas took the
+        # first as the index and read every value a column over (exit 0, forecasts x1000)
+        lines = open("in.csv").read().splitlines()
+        open("in.csv", "w").write("\n".join(lines[:1] + [f"{x},99" for x in lines[1:]]))
+    if kind == "excel_sep":  # Excel's first line naming the separator
+        open("in.csv", "w").write("sep=,\n" + open("in.csv").read())
     if kind in ("blank_lines", "space_lines"):  # line numbers count them, as an editor does
         lines = open("in.csv").read().splitlines()
         lines[3:3] = ["", ""] if kind == "blank_lines" else ["   ", " ,\t, ,  "]
@@ -169,6 +179,23 @@ def use_data(params: dict, data: dict) -> None:
             "each side needs one series of each of the 2 classes",
         ),
         ("twice", FORECAST, "in.csv: column 'value' appears twice in the header"),
+        (
+            "label_space_twin",
+            CLASSIFY,
+            "in.csv: column 'label' line 62: 'a ' and 'a' differ only by spaces at their ends",
+        ),
+        (
+            "id_space_twin",
+            FORECAST,
+            "in.csv: column 'series_id' line 33: 's1 ' and 's1' differ only by spaces at their "
+            "ends",
+        ),
+        ("longer_rows", FORECAST, "in.csv: line 2: 5 fields where the header has 4"),
+        (
+            "excel_sep",
+            FORECAST,
+            "in.csv: the first line, 'sep=,', is Excel's separator line; remove it",
+        ),
         ("latin1", FORECAST, "in.csv: line 41: byte 0xe9 is not UTF-8 (save the file as UTF-8)"),
         ("blank_lines", FORECAST, "in.csv: column 'value' line 11: 'x' is not a number"),
         # lines of spaces are blank too: they were 'column 'series_id' line 4: empty cell'

@@ -105,6 +105,14 @@ BAD = {
         DATA,
         "in.csv: column 'label': ['c'] occur only in the test split",
     ),
+    "class_only_in_val": (  # the model got an output for a class it never trained on
+        lambda f: f.assign(
+            split=np.where(f.series_id.isin(["s8", "s9"]), "val", "train"),
+            label=np.where(f.series_id == "s9", "c", f.label),
+        ),
+        DATA,
+        "in.csv: column 'label': ['c'] occur only in the val split",
+    ),
     "one_step_series": (
         lambda f: f[~((f.series_id == "s3") & (f.time > 0))],
         DATA,

@@ -218,7 +218,7 @@ def test_forecast_dates_the_horizon_after_each_series_last_month(models, tmp_pat
     ), err
 
 
-def test_forecast_dates_without_a_frequency_fall_back_to_steps(models, tmp_path, capsys):
+def test_forecast_dates_without_a_frequency_fall_back_to_steps(models, tmp_path, capfd):
     _, onnx_path = models["forecast"]  # its data had no dates: the input's own frequency
     series = [np.exp(np.random.default_rng(5).normal([0.5, 3.0], 0.2, size=(14, 2)))]
     frame = long_table(series, ["x", "y"])
@@ -230,9 +230,11 @@ def test_forecast_dates_without_a_frequency_fall_back_to_steps(models, tmp_path,
 
     frame.loc[frame.time == frame.time.max(), "time"] += pd.Timedelta(hours=5)  # irregular
     irregular = _write_csv(tmp_path / "irregular.csv", frame)
-    assert main(["predict", str(onnx_path), irregular, "-o", "irregular_out.csv"]) == 0
-    assert list(pd.read_csv("irregular_out.csv").columns) == ["series_id", "step", "y"]
-    assert "without one regular frequency" in capsys.readouterr().out
+    capfd.readouterr()
+    assert main(["predict", str(onnx_path), irregular, "-o", "-"]) == 0
+    out, err = capfd.readouterr()  # the note was the first line of the CSV on stdout
+    assert out.splitlines()[0] == "series_id,step,y"
+    assert "without one regular frequency" in err
 
 
 def test_frames_npy(models, tmp_path):
