@@ -57,16 +57,29 @@ def _compose(args: argparse.Namespace) -> None:
     if params.is_dir():  # not "cannot write there", naming the temp file beside it
         raise ConfigError(f"{params}: Is a directory")
     if args.check:
-        current = params.read_text() if params.exists() else ""
+        if not params.exists():
+            raise PipelineError(f"{args.params}: not found; `lstm-pipeline compose` writes it")
+        current = params.read_text()
         if current != text:
             raise PipelineError(
-                f"{args.params} differs from the composition of {args.conf or 'conf/'}"
+                f"{args.params} differs from the composition of {args.conf or 'conf/'} "
+                f"({_first_difference(current, text)}); `lstm-pipeline compose` rewrites it"
             )
         return
     from pipeline.io import atomic_file
 
     with atomic_file(args.params) as tmp:
         tmp.write_text(text)
+
+
+def _first_difference(current: str, composed: str) -> str:
+    """'line 38: seed: 1, composed: seed: 0'."""
+    lines = zip(current.splitlines(), composed.splitlines(), strict=False)
+    for number, (have, want) in enumerate(lines, start=1):
+        if have != want:
+            return f"line {number}: {have.strip()!r}, composed: {want.strip()!r}"
+    shorter = min(current.count("\n"), composed.count("\n")) + 1
+    return f"line {shorter}: {'more' if len(current) > len(composed) else 'fewer'} lines"
 
 
 def _repro(args: argparse.Namespace) -> None:
@@ -89,7 +102,9 @@ def _tune_apply(args: argparse.Namespace) -> None:
     from pipeline.tuning.apply import apply_best, dvc_exp_run_command
 
     if args.print:
-        print(dvc_exp_run_command(args.experiment))
+        if args.params != PARAMS_FILE:  # dvc exp run composes the project's params.yaml
+            raise ConfigError("--params: dvc exp run writes the project's params.yaml; drop it")
+        print(dvc_exp_run_command(args.experiment, args.overrides, args.force))
         return
     overrides = apply_best(args.experiment, args.params, args.overrides, args.force)
     print(f"{args.params} composed with: {' '.join(overrides)}\nnow run: dvc repro")
@@ -136,6 +151,12 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _lanes(text: str) -> int:
+    if not (text.isdigit() and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of lanes (1 or more)")
+    return int(text)
+
+
 def _mlflow_server(args: argparse.Namespace) -> None:
     _entry("pipeline.tracking.server:serve")(args.port, args.root, args.artifacts_destination)
 
@@ -176,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
         s.set_defaults(func=func)
     rp = sub.add_parser("repro", help="dvc repro, with experiments side by side on --jobs lanes")
     rp.add_argument("experiments", nargs="*", help="only these (default: all of params.yaml's)")
-    rp.add_argument("--jobs", type=int, default=usable_cores(), help="default: the usable cores")
+    rp.add_argument("--jobs", type=_lanes, default=usable_cores(), help="default: the usable cores")
     rp.add_argument("-f", "--force", action="store_true", help="rerun every stage (dvc repro -f)")
     rp.set_defaults(func=_repro)
     r = sub.add_parser("release", help="register a validated model in the MLflow registry")

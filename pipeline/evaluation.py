@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pipeline.config import Release, Validate
 from pipeline.errors import ConfigError
-from pipeline.tasks import Task, higher_is_better
+from pipeline.tasks import TASKS, Task, higher_is_better, known_metric
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,11 @@ def release_gates(report: dict, rules: Release, task: Task, champion: dict | Non
         "true" if rules.require_passed else "not required",
         bool(report["passed"]) or not rules.require_passed,
     )
+    for key in ("min", "max", "champion_margin"):
+        unknown = [m for m in getattr(rules, key) if m not in report and not known_metric(m)]
+        if unknown:  # a typo's gate was skipped as a metric this task lacks
+            known = sorted({m for t in TASKS.values() for m in t.directions})
+            raise ConfigError(f"release.{key}: unknown metric {unknown[0]!r}; known: {known}")
     margins = [
         champion_gate(metric, report[metric], margin, champion)
         for metric, margin in rules.champion_margin.items()

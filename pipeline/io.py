@@ -8,6 +8,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -249,8 +250,28 @@ class _UniqueKeys(yaml.SafeLoader):
             seen.add(key if isinstance(key, Hashable) else id(key))
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_int(self, node):
+        """YAML 1.1 (PyYAML) reads `0300` as octal 192 and `1:30` as 90; DVC reads YAML 1.2,
+        300 and a string: `max_epochs: 0300` trained 192 epochs while DVC saw no change."""
+        text = self.construct_scalar(node)
+        if re.fullmatch(r"[-+]?0[0-9_]+|.*:.*", text):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{text!r} is {super().construct_yaml_int(node)} in YAML 1.1 and not "
+                "for DVC (YAML 1.2); write the number without a leading 0 or ':'",
+                node.start_mark,
+            )  # fmt: skip
+        return super().construct_yaml_int(node)
+
 
 _UniqueKeys.add_constructor("tag:yaml.org,2002:merge", lambda loader, node: "<<")
+_UniqueKeys.add_constructor("tag:yaml.org,2002:int", _UniqueKeys.construct_yaml_int)
+
+
+def yaml_error_line(err: yaml.YAMLError, path: str | Path) -> str:
+    """'<path>: line 3, column 1: found character '\\t' that cannot start any token'."""
+    mark = getattr(err, "problem_mark", None)
+    where = f": line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{path}{where}: {getattr(err, 'problem', None) or 'not valid YAML'}"
 
 
 def read_yaml(path: str | Path, error: type[PipelineError]) -> Any:
@@ -260,9 +281,7 @@ def read_yaml(path: str | Path, error: type[PipelineError]) -> Any:
     try:
         return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeys)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f": line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise error(f"{path}{where}: {getattr(err, 'problem', None) or 'not valid YAML'}") from None
+        raise error(yaml_error_line(err, path)) from None
     except UnicodeDecodeError as err:
         line = err.object[: err.start].count(b"\n") + 1
         raise error(f"{path}: line {line}: byte {err.object[err.start]:#x} is not UTF-8") from None

@@ -55,7 +55,7 @@ def check_reachable(address: str, key: str) -> None:
     try:
         with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S) as conn:
             conn.settimeout(ANSWER_TIMEOUT_S)
-            if os.environ.get("RAY_USE_TLS", "0") in ("0", ""):
+            if os.environ.get("RAY_USE_TLS", "0").lower() not in ("1", "true"):  # as Ray reads it
                 conn.sendall(_HTTP2_HELLO)
                 try:
                     answer = conn.recv(9)

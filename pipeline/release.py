@@ -217,7 +217,7 @@ def release_history(cfg: PipelineConfig, exp_name: str) -> str:
 
     cfg.experiment(exp_name)
     uri = tracking_uri()
-    ensure_reachable(uri)
+    ensure_reachable(uri, create=False)  # it only reads: a typo'd path must not leave a store
     name = cfg.release.model_name.format(exp=exp_name)
     client = MlflowClient(uri)
     try:

@@ -20,8 +20,8 @@ made absolute). So the stages of another experiment or folder run warm as well. 
 differs from a fresh process only in not paying for imports.
 No server, or one that does not answer in time: the stage runs in its own process as before
 (a server that could not start leaves `<key>.failed`, its traceback, and is not tried again).
-Linux only; `LSTM_PIPELINE_WARM=0` turns it off. The server exits IDLE_S seconds after its last
-client and the stage that started it have ended.
+Linux only; `LSTM_PIPELINE_WARM=0` (or false, off, no) turns it off. The server exits IDLE_S
+seconds after its last client and the stage that started it have ended.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ STOP_POLL_S = 0.25  # how often a server with stages running reads whether their
 # the cores shared, 15 s was seen passing and the stage then imported beside it.
 START_WAIT_S = 60.0
 IMPORT_TORCH = ("train", "export", "validate")
+OFF = ("0", "false", "off", "no")  # LSTM_PIPELINE_WARM's values that turn it off
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 JOB_CONTROL = (signal.SIGTSTP, signal.SIGCONT)
 LIMITS = [getattr(resource, n) for n in dir(resource) if n.startswith("RLIMIT_")]
@@ -183,7 +184,7 @@ class _Lines:
 
 def run() -> int | None:
     """The exit status of the command in sys.argv, run in a warm child; None: run it here."""
-    if _client_parent or os.environ.get("LSTM_PIPELINE_WARM", "1") == "0":
+    if _client_parent or os.environ.get("LSTM_PIPELINE_WARM", "1").lower() in OFF:
         return None
     if sys.platform != "linux":  # fork, SCM_RIGHTS, pidfd, PR_SET_PDEATHSIG
         return None

@@ -257,6 +257,31 @@ def _error(raw) -> str:
             "team/{exp}",
             "release.model_name: / cannot be in a registered model's name",
         ),
+        (  # the default recipe was trained instead, silently
+            ("experiments", "lstm_italypowerdemand", "model"),
+            None,
+            "experiments.lstm_italypowerdemand.model: Input should be",
+        ),
+        (  # the packaged data was read, silently
+            ("experiments", "lstm_airline", "data", "path"),
+            "data/raw/mine.csv",
+            "experiments.lstm_airline.data.path: applies to csv and parquet sources",
+        ),
+        (  # these failed in the stage, exit 1 "unexpected"
+            ("seed",),
+            -1,
+            "seed: Input should be greater than or equal to 0",
+        ),
+        (
+            ("experiments", "lstm_airline", "model", "hidden_size"),
+            10**23,
+            "experiments.lstm_airline.model.hidden_size: Input should be less than or equal to",
+        ),
+        (
+            ("tracking", "experiment_name"),
+            "",
+            "tracking.experiment_name: String should have at least 1 character",
+        ),
         (
             ("release", "model_name"),
             "{exp}-{version}",
@@ -266,6 +291,12 @@ def _error(raw) -> str:
 )
 def test_invalid_config_names_the_key(params, path, value, expected):
     raw = copy.deepcopy(params)
+    if path[-2:] == ("model", "hidden_size"):  # an experiment named as a model or source
+        raw["experiments"]["lstm"] = raw["experiments"].pop("lstm_airline")
+        path, expected = (
+            ("experiments", "lstm", *path[2:]),
+            expected.replace("lstm_airline", "lstm"),
+        )
     node = raw
     for key in path[:-1]:
         node = node[key]
@@ -325,6 +356,11 @@ def test_cli_exits_nonzero_with_one_line_naming_the_key(workdir, params, capsys)
     assert not (workdir / "data").exists()
 
 
+def test_an_experiment_name_too_long_for_a_file_name_is_refused(params):
+    params["experiments"]["x" * 65] = params["experiments"].pop("lstm_airline")
+    assert "should have at most 64 characters" in _error(params)
+
+
 def test_cli_unknown_experiment(workdir, params, capsys):
     write_params(params)
     assert main(["train", "lstm_nothing"]) == 2
@@ -353,9 +389,82 @@ def test_a_stage_run_in_a_subfolder_of_the_project_names_the_project(
     assert list((workdir / "data").iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (("trainer/cpu.yaml", b"\tx: 1\n"), "conf/trainer/cpu.yaml: line 13, column 1: found "),
+        (("trainer/cpu.yaml", b"# caf\xe9\n"), "conf/trainer/cpu.yaml: line 13: byte 0xe9 is"),
+        (("config.yaml", b"  - config\n"), "conf/: the defaults lists include each other"),
+        (None, "conf/config.yaml: not found"),  # the package's conf/ was composed, silently
+    ],
+)
+def test_a_broken_conf_is_one_line_naming_the_file(workdir, capsys, damage, expected):
+    """Each was exit 1, 'unexpected ScannerError' (RecursionError, UnicodeDecodeError)."""
+    import shutil
+
+    shutil.copytree(REPO / "conf", workdir / "conf")
+    if damage is None:
+        (workdir / "conf" / "config.yaml").rename(workdir / "conf" / "config.yml")
+    elif damage[0] == "config.yaml":  # a defaults list that includes itself
+        path = workdir / "conf" / "config.yaml"
+        path.write_text(path.read_text().replace("defaults:\n", "defaults:\n  - config\n", 1))
+    else:
+        with open(workdir / "conf" / damage[0], "ab") as f:
+            f.write(damage[1])
+    assert main(["compose", "--check"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err
+
+
+def test_a_number_yaml_and_dvc_read_differently_is_refused(workdir, capsys):
+    """PyYAML (YAML 1.1) read `max_epochs: 0300` as 192, DVC (YAML 1.2) as 300."""
+    text = (REPO / "params.yaml").read_text()
+    line = text[: text.index("seed: 0\n")].count("\n") + 1
+    (workdir / "params.yaml").write_text(text.replace("seed: 0\n", "seed: 010\n", 1))
+    assert main(["train", "lstm_airline"]) == 2
+    err = capsys.readouterr().err
+    assert f"params.yaml: line {line}, column 9: '010' is 8 in YAML 1.1 and not for DVC" in err
+
+
+@pytest.mark.parametrize(
+    "task, key, value, expected",
+    [
+        ("classification", "transform", "log", "transform applies to forecasting only"),
+        ("forecast", "label", "label", "label applies to classification only"),
+        ("forecast", "max_length", 5, "max_length applies to classification only"),
+        ("forecast", "val_fraction", 0.5, "val_fraction applies to classification only"),
+    ],
+)
+def test_a_data_key_of_the_other_task_is_refused(params, task, key, value, expected):
+    """Each was ignored without a word (the scaler fitted on raw values, no series refused)."""
+    data = {"source": "csv", "path": "in.csv", "task": task, "features": ["x"], key: value}
+    if task == "classification":
+        data.setdefault("label", "y")
+    params["experiments"]["lstm_airline"]["data"] = data
+    assert f"experiments.lstm_airline.data: {expected}" in _error(params)
+
+
+@pytest.mark.parametrize(
+    "features, targets, expected",
+    [
+        (["load", "step"], [], "data: target 'step' is named as a column predict writes"),
+        (["load", "load_lo50"], [], "data: target 'load_lo50' is named as a column predict writes"),
+        (["load"], ["load", "load"], "data.targets: 'load' is listed twice"),
+    ],
+)
+def test_a_target_predict_could_not_write_is_refused(params, features, targets, expected):
+    """Each passed prepare, train, export and validate; then predict refused every input."""
+    data = {"source": "csv", "path": "in.csv", "task": "forecast", "features": features,
+            "targets": targets}  # fmt: skip
+    params["experiments"]["lstm_airline"]["data"] = data
+    assert f"experiments.lstm_airline.{expected}" in _error(params)
+
+
 def test_compose_check_detects_stale_params(workdir, capsys):
     (workdir / "params.yaml").write_text("seed: 1\n")
     assert main(["compose", "--check"]) == 1
+    first = (REPO / "params.yaml").read_text().splitlines()[0]
+    assert f"(line 1: 'seed: 1', composed: {first!r})" in capsys.readouterr().err
     assert main(["compose"]) == 0
     assert main(["compose", "--check"]) == 0
 

@@ -164,6 +164,17 @@ def test_unreachable_server_fails_train_fast_before_anything_is_written(repo, ca
     assert tree_digest(repo) == before
 
 
+@pytest.mark.parametrize("uri", ["sqlite://mlflow.db", "sqlite://"])
+def test_a_sqlite_uri_without_its_third_slash_is_refused(repo, capsys, monkeypatch, uri):
+    """`sqlite://mlflow.db` was exit 1, 'unexpected ArgumentError'; `sqlite://` trained into an
+    in-memory store, lost at the exit (exit 0)."""
+    before = tree_digest(repo)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["train", EXP]) == 6
+    assert f"MLflow store {uri}: not a SQLite file's URI" in one_line(capsys)
+    assert tree_digest(repo) == before
+
+
 def test_validate_writes_nothing_when_the_server_is_unreachable(repo, capsys, monkeypatch):
     before = tree_digest(repo)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")

@@ -228,6 +228,20 @@ def test_without_room_for_a_socket_the_stage_runs_in_its_own_process(root, tmp_p
     assert not list(deep.glob("*/*.lock"))
 
 
+@pytest.mark.parametrize("off", ["0", "false", "OFF", "no"])
+def test_warm_starts_turned_off_start_no_server(root, off):
+    """Only `0` turned them off: `false` left a server behind."""
+    runtime = Path(tempfile.mkdtemp(prefix="lw"))  # short: a socket's path is at most 107 bytes
+    try:
+        env = {"XDG_RUNTIME_DIR": str(runtime), "LSTM_PIPELINE_WARM": off}
+        assert stage(root, "validate", "no_such_experiment", **env).wait(60) == 2
+        time.sleep(1)
+        assert not list(runtime.glob("*/*.lock"))
+    finally:
+        stop_warm_servers(runtime)
+        shutil.rmtree(runtime)
+
+
 def test_a_training_that_finds_a_server_starting_waits_and_runs_in_it(root):
     """Rather than import torch beside a server that is importing it: the first stage's server
     is still starting when the next stage comes. Ctrl-C while waiting: one line, exit 130."""

@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from pipeline.config.base import Strict
+from pipeline.config.base import Seed, Strict
 from pipeline.config.data import (
     AirlineData,
     DataConfig,
@@ -24,7 +25,7 @@ from pipeline.config.models import ModelConfig
 from pipeline.config.recipes import RECIPES
 from pipeline.config.run import Fit, Release, Resources, Tracking, Trainer, Tune, Validate
 from pipeline.errors import ConfigError
-from pipeline.io import read_yaml
+from pipeline.io import read_yaml, yaml_error_line
 
 __all__ = [
     "AirlineData", "Experiment", "Fit", "MovingDigitsData", "PipelineConfig", "Release",
@@ -38,6 +39,9 @@ PARAMS_FILE = "params.yaml"
 def conf_dir() -> Path:
     """The conf/ beside params.yaml in the working directory (a copy of the repo, DVC's temp
     experiment), else the installed package's."""
+    if Path("conf").is_dir() and not Path("conf/config.yaml").is_file():  # not the package's
+        raise ConfigError("conf/config.yaml: not found (conf/ holds the groups, config.yaml "
+                          "lists them)")  # fmt: skip
     return Path("conf") if Path("conf/config.yaml").exists() else CONF_DIR
 
 
@@ -69,8 +73,8 @@ class Experiment(Strict):
         if not isinstance(raw, dict):
             return raw
         given, fit = raw.get("model"), raw.get("fit", {})
-        if isinstance(given, dict) and "name" in given:
-            return raw
+        if isinstance(given, dict) and "name" in given or ("model" in raw and given is None):
+            return raw  # `model:` with nothing under it is refused, as `fit:` is
         if not isinstance(given or {}, dict) or not isinstance(fit, dict):
             return raw  # the field validation names the key
         try:
@@ -121,12 +125,14 @@ class Experiment(Strict):
 
 
 class PipelineConfig(Strict):
-    seed: int = 0
+    seed: Seed = 0
     trainer: Trainer = Trainer()
     tracking: Tracking = Tracking()
     release: Release = Release()
     tune: Tune = Tune()
-    experiments: dict[Annotated[str, Field(pattern=r"^[a-z0-9_]+$")], Experiment]
+    # a name is a folder's (.resume/<exp>/<hash>/...) and a registered model's: 260 letters
+    # passed, and prepare failed with "File name too long" (exit 8)
+    experiments: dict[Annotated[str, Field(pattern=r"^[a-z0-9_]+$", max_length=64)], Experiment]
 
     def experiment(self, name: str) -> Experiment:
         if name not in self.experiments:
@@ -157,8 +163,14 @@ def _format(err: ValidationError) -> str:
             and any(o is not e and o["loc"][: len(exp)] == exp for o in errors)
         ):
             continue  # the experiment's other error kept its default recipe from filling it in
-        # Drop the union tags pydantic puts in the path ("ucr", "lstm"...): users never write them.
-        loc = [str(p) for p in e["loc"] if p not in UNION_TAGS]
+        # Drop the union tags pydantic puts in the path after data/model ("ucr", "lstm"...):
+        # users never write them (an experiment may be named as one).
+        path = e["loc"]
+        loc = [
+            str(p)
+            for i, p in enumerate(path)
+            if not (i and p in UNION_TAGS and path[i - 1] in ("data", "model"))
+        ]
         msg, got = e["msg"].removeprefix("Value error, "), e.get("input")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -214,9 +226,36 @@ def compose(overrides: list[str] = (), conf: Path | None = None) -> str:
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(f"{conf or 'conf'}/: {_one_line(str(err))}") from None
+    except yaml.YAMLError as err:  # Hydra's loader names the file in the error's mark
+        mark = getattr(err, "problem_mark", None)
+        raise ConfigError(yaml_error_line(err, _relative(mark.name if mark else "conf/"))) from None
+    except UnicodeDecodeError:
+        raise ConfigError(_not_utf8(Path(conf or conf_dir()))) from None
+    except RecursionError:
+        raise ConfigError(
+            f"{conf or 'conf'}/: the defaults lists include each other (a cycle)"
+        ) from None
     text = OmegaConf.to_yaml(cfg)
     parse_config(yaml.safe_load(text))
     return text
+
+
+def _relative(path: str) -> str:
+    with suppress(ValueError):
+        return str(Path(path).relative_to(Path.cwd()))
+    return path
+
+
+def _not_utf8(conf: Path) -> str:
+    """The first conf/ file with bytes that are not UTF-8 (Hydra's error names none)."""
+    for path in sorted(conf.rglob("*.yaml")):
+        try:
+            path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            line = err.object[: err.start].count(b"\n") + 1
+            byte = err.object[err.start]
+            return f"{_relative(str(path))}: line {line}: byte {byte:#x} is not UTF-8"
+    return f"{conf}/: a file is not UTF-8"
 
 
 def _one_line(message: str) -> str:

@@ -6,7 +6,9 @@ from typing import Annotated, Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-PositiveInt = Annotated[int, Field(gt=0)]
+# bounded: 10**23 passed, and overflowed in torch as an "unexpected" error (exit 1)
+PositiveInt = Annotated[int, Field(gt=0, le=2**31 - 1)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # numpy's and sklearn's range
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 

@@ -8,13 +8,23 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from pipeline.config.base import Fraction, PositiveInt, Strict
+from pipeline.config.base import Fraction, PositiveInt, Seed, Strict
 
 # What prepare's DVC stage depends on (dvc.yaml: ${item.data.path}): the user's file, or for data
 # that ships in a package, the loader that builds it.
 PACKAGED = "pipeline/data/sources.py"
+
+
+def _packaged(path: str) -> str:
+    if path != PACKAGED:  # it was ignored: the packaged data was read
+        raise ValueError("applies to csv and parquet sources; this one's data ships in a "
+                         "package (leave path unset)")  # fmt: skip
+    return path
+
+
+PackagedPath = Annotated[str, AfterValidator(_packaged)]
 # Calendar covariates, each encoded as a sin/cos pair of its cycle (pipeline/data/sources.py).
 CALENDAR_FIELDS = ("hour", "day_of_week", "day_of_month", "month", "day_of_year")
 
@@ -58,9 +68,9 @@ class UcrData(Strict):
 
     source: Literal["ucr"]
     name: str
-    path: str = PACKAGED
+    path: PackagedPath = PACKAGED
     val_fraction: Fraction = 0.2
-    split_seed: int = 0  # the stratified validation split (the training seed is `seed`)
+    split_seed: Seed = 0  # the stratified validation split (the training seed is `seed`)
     max_length: PositiveInt | None = None  # refuse longer series (None: any length)
 
     @field_validator("name")
@@ -81,7 +91,7 @@ class UcrData(Strict):
 
 class AirlineData(ForecastWindows):
     source: Literal["airline"]
-    path: str = PACKAGED
+    path: PackagedPath = PACKAGED
 
     @property
     def task(self) -> str:
@@ -117,7 +127,7 @@ class TableData(ForecastWindows):
     calendar: list[Literal[CALENDAR_FIELDS]] = []
     val_fraction: Fraction = 0.2  # classification splits, by series
     test_fraction: Fraction = 0.2
-    split_seed: int = 0
+    split_seed: Seed = 0
 
     @model_validator(mode="before")
     @classmethod
@@ -145,6 +155,12 @@ class TableData(ForecastWindows):
                 seen[column] = role
         if (self.future or self.static or self.calendar) and self.task != "forecast":
             raise ValueError("future, static and calendar apply to forecasting only")
+        if self.transform != "none" and self.task != "forecast":  # it was ignored, silently
+            raise ValueError("transform applies to forecasting only")
+        if self.task == "forecast" and (given := sorted(CLASSIFYING & self.model_fields_set)):
+            raise ValueError(f"{given[0]} applies to classification only")
+        if self.task == "forecast":
+            self._targets_predict_can_write()
         if self.freq is not None:
             if self.task != "forecast":
                 raise ValueError("freq applies to forecasting only")
@@ -155,8 +171,23 @@ class TableData(ForecastWindows):
                 )
         return self
 
+    def _targets_predict_can_write(self) -> None:
+        """predict writes `step`, each target, and its interval bounds `<target>_lo80`...: a
+        target of such a name passed every stage, then no input could be predicted."""
+        targets = self.targets or self.features
+        if twice := next((t for t in targets if targets.count(t) > 1), None):
+            raise ValueError(f"targets: {twice!r} is listed twice")
+        bound = re.compile(rf"({'|'.join(map(re.escape, targets))})_(lo|hi)\d+")
+        if clash := next((t for t in targets if t == "step" or bound.fullmatch(t)), None):
+            raise ValueError(
+                f"target {clash!r} is named as a column predict writes (the horizon's `step`, "
+                "an interval's `<target>_lo80`/`_hi80`); rename the column"
+            )
+
 
 WHICH_FREQ = " ('D', 'h', 'MS', 'W-SUN'...)"
+# a forecast's splits are time-ordered (val_size, test_size), its targets columns
+CLASSIFYING = {"label", "max_length", "split_column", "val_fraction", "test_fraction", "split_seed"}
 
 
 def _pandas_alias(freq: str) -> str | None:
@@ -181,7 +212,7 @@ class MovingDigitsData(Strict):
     """Moving-MNIST-like sequences built from scikit-learn's 8x8 digits (see data/moving_digits)."""
 
     source: Literal["moving_digits"]
-    path: str = PACKAGED
+    path: PackagedPath = PACKAGED
     frame_size: PositiveInt = 16
     digit_size: PositiveInt = 8  # a multiple of 8: the 8x8 digits are upscaled by repetition
     max_digits: Literal[1, 2] = 2
@@ -190,7 +221,7 @@ class MovingDigitsData(Strict):
     train_size: PositiveInt = 2048  # what the next-frame recipe was chosen with
     val_size: PositiveInt = 128
     test_size: PositiveInt = 256
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _fits(self) -> MovingDigitsData:

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from pipeline.config.base import PositiveInt, Strict
+from pipeline.config.base import PositiveInt, Seed, Strict
 
 
 class Fit(Strict):
@@ -108,7 +108,7 @@ class Tune(Strict):
     max_failures: Annotated[int, Field(ge=0)] = 1
     address: str | None = None  # an existing cluster (host:port); else RAY_ADDRESS, else local
     storage_path: str | None = None  # Ray's experiment storage (shared for multi-node)
-    seed: int = 0  # the search algorithm's seed
+    seed: Seed = 0  # the search algorithm's seed
     # Overrides the family's default space, key by key (null removes one):
     #   model: {hidden_size: {choice: [16, 32, 64]}}, fit: {lr: {loguniform: [1e-4, 1e-2]}}
     space: dict[Literal["model", "fit"], dict[str, dict[str, list] | None]] = {}
@@ -146,7 +146,7 @@ class Tune(Strict):
 
 
 class Tracking(Strict):
-    experiment_name: str = "lstm-pipeline"
+    experiment_name: Annotated[str, Field(min_length=1)] = "lstm-pipeline"
 
 
 class Release(Strict):

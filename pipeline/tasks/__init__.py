@@ -21,3 +21,8 @@ def task_of(meta) -> Task:
 
 def higher_is_better(metric: str) -> bool:
     return any(t.directions.get(metric, False) for t in TASKS.values())
+
+
+def known_metric(metric: str) -> bool:
+    """A metric some task reports."""
+    return any(metric in t.directions for t in TASKS.values())

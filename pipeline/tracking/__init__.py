@@ -57,6 +57,11 @@ def ensure_reachable(uri: str | None = None, timeout: float = 10.0, create: bool
         _check_http(uri, timeout)
     elif uri.startswith("sqlite:///"):
         _check_sqlite(uri, timeout, create)
+    elif uri.startswith("sqlite:"):  # `sqlite://` alone: an in-memory store, lost at the exit
+        raise TrackingError(
+            f"MLflow store {uri}: not a SQLite file's URI; write sqlite:///<relative path> or "
+            "sqlite:////<absolute path>"
+        )
     elif urlsplit(uri).scheme in ("", "file") and uri != "databricks":  # a workspace, not a path
         _check_folder_store(uri)
 

@@ -159,6 +159,15 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
     prepared = Prepared.load(prepared_dir(exp_name))
     if prepared.meta.variable_length:
         _refuse_for_lengths(exp.model, exp_name)
+    period = getattr(exp.model, "season_norm", 0)
+    if isinstance(period, int) and period and prepared.meta.window < 2 * period:
+        # prepare chose the window for another season_norm (dvc.yaml's prepare reads only
+        # data); the model would learn no profile for the phases its windows never reach
+        raise ConfigError(
+            f"experiments.{exp_name}.model.season_norm: {period} needs windows of 2 periods or "
+            f"more; the prepared window is {prepared.meta.window} (chosen for another "
+            f"season_norm): run `dvc repro -f prepare@{exp_name}`, or set data.window"
+        )
     ensure_reachable()
     if getattr(exp.model, "series_norm", None) == "auto":
         on, spread = prepared.meta.auto_series_norm(), prepared.meta.std_spread or 1.0

@@ -42,6 +42,12 @@ def best_trial(exp_name: str) -> dict:
             f"{path}: not a sweep's best trial (a finite number val_loss, a mapping overrides); "
             f"run `lstm-pipeline tune {exp_name}` again"
         )
+    # a file copied from another experiment's folder rewrote that experiment's params
+    if (named := best.get("experiment", exp_name)) != exp_name:
+        raise ConfigError(f"{path}: the best trial of experiment {named!r}, not of {exp_name!r}")
+    other = [k for k in best["overrides"] if not str(k).startswith(f"experiments.{exp_name}.")]
+    if other:
+        raise ConfigError(f"{path}: sets {other[0]}, outside experiment {exp_name!r}")
     return best
 
 
@@ -66,8 +72,13 @@ def best_overrides(exp_name: str, best: dict) -> list[str]:
     return [f"++{key}={hydra_value(value)}" for key, value in best["overrides"].items()]
 
 
-def dvc_exp_run_command(exp_name: str) -> str:
-    overrides = best_overrides(exp_name, best_trial(exp_name))
+def dvc_exp_run_command(exp_name: str, extra_overrides: list[str] = (), force: bool = False) -> str:
+    """The `dvc exp run -S ...` line that applies the best trial (and `extra_overrides`) inside
+    a DVC experiment; the same gate as apply_best."""
+    best = best_trial(exp_name)
+    if not force:
+        check_improves(exp_name, best)
+    overrides = [*extra_overrides, *best_overrides(exp_name, best)]
     return shlex.join(["dvc", "exp", "run", *(a for o in overrides for a in ("-S", o))])
 
 

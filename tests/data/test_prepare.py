@@ -212,6 +212,27 @@ def test_a_forecast_without_window_gets_two_horizons_or_three_seasons(workdir, p
         prepare(cfg, "new")
 
 
+def test_a_season_norm_the_prepared_window_cannot_hold_is_refused_at_train(workdir, params, capsys):
+    """dvc.yaml's prepare reads only `data`: a season_norm raised after it left the window it
+    chose for the old one, and the model learned no profile for the phases beyond it."""
+    from pipeline.cli import main
+
+    y = np.random.default_rng(0).normal(size=36)
+    pd.DataFrame({"series_id": "s", "time": range(36), "y": y}).to_csv("s.csv", index=False)
+    data = {"source": "csv", "path": "s.csv", "task": "forecast", "features": ["y"],
+            "horizon": 6, "val_size": 12, "test_size": 6}  # fmt: skip
+    params["experiments"] = {"new": {"data": data, "model": {"name": "lstm", "season_norm": 0}}}
+    write_params(params)
+    assert main(["prepare", "new"]) == 0  # a window of 6
+    params["experiments"]["new"]["model"]["season_norm"] = 4
+    write_params(params)
+    assert main(["train", "new"]) == 2
+    assert (
+        "experiments.new.model.season_norm: 4 needs windows of 2 periods or more; the prepared "
+        "window is 6"
+    ) in capsys.readouterr().err
+
+
 def _airline_profile_moved(months: int) -> np.ndarray:
     """Airline with its seasonal profile moved by `months`, its trend and noise kept."""
     from statsmodels.tsa.seasonal import seasonal_decompose

@@ -178,3 +178,16 @@ def test_a_forecaster_meets_its_baseline_on_mae_where_zeros_make_mape_meaningles
     assert baseline_gates(report, TASKS["forecast"]) == [
         Gate("mae vs baseline", "0.03", "< 0.04 (seasonal_naive_mae)", True)
     ]
+
+
+@pytest.mark.parametrize("key", ["min", "max", "champion_margin"])
+def test_a_release_gate_on_a_metric_no_task_reports_is_refused(key):
+    """A typo's gate was skipped without a word, as a metric the task lacks (accuracy for a
+    forecaster still is)."""
+    from pipeline.errors import ConfigError
+
+    report = {"passed": True, "mae": 1.0}
+    rules = Release(**{key: {"acuracy": 0.9}})
+    with pytest.raises(ConfigError, match=f"release.{key}: unknown metric 'acuracy'; known: "):
+        release_gates(report, rules, TASKS["forecast"], None)
+    assert release_gates(report, Release(**{key: {"accuracy": 0.9}}), TASKS["forecast"], None)

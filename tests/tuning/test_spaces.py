@@ -107,11 +107,17 @@ def test_resume_without_state_and_apply_without_sweep(tune_workdir, params, caps
     assert f"tune/{EXP}/best_params.yaml: not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("reply", [b"HTTP/1.1 400 Bad Request\r\n\r\n", None])
+@pytest.mark.parametrize(
+    "reply, tls",
+    [(b"HTTP/1.1 400 Bad Request\r\n\r\n", None), (None, None), (None, "false")],
+)
 def test_a_port_where_something_else_listens_is_not_taken_for_ray(
-    tune_workdir, params, capsys, monkeypatch, reply
+    tune_workdir, params, capsys, monkeypatch, reply, tls
 ):
-    """ray.init would wait without end on it: a web server, or one that never answers."""
+    """ray.init would wait without end on it: a web server, or one that never answers
+    (RAY_USE_TLS=false, which Ray reads as off, skipped the check)."""
+    if tls:
+        monkeypatch.setenv("RAY_USE_TLS", tls)
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
 
@@ -140,6 +146,22 @@ def test_a_port_where_something_else_listens_is_not_taken_for_ray(
     listener.close()
 
 
+def test_tune_apply_print_keeps_the_overrides_and_the_gate(tune_workdir, params, capsys):
+    """--print dropped the other overrides and printed a trial worse than the current model."""
+    write_params(sweep_params(params))
+    (tune_workdir / f"tune/{EXP}").mkdir(parents=True)
+    (tune_workdir / f"tune/{EXP}/best_params.yaml").write_text(
+        f"val_loss: 1\noverrides: {{experiments.{EXP}.fit.lr: 0.01}}\n"
+    )
+    assert main(["tune-apply", EXP, "trainer.max_epochs=3", "--print"]) == 0
+    line = f"dvc exp run -S trainer.max_epochs=3 -S ++experiments.{EXP}.fit.lr=0.01\n"
+    assert capsys.readouterr().out == line
+    (tune_workdir / f"metrics/{EXP}").mkdir(parents=True)
+    (tune_workdir / f"metrics/{EXP}/train.json").write_text('{"best_val_loss": 0.5}')
+    assert main(["tune-apply", EXP, "--print"]) == 4
+    assert main(["tune-apply", EXP, "--print", "--force"]) == 0
+
+
 @pytest.mark.parametrize(
     "best, report, code, expected",
     [
@@ -148,6 +170,18 @@ def test_a_port_where_something_else_listens_is_not_taken_for_ray(
         ("val_loss: .nan\noverrides: {}\n", None, 2, "not a sweep's best trial (a finite"),
         ("val_loss: 1\noverrides: {}\n", "{bad", 3, "train.json: not the train stage's report"),
         ("val_loss: 1\noverrides: {}\n", "[1]", 3, "train.json: not the train stage's report"),
+        (  # copied from another experiment's folder: it rewrote that one's params
+            "val_loss: 1\nexperiment: other\noverrides: {}\n",
+            None,
+            2,
+            "best_params.yaml: the best trial of experiment 'other'",
+        ),
+        (
+            "val_loss: 1\noverrides: {experiments.other.fit.lr: 0.1}\n",
+            None,
+            2,
+            "best_params.yaml: sets experiments.other.fit.lr, outside experiment",
+        ),
     ],
 )
 def test_a_damaged_sweep_result_or_report_is_named(
