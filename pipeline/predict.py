@@ -135,6 +135,8 @@ def predict(model: str, input_path: str, output: str, id_column=None, time_colum
     export), else series_id and time."""
     path, output = Path(input_path), Path(output)
     kind = _kind(path)  # a folder: a Parquet data set
+    if kind is None and input_path == "-":
+        raise DataError("-: predict reads a file, not standard input; save the input to a file")
     if kind is None:
         raise DataError(f"{path}: file not found")
     if kind == "other":  # read more than once: the header, then the rows
@@ -164,6 +166,8 @@ def predict(model: str, input_path: str, output: str, id_column=None, time_colum
         id_column = id_column or _trained_column(trained_on, "id_column", "series_id", model)
         time_column = time_column or _trained_column(trained_on, "time_column", "time", model)
         _not_a_model_column(meta, id_column=id_column, time_column=time_column)
+        if id_column == time_column:  # it was read as duplicate (id, time) pairs
+            raise DataError(f"--id-column and --time-column both name {id_column!r}")
         x, keys, extra = task.read_inputs(path, output, meta, id_column, time_column)
         with np.errstate(over="ignore", invalid="ignore"):  # refused below, by series
             x = task.scale_inputs(x, meta)

@@ -7,6 +7,7 @@ Every check on the user's file raises one DataError naming the file, column and 
 from __future__ import annotations
 
 import csv
+import sys
 import warnings
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -290,11 +291,12 @@ def _numeric(frame: pd.DataFrame, columns: list[str], path: Path, empty_ok=()) -
     return out
 
 
-def _times(raw: pd.Series, column: str, path: Path) -> pd.Series:
+def _times(raw: pd.Series, column: str, path: Path, freq: str | None = None) -> pd.Series:
     """The time column as it sorts: numbers and datetimes as they are, periods as their start;
     text as numbers when its first cell is one, else as datetimes in the date format of its first
     cell (`1949-01`, `2024-03-01 10:00`, `03/01/2024`...), day and month swapped where only that
-    order reads every cell or steps regularly. Never text: text sorts 0, 1, 10, 2."""
+    order reads every cell or steps regularly (at `freq`, where it is given). Never text: text
+    sorts 0, 1, 10, 2."""
     if isinstance(raw.dtype, pd.PeriodDtype):
         return raw.dt.to_timestamp()
     if raw.dtype == object and pd.api.types.infer_dtype(raw) in ("date", "datetime"):
@@ -320,8 +322,15 @@ def _times(raw: pd.Series, column: str, path: Path) -> pd.Series:
     # first). The other order wins where it reads every cell and the dates only step regularly
     # in it: day-first monthly data read month first was 12 days a year, a silent misreading.
     if (swapped := _other_order(fmt)) and (other := _dates(raw, swapped)).notna().all():
-        if times.isna().any() or (_regular(other) and not _regular(times)):
+        if times.isna().any() or (_regular(other, freq) and not _regular(times, freq)):
             times, fmt = other, swapped
+        elif _regular(other, freq) and _regular(times, freq):  # 12 days or 12 months?
+            print(
+                f"warning: {path}: column {column!r}: {first!r}... read as {fmt} (steps of "
+                f"{_step(times)}), though {swapped} reads them too (steps of {_step(other)}); "
+                "set data.freq where that is meant",
+                file=sys.stderr,
+            )
     what = f"is not a date in the format of the first one ({fmt})"
     _refuse_unparsed(raw, times, column, path, what)
     return times
@@ -342,9 +351,15 @@ def _other_order(fmt: str) -> str | None:
     return fmt.replace("%d", "\0").replace("%m", "%d").replace("\0", "%m")
 
 
-def _regular(times: pd.Series) -> bool:
+def _regular(times: pd.Series, freq: str | None = None) -> bool:
+    """The dates step at one frequency (at `freq`, where it is given)."""
+    step = _step(times)
+    return step is not None and (freq is None or to_offset(step) == to_offset(freq))
+
+
+def _step(times: pd.Series) -> str | None:
     steps = pd.DatetimeIndex(times.dropna().drop_duplicates().sort_values())
-    return len(steps) >= 3 and pd.infer_freq(steps) is not None
+    return pd.infer_freq(steps) if len(steps) >= 3 else None
 
 
 def _across_offsets(raw: pd.Series, fmt: str) -> pd.Series:
@@ -399,6 +414,7 @@ def series_freq(
             raise DataError(
                 f"{path}: column {column!r} holds numbers; {given_by} {freq!r} needs dates"
             )
+        _numeric_gaps(times, ids, path, column)
         return None
     regular = {pd.infer_freq(t) for t in times if len(t) >= 3} - {None}
     source = given_by if freq else "the other series' frequency"
@@ -425,6 +441,25 @@ def series_freq(
     return freq
 
 
+def _numeric_gaps(times: list[pd.Series], ids: list[str], path: Path, column: str) -> None:
+    """Numbered steps, as dates without a freq: where the series that step regularly all step
+    by one amount, a series that does not is refused (a window read across its gap forecast
+    from the wrong steps, exit 0)."""
+    steps = [np.diff(t.to_numpy(np.float64)) for t in times]
+    regular = {d[0] for d in steps if len(d) >= 2 and np.allclose(d, d[0])}
+    if len(regular) != 1:
+        return
+    (step,) = regular
+    for t, d, sid in zip(times, steps, ids, strict=True):
+        if off := np.flatnonzero(~np.isclose(d, step)).tolist():
+            i = off[0] + 1
+            raise DataError(
+                f"{path}: {_file_row(path, t, i)}: series {sid!r}: {t.iloc[i]:g} follows "
+                f"{t.iloc[i - 1]:g}; the other series step by {step:g} (column {column!r}); "
+                "fill the gap or fix the time"
+            )
+
+
 def read_series_table(
     path: Path,
     source: str,
@@ -434,6 +469,7 @@ def read_series_table(
     extra=(),
     empty_ok=(),
     text=(),
+    freq: str | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Read and check a long-format file; rows sorted by (id, time), features as float64, dates
     in the time column as datetimes; the id, `extra` and `text` columns as text.
@@ -458,7 +494,7 @@ def read_series_table(
     for col in (id_column, *extra):
         _no_space_twins(frame, col, path)
     values = _numeric(frame, features, path, empty_ok)
-    frame[time_column] = _times(frame[time_column], time_column, path)
+    frame[time_column] = _times(frame[time_column], time_column, path, freq)
     dup = frame.duplicated([id_column, time_column])
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
@@ -570,8 +606,9 @@ def load_table(cfg: TableData) -> Labelled | Series:
     extra = [cfg.label] if cfg.task == "classification" else []
     numeric = [*cfg.features, *cfg.future, *cfg.static]
     frame, values = read_series_table(
-        path, cfg.source, cfg.id_column, cfg.time_column, numeric, extra, text=[cfg.split_column]
-    )
+        path, cfg.source, cfg.id_column, cfg.time_column, numeric, extra,
+        text=[cfg.split_column], freq=cfg.freq,
+    )  # fmt: skip
     ids = frame[cfg.id_column].astype(str).to_numpy()
     bounds = series_bounds(ids)
     if cfg.task == "forecast":
@@ -674,7 +711,9 @@ def last_windows(path: Path, meta, id_column: str, time_column: str):
     (a model of variable-length series: each series whole, in a list), with the series ids
     and each series' time column (what predict feeds a model and dates its forecasts by)."""
     source = file_source(path)
-    frame, values = read_series_table(path, source, id_column, time_column, meta.features)
+    frame, values = read_series_table(
+        path, source, id_column, time_column, meta.features, freq=meta.freq
+    )
     ids = frame[id_column].astype(str).to_numpy()
     window, bounds, x = meta.window, series_bounds(ids), []
     keys = [ids[a] for a, _ in bounds], [frame[time_column].iloc[a:b] for a, b in bounds]
@@ -738,7 +777,7 @@ def covariate_windows(path: Path, meta, id_column: str, time_column: str):
     nf, nu, h, w = len(meta.features), len(user), meta.horizon, meta.window
     frame, values = read_series_table(
         path, source, id_column, time_column, [*meta.features, *user, *meta.static],
-        empty_ok=meta.features if user else (),
+        empty_ok=meta.features if user else (), freq=meta.freq,
     )  # fmt: skip
     ids = frame[id_column].astype(str).to_numpy()
     bounds = series_bounds(ids)

@@ -216,7 +216,7 @@ class Forecast(Task):
         keys = [(id_column, np.repeat(ids, meta.horizon))]
         dated = pd.api.types.is_datetime64_any_dtype(times[0])
         fed = [t.iloc[-meta.window :] for t in times]  # a gap before them changes nothing
-        freq = dated and series_freq(fed, ids, path, time_column, meta.freq, "the model's freq")
+        freq = series_freq(fed, ids, path, time_column, dated and meta.freq, "the model's freq")
         if freq:
             offset = to_offset(freq)
             keys.append((time_column, [t.iloc[-1] + k * offset for t in times for k in steps]))

@@ -286,6 +286,12 @@ def use_data(params: dict, data: dict) -> None:
             {**FORECAST, "calendar": ["month"]},
             "in.csv: data.calendar needs dates at one frequency in column 'time' (set data.freq)",
         ),
+        (  # a window read across it forecast from the wrong steps (exit 0)
+            "numbers",
+            FORECAST,
+            "in.csv: line 42: series 's1': 11 follows 9; the other series step by 1 (column "
+            "'time'); fill the gap or fix the time",
+        ),
         (
             "numbers",
             {**FORECAST, "freq": "D"},

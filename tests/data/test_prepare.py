@@ -141,6 +141,22 @@ def test_time_column_sorts_by_date_and_records_its_frequency(workdir, params, da
                                scaled, atol=1e-5)  # fmt: skip
 
 
+@pytest.mark.parametrize("freq", [None, "D", "MS"])
+def test_dates_read_in_both_orders_take_the_stated_freq_or_are_named(workdir, params, capsys, freq):
+    """01/01/2024 ... 12/01/2024 are 12 days day first and 12 months month first: with
+    data.freq 'D' they were refused as gaps of a month; without it, read month first silently."""
+    text = [f"{day:02d}/01/2024" for day in range(1, 13)]
+    frame = pd.DataFrame({"series_id": np.repeat(["a", "b"], 12), "time": text * 2,
+                          "y": np.arange(24.0)})  # fmt: skip
+    frame.to_csv("d.csv", index=False)
+    data = {"source": "csv", "path": "d.csv", "task": "forecast", "features": ["y"],
+            "window": 4, "horizon": 2, "val_size": 2, "test_size": 2, "freq": freq}  # fmt: skip
+    p = Prepared.load(prepare(_cfg(params, "lstm_airline", data), "lstm_airline"))
+    assert p.meta.freq == (freq or "MS")
+    warned = "read as %m/%d/%Y (steps of MS), though %d/%m/%Y reads them too (steps of D)"
+    assert (warned in capsys.readouterr().err) == (freq is None)
+
+
 @pytest.mark.parametrize(
     "freq, window, season",
     [("h", 48, 24), ("30min", 48, 48), ("15min", 48, None), ("2h", 24, 12), ("7h", 24, None),

@@ -237,6 +237,19 @@ def test_forecast_dates_without_a_frequency_fall_back_to_steps(models, tmp_path,
     assert "without one regular frequency" in err
 
 
+def test_a_gap_in_numbered_steps_is_refused(models, tmp_path, capsys):
+    """Where the other series step by 1, a series missing a step inside its window was
+    forecast from the wrong steps (exit 0)."""
+    _, onnx_path = models["forecast"]
+    rng = np.random.default_rng(6)
+    frame = long_table([np.exp(rng.normal(0.5, 0.2, size=(14, 2))) for _ in range(2)], ["x", "y"])
+    frame = frame[~((frame.series_id == "s0") & (frame.time == 12))]
+    gap = _write_csv(tmp_path / "gap.csv", frame)
+    assert main(["predict", str(onnx_path), gap, "-o", "gap_out.csv"]) == 3
+    assert "series 's0': 13 follows 11; the other series step by 1" in capsys.readouterr().err
+    assert not Path("gap_out.csv").exists()
+
+
 def test_frames_npy(models, tmp_path):
     module, onnx_path = models["frames"]
     frames = np.random.default_rng(2).integers(0, 256, size=(3, 5, 1, 8, 8), dtype=np.uint8)
@@ -318,6 +331,16 @@ def test_bad_input(models, tmp_path, capsys):
         assert code == 3, name
         assert err.count("\n") == 1 and all(e in err for e in expected), (name, err)
         assert not list(tmp_path.glob("*out.csv*")), name
+
+
+def test_stdin_and_one_column_for_id_and_time_are_refused(models, tmp_path, capsys):
+    """`-` was 'file not found'; the same column for both, 'duplicate (time, time)'."""
+    _, onnx_path = models["classify"]
+    assert main(["predict", str(onnx_path), "-", "-o", "out.csv"]) == 3
+    assert "-: predict reads a file, not standard input" in capsys.readouterr().err
+    data = _write_csv(tmp_path / "g.csv", long_table([np.ones((10, 2))] * 2, ["a", "b"]))
+    assert main(["predict", str(onnx_path), data, "-o", "out.csv", "--id-column", "time"]) == 3
+    assert "--id-column and --time-column both name 'time'" in capsys.readouterr().err
 
 
 def test_ids_stay_the_text_of_the_file(models, tmp_path):
