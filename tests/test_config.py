@@ -444,6 +444,15 @@ def test_a_data_key_of_the_other_task_is_refused(params, task, key, value, expec
     assert f"experiments.lstm_airline.data: {expected}" in _error(params)
 
 
+def test_a_forecast_configs_dump_reads_again(params):
+    """A Tune trial reads the config dumped with every default: a forecaster's then held
+    label: null, val_fraction: 0.2..., refused as keys of classification."""
+    data = {"source": "csv", "path": "in.csv", "task": "forecast", "features": ["x"]}
+    params["experiments"]["lstm_airline"]["data"] = data
+    cfg = parse_config(params)
+    assert parse_config(cfg.model_dump(by_alias=True)) == cfg
+
+
 @pytest.mark.parametrize(
     "features, targets, expected",
     [

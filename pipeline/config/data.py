@@ -157,7 +157,9 @@ class TableData(ForecastWindows):
             raise ValueError("future, static and calendar apply to forecasting only")
         if self.transform != "none" and self.task != "forecast":  # it was ignored, silently
             raise ValueError("transform applies to forecasting only")
-        if self.task == "forecast" and (given := sorted(CLASSIFYING & self.model_fields_set)):
+        # by value, not model_fields_set: a config dumped and read again (a Tune trial's) sets all
+        given = [k for k in CLASSIFYING if getattr(self, k) != type(self).model_fields[k].default]
+        if self.task == "forecast" and given:
             raise ValueError(f"{given[0]} applies to classification only")
         if self.task == "forecast":
             self._targets_predict_can_write()
@@ -187,7 +189,7 @@ class TableData(ForecastWindows):
 
 WHICH_FREQ = " ('D', 'h', 'MS', 'W-SUN'...)"
 # a forecast's splits are time-ordered (val_size, test_size), its targets columns
-CLASSIFYING = {"label", "max_length", "split_column", "val_fraction", "test_fraction", "split_seed"}
+CLASSIFYING = ("label", "max_length", "split_column", "val_fraction", "test_fraction", "split_seed")
 
 
 def _pandas_alias(freq: str) -> str | None:
