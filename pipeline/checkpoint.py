@@ -85,4 +85,10 @@ def load_trained(path: str | Path) -> Trained:
     ) as err:
         reason = first_error(err)
         raise DataError(f"{path}: not a model checkpoint of this pipeline ({reason})") from None
+    # exported, it passed validate with NaN metrics and was released (exit 0 throughout)
+    nonfinite = [k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()]
+    if nonfinite:
+        raise DataError(
+            f"{path}: weight {nonfinite[0]} holds NaN or inf; run the train stage again"
+        )
     return Trained(model.eval(), meta, hparams["model_cfg"]["name"])

@@ -16,7 +16,14 @@ from pathlib import Path
 
 from pipeline import warm
 from pipeline.config import PARAMS_FILE, compose, load_config, project_above
-from pipeline.errors import ConfigError, PipelineError, SystemFault, TrackingError, first_line
+from pipeline.errors import (
+    ConfigError,
+    Interrupted,
+    PipelineError,
+    SystemFault,
+    TrackingError,
+    first_line,
+)
 from pipeline.io import usable_cores
 from pipeline.quiet import quiet
 
@@ -316,6 +323,20 @@ def _by_ctrl_c(err: BaseException | None) -> bool:
     return False
 
 
+# train and tune handle SIGTERM themselves (a resume point, a sweep's state); these ended with
+# exit 143 and no line. Raised here, the temp files are removed and the earlier outputs kept.
+STOPPED_BY_SIGTERM = ("prepare", "export", "validate", "predict")
+
+
+class _Terminated(BaseException):
+    """Not an Exception: libraries catch those (torch.onnx's op registry logged one and went
+    on, exit 0)."""
+
+
+def _stopped(*_) -> None:
+    raise _Terminated
+
+
 def _interrupted(command: str) -> int:
     print(f"lstm-pipeline {command}: interrupted", file=sys.stderr)
     return 130
@@ -327,12 +348,18 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(var, value)
     if not args.debug:
         quiet()
+    if args.command in STOPPED_BY_SIGTERM and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stopped)
     try:
         args.func(args)
     except KeyboardInterrupt:
         if args.debug:
             traceback.print_exc()
         return _interrupted(args.command)
+    except _Terminated:
+        print(f"lstm-pipeline {args.command}: stopped by SIGTERM; its earlier outputs are kept",
+              file=sys.stderr)  # fmt: skip
+        return Interrupted.exit_code
     except (Exception, SystemExit) as err:
         if isinstance(err, SystemExit) and not _by_ctrl_c(err):
             raise

@@ -6,6 +6,7 @@ A metric's direction (higher or lower is better) is declared by the task that re
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 from pipeline.config import Release, Validate
@@ -38,8 +39,10 @@ def validate_failures(report: dict, rules: Validate, task: Task) -> list[str]:
     failed = [
         f"{key} {report[key]:.3g} > {rules.parity_tol:g}"
         for key in ("parity_max_scaled_diff", "stream_max_abs_diff")
-        if report.get(key, 0.0) > rules.parity_tol
+        if not report.get(key, 0.0) <= rules.parity_tol  # NaN too
     ]
+    if not math.isfinite(report.get(task.headline, 0.0)):  # a model answering NaN passed
+        failed.append(f"{task.headline} is {report[task.headline]}")
     for metric in (*rules.min, *rules.max):
         if metric not in report:
             known = sorted(k for k, val in report.items() if isinstance(val, float))

@@ -98,11 +98,25 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             yield tmp
             tmp.chmod(0o777 & ~_UMASK)
             with named_faults(path, placing=True):
-                if path.exists():
-                    shutil.rmtree(path)
-                tmp.rename(path)
+                _replace_dir(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_dir(new: Path, path: Path) -> None:
+    """`new` renamed onto `path`; the earlier folder moved aside first and back where the
+    rename fails (it was deleted first: a failed rename lost it)."""
+    if not path.exists():
+        new.rename(path)
+        return
+    aside = Path(tempfile.mkdtemp(**_temp_name(path)))
+    path.rename(aside)  # onto the empty folder
+    try:
+        new.rename(path)
+    except BaseException:
+        aside.rename(path)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextmanager

@@ -183,13 +183,32 @@ def test_validate_writes_nothing_when_the_server_is_unreachable(repo, capsys, mo
     assert tree_digest(repo) == before
 
 
-@pytest.mark.parametrize("fault", ["step model of another model", "metrics folder a file"])
-def test_a_validate_that_fails_leaves_every_earlier_output(repo, capsys, fault):
+@pytest.mark.parametrize(
+    "fault", ["step model of another model", "metrics folder a file", "int8 folder held"]
+)
+def test_a_validate_that_fails_leaves_every_earlier_output(repo, capsys, monkeypatch, fault):
     """Plots, int8 model and report are put in place together: the plots and int8/ used to be
-    replaced before the streaming check and the report's write."""
+    replaced before the streaming check and the report's write; the report was placed first,
+    and a folder that could not be replaced (immutable, or another process's) left a new
+    report beside the earlier int8 model."""
     for folder in (f"plots/{EXP}/validate", f"models/{EXP}/int8"):
         (repo / folder / "earlier.txt").write_text("from the last validate")
-    if fault == "metrics folder a file":
+    report = repo / f"metrics/{EXP}/validate.json"  # unlike the one this run would write
+    report.write_text(json.dumps({**json.loads(report.read_text()), "earlier": True}))
+    if fault == "int8 folder held":  # as `chattr +i`: neither renamed nor removed
+        rename, rmtree, held = Path.rename, shutil.rmtree, repo / f"models/{EXP}/int8"
+
+        def refused(call):
+            def held_or(path, *args, **kwargs):
+                if Path(path).absolute() == held:
+                    raise PermissionError(1, "Operation not permitted", str(path))
+                return call(path, *args, **kwargs)
+
+            return held_or
+
+        monkeypatch.setattr(Path, "rename", refused(rename))
+        monkeypatch.setattr(shutil, "rmtree", refused(rmtree))
+    elif fault == "metrics folder a file":
         shutil.rmtree(repo / f"metrics/{EXP}")
         (repo / f"metrics/{EXP}").write_text("")
     else:
@@ -200,10 +219,25 @@ def test_a_validate_that_fails_leaves_every_earlier_output(repo, capsys, fault):
         other = SequenceModule({"name": "lstm", "cell": "gru", "hidden_size": 4}, meta).eval()
         export_step(other, repo / f"models/{EXP}/streaming/model_step.onnx", "lstm")
     before = tree_digest(repo)
-    assert main(["validate", EXP]) == (8 if fault == "metrics folder a file" else 3)
-    assert (
-        "cannot write there" if fault == "metrics folder a file" else "made for another model"
-    ) in one_line(capsys)
+    assert main(["validate", EXP]) == (3 if fault == "step model of another model" else 8)
+    expected = {"metrics folder a file": "cannot write there", "int8 folder held": "int8",
+                "step model of another model": "made for another model"}  # fmt: skip
+    assert expected[fault] in one_line(capsys)
+    assert tree_digest(repo) == before
+
+
+@pytest.mark.parametrize("stage", ["export", "validate"])
+def test_sigterm_during_export_or_validate_is_one_line_and_keeps_the_outputs(repo, stage):
+    """They ended with exit 143 and nothing on stderr."""
+    before = tree_digest(repo)
+    env = {**os.environ, "LSTM_PIPELINE_WARM": "0"}
+    proc = subprocess.Popen([BIN / "lstm-pipeline", stage, EXP], cwd=repo, env=env,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(2.5)  # in its imports or its work: the handler is set before either
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err == f"lstm-pipeline {stage}: stopped by SIGTERM; its earlier outputs are kept\n"
     assert tree_digest(repo) == before
 
 
@@ -347,6 +381,27 @@ def test_broken_checkpoint(repo, capsys, content):
     assert main(["export", EXP]) == 3
     assert f"models/{EXP}/model.ckpt: not a model checkpoint of this pipeline" in one_line(capsys)
     assert (repo / f"models/{EXP}/model.onnx").read_bytes() == before
+
+
+@pytest.mark.parametrize("stage", ["export", "validate"])
+def test_a_checkpoint_with_nan_weights_is_refused(repo, capsys, stage):
+    """It was exported (exit 0), passed validate with NaN metrics (quantize off) and was
+    released."""
+    import torch
+
+    outputs = {k: v for k, v in tree_digest(repo).items() if k.startswith(("models", "metrics"))}
+    ckpt_path = repo / f"models/{EXP}/model.ckpt"
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    name = next(k for k in ckpt["state_dict"] if k.endswith("weight"))
+    ckpt["state_dict"][name].view(-1)[0] = float("nan")
+    torch.save(ckpt, ckpt_path)
+    assert main([stage, EXP]) == 3
+    expected = f"models/{EXP}/model.ckpt: weight {name.removeprefix('model.')} holds NaN or inf"
+    assert expected in one_line(capsys)
+    after = {k: v for k, v in tree_digest(repo).items() if k.startswith(("models", "metrics"))}
+    assert {k: v for k, v in after.items() if k != f"models/{EXP}/model.ckpt"} == {
+        k: v for k, v in outputs.items() if k != f"models/{EXP}/model.ckpt"
+    }
 
 
 def test_a_model_made_for_other_data_or_another_family_is_refused(repo, capsys):

@@ -69,6 +69,12 @@ def test_every_reported_metric_has_a_direction_and_the_gates_read_it(name, tmp_p
     assert validate_failures(report, rules, task) == [
         f"{task.headline} {value:.6g} not {'>=' if up else '<='} {bad[task.headline]:g}"
     ]
+    # a model answering NaN: its metrics and its parity (NaN - NaN) were NaN, and passed
+    nan = {**report, task.headline: float("nan"), "parity_max_scaled_diff": float("nan")}
+    assert validate_failures(nan, Validate(), task) == [
+        "parity_max_scaled_diff nan > 1e-05",
+        f"{task.headline} is nan",
+    ]
 
 
 # (x label, y label) pairs each plot must show; frames: a frame's time, and its row's name.
@@ -330,3 +336,14 @@ def test_the_recipes_autos_scale_several_series_and_deseasonalise_unshared_seaso
     )  # fmt: skip
     assert meta.auto_scale_norm() is scale
     assert meta.auto_season_norm() == season_norm
+
+
+def test_a_classifier_scales_predict_inputs_in_float64_as_prepare_scales_a_csv():
+    """Cast to float32 first, 1e12 + 1 and 1e12 were one value: every series got one answer
+    while validate (from prepare's float64 scaling) scored 1.0."""
+    meta = DataMeta(task="classification", input_shape=[3, 1], labels=["a", "b"],
+                    scaler={"mean": [1e12 + 0.5], "std": [0.5]})  # fmt: skip
+    x = np.array([[[1e12 + 1]] * 3, [[1e12]] * 3])
+    scaled = TASKS["classification"].scale_inputs(x, meta)
+    np.testing.assert_array_equal(scaled[:, 0, 0], [1.0, -1.0])
+    assert scaled.dtype == np.float32

@@ -88,9 +88,21 @@ def _split_indices(exp: Experiment, data: Labelled, y: np.ndarray, classes: list
                 f" for the {what} and leaves {len(index) - drawn}; each side needs one series of "
                 f"each of the {n_classes} classes (change data.{key}, or add series)"
             )
-        return train_test_split(
+        kept, drawn = train_test_split(
             index, test_size=fraction, stratify=y[index], random_state=cfg.split_seed
         )
+        # a rare class rounds to none (2 of 200 at 0.2): the test scores then say nothing of
+        # it (accuracy 1.0, passed). Only the test split: a val split without it is a UCR
+        # set's (its official train part) as well, which must stay usable.
+        absent = np.flatnonzero(np.bincount(y[drawn], minlength=len(classes)) == 0)
+        if key == "test_fraction" and absent.size:
+            c = absent[0]
+            raise DataError(
+                f"{_source_name(exp)}: class {classes[c]!r} has {counts[c]} series, and the "
+                f"stratified test split (data.test_fraction {fraction}) draws none of them "
+                "(raise data.test_fraction, add series, or give the file a split column)"
+            )
+        return kept, drawn
 
     if data.split is None:
         rest, test = stratified(everything, "test_fraction")

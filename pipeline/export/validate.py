@@ -89,8 +89,10 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
         report.update(task.classical_report(prepared, y, meta))
     report_path = metrics_file(exp_name, "validate")
     # the plots, the int8 model and the report are put in place together: a failure leaves the
-    # earlier three as they were
-    with Outputs() as place:
+    # earlier three as they were. The report, opened first, is placed last: where placing the
+    # plots or the int8 model fails (a folder another process holds), the earlier report stays
+    # (a new one said passed for outputs that were not there)
+    with Outputs() as place, place.file(report_path) as report_file:
         with place.folder(plots_dir(exp_name, "validate")) as plot_dir:
             if outputs:  # attention weights
                 plots.attention(x[:, :, 0], outputs[0], plot_dir)
@@ -101,8 +103,7 @@ def validate(cfg: PipelineConfig, exp_name: str) -> dict:
             int8, timings = int8_report(exp, folder, int8_dir, report, x, y, meta, sess, extra)
         report.update(int8)
         report.update(passed=not failed, failed_gates=failed)
-        with place.file(report_path) as report_file:
-            report_file.write_text(dumps_json(report))
+        report_file.write_text(dumps_json(report))
     onnx_metrics = {f"onnx/{k}": v for k, v in report.items() if isinstance(v, float)}
     log_to_training_run(
         cfg.tracking.experiment_name,

@@ -57,10 +57,12 @@ class Classification(Task):
         plots.confusion(data["actual"], data["predicted"], data["labels"], out)
 
     def scale_inputs(self, x, meta: DataMeta):
-        # prepare holds these sequences as float32 before scaling
+        # scaled in float64, as prepare scales a CSV's values: cast to float32 first, values of
+        # 1e12 ± 1 became one value, and every series one answer (the UCR sets prepare reads as
+        # float32 lose nothing to the order)
         if isinstance(x, list):  # series of different lengths
-            return [meta.to_model_scale(s.astype(np.float32)) for s in x]
-        return meta.to_model_scale(x.astype(np.float32))
+            return [meta.to_model_scale(s) for s in x]
+        return meta.to_model_scale(x)
 
     def predictions(self, out, x, meta: DataMeta, keys, id_column: str) -> pd.DataFrame:
         probs = softmax(out.astype(np.float64))

@@ -87,6 +87,9 @@ def _broken(kind: str) -> str | None:
     elif kind == "empty":
         open("in.csv", "w").close()
         return None
+    elif kind == "rare_class":  # 20 series, 2 of class c: a test split of 4 draws none
+        frame = _frame(n_series=20)
+        frame.loc[frame.series_id.isin(["s18", "s19"]), "label"] = "c"
     elif kind == "odd_class":  # 6 series: a, b, a, b, a, c
         frame = _frame(n_series=6)
         frame.loc[frame.series_id == "s5", "label"] = "c"
@@ -171,6 +174,12 @@ def use_data(params: dict, data: dict) -> None:
             CLASSIFY,
             "in.csv: class 'c' has 1 series where the test split is drawn; a stratified split "
             "needs 2 of each class",
+        ),
+        (  # the test split then held none of c: accuracy 1.0, passed, not a word
+            "rare_class",
+            CLASSIFY,
+            "in.csv: class 'c' has 2 series, and the stratified test split (data.test_fraction "
+            "0.2) draws none of them",
         ),
         (
             "stratified",

@@ -156,3 +156,11 @@ def test_an_export_with_the_op_table_built_before_writes_the_same_bytes(exported
     built = export_module(module, tmp_path / "built.onnx", "lstm").read_bytes()
     assert onnx_export._OP_TABLES and ONNXRegistry.__dict__["from_torchlib"] is builder
     assert export_module(module, tmp_path / "copied.onnx", "lstm").read_bytes() == built
+
+
+def test_a_nan_output_fails_parity():
+    """max() skipped a NaN: a model answering NaN in both runtimes had parity 0."""
+    from pipeline.export.parity import abs_diff
+
+    assert abs_diff(np.array([np.nan, 1.0]), np.array([np.nan, 1.0])) == np.inf
+    assert abs_diff(np.array([1.0, 2.0]), np.array([1.0, 2.5])) == 0.5
