@@ -63,7 +63,31 @@ def validated_report(exp: str, require_passed: bool = True) -> dict:
             raise GateError(
                 f"{path} differs from what dvc.lock recorded for validate@{exp}; run `dvc repro`"
             )
+    if changed := _changed_params(exp):  # a gate tightened since: the report passed the old one
+        raise GateError(
+            f"{report_path} was made with other params than params.yaml's ({changed[0]} "
+            "changed); run `dvc repro`"
+        )
     return report
+
+
+def _changed_params(exp: str) -> list[str]:
+    """The params of validate@<exp> that differ from what dvc.lock recorded, as DVC reads them
+    (none where DVC cannot tell: not installed, as in a serving install, or no DVC repo)."""
+    try:
+        from dvc.exceptions import DvcException
+        from dvc.repo import Repo
+    except ImportError:
+        return []
+    try:
+        with Repo(".") as repo:
+            status = repo.status(targets=[f"validate@{exp}"])
+    except DvcException:
+        return []
+    changed = [
+        e.get("changed deps", {}) for e in status.get(f"validate@{exp}", []) if isinstance(e, dict)
+    ]
+    return sorted(k for deps in changed for k in (deps.get("params.yaml") or {}))
 
 
 def verified_files(client, run_id: str | None, exp: str) -> None:

@@ -22,8 +22,8 @@ from pipeline.data.prepared import Prepared
 from pipeline.errors import PipelineError
 from pipeline.export.parity import run_torch
 from pipeline.export.streaming import StepModel, batch_axes
-from pipeline.io import Outputs, write_json
-from pipeline.paths import model_dir, prepared_dir
+from pipeline.io import Outputs, held_lock, write_json
+from pipeline.paths import model_dir, prepared_dir, resume_dir
 from pipeline.tasks import task_of
 
 DYNAMIC_DIMS = {0: "batch", 1: "seq"}
@@ -328,7 +328,20 @@ def calibrated(trained: Trained, prepared: Prepared) -> Trained:
     return replace(trained, meta=trained.meta.model_copy(update=update))
 
 
+def model_lock(exp_name: str):
+    """Held by export and validate: two of them at once replaced each other's files while one
+    logged them to MLflow (exit 8, a file not found)."""
+    lock = resume_dir(exp_name) / "export.lock"  # beside train's, outside every DVC output
+    busy = f"{exp_name}: another export or validate of this experiment is running (it holds {lock})"
+    return held_lock(lock, busy + "; wait for it to end")
+
+
 def export(cfg: PipelineConfig, exp_name: str) -> Path:
+    with model_lock(exp_name):
+        return _export(cfg, exp_name)
+
+
+def _export(cfg: PipelineConfig, exp_name: str) -> Path:
     exp = cfg.experiment(exp_name)
     out = model_dir(exp_name)
     prepared = Prepared.load(prepared_dir(exp_name))

@@ -17,7 +17,7 @@ from pipeline.config import PipelineConfig
 from pipeline.data.prepared import Prepared
 from pipeline.errors import DataError, GateError, SystemFault
 from pipeline.evaluation import lost_to_baseline, validate_failures
-from pipeline.export.onnx_export import example_length
+from pipeline.export.onnx_export import example_length, model_lock
 from pipeline.export.parity import parity, streaming_report
 from pipeline.export.quantize import int8_report
 from pipeline.inference import onnx_meta, run_onnx, session
@@ -51,6 +51,11 @@ def same_family(sess, path: Path, family: str) -> None:
 
 
 def validate(cfg: PipelineConfig, exp_name: str) -> dict:
+    with model_lock(exp_name):
+        return _validate(cfg, exp_name)
+
+
+def _validate(cfg: PipelineConfig, exp_name: str) -> dict:
     ensure_reachable()  # before anything is written: the report goes to the training run too
     exp, folder = cfg.experiment(exp_name), model_dir(exp_name)
     prepared = Prepared.load(prepared_dir(exp_name))

@@ -76,6 +76,12 @@ def story(server, tmp_path_factory):
     s["again_release"] = sh(repo, *release)  # the same model.onnx: no second version
     s["after_again"] = registry_state(client)
 
+    # a gate tightened in params.yaml after validate ran: the report passed the old one
+    gate = f"experiments.{EXP}.validate.min.accuracy=0.999"
+    sh(repo, "lstm-pipeline", "compose", *BASE, gate, "trainer.max_epochs=30")
+    s["stale_release"] = sh(repo, *release, "--promote", check=False)
+    s["after_stale"] = registry_state(client)
+
     # the same training as `better`: only validate reruns, with a gate it cannot meet
     s["failed"] = candidate(repo, "trainer.max_epochs=30", min_accuracy=0.999, check=False)
     s["failed_release"] = sh(repo, *release, "--promote", check=False)
@@ -122,6 +128,16 @@ def test_better_candidate_is_promoted_and_old_champion_stays_reachable(story, uc
     )
     assert proc.returncode == 0
     assert accuracy(story["repo"] / "v1.csv", ucr_csv) == story["first"]["accuracy"]
+
+
+def test_a_report_made_with_other_params_is_refused(story):
+    """It was released: dvc status said validate@<exp> changed, release trusted the report."""
+    proc = story["stale_release"]
+    assert proc.returncode == 4
+    assert f"validate.json was made with other params than params.yaml's (experiments.{EXP} " in (
+        proc.stderr
+    )
+    assert story["after_stale"] == story["after_again"]
 
 
 def test_failed_validation_is_refused(story):
