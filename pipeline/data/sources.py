@@ -121,7 +121,13 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.dataset as ds
 
-    keys = ds.dataset(path, partitioning="hive").partitioning.schema.names
+    dataset = ds.dataset(path, partitioning="hive")
+    if not dataset.files:  # it said "file has a header but no rows"
+        raise DataError(f"{path}: a folder that holds no Parquet files")
+    # the `key=value` folders' keys (partitioning.schema of a folder without them lists every
+    # column: typed as text, a string column failed to merge, "large_string vs string")
+    folders = {part for f in dataset.files for part in Path(f).relative_to(path).parts[:-1]}
+    keys = sorted({part.partition("=")[0] for part in folders if "=" in part})
     hive = ds.partitioning(pa.schema([(key, pa.string()) for key in keys]), flavor="hive")
     return ds.dataset(path, partitioning=hive).to_table().to_pandas()
 
