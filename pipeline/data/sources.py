@@ -309,12 +309,12 @@ def _times(raw: pd.Series, column: str, path: Path, freq: str | None = None) -> 
         zones = {getattr(t, "tzinfo", None) for t in raw}  # Parquet DATE: datetime.date values
         return pd.to_datetime(raw, utc=len(zones) > 1)
     if not pd.api.types.is_string_dtype(raw):
-        return raw
+        return _yyyymmdd(raw, column, path)
     first = str(raw.iloc[0])
     if _is_number(first):
         numbers = pd.to_numeric(raw, errors="coerce")
         _refuse_unparsed(raw, numbers, column, path, "is not a number (the first time is one)")
-        return numbers
+        return _yyyymmdd(numbers, column, path)
     with warnings.catch_warnings():  # pandas' note on day-first formats
         warnings.simplefilter("ignore")
         fmt = guess_datetime_format(first)
@@ -340,6 +340,18 @@ def _times(raw: pd.Series, column: str, path: Path, freq: str | None = None) -> 
     what = f"is not a date in the format of the first one ({fmt})"
     _refuse_unparsed(raw, times, column, path, what)
     return times
+
+
+def _yyyymmdd(numbers: pd.Series, column: str, path: Path) -> pd.Series:
+    """Integers that are all dates written YYYYMMDD (20240131) as those dates: as numbers they
+    step by 1 and then by 70 at each month's end, and had no frequency, season or calendar."""
+    if not pd.api.types.is_integer_dtype(numbers) or not numbers.between(19000101, 21001231).all():
+        return numbers
+    dates = pd.to_datetime(numbers.astype(str), format="%Y%m%d", errors="coerce")
+    if dates.isna().any():
+        return numbers
+    print(f"{path}: column {column!r}: 8-digit numbers read as dates, YYYYMMDD", file=sys.stderr)
+    return dates
 
 
 def _dates(raw: pd.Series, fmt: str) -> pd.Series:

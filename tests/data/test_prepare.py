@@ -106,6 +106,11 @@ def test_csv_forecast_multiple_series_windows_stay_within_a_series(workdir, para
         ),
         (lambda t: (pd.Timestamp("2020-01-01") + pd.Timedelta(days=t)).strftime("%d/%m/%Y"), "D"),
         (lambda t: (pd.Timestamp("2020-01-01") + pd.Timedelta(hours=t**2)).isoformat(), None),
+        # read as numbers they stepped by 1, then by 70 at a month's end: no frequency
+        (
+            lambda t: int((pd.Timestamp("2019-12-28") + pd.Timedelta(days=t)).strftime("%Y%m%d")),
+            "D",
+        ),
         (lambda t: t, None),
         (lambda t: (pd.Timestamp("2020-01-01") + pd.Timedelta(days=t)).date(), "D"),
         (  # local midnights whose UTC offset changes at daylight saving time (+01:00, +02:00)
@@ -123,6 +128,7 @@ def test_csv_forecast_multiple_series_windows_stay_within_a_series(workdir, para
         "monthly dd.mm.YYYY text",
         "daily dd/mm/YYYY text",
         "irregular",
+        "daily YYYYMMDD integers",
         "numeric",
         "parquet DATE",
         "daily DST",
