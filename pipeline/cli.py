@@ -7,6 +7,7 @@ import atexit
 import functools
 import importlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -143,7 +144,7 @@ def _release(args: argparse.Namespace) -> None:
     if args.history:
         print(_entry("pipeline.release:release_history")(load_config(args.params), args.history))
         return
-    card = args.card and Path(args.card)
+    card = None if args.card is None else Path(args.card)  # '' is the folder it names
     _entry("pipeline.release:release")(load_config(args.params), args.exp, args.promote, card)
 
 
@@ -280,6 +281,13 @@ def _as_pipeline_error(err: BaseException) -> PipelineError:
     if package in EXTRA_OF:
         extra = EXTRA_OF[package]
         return ConfigError(f"{package} is not installed: pip install 'lstm-pipeline[{extra}]'")
+    if package and "MLFLOW_TRACKING_URI" in os.environ:  # a store's driver (psycopg, MySQLdb)
+        from pipeline.tracking import redacted, tracking_uri
+
+        return TrackingError(
+            f"MLflow store {redacted(tracking_uri())}: its driver, Python package {package!r}, "
+            "is not installed"
+        )
     if fault := system_fault(err):
         return fault
     if isinstance(err, OSError) and err.filename:  # e.g. a file where a folder must be
@@ -337,6 +345,11 @@ def _stopped(*_) -> None:
     raise _Terminated
 
 
+def _no_passwords(text: str) -> str:
+    """A library's message may hold a URL with its password (MLflow's failed API request)."""
+    return re.sub(r"(\w+://[^/\s:@]+:)[^/\s@]+@", r"\1***@", text)
+
+
 def _interrupted(command: str) -> int:
     print(f"lstm-pipeline {command}: interrupted", file=sys.stderr)
     return 130
@@ -344,7 +357,10 @@ def _interrupted(command: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    for var, value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "1")):
+    # MLflow's "View run ... at: <URL>" went to stdout with the URL's password in it
+    quiet_mlflow = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+                    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # fmt: skip
+    for var, value in quiet_mlflow.items():
         os.environ.setdefault(var, value)
     if not args.debug:
         quiet()
@@ -371,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(err, PipelineError):
             err = _as_pipeline_error(err)
         if str(err):  # empty: a DDP rank the launcher speaks for
-            one_line = "; ".join([str(err), *notes])
+            one_line = _no_passwords("; ".join([str(err), *notes]))
             one_line = one_line.replace("\r", "\\r").replace("\n", "\\n")  # a name with a break
             print(f"lstm-pipeline {args.command}: error: {one_line}", file=sys.stderr)
         return err.exit_code

@@ -20,8 +20,8 @@ from pipeline.data.prepared import Prepared
 from pipeline.errors import DataError, GateError, TrackingError
 from pipeline.evaluation import gate_table, release_gates
 from pipeline.inference import onnx_meta, session
-from pipeline.io import atomic_file, check_writable, file_digest, read_json, read_yaml
-from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
+from pipeline.io import atomic_file, check_writable, file_digest, held_lock, read_json, read_yaml
+from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir, resume_dir
 from pipeline.registry import history, history_table, model_card, move_alias
 from pipeline.tasks import task_of
 from pipeline.tracking import (
@@ -234,6 +234,17 @@ def _write_card(card: str, path: Path | None) -> None:
             tmp.write_text(card)
 
 
+def _pipeline_file(path: Path) -> bool:
+    """In a stage's output folders, conf/ or pipeline/, or one of DVC's files (a card
+    written to stdout, /dev/stdout, is none of them)."""
+    where = path.resolve()
+    folders = ("models", "data", "metrics", "plots", "conf", "pipeline")
+    files = ("dvc.yaml", "dvc.lock", "params.yaml")
+    return where in {Path(f).resolve() for f in files} or any(
+        where.is_relative_to(Path(f).resolve()) for f in folders
+    )
+
+
 def release_history(cfg: PipelineConfig, exp_name: str) -> str:
     """The recorded alias moves of the experiment's registered model, as a Markdown table."""
     from mlflow import MlflowClient
@@ -254,13 +265,24 @@ def release(
     cfg: PipelineConfig, exp_name: str, promote: bool = False, card: Path | None = None
 ) -> str:
     """Gate, register and alias the model of `exp_name`; returns its version number. `card`:
-    where to write the version's model card too (the GitHub release notes)."""
+    where to write the version's model card too (the GitHub release notes). Two at once here
+    registered the same model twice, each naming the same previous champion: a lock (on this
+    machine; releases from elsewhere still find the version by its sha256 once it is there)."""
+    cfg.experiment(exp_name)
+    lock = resume_dir(exp_name) / "release.lock"
+    busy = f"{exp_name}: another release of this experiment is running (it holds {lock})"
+    with held_lock(lock, busy + "; wait for it to end"):
+        return _release(cfg, exp_name, promote, card)
+
+
+def _release(cfg: PipelineConfig, exp_name: str, promote: bool, card: Path | None) -> str:
     from mlflow import MlflowClient
 
-    cfg.experiment(exp_name)
     if card is not None:  # found before the registry changes, not after
         if card.is_dir():
             raise DataError(f"{card}: is a folder; --card takes the card's file path")
+        if _pipeline_file(card):  # `--card models/<exp>/model.onnx` wrote Markdown over it
+            raise DataError(f"{card}: one of the pipeline's files; --card takes a new path")
         check_writable(card)
     uri = tracking_uri()
     ensure_reachable(uri)

@@ -256,6 +256,27 @@ def test_sigterm_during_export_or_validate_is_one_line_and_keeps_the_outputs(rep
     assert tree_digest(repo) == before
 
 
+def test_a_store_whose_driver_is_missing_is_named_without_its_password(tmp_path):
+    """It was exit 1, 'unexpected ModuleNotFoundError: No module named 'psycopg''."""
+    (tmp_path / "in.csv").write_text("series_id,time,value\na,0,1.0\n")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "postgresql://u:s3cr3t@127.0.0.1:1/db"}
+    cmd = [BIN / "lstm-pipeline", "predict", "models:/x@champion", "in.csv", "-o", "out.csv"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 6, done.stderr
+    assert done.stderr.endswith(
+        "MLflow store postgresql://u:***@127.0.0.1:1/db: its driver, Python package 'psycopg', "
+        "is not installed\n"
+    )
+
+
+def test_a_password_inside_a_librarys_message_is_masked():
+    """MLflow's failed API request named its URL, password and all."""
+    from pipeline.cli import _no_passwords
+
+    said = "API request to http://bob:hunter2@127.0.0.1:5123/api/2.0/x failed"
+    assert _no_passwords(said) == "API request to http://bob:***@127.0.0.1:5123/api/2.0/x failed"
+
+
 def test_a_password_in_the_uri_is_never_printed(repo, capsys, monkeypatch):
     port = free_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret@127.0.0.1:{port}")

@@ -240,6 +240,35 @@ def test_a_card_path_that_is_a_folder_is_refused_before_the_registry_changes(
     assert not MlflowClient(server).search_registered_models(f"name = 'card-{CLASSIFY}'")
 
 
+def test_a_card_over_a_pipeline_file_or_at_no_path_is_refused(server, release):
+    """`--card models/<exp>/model.onnx` wrote the card over the model (exit 0); `--card ''`
+    was 'unexpected AttributeError'."""
+    onnx = Path(f"models/{CLASSIFY}/model.onnx")
+    before = onnx.read_bytes()
+    code, _, err = release("card-{exp}", CLASSIFY, "--card", str(onnx))
+    assert code == 3 and err.strip().endswith(
+        f"{onnx}: one of the pipeline's files; --card takes a new path"
+    )
+    assert onnx.read_bytes() == before
+    code, _, err = release("card-{exp}", CLASSIFY, "--card", "")
+    assert code == 3 and err.strip().endswith(".: is a folder; --card takes the card's file path")
+    assert not MlflowClient(server).search_registered_models(f"name = 'card-{CLASSIFY}'")
+
+
+def test_a_release_beside_another_of_the_experiment_is_refused(server, release):
+    """Two at once registered the same model.onnx twice, each naming the same previous
+    champion (exit 0 both)."""
+    import fcntl
+
+    lock = Path(f".resume/{CLASSIFY}/release.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as held:  # as the other release holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, _, err = release("lock-{exp}", CLASSIFY)
+    assert code == 1 and "another release of this experiment is running" in err
+    assert not MlflowClient(server).search_registered_models(f"name = 'lock-{CLASSIFY}'")
+
+
 def test_a_version_left_without_an_alias_becomes_the_challenger(server, release):
     """A release stopped between registering the version and aliasing it: the next one aliases
     it (it used to say 'nothing registered, aliases unchanged' for ever)."""
