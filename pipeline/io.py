@@ -297,10 +297,15 @@ def read_yaml(path: str | Path, error: type[PipelineError]) -> Any:
     except yaml.YAMLError as err:
         raise error(yaml_error_line(err, path)) from None
     except UnicodeDecodeError as err:
-        line = err.object[: err.start].count(b"\n") + 1
-        raise error(f"{path}: line {line}: byte {err.object[err.start]:#x} is not UTF-8") from None
+        raise error(not_utf8_line(err, path)) from None
     except OSError as err:
         raise system_fault(err, path) or error(f"{path}: {err.strerror}") from None
+
+
+def not_utf8_line(err: UnicodeDecodeError, path: str | Path) -> str:
+    """'<path>: line 3: byte 0xe9 is not UTF-8', for a whole file's decoding error."""
+    line = err.object[: err.start].count(b"\n") + 1
+    return f"{path}: line {line}: byte {err.object[err.start]:#x} is not UTF-8"
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:

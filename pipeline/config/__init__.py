@@ -25,7 +25,7 @@ from pipeline.config.models import ModelConfig
 from pipeline.config.recipes import RECIPES
 from pipeline.config.run import Fit, Release, Resources, Tracking, Trainer, Tune, Validate
 from pipeline.errors import ConfigError
-from pipeline.io import read_yaml, yaml_error_line
+from pipeline.io import not_utf8_line, read_yaml, yaml_error_line
 
 __all__ = [
     "AirlineData", "Experiment", "Fit", "MovingDigitsData", "PipelineConfig", "Release",
@@ -252,9 +252,7 @@ def _not_utf8(conf: Path) -> str:
         try:
             path.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
-            line = err.object[: err.start].count(b"\n") + 1
-            byte = err.object[err.start]
-            return f"{_relative(str(path))}: line {line}: byte {byte:#x} is not UTF-8"
+            return not_utf8_line(err, _relative(str(path)))
     return f"{conf}/: a file is not UTF-8"
 
 

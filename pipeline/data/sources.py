@@ -328,12 +328,13 @@ def _times(raw: pd.Series, column: str, path: Path, freq: str | None = None) -> 
     # first). The other order wins where it reads every cell and the dates only step regularly
     # in it: day-first monthly data read month first was 12 days a year, a silent misreading.
     if (swapped := _other_order(fmt)) and (other := _dates(raw, swapped)).notna().all():
-        if times.isna().any() or (_regular(other, freq) and not _regular(times, freq)):
+        step, other_step = _step(times), _step(other)  # each an O(rows) pass: once
+        if times.isna().any() or (_fits(other_step, freq) and not _fits(step, freq)):
             times, fmt = other, swapped
-        elif _regular(other, freq) and _regular(times, freq):  # 12 days or 12 months?
+        elif _fits(other_step, freq) and _fits(step, freq):  # 12 days or 12 months?
             print(
                 f"warning: {path}: column {column!r}: {first!r}... read as {fmt} (steps of "
-                f"{_step(times)}), though {swapped} reads them too (steps of {_step(other)}); "
+                f"{step}), though {swapped} reads them too (steps of {other_step}); "
                 "set data.freq where that is meant",
                 file=sys.stderr,
             )
@@ -369,9 +370,8 @@ def _other_order(fmt: str) -> str | None:
     return fmt.replace("%d", "\0").replace("%m", "%d").replace("\0", "%m")
 
 
-def _regular(times: pd.Series, freq: str | None = None) -> bool:
-    """The dates step at one frequency (at `freq`, where it is given)."""
-    step = _step(times)
+def _fits(step: str | None, freq: str | None) -> bool:
+    """Dates of this step (`_step`) are regular (and at `freq`, where it is given)."""
     return step is not None and (freq is None or to_offset(step) == to_offset(freq))
 
 
