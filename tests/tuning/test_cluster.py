@@ -349,7 +349,7 @@ def test_a_head_node_lost_mid_sweep_ends_it_with_one_line(cluster_nodes, tune_wo
     exit 1. An ensemble training on the cluster at the same time ends the same way. Last in the
     module: it takes the module's cluster down."""
     address, procs = cluster_nodes
-    tune_keys = {"num_samples": 8, "max_epochs": 100, "scheduler": "fifo"}
+    tune_keys = {"num_samples": 8, "max_epochs": 400, "scheduler": "fifo"}  # outlive the wait
     write_params(sweep_params(params, address=address, **tune_keys))
     command = [sys.executable, "-m", "pipeline"]
     jobs = [subprocess.Popen([*command, "tune", EXP], stderr=subprocess.PIPE, text=True)]
@@ -368,6 +368,9 @@ def test_a_head_node_lost_mid_sweep_ends_it_with_one_line(cluster_nodes, tune_wo
         while len([r for r in runs_of("train") if "member" in r.data.tags]) < 2:
             assert jobs[1].poll() is None and time.monotonic() < deadline
             time.sleep(0.5)
+        while not any(r.info.status == "RUNNING" for r in runs_of("tune-trial")):
+            assert time.monotonic() < deadline  # a trial runs when the head goes (not between)
+            time.sleep(0.2)
         head = psutil.Process(procs[0].pid)
         for p in [head, *head.children(recursive=True)]:
             p.kill()
