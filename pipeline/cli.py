@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import functools
 import importlib
 import os
@@ -144,8 +145,13 @@ def _release(args: argparse.Namespace) -> None:
     if args.history:
         print(_entry("pipeline.release:release_history")(load_config(args.params), args.history))
         return
+    release = functools.partial(_entry("pipeline.release:release"), load_config(args.params))
+    if args.card == "-":  # the card on stdout, as predict's `-o -`: the release's lines beside it
+        with contextlib.redirect_stdout(sys.stderr):
+            release(args.exp, args.promote, Path("/dev/stdout"))
+        return
     card = None if args.card is None else Path(args.card)  # '' is the folder it names
-    _entry("pipeline.release:release")(load_config(args.params), args.exp, args.promote, card)
+    release(args.exp, args.promote, card)
 
 
 def _user_path(text: str) -> str:
@@ -214,7 +220,9 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--history", metavar="EXP", help="print who moved its aliases, and when")
     r.add_argument("--promote", action="store_true", help="make the new version @champion")
     r.add_argument(
-        "--card", type=_user_path, help="also write the version's model card (Markdown) here"
+        "--card",
+        type=_user_path,
+        help="also write the version's model card (Markdown) here; - for stdout",
     )
     r.add_argument("--params", type=_user_path, default=PARAMS_FILE)
     r.set_defaults(func=_release)
@@ -333,7 +341,9 @@ def _by_ctrl_c(err: BaseException | None) -> bool:
 
 # train and tune handle SIGTERM themselves (a resume point, a sweep's state); these ended with
 # exit 143 and no line. Raised here, the temp files are removed and the earlier outputs kept.
-STOPPED_BY_SIGTERM = ("prepare", "export", "validate", "predict")
+KEPT = "its earlier outputs are kept"
+STOPPED_BY_SIGTERM = {"prepare": KEPT, "export": KEPT, "validate": KEPT, "predict": KEPT,
+                      "release": "run it again (it aliases a version it registered)"}  # fmt: skip
 
 
 class _Terminated(BaseException):
@@ -373,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         return _interrupted(args.command)
     except _Terminated:
-        print(f"lstm-pipeline {args.command}: stopped by SIGTERM; its earlier outputs are kept",
-              file=sys.stderr)  # fmt: skip
+        print(f"lstm-pipeline {args.command}: stopped by SIGTERM; "
+              f"{STOPPED_BY_SIGTERM[args.command]}", file=sys.stderr)  # fmt: skip
         return Interrupted.exit_code
     except (Exception, SystemExit) as err:
         if isinstance(err, SystemExit) and not _by_ctrl_c(err):

@@ -187,22 +187,31 @@ def _register(
         mlflow.log_metrics({k: v for k, v in report.items() if isinstance(v, float)})
         mlflow.log_artifact(str(metrics_file(exp, "validate")), "validate")
         mlflow.log_artifacts(str(plots_dir(exp, "validate")), "validate/plots")
-        info = mlflow.onnx.log_model(
-            onnx.load(onnx_path),
-            name="model",
-            signature=_signature(sess),
-            input_example=_input_example(sess, prepared),
-            registered_model_name=name,
-            onnx_execution_providers=["CPUExecutionProvider"],
-            # what MLflow would infer, without the subprocess (seconds) that loads the model to see
-            pip_requirements=[
-                *mlflow.onnx.get_default_pip_requirements(),
-                f"numpy=={np.__version__}",
-            ],
-            tags={**tags, RELEASE_RUN: run.info.run_id},  # on the logged model and the version
-            run_id=training,  # the model, and so the version, belong to the run that trained it
-        )
+        with _registry_lines_off():  # release says what it registered, in its own line
+            info = mlflow.onnx.log_model(
+                onnx.load(onnx_path),
+                name="model",
+                signature=_signature(sess),
+                input_example=_input_example(sess, prepared),
+                registered_model_name=name,
+                onnx_execution_providers=["CPUExecutionProvider"],
+                # what MLflow would infer, without the subprocess (seconds) loading the model
+                pip_requirements=[
+                    *mlflow.onnx.get_default_pip_requirements(),
+                    f"numpy=={np.__version__}",
+                ],
+                tags={**tags, RELEASE_RUN: run.info.run_id},  # on the model and the version
+                run_id=training,  # the model and the version belong to the run that trained it
+            )
     return str(info.registered_model_version), run.info.run_id, {**tags, **lineage}
+
+
+def _registry_lines_off():
+    """MLflow's `Successfully registered model ...` and `Created version ...` (stderr): MLflow's
+    own switch, which counts who turned it off (log_model turns it on and off inside)."""
+    from mlflow.utils.autologging_utils import MlflowEventsAndWarningsBehaviorGlobally
+
+    return MlflowEventsAndWarningsBehaviorGlobally(True, False, False)
 
 
 def _reuse(client, name: str, version: str, champion, promote: bool, path: Path, commit) -> str:

@@ -396,6 +396,10 @@ def test_a_stage_run_in_a_subfolder_of_the_project_names_the_project(
         (("trainer/cpu.yaml", b"# caf\xe9\n"), "conf/trainer/cpu.yaml: line 13: byte 0xe9 is"),
         (("config.yaml", b"  - config\n"), "conf/: the defaults lists include each other"),
         (None, "conf/config.yaml: not found"),  # the package's conf/ was composed, silently
+        (
+            ("trainer/cpu.yaml", b"steps: ${nope}\n"),  # it named no key
+            "conf/: trainer.steps: Interpolation key 'nope' not found",
+        ),
     ],
 )
 def test_a_broken_conf_is_one_line_naming_the_file(workdir, capsys, damage, expected):

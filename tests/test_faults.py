@@ -145,10 +145,21 @@ def test_version_is_the_installed_packages(capsys):
     assert capsys.readouterr().out == f"lstm-pipeline {version}\n"
 
 
-def test_params_that_are_not_a_mapping(repo, capsys):
-    (repo / "params.yaml").write_text("- a\n- b\n")
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("- a\n- b\n", "params.yaml: expected a mapping of keys, got list"),
+        (
+            "[]\n",
+            "params.yaml: expected a mapping of keys, got list",
+        ),  # `experiments: Field required`
+        ("# nothing\n", "params.yaml: empty (run `lstm-pipeline compose` to write it from conf/)"),
+    ],
+)
+def test_params_that_are_not_a_mapping(repo, capsys, text, expected):
+    (repo / "params.yaml").write_text(text)
     assert main(["train", EXP]) == 2
-    assert "params.yaml: expected a mapping of keys, got list" in one_line(capsys)
+    assert expected in one_line(capsys)
 
 
 # --- tracking -----------------------------------------------------------------------------------

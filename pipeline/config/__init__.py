@@ -205,8 +205,10 @@ def load_config(path: str | Path = PARAMS_FILE) -> PipelineConfig:
         if not path.is_absolute() and above and (above / path).is_file():
             raise ConfigError(f"{path}: not found here; run it in the project's folder, {above}")
         raise ConfigError(f"{path}: not found (run `lstm-pipeline compose` to write it from conf/)")
-    raw = read_yaml(path, ConfigError) or {}
-    if not isinstance(raw, dict):
+    raw = read_yaml(path, ConfigError)
+    if raw is None:
+        raise ConfigError(f"{path}: empty (run `lstm-pipeline compose` to write it from conf/)")
+    if not isinstance(raw, dict):  # `[]` too: it was `experiments: Field required`
         raise ConfigError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
     return parse_config(raw)
 
@@ -223,7 +225,6 @@ def compose(overrides: list[str] = (), conf: Path | None = None) -> str:
     try:
         with initialize_config_dir(str(Path(conf or conf_dir()).resolve()), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
-        OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(f"{conf or 'conf'}/: {_one_line(str(err))}") from None
     except yaml.YAMLError as err:  # Hydra's loader names the file in the error's mark
@@ -235,9 +236,31 @@ def compose(overrides: list[str] = (), conf: Path | None = None) -> str:
         raise ConfigError(
             f"{conf or 'conf'}/: the defaults lists include each other (a cycle)"
         ) from None
-    text = OmegaConf.to_yaml(cfg)
+    if failing := _unresolved(cfg):  # OmegaConf's error names no key
+        key, err = failing
+        raise ConfigError(f"{conf or 'conf'}/: {key}: {str(err).splitlines()[0]}")
+    text = OmegaConf.to_yaml(cfg, resolve=True)
     parse_config(yaml.safe_load(text))
     return text
+
+
+def _unresolved(node, prefix: str = "") -> tuple[str, Exception] | None:
+    """The first key whose `${...}` does not resolve, and the error."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    keys = range(len(node)) if isinstance(node, ListConfig) else node.keys()
+    for key in keys:
+        path = f"{prefix}[{key}]" if isinstance(key, int) else f"{prefix}.{key}".lstrip(".")
+        if OmegaConf.is_interpolation(node, key):
+            try:
+                node[key]
+            except OmegaConfBaseException as err:
+                return path, err
+        elif isinstance(child := node._get_node(key), DictConfig | ListConfig):
+            if found := _unresolved(child, path):
+                return found
+    return None
 
 
 def _relative(path: str) -> str:

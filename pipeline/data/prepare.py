@@ -215,6 +215,13 @@ def _forecast(exp: Experiment, data: Series) -> tuple[dict, dict]:
     raw = [log(v) if cfg.transform == "log" else v for v in data.values]
     columns, held_out = [data.features.index(t) for t in targets], cfg.val_size + cfg.test_size
     train = [v[: len(v) - held_out] for v in raw]
+    for target, column in zip(targets, columns, strict=True):
+        first = data.values[0][0, column]
+        if all((v[: len(v) - held_out, column] == first).all() for v in data.values):
+            raise DataError(  # it trained, and validate reported a MAPE of 69048 against zeros
+                f"{_source_name(exp)}: target {target!r} is {first:g} at every "
+                "step before the validation and test parts: nothing to forecast (another column?)"
+            )
     room = min(len(v) for v in train) - cfg.horizon  # inputs of the shortest's one train window
     season = cfg.season or _tested_season(train, columns, data.freq, cfg.window or room // 2)
     window = cfg.window or auto_window(cfg.horizon, season, room, least)

@@ -102,6 +102,8 @@ def _broken(kind: str) -> str | None:
         frame.loc[frame.series_id == "s2", "label"] = "a "
     elif kind == "id_space_twin":  # s1 read as two series stepping by 2, silently
         frame.loc[(frame.series_id == "s1") & (frame.time % 2 == 1), "series_id"] = "s1 "
+    elif kind == "all_zero":  # the test part's changes alone do not help
+        frame["value"] = np.where(frame.time >= 22, 1.0, 0.0)
     elif kind == "twice":
         frame["time"] = frame["value"]  # pandas would rename the second one 'value.1'
         frame.columns = ["series_id", "value", "value", "label"]
@@ -169,6 +171,12 @@ def use_data(params: dict, data: dict) -> None:
         ),
         ("short_series", CLASSIFY, "in.csv: series 's2' has 10 time steps, shorter than window"),
         ("one_class", CLASSIFY, "in.csv: column 'label' has a single class 'a'"),
+        (  # it trained, and validate reported a MAPE of 69048 (exit 0)
+            "all_zero",
+            FORECAST,
+            "in.csv: target 'value' is 0 at every step before the validation and test parts: "
+            "nothing to forecast (another column?)",
+        ),
         (
             "odd_class",
             CLASSIFY,

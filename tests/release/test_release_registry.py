@@ -3,7 +3,9 @@ under a minute): the baseline gate, one version per ONNX file, and the version's
 
 import json
 import os
+import signal
 import subprocess
+import time
 from importlib.metadata import version as package_version
 from pathlib import Path
 
@@ -321,3 +323,43 @@ def test_the_card_goes_through_a_link_to_standard_output(made, server, tmp_path)
     assert stdout.is_symlink()
     written = log.read_text()  # the release's lines around the card
     assert written.startswith("earlier\n") and version.description in written
+
+
+def test_a_card_to_dash_is_all_of_standard_output(made, server, tmp_path):
+    """`--card -` wrote a file named `-`; the card is now stdout's only text, the release's lines
+    go to stderr."""
+    root, params = made
+    changed = {**params, "release": {**params["release"], "model_name": "dash-{exp}"}}
+    path = write_params(changed, tmp_path / "params.yaml")
+    done = subprocess.run(
+        [BIN / "lstm-pipeline", "release", "--exp", CLASSIFY, "--params", path, "--card", "-"],
+        cwd=root, env={**os.environ, "MLFLOW_TRACKING_URI": server},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (version,) = MlflowClient(server).search_model_versions(f"name = 'dash-{CLASSIFY}'")
+    assert done.stdout == version.description and not (root / "-").exists()
+    assert f"registered dash-{CLASSIFY} version 1" in done.stderr
+    assert "Successfully registered" not in done.stderr  # MLflow's line, said by release's own
+
+
+def test_sigterm_during_a_release_is_one_line_and_its_rerun_finishes_it(made, server, tmp_path):
+    """It ended with exit 143 and no line."""
+    root, params = made
+    changed = {**params, "release": {**params["release"], "model_name": "term-{exp}"}}
+    path = write_params(changed, tmp_path / "params.yaml")
+    command = [BIN / "lstm-pipeline", "release", "--exp", CLASSIFY, "--params", path]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server, "LSTM_PIPELINE_WARM": "0"}
+    proc = subprocess.Popen(command, cwd=root, env=env, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)  # in its imports or its work: the handler is set before either
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.endswith(
+        "lstm-pipeline release: stopped by SIGTERM; run it again (it aliases a version it "
+        "registered)\n"
+    )
+    assert subprocess.run(command, cwd=root, env=env).returncode == 0
+    client = MlflowClient(server)
+    (version,) = client.search_model_versions(f"name = 'term-{CLASSIFY}'")
+    assert client.get_registered_model(f"term-{CLASSIFY}").aliases == {"challenger": "1"}
