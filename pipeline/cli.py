@@ -411,6 +411,7 @@ def console() -> None:
     `dvc repro` starts 20), after every output is written and closed. What a normal exit does
     first still runs, in its order: threading's shutdown (it stops idle thread pools, e.g.
     MLflow's downloads, then joins the non-daemon threads), the exit handlers, flushing stdio."""
+    _hold_closed_std_fds()
     try:
         code = warm.run()
     except KeyboardInterrupt:  # while it waited for a starting server: the stage never ran
@@ -422,6 +423,20 @@ def console() -> None:
     threading._shutdown()  # what the interpreter calls first; joining threads alone would hang
     atexit._run_exitfuncs()
     _exit_now(code)
+
+
+def _hold_closed_std_fds() -> None:
+    """Started with stdout or stderr closed (`>&-`): its number is given to /dev/null opened
+    read-only, so no file the command opens takes it (`-o -` wrote into that file, or failed
+    with `unexpected OSError`), and a write to it fails, named."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            held = os.open(os.devnull, os.O_RDONLY)
+            if held != fd:
+                os.dup2(held, fd)
+                os.close(held)
 
 
 def _exit_now(code: int) -> None:

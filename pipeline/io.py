@@ -13,7 +13,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Hashable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +81,17 @@ def named_faults(path: Path, placing: bool = False) -> Iterator[None]:
         fault = system_fault(err, path)
         if fault is None and placing and isinstance(err, OSError):
             fault = SystemFault(f"{path}: cannot write there ({err.strerror}: {err.filename})")
+        if fault is None and isinstance(err, OSError) and err.errno == errno.EBADF:
+            fault = SystemFault(f"{path}: names a descriptor that is not open for writing")
         if fault is None:
             raise
         raise fault from err
 
 
 @contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp folder beside `path`; on success it replaces `path`, on error it is removed."""
+def atomic_dir(path: str | Path, placed: list | None = None) -> Iterator[Path]:
+    """Yield a temp folder beside `path`; on success it replaces `path`, on error it is removed.
+    `placed`: see Outputs."""
     path = Path(path)
     with named_faults(path):
         with named_faults(path, placing=True):
@@ -98,36 +101,59 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             yield tmp
             tmp.chmod(0o777 & ~_UMASK)
             with named_faults(path, placing=True):
-                _replace_dir(tmp, path)
+                _place(tmp, path, placed)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _replace_dir(new: Path, path: Path) -> None:
-    """`new` renamed onto `path`; the earlier folder moved aside first and back where the
-    rename fails (it was deleted first: a failed rename lost it)."""
-    if not path.exists():
-        new.rename(path)
-        return
-    aside = Path(tempfile.mkdtemp(**_temp_name(path)))
-    path.rename(aside)  # onto the empty folder
+def _place(new: Path, path: Path, placed: list | None) -> None:
+    """`new` renamed onto `path`. The earlier one is moved aside first and back where the rename
+    fails (a folder was deleted first: a failed rename lost it); it is deleted after, or, with
+    `placed`, listed there with `path` (Outputs deletes it once every output is in place)."""
+    aside = _aside(path, new.is_dir()) if os.path.lexists(path) else None
     try:
         new.rename(path)
     except BaseException:
-        aside.rename(path)
+        if aside is not None:
+            aside.rename(path)
         raise
-    shutil.rmtree(aside, ignore_errors=True)
+    if placed is not None:
+        placed.append((path, aside))
+    elif aside is not None:
+        _remove(aside)
+
+
+def _aside(path: Path, folder: bool) -> Path:
+    """`path` renamed to a temp name beside it: a `folder`'s, or a file's (a file where a folder
+    goes, or the other way round, is refused: the rename fails)."""
+    if folder:
+        aside = Path(tempfile.mkdtemp(**_temp_name(path)))
+    else:
+        fd, name = tempfile.mkstemp(**_temp_name(path))
+        os.close(fd)
+        aside = Path(name)
+    path.rename(aside)  # onto the empty placeholder
+    return aside
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @contextmanager
-def atomic_file(path: str | Path, stream: bool = False) -> Iterator[Path]:
+def atomic_file(
+    path: str | Path, stream: bool = False, placed: list | None = None
+) -> Iterator[Path]:
     """Yield a temp file path beside `path`; renamed onto `path` only if the block succeeds.
     A character device or a named pipe is written in place: a stream keeps no earlier content,
     and the rename would put a file where the device was. A symlink is replaced, not written
     through: with DVC's symlink cache, its target is the cache's copy. `stream` (predict's
     output, a model card): where `path` is this process's stdout or stderr (`-o -`, or
     `-o /dev/stdout > f.csv`), the bytes go through its descriptor once all are written, so the
-    shell's `>` or `>>` holds."""
+    shell's `>` or `>>` holds. `placed`: see Outputs."""
     path = Path(path)
     fd = _own_stream(path) if stream else None
     if fd is not None:
@@ -141,7 +167,7 @@ def atomic_file(path: str | Path, stream: bool = False) -> Iterator[Path]:
             yield path
         return
     if os.path.realpath(path).startswith("/proc/"):  # /dev/stdout with stdout closed
-        raise SystemFault(f"{path}: names a descriptor that is not open")
+        raise SystemFault(f"{path}: names a descriptor that is not open for writing")
     with named_faults(path):
         with named_faults(path, placing=True):
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +178,10 @@ def atomic_file(path: str | Path, stream: bool = False) -> Iterator[Path]:
             yield tmp
             tmp.chmod(0o666 & ~_UMASK)
             with named_faults(path, placing=True):
-                os.replace(tmp, path)
+                if placed is None:
+                    os.replace(tmp, path)
+                else:
+                    _place(tmp, path, placed)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -188,9 +217,14 @@ def _special(path: Path) -> bool:
 class Outputs(ExitStack):
     """A stage's several outputs, each written at a temp beside its place (`file(path)`,
     `folder(path)`: a context yielding the temp) and put in place together when the block ends
-    without error: a failure or a kill leaves every earlier output as it was. A write's disk
-    fault names the output written, not the last one opened (an error in the block passes
-    through every output's context)."""
+    without error: a failure or a kill leaves every earlier output as it was, including one
+    while they are put in place (those already placed are put back). A write's disk fault names
+    the output written, not the last one opened (an error in the block passes through every
+    output's context)."""
+
+    def __init__(self):
+        super().__init__()
+        self._placed: list[tuple[Path, Path | None]] = []  # (output, its earlier one, aside)
 
     def file(self, path: str | Path):
         return self._writing(atomic_file, path)
@@ -200,9 +234,24 @@ class Outputs(ExitStack):
 
     @contextmanager
     def _writing(self, atomic, path) -> Iterator[Path]:
-        tmp = self.enter_context(atomic(path))
+        tmp = self.enter_context(atomic(path, placed=self._placed))
         with named_faults(Path(path)):
             yield tmp
+
+    def __exit__(self, *exc) -> bool:
+        try:
+            suppressed = super().__exit__(*exc)
+        except BaseException:
+            for path, aside in reversed(self._placed):
+                with suppress(OSError):
+                    _remove(_aside(path, path.is_dir() and not path.is_symlink()))
+                    if aside is not None:
+                        aside.rename(path)
+            raise
+        for _, aside in self._placed:
+            if aside is not None:
+                _remove(aside)
+        return suppressed
 
 
 def check_writable(path: str | Path) -> None:

@@ -28,6 +28,8 @@ from pipeline.tracking import ensure_reachable, redacted, tracking_uri
 def local_model(model: str) -> Iterator[Path]:
     """A path to the ONNX file; registry models are downloaded to a temp folder first."""
     if not model.startswith("models:/"):
+        if Path(model).is_dir():
+            raise DataError(f"{model}: is a folder; the model is its .onnx file (model.onnx)")
         if not Path(model).is_file():
             raise DataError(f"{model}: model file not found")
         yield Path(model)
@@ -77,7 +79,7 @@ def _finite_or_raise(values: np.ndarray, keys, path: Path, id_column: str, what:
         which = f"sequence {i}"
     else:  # a forecast's keys: one row per step, in the order of the series
         ids = keys[id_column].unique() if hasattr(keys, "columns") else keys
-        which = f"series {ids[i]!r}"
+        which = f"series {str(ids[i])!r}"  # not numpy's repr, np.str_('s1')
     raise DataError(f"{path}: {which}: {what} NaN or inf in float32; rescale the values")
 
 
@@ -143,6 +145,10 @@ def predict(model: str, input_path: str, output: str, id_column=None, time_colum
         raise DataError(f"{path}: not a regular file (a pipe?); save the input to a file first")
     if _kind(output) == "folder":
         raise DataError(f"{output}: is a folder; -o takes the predictions' file path")
+    if kind == "folder" and output.resolve().is_relative_to(path.resolve()):
+        raise DataError(  # it replaced a part of a Parquet folder, or was read as one next time
+            f"{output}: is inside the input folder {path}; -o takes a path outside it"
+        )
     with local_model(model) as onnx_file:
         for given, what in ((path, "input"), (onnx_file, "model")):
             if output.exists() and output.samefile(given):
@@ -150,12 +156,19 @@ def predict(model: str, input_path: str, output: str, id_column=None, time_colum
         sess = session(onnx_file, name=model)
         meta = onnx_meta(sess, model)
         state = [i.name for i in sess.get_inputs()[1:] if i.name not in meta.extra_inputs]
-        if state:
+        if state and state != ["lengths"]:
             raise DataError(
                 f"{model}: a streaming step model (state inputs {', '.join(state)}); predict "
                 "takes the whole model, models/<exp>/model.onnx"
             )
         task = task_of(meta)
+        graph = [sess.get_outputs()[0].shape[1:], [i.name for i in sess.get_inputs()[1:]]]
+        contract = [list(task.output_shape(meta)), list(meta.extra_inputs)]
+        if graph != contract:  # its metadata copied from another model: exit 1, IndexError
+            raise DataError(
+                f"{model}: its metadata does not match its graph (output shape, extra inputs: "
+                f"{graph} in the graph, {contract} in the metadata); export it again"
+            )
         suffix = output.suffix.lower()  # a pipe or device takes the first format, named as it is
         if suffix and suffix not in task.output_formats and _kind(output) != "other":
             raise DataError(

@@ -195,19 +195,24 @@ def test_validate_writes_nothing_when_the_server_is_unreachable(repo, capsys, mo
 
 
 @pytest.mark.parametrize(
-    "fault", ["step model of another model", "metrics folder a file", "int8 folder held"]
+    "fault",
+    ["step model of another model", "metrics folder a file", "int8 folder held", "plots held"],
 )
 def test_a_validate_that_fails_leaves_every_earlier_output(repo, capsys, monkeypatch, fault):
     """Plots, int8 model and report are put in place together: the plots and int8/ used to be
     replaced before the streaming check and the report's write; the report was placed first,
     and a folder that could not be replaced (immutable, or another process's) left a new
-    report beside the earlier int8 model."""
+    report beside the earlier int8 model; then the plots' left the new int8 model beside the
+    earlier report (it was placed first)."""
     for folder in (f"plots/{EXP}/validate", f"models/{EXP}/int8"):
         (repo / folder / "earlier.txt").write_text("from the last validate")
     report = repo / f"metrics/{EXP}/validate.json"  # unlike the one this run would write
     report.write_text(json.dumps({**json.loads(report.read_text()), "earlier": True}))
-    if fault == "int8 folder held":  # as `chattr +i`: neither renamed nor removed
-        rename, rmtree, held = Path.rename, shutil.rmtree, repo / f"models/{EXP}/int8"
+    if fault.endswith("held"):  # as `chattr +i`: neither renamed nor removed
+        held = repo / (
+            f"models/{EXP}/int8" if fault.startswith("int8") else f"plots/{EXP}/validate"
+        )
+        rename, rmtree = Path.rename, shutil.rmtree
 
         def refused(call):
             def held_or(path, *args, **kwargs):
@@ -232,6 +237,7 @@ def test_a_validate_that_fails_leaves_every_earlier_output(repo, capsys, monkeyp
     before = tree_digest(repo)
     assert main(["validate", EXP]) == (3 if fault == "step model of another model" else 8)
     expected = {"metrics folder a file": "cannot write there", "int8 folder held": "int8",
+                "plots held": f"plots/{EXP}/validate",
                 "step model of another model": "made for another model"}  # fmt: skip
     assert expected[fault] in one_line(capsys)
     assert tree_digest(repo) == before

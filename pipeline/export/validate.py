@@ -93,10 +93,8 @@ def _validate(cfg: PipelineConfig, exp_name: str) -> dict:
     if rules.classical:
         report.update(task.classical_report(prepared, y, meta))
     report_path = metrics_file(exp_name, "validate")
-    # the plots, the int8 model and the report are put in place together: a failure leaves the
-    # earlier three as they were. The report, opened first, is placed last: where placing the
-    # plots or the int8 model fails (a folder another process holds), the earlier report stays
-    # (a new one said passed for outputs that were not there)
+    # the plots, the int8 model and the report are put in place together: a failure, even one
+    # placing them (a folder another process holds), leaves the earlier three as they were
     with Outputs() as place, place.file(report_path) as report_file:
         with place.folder(plots_dir(exp_name, "validate")) as plot_dir:
             if outputs:  # attention weights

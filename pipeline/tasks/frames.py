@@ -101,6 +101,8 @@ class Frames(Task):
             fault = system_fault(err, path)  # permission denied
             why = "pickled objects, or not .npy" if "pickled" in str(err) else first_line(err)
             raise fault or DataError(f"{path}: not a .npy array ({why})") from None
+        if not isinstance(x, np.ndarray):  # np.load reads an .npz archive whatever its name
+            raise DataError(f"{path}: not a .npy array (an .npz archive)")
         expected = tuple(meta.input_shape[1:])
         if x.ndim != 5 or x.shape[2:] != expected or 0 in x.shape[:2]:
             raise DataError(

@@ -1,6 +1,7 @@
 """`lstm-pipeline predict` on real exported models: same numbers as torch, torch-free, bad input."""
 
 import http.server
+import json
 import os
 import socket
 import stat
@@ -188,6 +189,16 @@ def test_parquet_in_a_folder_or_under_any_name_is_read_as_parquet(models, tmp_pa
     assert outputs[1:] == outputs[:1] * 4
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(onnx_path), str(tmp_path / "empty"), "-o", "empty.csv"]) == 3
+    # inside the folder read: it replaced a part (exit 0), or the next read took it as one
+    before = (tmp_path / "files" / "part-0.parquet").read_bytes()
+    for inside in ("part-0.parquet", "more/out.csv"):
+        output = str(tmp_path / "files" / inside)
+        assert main(["predict", str(onnx_path), str(tmp_path / "files"), "-o", output]) == 3
+    assert (tmp_path / "files" / "part-0.parquet").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "files").iterdir()) == [
+        "part-0.parquet",
+        "part-1.parquet",
+    ]
     assert list(pd.read_csv("in.parquet.csv", dtype=str).series_id.unique()) == ["001", "1"]
 
 
@@ -263,6 +274,10 @@ def test_frames_npy(models, tmp_path):
     assert main(["predict", str(onnx_path), str(tmp_path / "in.npy"), "-o", "p.npy"]) == 0
     expected = torch_out(module, frames.astype(np.float32) / np.float32(255.0)) * 255.0
     np.testing.assert_allclose(np.load("p.npy"), expected, atol=1e-3)
+    np.savez(tmp_path / "archive.npz", frames=frames)  # np.load reads it whatever its name
+    (tmp_path / "archive.npz").rename(tmp_path / "archive.npy")
+    assert main(["predict", str(onnx_path), str(tmp_path / "archive.npy"), "-o", "a.npy"]) == 3
+    assert not Path("a.npy").exists()
 
 
 def test_predict_runs_where_torch_cannot_be_imported(models, tmp_path):
@@ -298,6 +313,10 @@ def test_bad_input(models, tmp_path, capsys):
     broken = onnx.load(onnx_path)
     next(p for p in broken.metadata_props if p.key == "input_shape").value = '"oops"'
     onnx.save(broken, tmp_path / "broken.onnx")
+    other = onnx.load(onnx_path)  # a third label: exit 1, IndexError
+    labels = next(p for p in other.metadata_props if p.key == "labels")
+    labels.value = json.dumps([*json.loads(labels.value), "extra"])
+    onnx.save(other, tmp_path / "other.onnx")
     cases = {
         "missing column": (
             onnx_path,
@@ -319,6 +338,16 @@ def test_bad_input(models, tmp_path, capsys):
             tmp_path / "broken.onnx",
             _write_csv(tmp_path / "b.csv", good),
             ["broken.onnx: the ONNX model's metadata is not a valid data contract", "input_shape"],
+        ),
+        "metadata of another model": (
+            tmp_path / "other.onnx",
+            _write_csv(tmp_path / "o.csv", good),
+            ["other.onnx: its metadata does not match its graph (output shape, extra inputs: "],
+        ),
+        "a folder for the model": (  # 'model file not found'
+            onnx_path.parent,
+            _write_csv(tmp_path / "f.csv", good),
+            [f"{onnx_path.parent}: is a folder; the model is its .onnx file (model.onnx)"],
         ),
         "a column twice": (
             onnx_path,
@@ -660,7 +689,7 @@ def test_stdout_and_a_tilde_are_written_where_the_user_meant(models, tmp_path, m
         [*command, "-"], stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1)
     )
     assert closed.returncode == 8 and closed.stderr.strip().endswith(
-        "/dev/stdout: names a descriptor that is not open"
+        "/dev/stdout: names a descriptor that is not open for writing"
     )
     assert Path("/dev/stdout").is_symlink() and not list(Path("/dev").glob(".stdout.*"))
 
