@@ -29,6 +29,11 @@ from pipeline.errors import (
 from pipeline.io import usable_cores
 from pipeline.quiet import quiet
 
+# as the command was started: what `lstm-pipeline repro` gives its dvc and stages (main() sets
+# variables for this process; inherited, they gave its stages a warm server of their own, not
+# the one a plain `dvc repro`'s stages share)
+STARTED_ENV = dict(os.environ)
+
 
 def _entry(target: str):
     """`module:function`, imported when called: `compose` should not pay for torch."""
@@ -97,7 +102,7 @@ def _repro(args: argparse.Namespace) -> None:
         cfg.experiment(name)  # an unknown one is a config error naming it
     named = [exp for exp in cfg.experiments if exp in args.experiments]  # params.yaml's order
     _entry("pipeline.repro:repro")(
-        named or list(cfg.experiments), args.jobs, args.force, bool(named)
+        named or list(cfg.experiments), args.jobs, args.force, bool(named), STARTED_ENV
     )
 
 
@@ -360,6 +365,16 @@ def _no_passwords(text: str) -> str:
     return re.sub(r"(\w+://[^/\s:@]+:)[^/\s@]+@", r"\1***@", text)
 
 
+def _quiet_mlflow() -> None:
+    """MLflow's "View run ... at: <URL>" went to stdout with the URL's password in it. Set
+    before a warm server's key is made too (console): a stage that `lstm-pipeline repro`
+    started inherited them, one of a plain `dvc repro` did not, and each started a server."""
+    quiet = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+             "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # fmt: skip
+    for var, value in quiet.items():
+        os.environ.setdefault(var, value)
+
+
 def _interrupted(command: str) -> int:
     print(f"lstm-pipeline {command}: interrupted", file=sys.stderr)
     return 130
@@ -367,11 +382,7 @@ def _interrupted(command: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    # MLflow's "View run ... at: <URL>" went to stdout with the URL's password in it
-    quiet_mlflow = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
-                    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # fmt: skip
-    for var, value in quiet_mlflow.items():
-        os.environ.setdefault(var, value)
+    _quiet_mlflow()
     if not args.debug:
         quiet()
     if args.command in STOPPED_BY_SIGTERM and threading.current_thread() is threading.main_thread():
@@ -412,6 +423,7 @@ def console() -> None:
     first still runs, in its order: threading's shutdown (it stops idle thread pools, e.g.
     MLflow's downloads, then joins the non-daemon threads), the exit handlers, flushing stdio."""
     _hold_closed_std_fds()
+    _quiet_mlflow()
     try:
         code = warm.run()
     except KeyboardInterrupt:  # while it waited for a starting server: the stage never ran

@@ -49,7 +49,12 @@ _HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0,
 def check_reachable(address: str, key: str) -> None:
     """The address answers, and answers as a gRPC server: ray.init waits without end on a port
     where something else listens."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address.startswith("ray://"):  # exit 1, `unexpected ValueError: ... ray[client]`
+        raise ConfigError(
+            f"{key}: {address!r} is a Ray Client address, which needs ray[client] (not "
+            "installed); give the head's GCS address, host:6379: this driver joins the cluster"
+        )
+    host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"{key}: {address!r} is not host:port (e.g. 10.0.0.5:6379)")
     try:
@@ -212,7 +217,7 @@ def end_if_head_lost(address: str | None, key: str, command: str) -> None:
 
 
 def _head_answers(address: str) -> bool:
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host, _, port = address.rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=WATCH_S).close()
         return True

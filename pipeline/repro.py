@@ -17,12 +17,19 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from contextlib import suppress
 from pathlib import Path
 
 from pipeline.errors import ConfigError, Interrupted, PipelineError
 
 STOP_S = 60  # how long a stopped lane's stage may take to stop (a training: a few seconds)
+
+
+class ReaderGone(PipelineError):
+    """`lstm-pipeline repro | head`: the lanes stopped; no line, exit 141 (as SIGPIPE's)."""
+
+    exit_code = 141
 
 
 class DvcFailed(PipelineError):
@@ -38,12 +45,28 @@ def _dvc() -> str:
     return str(beside) if beside.exists() else "dvc"
 
 
-def _changed(experiments: list[str]) -> list[str]:
+def _status(rc: int) -> str:
+    """`exit 255`, or `killed by SIGKILL` (the OOM killer's, say) where a signal ended dvc."""
+    return f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit {rc}"
+
+
+def _group_alive(pgid: int) -> bool:
+    """A process of the group, other than a zombie, still runs (Linux's /proc)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
+def _changed(experiments: list[str], env: dict | None) -> list[str]:
     """The experiments with a stage that dvc status finds changed, in the given order."""
     status = subprocess.run(
         [_dvc(), "--wait-for-lock", "status", "--json", "dvc.yaml"],
         capture_output=True,
         text=True,
+        env=env,
     )
     if status.returncode:  # dvc's own message names what is wrong; the plain repro repeats it
         return experiments
@@ -51,7 +74,9 @@ def _changed(experiments: list[str]) -> list[str]:
     return [exp for exp in experiments if any(name.endswith(f"@{exp}") for name in stages)]
 
 
-def repro(experiments: list[str], jobs: int, force: bool, named: bool = False) -> None:
+def repro(
+    experiments: list[str], jobs: int, force: bool, named: bool = False, env: dict | None = None
+) -> None:
     """Reproduce each experiment's chain (up to validate@<exp>) on `jobs` lanes, in the given
     order; after a failure no further experiment starts. Output lines carry `[exp] `. The last
     dvc call covers the whole pipeline, or with `named` only these experiments' chains."""
@@ -62,9 +87,9 @@ def repro(experiments: list[str], jobs: int, force: bool, named: bool = False) -
         raise ConfigError(f"{here / 'dvc.yaml'}: not found; run it in the project's folder")
     targets = [f"validate@{exp}" for exp in experiments] if named else []
     if not force:
-        experiments = _changed(experiments)
+        experiments = _changed(experiments, env)
     pending, failures = list(experiments), []
-    lock, stopped = threading.Lock(), threading.Event()
+    lock, stopped, reader_gone = threading.Lock(), threading.Event(), threading.Event()
     running: set[subprocess.Popen] = set()
 
     def lane() -> None:
@@ -77,12 +102,17 @@ def repro(experiments: list[str], jobs: int, force: bool, named: bool = False) -
             cmd = [_dvc(), "--wait-for-lock", "repro", *forced, f"validate@{exp}"]
             with subprocess.Popen(  # a session of its own: the signal reaches dvc and its stage
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                start_new_session=True,
+                start_new_session=True, env=env,
             ) as proc:  # fmt: skip
                 running.add(proc)
                 for line in proc.stdout:
-                    with lock:
-                        print(f"[{exp}] {line}", end="", flush=True)
+                    try:
+                        with lock:
+                            print(f"[{exp}] {line}", end="", flush=True)
+                    except BrokenPipeError:  # `| head`: the reader is gone; so are the lanes
+                        reader_gone.set()
+                        stop(signal.SIGTERM)
+                        return
             running.discard(proc)
             if proc.returncode:
                 failures.append((exp, proc.returncode))
@@ -90,24 +120,32 @@ def repro(experiments: list[str], jobs: int, force: bool, named: bool = False) -
 
     def stop(signum: int) -> None:
         """Each lane's dvc and stage get the signal (dvc passes none on: its stage wrote outputs
-        after repro had exited) and repro waits for them (a training keeps its resume point);
-        daemon lanes do not hold the exit while a stage's last output drains."""
+        after repro had exited) and repro waits until every process of the lane has ended (dvc
+        ends at once, its stage after it: a training saves its resume point) and the lane has
+        printed their last lines."""
         stopped.set()
         for proc in list(running):
             with suppress(ProcessLookupError):
                 os.killpg(proc.pid, signum)
+        deadline = time.monotonic() + STOP_S
         for proc in list(running):
             with suppress(subprocess.TimeoutExpired):
-                proc.wait(STOP_S)
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            while _group_alive(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        for thread in lanes:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def terminate(signum, _) -> None:  # SIGTERM, or SIGHUP: its terminal closed
         stop(signum)
         name = signal.Signals(signum).name
         raise Interrupted(f"stopped by {name}; the stages stopped with it (run it again)")
 
+    # one per experiment at most: `--jobs 99999999999` made a thread each (1 GB in 15 s)
+    lanes = [threading.Thread(target=lane, daemon=True) for _ in range(min(jobs, len(pending)))]
     previous = {s: signal.signal(s, terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        lanes = [threading.Thread(target=lane, daemon=True) for _ in range(max(1, jobs))]
         for thread in lanes:
             thread.start()
         for thread in lanes:
@@ -118,9 +156,16 @@ def repro(experiments: list[str], jobs: int, force: bool, named: bool = False) -
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if reader_gone.is_set():
+        raise ReaderGone()
     if failures:
-        failed = "; ".join(f"validate@{exp}: dvc repro failed (exit {rc})" for exp, rc in failures)
-        raise DvcFailed(f"{failed} (its lines above start with [exp])", failures[0][1])
-    rest = subprocess.run([_dvc(), "--wait-for-lock", "repro", *targets])
+        failed = "; ".join(
+            f"validate@{exp}: dvc repro failed ({_status(rc)})" for exp, rc in failures
+        )
+        code = failures[0][1]
+        raise DvcFailed(
+            f"{failed} (its lines above start with [exp])", 128 - code if code < 0 else code
+        )
+    rest = subprocess.run([_dvc(), "--wait-for-lock", "repro", *targets], env=env)
     if rest.returncode:
         raise DvcFailed(f"dvc repro failed (exit {rest.returncode})", rest.returncode)

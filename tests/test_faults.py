@@ -2,6 +2,7 @@
 exit code, writes nothing partial and keeps the earlier good output."""
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -372,11 +374,30 @@ def test_an_experiment_another_process_creates_first_is_used_not_an_error(
     assert not answers  # the staged answer was read
 
 
+def test_a_password_that_breaks_the_url_is_not_shown(repo, capsys, monkeypatch):
+    """A `#` ends the netloc: it was exit 6, `... does not answer in HTTP: "nonnumeric port:
+    'pa'"`, after the URI with its password."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:pa#ss@127.0.0.1:5999")
+    assert main(["train", EXP]) == 2
+    err = one_line(capsys)
+    assert "'pa'" not in err and ":pa" not in err
+    assert err.startswith(
+        "lstm-pipeline train: error: MLFLOW_TRACKING_URI: http://alice:***@127.0.0.1:5999 has "
+        "no valid host:port; a '#', '?' or '/' in a password must be percent-encoded"
+    )
+
+
 def test_a_store_that_cannot_be_created_gives_one_line(repo, capsys, monkeypatch):
+    """In a folder it cannot write (read-only, immutable) it came after MLflow's 10 retries,
+    105 s, as exit 6."""
     uri = f"sqlite:///{repo}/params.yaml/mlflow.db"  # under a file
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    assert main(["train", EXP]) == 6
-    assert one_line(capsys).startswith(f"lstm-pipeline train: error: MLflow store {uri}: cannot")
+    start = time.monotonic()
+    assert main(["train", EXP]) == 8
+    assert time.monotonic() - start < 10
+    assert one_line(capsys).startswith(
+        f"lstm-pipeline train: error: MLflow store {uri}: cannot create it (File exists: "
+    )
 
 
 @pytest.mark.parametrize("store", ["file://{repo}/mlruns", "mlruns"])
@@ -394,8 +415,8 @@ def test_a_folder_store_gets_one_line_before_anything_is_written(repo, capsys, m
 def test_mlflow_server_that_cannot_start_says_why(tmp_path):
     """Each used to exit 0 after uvicorn's error (port taken), or with a traceback."""
 
-    def serve(root: Path, port: int | str) -> tuple[int, str]:
-        cmd = [BIN / "lstm-pipeline", "mlflow-server", "--port", str(port), "--root", root]
+    def serve(root: Path, port: int | str, *more: str) -> tuple[int, str]:
+        cmd = [BIN / "lstm-pipeline", "mlflow-server", "--port", str(port), "--root", root, *more]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         return done.returncode, done.stderr.strip().splitlines()[-1]
 
@@ -416,6 +437,26 @@ def test_mlflow_server_that_cannot_start_says_why(tmp_path):
         8, f"lstm-pipeline mlflow-server: error: {tmp_path}/file/mlflow.db: cannot write there "
         f"(File exists: {tmp_path}/file)",
     )  # fmt: skip
+    # a destination it cannot write (every upload answered 500), or no artifact store
+    assert serve(tmp_path / "a", free_port(), "--artifacts-destination", tmp_path / "file") == (
+        8, f"lstm-pipeline mlflow-server: error: {tmp_path}/file/.write-test: cannot write there "
+        f"(File exists: {tmp_path}/file)",
+    )  # fmt: skip
+    assert serve(tmp_path / "a", free_port(), "--artifacts-destination", "nope://x")[1] == (
+        "lstm-pipeline mlflow-server: error: --artifacts-destination: nope://x: no artifact "
+        "store nope:// (known: s3, gs, wasbs, abfss, hdfs, viewfs, ftp, sftp, oci, file, or a "
+        "local path)"
+    )
+    # a server starting on the port: both passed the bind test, the second exited 0
+    port = free_port()
+    with open(
+        Path(tempfile.gettempdir()) / f"lstm-pipeline-mlflow-127.0.0.1-{port}.lock", "w"
+    ) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert serve(tmp_path / "a", port) == (
+            8, f"lstm-pipeline mlflow-server: error: 127.0.0.1:{port}: cannot serve there "
+            "(another lstm-pipeline mlflow-server holds it)",
+        )  # fmt: skip
     (tmp_path / "b").mkdir()
     (tmp_path / "b/mlflow.db").write_text("not a database")
     assert serve(tmp_path / "b", free_port()) == (

@@ -101,12 +101,45 @@ def test_a_signal_ends_the_lanes_and_their_stages_at_once(dvc_repo, sig, code):
         proc.send_signal(sig)
         # not held until the stages' 60-s commands end (bounds with room for a loaded machine)
         assert proc.wait(timeout=30) == code
-        assert not psutil.wait_procs(tree, timeout=15)[1]  # and none of them left running
+        # they ended before repro did (it waited for dvc only: a training wrote its resume
+        # point after repro had exited); the time is for their parents to reap them
+        assert not psutil.wait_procs(tree, timeout=2)[1]
     finally:
         proc.kill()
         for stage in tree:
             with suppress(psutil.NoSuchProcess):
                 stage.kill()
+
+
+def test_a_reader_that_stops_reading_stops_the_lanes_quietly(dvc_repo):
+    """`lstm-pipeline repro | head`: a BrokenPipeError traceback per lane, then the last plain
+    dvc repro failed on the pipe too: exit 255, 'dvc repro failed'."""
+    repo = dvc_repo("slow", "last")
+    code_ = (  # as the CLI exits: os._exit, past the flush of a stdout no one reads
+        "import os\nfrom pipeline.errors import PipelineError\nfrom pipeline.repro import repro\n"
+        "try: repro(['slow', 'last'], jobs=2, force=False)\n"
+        "except PipelineError as err: os._exit(err.exit_code)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code_], cwd=repo, env={**os.environ, "SLEEP": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        proc.stdout.readline()  # `| head -1`
+        proc.stdout.close()
+        assert proc.wait(timeout=60) == 141
+        assert proc.stderr.read() == b""
+    finally:
+        proc.kill()
+
+
+def test_lanes_are_at_most_one_per_experiment(dvc_repo, capfd):
+    """`--jobs 99999999999` made a thread per lane before any started: 1 GB in 15 s, no end."""
+    dvc_repo("slow")
+    started = time.monotonic()
+    repro(["slow"], jobs=99_999_999_999, force=False)
+    assert time.monotonic() - started < 60
+    assert "[slow] " in capfd.readouterr().out
 
 
 def test_a_config_error_is_one_line_naming_the_key(tmp_path, monkeypatch, capsys):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import tempfile
 from contextlib import closing, suppress
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from pipeline.errors import SystemFault, TrackingError, first_line
+from pipeline.errors import ConfigError, SystemFault, TrackingError, first_line
 from pipeline.io import file_digest
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -30,12 +32,10 @@ def absolute_tracking_uri() -> str:
 
 
 def redacted(uri: str) -> str:
-    """The URI for messages: a password inside it replaced by ***."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URI for messages: a password inside it replaced by ***, up to the last `@` (a `#`
+    or `?` in a password ends the netloc for urlsplit, which then found none to hide)."""
+    login = re.match(r"([a-zA-Z][\w+.-]*://[^:/?#@]*:)(.*)@(.*)$", uri)
+    return f"{login[1]}***@{login[3]}" if login else uri
 
 
 def one_bounded_try() -> None:
@@ -73,6 +73,13 @@ def _check_http(uri: str, timeout: float) -> None:
     import urllib.request
 
     parts = urlsplit(uri)
+    try:
+        parts.port  # noqa: B018 (it raises for a port that is no number)
+    except ValueError:  # `http://u:pa#ss@host`: "nonnumeric port: 'pa'", the password's start
+        raise ConfigError(
+            f"MLFLOW_TRACKING_URI: {redacted(uri)} has no valid host:port; a '#', '?' or '/' "
+            "in a password must be percent-encoded (%23, %3F, %2F)"
+        ) from None
     user = parts.username or os.environ.get("MLFLOW_TRACKING_USERNAME")
     password = parts.password or os.environ.get("MLFLOW_TRACKING_PASSWORD") or ""
     bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
@@ -136,7 +143,19 @@ def _check_sqlite(uri: str, timeout: float, create: bool) -> None:
     except sqlite3.Error as err:
         if "readonly" in str(err):
             raise SystemFault(f"MLflow store {uri}: read-only ({err})") from None
+        if "unable to open" in str(err) and not _writable(path.parent):  # its journal goes there
+            raise SystemFault(
+                f"MLflow store {uri}: its folder {path.parent} is read-only"
+            ) from None
         raise TrackingError(f"MLflow store {uri}: {err}") from None
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError:
+        return False
+    return True
 
 
 def _create_sqlite(uri: str, path: Path) -> None:
@@ -146,6 +165,13 @@ def _create_sqlite(uri: str, path: Path) -> None:
     from mlflow import MlflowClient
 
     new = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:  # a folder it cannot write: one line now, not MLflow's 10 retries (105 s) and exit 6
+        new.parent.mkdir(parents=True, exist_ok=True)
+        new.touch()
+    except OSError as err:
+        raise SystemFault(
+            f"MLflow store {redacted(uri)}: cannot create it ({err.strerror}: {new.parent})"
+        ) from None
     try:
         MlflowClient(f"sqlite:///{new}").search_experiments()  # creates the tables
         try:

@@ -14,6 +14,7 @@ continued run sends none of a metric's steps up to the last one the run holds or
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -270,10 +271,18 @@ def deliver(logger: PatientMLFlowLogger, log_rest, folder: Path) -> None:
     logger.finalize("success")  # saves what is kept
     raise TrackingError(
         f"the outputs are written, but MLflow run {logger.run_id} at {redacted(tracking_uri())} "
-        f"is incomplete: the server did not answer for {DELIVER_S:.0f} s"
-        + (f" ({first_line(error)[:200]})" if error else "")
+        f"is incomplete: the server did not take its results for {DELIVER_S:.0f} s"
+        + (f" ({_why(error)})" if error else "")
         + "; run the train stage again once it answers: it resumes at the end and sends the rest"
     )
+
+
+def _why(error: BaseException) -> str:
+    """An answer of HTTP 5xx said as such (urllib3's retries end in `too many 500 error
+    responses`, past the 200 letters shown of its line); else the error's first line."""
+    if code := re.search(r"too many (5\d\d) error responses", str(error)):
+        return f"it answered HTTP {code[1]}, a failure on the server: its log says why"
+    return first_line(error)[:200]
 
 
 def _member_logger(parent: PatientMLFlowLogger, folder: Path) -> PatientMLFlowLogger:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +42,7 @@ class ResultLog(Callback):
 
     def __init__(self, path: Path):
         self.path = str(path)
+        self.opened = False
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         row = {
@@ -49,14 +51,27 @@ class ResultLog(Callback):
             "val_loss": result[METRIC],
             "params": flatten(result["config"]),
         }
-        with open(self.path, "a") as f:
+        with open(self.path, "a+") as f:
+            if not self.opened and f.tell():  # a line a kill cut off stays a line of its own
+                f.seek(f.tell() - 1)
+                if f.read(1) != "\n":
+                    f.write("\n")
+            self.opened = True
             f.write(json.dumps(row, default=native) + "\n")
 
 
 def results_table(log: Path, numbers: dict[str, int]) -> pd.DataFrame:
     """One row per (trial, epoch): trial (its number in `numbers`, by trial id), epoch, val_loss
     and the params it ran under. A restored trial reports its epochs again: the last report wins."""
-    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    rows, cut = [], []
+    for number, line in enumerate(log.read_text().splitlines() if log.exists() else [], 1):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            cut.append(str(number))
+    if cut:  # (it ended the sweep, exit 1, `unexpected JSONDecodeError`, at every --resume)
+        print(f"warning: {log}: line {', '.join(cut)} is not a whole result (a write a kill cut "
+              "off?); left out", file=sys.stderr)  # fmt: skip
     latest = {(r["trial_id"], r["epoch"]): r for r in rows}
     table = pd.DataFrame(
         [

@@ -50,11 +50,15 @@ def check_values(raw: dict, exp_name: str, space: dict, max_epochs: int) -> None
             kind, values = next(iter(spec.items()))
             if kind not in ("choice", "grid"):  # randint's high is exclusive
                 values = [values[0], values[1] - 1 if kind == "randint" else values[1]]
+            if kind in ("uniform", "loguniform"):  # floats between: an integer key refuses them
+                values.append(round(values[0] + (values[1] - values[0]) * 0.618, 4))
             for value in values:
                 try:
                     trial_config(raw, exp_name, {group: {key: value}}, max_epochs)
                 except ConfigError as err:
-                    raise ConfigError(f"tune.space.{group}.{key}: {value!r}: {err}") from None
+                    raise ConfigError(
+                        f"tune.space.{group}.{key}: {kind} {spec[kind]} draws {value!r}: {err}"
+                    ) from None
 
 
 def to_ray(space: dict[str, dict[str, dict]], search: str) -> dict[str, dict[str, Any]]:

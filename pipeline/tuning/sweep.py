@@ -13,7 +13,15 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import ConfigError, CtrlC, DataError, Interrupted, PipelineError, first_line
+from pipeline.errors import (
+    ConfigError,
+    CtrlC,
+    DataError,
+    Interrupted,
+    PipelineError,
+    SystemFault,
+    first_line,
+)
 from pipeline.io import atomic_dir, check_writable, held_lock
 from pipeline.paths import prepared_dir, tune_dir
 from pipeline.ray_cluster import (
@@ -34,10 +42,14 @@ from pipeline.tracking import (
 from pipeline.tuning.results import best_params, results_table, write_results
 from pipeline.tuning.spaces import check_values, search_space, to_ray
 from pipeline.tuning.trial import run_trial
-from pipeline.tuning.tuner import RESULT_LOG, expected_trials, tuner
+from pipeline.tuning.tuner import RESULT_LOG, check_scheduler, expected_trials, tuner
 
 PARENT_RUN_FILE = "mlflow_parent_run_id"
-EXPECTED_FILE = "lstm_pipeline_trials"  # how many the sweep was started with
+FULL_BELOW = 1 << 20  # bytes free under tune.storage_path that a failed sweep is blamed on
+STARTED_FILE = "lstm_pipeline_sweep.json"  # what the sweep was started with
+# may differ on --resume: where it runs and how much at once, not what a trial trains
+RUN_ONLY = {"address", "storage_path", "resources_per_trial", "max_concurrent_trials",
+            "max_failures"}  # fmt: skip
 
 
 def _parent_run(
@@ -62,8 +74,35 @@ def _parent_run(
     client.log_param(run.info.run_id, "tune/space", json.dumps(space, sort_keys=True))
     state.mkdir(parents=True, exist_ok=True)
     id_file.write_text(run.info.run_id)
-    (state / EXPECTED_FILE).write_text(str(expected))
+    (state / STARTED_FILE).write_text(json.dumps(_started_with(cfg, exp_name, space, expected)))
     return run.info.run_id
+
+
+def _started_with(cfg: PipelineConfig, exp_name: str, space: dict, expected: int) -> dict:
+    """What a trial trains and the sweep decides by, as the keys params.yaml names them
+    (`tune.max_epochs` and `tune.grace_period` as resolved, `tune.space` with the defaults)."""
+    import json
+
+    from pipeline.tuning.results import flatten
+
+    t, exp = cfg.tune, cfg.experiment(exp_name)
+    tune = {k: v for k, v in t.model_dump(by_alias=True).items() if k not in RUN_ONLY}
+    tune.update(max_epochs=t.trial_epochs(exp.fit), grace_period=t.grace_epochs(exp.fit))
+    sweep = {
+        "seed": cfg.seed,
+        "trainer": cfg.trainer.model_dump(exclude={"progress_bar", "gates"}),
+        "tune": {**tune, "space": space},
+        "experiments": {exp_name: exp.model_dump(by_alias=True, include={"data", "model", "fit"})},
+    }
+    return {"trials": expected, **json.loads(json.dumps(flatten(sweep), default=str))}
+
+
+def _changed_since_start(started: dict, now: dict) -> str | None:
+    """The first key whose value differs, as `key: then X, now Y`."""
+    for key in sorted(started.keys() | now.keys()):
+        if key != "trials" and started.get(key) != now.get(key):
+            return f"{key}: {started.get(key)!r} when the sweep started, {now.get(key)!r} now"
+    return None
 
 
 def _finish_parent(parent: str, out: Path, best: dict | None, status: str, errored: set) -> None:
@@ -89,24 +128,46 @@ def _end_runs(parent: str, status: str, errored: frozenset | set = frozenset()) 
 
 
 def _sweep_state(
-    cfg: PipelineConfig, exp_name: str, resume: bool, expected: int
+    cfg: PipelineConfig, exp_name: str, resume: bool, space: dict, expected: int
 ) -> tuple[Path, Path]:
     """(the prepared data, Ray's state folder of this sweep), checked before anything starts."""
+    import json
+
     from ray import tune as ray_tune
 
     prepared = prepared_dir(exp_name).resolve()
     if not (prepared / "meta.json").exists():
         raise DataError(f"{prepared}: not prepared; run `dvc repro prepare@{exp_name}` first")
-    state = Path(cfg.tune.storage_path or ".ray_results").resolve() / f"tune-{exp_name}"
+    state = (
+        Path(cfg.tune.storage_path or ".ray_results").expanduser().resolve() / f"tune-{exp_name}"
+    )
     if resume and not ray_tune.Tuner.can_restore(str(state)):
         raise ConfigError(f"--resume: no sweep state to resume at {state} (tune.storage_path)")
-    started = state / EXPECTED_FILE
-    if resume and started.exists() and started.read_text() != str(expected):
+    for saved in state.glob("experiment_state-*.json") if resume else []:
+        try:  # Ray left one it cannot read out and started the sweep over, as interrupted
+            json.loads(saved.read_bytes())
+        except ValueError:
+            raise DataError(f"{saved}: damaged; start over without --resume") from None
+    started = state / STARTED_FILE
+    if not (resume and started.exists()):
+        return prepared, state
+    try:
+        then = json.loads(started.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise DataError(
+            f"{started}: not the sweep's settings; start over without --resume"
+        ) from None
+    if then.get("trials") != expected:  # it would end 'interrupted' at every --resume
         raise ConfigError(
             f"tune.num_samples or tune.space: the sweep in {state} was started with "
-            f"{started.read_text()} trials, not {expected}; --resume continues a sweep as it "
+            f"{then.get('trials')} trials, not {expected}; --resume continues a sweep as it "
             "was started"
-        )  # it would end 'interrupted' at every --resume
+        )
+    if changed := _changed_since_start(then, _started_with(cfg, exp_name, space, expected)):
+        raise ConfigError(  # the trials left ran the new settings, the finished the old (exit 0)
+            f"{changed}; --resume continues a sweep as it was started (put it back, or start "
+            "over without --resume)"
+        )
     return prepared, state
 
 
@@ -163,6 +224,15 @@ def _sigterm_stops_sweep() -> Iterator[list]:
         signal.signal(signal.SIGTERM, before)
 
 
+def _full(state: Path) -> SystemFault | None:
+    """A full disk under the sweep's state: Ray's writes failed there, and it ended with
+    `unexpected EOFError: Ran out of input` (exit 1) after a traceback per write."""
+    with suppress(OSError):
+        if shutil.disk_usage(state.parent).free < FULL_BELOW:
+            return SystemFault(f"{state.parent}: No space left on device (tune.storage_path)")
+    return None
+
+
 def _every_trial_failed(grid) -> PipelineError:
     """The first trial's error as the stage's own, in one line (a config value the model
     refuses stays exit 2, a diverged fit exit 7); Ray wraps it in a RayTaskError."""
@@ -212,13 +282,14 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
     space = search_space(exp, t)
     check_values(cfg.model_dump(by_alias=True), exp_name, space, t.trial_epochs(exp.fit))
     ray_space = to_ray(space, t.search)
+    check_scheduler(cfg, exp.fit, ray_space)
     address, key = resolve_address(t.address)
     if address:  # fail fast, before anything starts
         check_reachable(address, key)
     else:
         check_local_cpus(t.resources_per_trial)
     expected = expected_trials(t.num_samples, ray_space)
-    prepared, state = _sweep_state(cfg, exp_name, resume, expected)
+    prepared, state = _sweep_state(cfg, exp_name, resume, space, expected)
     lock = state.with_name(f"{state.name}.lock")
     busy = f"{exp_name}: another sweep of this experiment is running (it holds {lock})"
     with held_lock(lock, busy + "; wait for it to end"), ray_session(address, key):
@@ -231,9 +302,11 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
         with _sigterm_stops_sweep() as by:
             try:
                 grid = tuner(cfg, exp.fit, trainable, ray_space, state, resume).fit()
-            except Exception:
+            except Exception as err:
                 with suppress(Exception):  # the sweep's own error is the one to report
                     _end_runs(parent, "FAILED")
+                if full := _full(state):
+                    raise full from err
                 raise
         try:
             trials = _finished_trials(state, expected, exp_name, by and by[0])
@@ -241,4 +314,6 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
         except Exception as err:  # the run ends with the sweep, however it ends
             with suppress(Exception):  # MLflow may be what failed
                 _end_runs(parent, "KILLED" if isinstance(err, CtrlC | Interrupted) else "FAILED")
+            if full := _full(state):
+                raise full from err
             raise

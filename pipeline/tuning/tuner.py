@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.config import PipelineConfig
 from pipeline.config.run import Fit
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError, first_line
 from pipeline.tuning.results import ResultLog
 from pipeline.tuning.spaces import pbt_mutations
 from pipeline.tuning.trial import METRIC
@@ -30,18 +30,26 @@ def scheduler(cfg: PipelineConfig, fit: Fit, ray_space: dict):
     if t.scheduler == "pbt":
         from pipeline.tuning.pbt import PBTKeepingLastEpoch  # imports Lightning
 
-        mutations = pbt_mutations(ray_space)
-        if not mutations:
-            raise ConfigError(
-                "tune.scheduler: pbt needs fit.lr, weight_decay or batch_size in space"
-            )
         return PBTKeepingLastEpoch(
             t.trial_epochs(fit),
             time_attr="training_iteration",
             perturbation_interval=t.perturbation_interval,
-            hyperparam_mutations=mutations,
+            hyperparam_mutations=pbt_mutations(ray_space),
         )
     return FIFOScheduler()
+
+
+def check_scheduler(cfg: PipelineConfig, fit: Fit, ray_space: dict) -> None:
+    """What the scheduler refuses, before Ray starts and before an earlier sweep's state goes
+    (ASHA asserted it inside Tune: exit 1, `unexpected AssertionError`)."""
+    t = cfg.tune
+    if t.scheduler == "asha" and t.grace_epochs(fit) > t.trial_epochs(fit):
+        raise ConfigError(
+            f"tune.grace_period: {t.grace_epochs(fit)} epochs before ASHA may stop a trial, "
+            f"more than a trial's {t.trial_epochs(fit)} (tune.max_epochs)"
+        )
+    if t.scheduler == "pbt" and not any(pbt_mutations(ray_space).values()):
+        raise ConfigError("tune.scheduler: pbt needs fit.lr, weight_decay or batch_size in space")
 
 
 def search_alg(cfg: PipelineConfig):
@@ -66,9 +74,15 @@ def tuner(cfg: PipelineConfig, fit: Fit, trainable, ray_space: dict, state: Path
     from ray import tune as ray_tune
 
     if resume:
-        return ray_tune.Tuner.restore(
-            str(state), trainable, resume_unfinished=True, resume_errored=True
-        )
+        try:
+            return ray_tune.Tuner.restore(
+                str(state), trainable, resume_unfinished=True, resume_errored=True
+            )
+        except Exception as err:  # exit 1, `unexpected ValueError: invalid literal for int()`
+            raise DataError(
+                f"{state}: the sweep's saved state cannot be read ({type(err).__name__}: "
+                f"{first_line(err)}); start over without --resume"
+            ) from None
     t = cfg.tune
     return ray_tune.Tuner(
         trainable,

@@ -173,3 +173,10 @@ def test_a_remote_without_the_outputs_fails_the_release_and_trains_nothing(pushe
     assert "::error::the DVC remote 'team' lacks outputs that dvc.lock names" in proc.stdout
     assert not (clone / "models" / EXP / "model.ckpt").exists()
     assert client.search_model_versions() == before
+    # a remote it cannot reach: it said the remote lacked the outputs, and pointed at a rebuild
+    unreachable = {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    proc = sh(clone, ".ci/release", "--rebuild", env=unreachable, check=False)
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert "::error::cannot reach the DVC remote 'team' (s3://" in proc.stdout
+    assert "nothing was pulled or rebuilt" in proc.stdout
+    assert not (clone / "models" / EXP / "model.ckpt").exists()

@@ -69,7 +69,7 @@ def test_a_server_gone_after_the_outputs_are_written_is_said_at_once(tmp_path, m
         stop_server(server, signal.SIGKILL)
     logger.log_metrics({"val/loss": 0.5}, step=1)
     monkeypatch.setattr("pipeline.training.logger.DELIVER_S", 1.0)
-    with pytest.raises(TrackingError, match="the server did not answer for 1 s"):
+    with pytest.raises(TrackingError, match="the server did not take its results for 1 s"):
         deliver(logger, lambda: None, tmp_path)
     warnings = [line for line in capsys.readouterr().err.splitlines() if "retrying" in line]
     assert warnings == [

@@ -1,12 +1,14 @@
 """Search spaces and the tune stage's bad input (no Ray cluster needed)."""
 
 import fcntl
+import json
 import os
 import socket
 import threading
 import time
 from math import inf, nan
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -14,7 +16,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.config import parse_config
 from pipeline.errors import ConfigError, TrainingError
-from pipeline.tuning.results import best_params
+from pipeline.tuning.results import ResultLog, best_params, results_table
 from pipeline.tuning.spaces import FIT_SPACE, search_space, to_ray
 from tests.conftest import free_port, write_params
 from tests.tuning.conftest import EXP, sweep_params
@@ -97,6 +99,17 @@ def test_unreachable_cluster_fails_fast_naming_the_address(
     assert time.monotonic() - start < 30
     key = "tune.address" if via == "config" else "RAY_ADDRESS"
     assert f"{key}: cannot reach a Ray cluster at {address}" in capsys.readouterr().err
+
+
+def test_a_ray_client_address_is_refused_naming_what_to_give(tune_workdir, params, capsys):
+    """exit 1, `unexpected ValueError: Ray Client requires pip package ray[client]`."""
+    write_params(sweep_params(params, address="ray://127.0.0.1:10001"))
+    assert main(["tune", EXP]) == 2
+    assert capsys.readouterr().err == (
+        "lstm-pipeline tune: error: tune.address: 'ray://127.0.0.1:10001' is a Ray Client "
+        "address, which needs ray[client] (not installed); give the head's GCS address, "
+        "host:6379: this driver joins the cluster\n"
+    )
 
 
 def test_resume_without_state_and_apply_without_sweep(tune_workdir, params, capsys):
@@ -205,8 +218,13 @@ def test_a_damaged_sweep_result_or_report_is_named(
     [
         (
             {"model": {"hidden_size": {"choice": [16, -5]}}},
-            "tune.space.model.hidden_size: -5: invalid config: experiments."
+            "tune.space.model.hidden_size: choice [16, -5] draws -5: invalid config: experiments."
             f"{EXP}.model.hidden_size: Input should be greater than 0",
+        ),
+        (  # its ends passed: every trial failed inside Ray, 4 tracebacks, exit 2 after 62 s
+            {"model": {"hidden_size": {"uniform": [4, 16]}}},
+            "tune.space.model.hidden_size: uniform [4, 16] draws 11.416: invalid config: "
+            f"experiments.{EXP}.model.hidden_size: Input should be a valid integer",
         ),
         ({"fit": {"max_epochs": {"choice": [1]}}}, "tune.space.fit.max_epochs: a trial's epochs"),
     ],
@@ -220,6 +238,32 @@ def test_a_space_value_the_model_refuses_is_named_before_ray_starts(
     assert main(["tune", EXP]) == 2
     assert time.monotonic() - start < 10
     assert capsys.readouterr().err.startswith(f"lstm-pipeline tune: error: {expected}")
+
+
+@pytest.mark.parametrize(
+    "tune, expected",
+    [
+        (  # exit 1, `unexpected AssertionError: grace_period must be <= max_t!`
+            {"grace_period": 5, "max_epochs": 2},
+            "tune.grace_period: 5 epochs before ASHA may stop a trial, more than a trial's 2",
+        ),
+        (  # after Ray's start
+            {"scheduler": "pbt", "space": {"fit": {k: None for k in FIT_SPACE}}},
+            "tune.scheduler: pbt needs fit.lr, weight_decay or batch_size in space",
+        ),
+    ],
+)
+def test_a_scheduler_setting_is_refused_before_an_earlier_sweeps_state_goes(
+    tune_workdir, params, capsys, tune, expected
+):
+    """Both came after the earlier sweep's state was deleted."""
+    write_params(sweep_params(params, **tune))
+    state = tune_workdir / f".ray_results/tune-{EXP}"
+    state.mkdir(parents=True)
+    (state / "kept").write_text("an interrupted sweep's")
+    assert main(["tune", EXP]) == 2
+    assert capsys.readouterr().err.startswith(f"lstm-pipeline tune: error: {expected}")
+    assert (state / "kept").exists()
 
 
 def test_a_second_sweep_of_the_experiment_refuses_and_keeps_the_first_ones_state(
@@ -265,7 +309,7 @@ def test_resume_with_another_number_of_trials_says_so_before_ray_starts(
     state = tune_workdir / f".ray_results/tune-{EXP}"
     state.mkdir(parents=True)
     (state / "tuner.pkl").write_bytes(b"")  # what Tune looks for to restore
-    (state / "lstm_pipeline_trials").write_text("2")
+    (state / "lstm_pipeline_sweep.json").write_text('{"trials": 2}')
     assert main(["tune", EXP, "--resume"]) == 2
     assert "was started with 2 trials, not 3; --resume continues a sweep as it was started" in (
         capsys.readouterr().err
@@ -280,3 +324,31 @@ def test_a_sweep_whose_results_cannot_be_written_is_refused_before_it_starts(
     assert main(["tune", EXP]) == 8
     assert capsys.readouterr().err.strip().startswith(f"lstm-pipeline tune: error: tune/{EXP}")
     assert not Path(".ray_results").exists()  # no trial ran
+
+
+def test_a_damaged_saved_state_is_named_before_ray_starts(tune_workdir, params, capsys):
+    """Ray left the file out and started the sweep over, ending 'interrupted' with exit 130."""
+    write_params(sweep_params(params))
+    state = tune_workdir / f".ray_results/tune-{EXP}"
+    state.mkdir(parents=True)
+    (state / "tuner.pkl").write_bytes(b"")  # what Tune looks for to restore
+    (state / "experiment_state-2026-12-07_10-00-00.json").write_text("garbage")
+    assert main(["tune", EXP, "--resume"]) == 3
+    assert capsys.readouterr().err == (
+        f"lstm-pipeline tune: error: {state}/experiment_state-2026-12-07_10-00-00.json: damaged; "
+        "start over without --resume\n"
+    )
+
+
+def test_a_result_line_a_kill_cut_off_is_left_out_with_a_warning(tmp_path, capsys):
+    """It ended every --resume with exit 1, `unexpected JSONDecodeError`."""
+    row = {"trial_id": "a", "epoch": 1, "val_loss": 0.5, "params": {"fit.lr": 0.01}}
+    log = tmp_path / "results.jsonl"
+    log.write_text(json.dumps(row) + "\n" + json.dumps({**row, "epoch": 2})[:30])
+    ResultLog(log).on_trial_result(0, [], SimpleNamespace(trial_id="a"), {
+        "training_iteration": 3, "val/loss": 0.25, "config": {"fit": {"lr": 0.01}}})  # fmt: skip
+    table = results_table(log, {"a": 0})
+    assert table.epoch.tolist() == [1, 3] and table.val_loss.tolist() == [0.5, 0.25]
+    assert capsys.readouterr().err == (
+        f"warning: {log}: line 2 is not a whole result (a write a kill cut off?); left out\n"
+    )

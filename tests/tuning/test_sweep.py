@@ -187,6 +187,15 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tune_workdir,
     assert "RUNNING" not in {r.info.status for r in runs("tags.stage = 'tune-trial'")}
     done_before = {r.data.tags["trial_id"] for r in finished}
     assert len(done_before) < trials_total
+    # the rest of the trials under other settings: it mixed them into one result, exit 0
+    changed = sweep_params(params, num_samples=trials_total, scheduler="asha", search="optuna")
+    write_params(changed)
+    refused = subprocess.run(tune_cmd("--resume"), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and refused.stderr.endswith(
+        "error: tune.scheduler: 'fifo' when the sweep started, 'asha' now; --resume continues a "
+        "sweep as it was started (put it back, or start over without --resume)\n"
+    ), refused.stderr
+    write_params(changed | {"tune": {**changed["tune"], "scheduler": "fifo"}})
 
     resumed = subprocess.run(tune_cmd("--resume"), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
