@@ -20,7 +20,6 @@ from pipeline import warm
 from pipeline.config import PARAMS_FILE, compose, load_config, project_above
 from pipeline.errors import (
     ConfigError,
-    Interrupted,
     PipelineError,
     SystemFault,
     TrackingError,
@@ -345,7 +344,8 @@ def _by_ctrl_c(err: BaseException | None) -> bool:
 
 
 # train and tune handle SIGTERM themselves (a resume point, a sweep's state); these ended with
-# exit 143 and no line. Raised here, the temp files are removed and the earlier outputs kept.
+# exit 143 (SIGHUP: 129) and no line. Raised here, the temp files are removed and the earlier
+# outputs kept.
 KEPT = "its earlier outputs are kept"
 STOPPED_BY_SIGTERM = {"prepare": KEPT, "export": KEPT, "validate": KEPT, "predict": KEPT,
                       "release": "run it again (it aliases a version it registered)"}  # fmt: skip
@@ -356,8 +356,8 @@ class _Terminated(BaseException):
     on, exit 0)."""
 
 
-def _stopped(*_) -> None:
-    raise _Terminated
+def _stopped(signum: int, _) -> None:
+    raise _Terminated(signum)
 
 
 def _no_passwords(text: str) -> str:
@@ -386,17 +386,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         quiet()
     if args.command in STOPPED_BY_SIGTERM and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _stopped)
+        for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
+            signal.signal(signum, _stopped)
     try:
         args.func(args)
     except KeyboardInterrupt:
         if args.debug:
             traceback.print_exc()
         return _interrupted(args.command)
-    except _Terminated:
-        print(f"lstm-pipeline {args.command}: stopped by SIGTERM; "
+    except _Terminated as stop:
+        signum = stop.args[0]
+        print(f"lstm-pipeline {args.command}: stopped by {signal.Signals(signum).name}; "
               f"{STOPPED_BY_SIGTERM[args.command]}", file=sys.stderr)  # fmt: skip
-        return Interrupted.exit_code
+        return 128 + signum
     except (Exception, SystemExit) as err:
         if isinstance(err, SystemExit) and not _by_ctrl_c(err):
             raise

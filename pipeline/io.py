@@ -157,10 +157,12 @@ def atomic_file(
     path = Path(path)
     fd = _own_stream(path) if stream else None
     if fd is not None:
-        with named_faults(path), tempfile.TemporaryDirectory(prefix="lstm-pipeline-") as tmp:
+        copy = Path(f"{path} (its temp copy in {tempfile.gettempdir()})")  # a full $TMPDIR
+        with named_faults(copy), tempfile.TemporaryDirectory(prefix="lstm-pipeline-") as tmp:
             yield Path(tmp, "out")
-            with open(Path(tmp, "out"), "rb") as src, open(fd, "wb", closefd=False) as dst:
-                shutil.copyfileobj(src, dst)
+            with named_faults(path):
+                with open(Path(tmp, "out"), "rb") as src, open(fd, "wb", closefd=False) as dst:
+                    shutil.copyfileobj(src, dst)
         return
     if _special(path):
         with named_faults(path):

@@ -260,18 +260,21 @@ def test_an_export_or_validate_beside_another_of_the_experiment_is_refused(repo,
     assert tree_digest(repo) == before
 
 
-@pytest.mark.parametrize("stage", ["export", "validate"])
-def test_sigterm_during_export_or_validate_is_one_line_and_keeps_the_outputs(repo, stage):
-    """They ended with exit 143 and nothing on stderr."""
+@pytest.mark.parametrize(
+    "stage, sig",
+    [("export", signal.SIGTERM), ("validate", signal.SIGTERM), ("export", signal.SIGHUP)],
+)
+def test_sigterm_during_export_or_validate_is_one_line_and_keeps_the_outputs(repo, stage, sig):
+    """They ended with exit 143 (SIGHUP, its terminal closed: 129) and nothing on stderr."""
     before = tree_digest(repo)
     env = {**os.environ, "LSTM_PIPELINE_WARM": "0"}
     proc = subprocess.Popen([BIN / "lstm-pipeline", stage, EXP], cwd=repo, env=env,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     time.sleep(2.5)  # in its imports or its work: the handler is set before either
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
-    assert err == f"lstm-pipeline {stage}: stopped by SIGTERM; its earlier outputs are kept\n"
+    assert proc.returncode == 128 + sig, err
+    assert err == f"lstm-pipeline {stage}: stopped by {sig.name}; its earlier outputs are kept\n"
     assert tree_digest(repo) == before
 
 

@@ -284,7 +284,10 @@ def _numeric(frame: pd.DataFrame, columns: list[str], path: Path, empty_ok=()) -
         nonfinite = ~np.isfinite(arr) & ~(raw.isna().to_numpy() if col in empty_ok else False)
         if nonfinite.any():
             i = int(np.flatnonzero(nonfinite)[0])
-            raise DataError(f"{path}: column {col!r} {_file_row(path, raw, i)}: {arr[i]} (NaN/inf)")
+            what = f"{arr[i]} (NaN/inf)"
+            if raw.isna().iloc[i]:  # as the id and time columns say it
+                what = "empty cell, or one read as missing (NA, null, nan...)"
+            raise DataError(f"{path}: column {col!r} {_file_row(path, raw, i)}: {what}")
         # the prepared arrays are float32: a larger value would become inf there
         beyond = np.abs(arr) > FLOAT32_MAX
         if beyond.any():

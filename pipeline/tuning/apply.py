@@ -37,6 +37,7 @@ def best_trial(exp_name: str) -> dict:
     best = read_yaml(path, ConfigError)
     if not (isinstance(best, dict) and isinstance(best.get("overrides"), dict)
             and isinstance(best.get("val_loss"), int | float)
+            and not isinstance(best["val_loss"], bool)
             and math.isfinite(best["val_loss"])):  # fmt: skip
         raise ConfigError(
             f"{path}: not a sweep's best trial (a finite number val_loss, a mapping overrides); "
@@ -79,7 +80,18 @@ def dvc_exp_run_command(exp_name: str, extra_overrides: list[str] = (), force: b
     if not force:
         check_improves(exp_name, best)
     overrides = [*extra_overrides, *best_overrides(exp_name, best)]
+    _composed(exp_name, overrides, extra_overrides)  # a line dvc would refuse is not printed
     return shlex.join(["dvc", "exp", "run", *(a for o in overrides for a in ("-S", o))])
+
+
+def _composed(exp_name: str, overrides: list[str], extra_overrides) -> str:
+    """conf/ composed with the overrides; an error names the file they came from."""
+    try:
+        return compose(overrides)
+    except ConfigError as err:
+        given = " and the command line's" if extra_overrides else ""
+        source = tune_dir(exp_name) / "best_params.yaml"
+        raise ConfigError(f"conf/ with the overrides of {source}{given}: {err}") from None
 
 
 def apply_best(
@@ -91,7 +103,7 @@ def apply_best(
     if not force:
         check_improves(exp_name, best)
     overrides = [*extra_overrides, *best_overrides(exp_name, best)]
-    text = compose(overrides)
+    text = _composed(exp_name, overrides, extra_overrides)
     with atomic_file(params) as tmp:
         tmp.write_text(text)
     return overrides

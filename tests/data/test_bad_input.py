@@ -161,7 +161,11 @@ def use_data(params: dict, data: dict) -> None:
     [
         ("missing_column", FORECAST, "in.csv: missing column(s) 'value'; found: series_id, time"),
         ("non_numeric", FORECAST, "in.csv: column 'value' line 9: '12,5' is not a number"),
-        ("nan", FORECAST, "in.csv: column 'value' line 13: nan (NaN/inf)"),
+        (
+            "nan",
+            FORECAST,
+            "in.csv: column 'value' line 13: empty cell, or one read as missing (NA, null, nan...)",
+        ),
         ("inf", FORECAST, "in.csv: column 'value' line 14: inf (NaN/inf)"),
         (
             "short_series",

@@ -195,6 +195,14 @@ def test_tune_apply_print_keeps_the_overrides_and_the_gate(tune_workdir, params,
             2,
             "best_params.yaml: sets experiments.other.fit.lr, outside experiment",
         ),
+        ("val_loss: true\noverrides: {}\n", None, 2, "not a sweep's best trial"),  # read as 1
+        (  # it named the key, not the file
+            f"val_loss: 1\noverrides: {{experiments.{EXP}.model.hidden_size: -5}}\n",
+            None,
+            2,
+            f"conf/ with the overrides of tune/{EXP}/best_params.yaml: invalid config: "
+            f"experiments.{EXP}.model.hidden_size: Input should be greater than 0",
+        ),
     ],
 )
 def test_a_damaged_sweep_result_or_report_is_named(
