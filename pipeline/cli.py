@@ -343,12 +343,13 @@ def _by_ctrl_c(err: BaseException | None) -> bool:
     return False
 
 
-# train and tune handle SIGTERM themselves (a resume point, a sweep's state); these ended with
-# exit 143 (SIGHUP: 129) and no line. Raised here, the temp files are removed and the earlier
-# outputs kept.
+# train handles SIGTERM itself (a resume point), and tune while it sweeps (its state); these
+# (tune: before its sweep starts) ended with exit 143 (SIGHUP: 129) and no line. Raised here,
+# the temp files are removed and the earlier outputs kept.
 KEPT = "its earlier outputs are kept"
 STOPPED_BY_SIGTERM = {"prepare": KEPT, "export": KEPT, "validate": KEPT, "predict": KEPT,
-                      "release": "run it again (it aliases a version it registered)"}  # fmt: skip
+                      "release": "run it again (it aliases a version it registered)",
+                      "tune": "run it again"}  # fmt: skip
 
 
 class _Terminated(BaseException):

@@ -139,7 +139,7 @@ def ray_session(
         attempts = ray_constants.NUM_REDIS_GET_RETRIES
         ray_constants.NUM_REDIS_GET_RETRIES = min(attempts, JOIN_ATTEMPTS)
         try:
-            with held_stderr():
+            with held_stderr(), _our_sigterm_handler():
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, ray.exceptions.AuthenticationError) as err:
             reason = refusal_reason(err)
@@ -173,11 +173,27 @@ def ray_session(
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@contextmanager
+def _our_sigterm_handler() -> Iterator[None]:
+    """ray.init replaces the SIGTERM handler twice (`sys.exit(15)`, then one that kills its
+    local servers and exits 1): a SIGTERM in its first seconds ended the command with exit 15,
+    a segfault, Ray's stack dump, or exit 0. The command's own stays (tune's and train's: one
+    line; ray_session's exit shuts the local Ray down)."""
+    import ray._private.utils as ray_utils
+
+    setter = ray_utils.set_sigterm_handler
+    ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ray_utils.set_sigterm_handler = setter
+
+
 def _start_local(temp_dir: str) -> None:
     import ray
 
     try:
-        with held_stderr():
+        with held_stderr(), _our_sigterm_handler():
             ray.init(
                 address="local",
                 _node_ip_address=LOOPBACK,  # private: its servers listen on loopback only

@@ -215,13 +215,16 @@ def _sigterm_stops_sweep() -> Iterator[list]:
 
     def stop(*_):
         received.append("SIGTERM")
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # Tune's not set yet
+            raise Interrupted("sweep stopped by SIGTERM as it started or ended; run it again")
         os.kill(os.getpid(), signal.SIGINT)  # Tune's own handler: stop and save
 
     before = signal.signal(signal.SIGTERM, stop)
     try:
         yield received
     finally:
-        signal.signal(signal.SIGTERM, before)
+        if before is not None:  # None: a handler set outside Python (Ray's), kept
+            signal.signal(signal.SIGTERM, before)
 
 
 def _full(state: Path) -> SystemFault | None:

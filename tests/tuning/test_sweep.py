@@ -139,6 +139,21 @@ def test_local_sweep_asha_stops_early_and_the_best_trial_reproduces(
     assert abs(reproduced["best_val_loss"] - best["val_loss"]) <= 1e-6
 
 
+@pytest.mark.parametrize("after_s", [1.5, 4.0])
+def test_sigterm_while_a_sweep_starts_is_one_line(tune_workdir, params, after_s):
+    """ray.init's own handlers ended it with exit 15, a segfault, Ray's stack dump or exit 0."""
+    write_params(sweep_params(params, num_samples=4, max_epochs=300))
+    proc = subprocess.Popen(
+        tune_cmd(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(after_s)  # in its imports, or in Ray's start
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("lstm-pipeline tune: ") and "stopped by SIGTERM" in last, err[-2000:]
+
+
 def test_interrupted_sweep_resumes_without_redoing_finished_trials(tune_workdir, params):
     # Enough trials (about a second each here) that the sweep cannot end before Ctrl+C lands.
     trials_total = 10
