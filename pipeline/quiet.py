@@ -13,6 +13,10 @@ NOISE = (
     "💡 Tip:",  # Lightning advertising litlogger / litmodels
     "`weights_only` was not set",  # Lightning restoring our own checkpoint
     "Please consider to run pre-processing before quantization",  # ONNX Runtime
+    # Tune on Ctrl+C: "Resume experiment with: Tuner.restore(...)"; the sweep's own line says
+    # `lstm-pipeline tune <exp> --resume`
+    "Stop signal received",
+    "Experiment has been interrupted",
 )
 WARNINGS = "ignore::DeprecationWarning,ignore::FutureWarning"
 
@@ -54,3 +58,6 @@ def quiet() -> None:
         for handler in logging.getLogger(name).handlers:
             if not any(isinstance(f, _DropNoise) for f in handler.filters):
                 handler.addFilter(_DropNoise())
+    tune = logging.getLogger("ray.tune.tune")  # Ray's own handler: filtered where it is logged
+    if not any(isinstance(f, _DropNoise) for f in tune.filters):
+        tune.addFilter(_DropNoise())
