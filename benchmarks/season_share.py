@@ -95,6 +95,8 @@ SETS = {"stores": stores, "meters": meters, "moved": moved, "copy": copy}
 def run(exp: str, work: Path, env: dict) -> dict:
     run_stages(exp, work, env, ("prepare", "train"))
     train = json.loads((work / metrics_file(exp, "train")).read_text())
+    if "members/test/mape_mean" not in train:  # --members 1: one model, no spread
+        return {"mape_mean": train["test/mape"], "mape_sd": 0.0}
     return {"mape_mean": train["members/test/mape_mean"], "mape_sd": train["members/test/mape_sd"]}
 
 

@@ -110,6 +110,7 @@ def _place(new: Path, path: Path, placed: list | None) -> None:
     """`new` renamed onto `path`. The earlier one is moved aside first and back where the rename
     fails (a folder was deleted first: a failed rename lost it); it is deleted after, or, with
     `placed`, listed there with `path` (Outputs deletes it once every output is in place)."""
+    _same_kind(new, path)
     aside = _aside(path, new.is_dir()) if os.path.lexists(path) else None
     try:
         new.rename(path)
@@ -123,9 +124,15 @@ def _place(new: Path, path: Path, placed: list | None) -> None:
         _remove(aside)
 
 
+def _same_kind(new: Path, path: Path) -> None:
+    """An output is not put in place of the other kind (a file where its folder goes)."""
+    if os.path.lexists(path) and (path.is_dir() and not path.is_symlink()) != new.is_dir():
+        kind = "a file where its folder goes" if new.is_dir() else "a folder where its file goes"
+        raise OSError(errno.EEXIST, kind, str(path))
+
+
 def _aside(path: Path, folder: bool) -> Path:
-    """`path` renamed to a temp name beside it: a `folder`'s, or a file's (a file where a folder
-    goes, or the other way round, is refused: the rename fails)."""
+    """`path`, a `folder` or a file, renamed to a temp name beside it."""
     if folder:
         aside = Path(tempfile.mkdtemp(**_temp_name(path)))
     else:
@@ -168,7 +175,7 @@ def atomic_file(
         with named_faults(path):
             yield path
         return
-    if os.path.realpath(path).startswith("/proc/"):  # /dev/stdout with stdout closed
+    if re.fullmatch(r"/proc/[^/]+/fd/\d+", os.path.realpath(path)):  # /dev/stdout, closed
         raise SystemFault(f"{path}: names a descriptor that is not open for writing")
     with named_faults(path):
         with named_faults(path, placing=True):
@@ -181,6 +188,7 @@ def atomic_file(
             tmp.chmod(0o666 & ~_UMASK)
             with named_faults(path, placing=True):
                 if placed is None:
+                    _same_kind(tmp, path)
                     os.replace(tmp, path)
                 else:
                     _place(tmp, path, placed)

@@ -210,6 +210,17 @@ class PreparedMeta(DataMeta):
     # metadata, and predict reads a file of the training's columns without being told them
     columns: dict[str, str] | None = None
 
+    @model_validator(mode="after")
+    def _features_fill_the_inputs(self) -> PreparedMeta:
+        """A meta.json without its features trained a model on them anyway (exit 0)."""
+        width = len(self.features) + len(self.future)
+        if self.task != "frames" and self.input_shape[-1:] != [width]:
+            raise ValueError(
+                f"features: {len(self.features)} (and {len(self.future)} future covariates) for "
+                f"inputs of {self.input_shape[-1]} values a step"
+            )
+        return self
+
     def auto_season_norm(self) -> int:
         """`season_norm: auto`: the data's season (`season`) where the window holds two, for a
         single series or several whose seasons differ. Off for several that share one: one model

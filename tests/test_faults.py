@@ -531,6 +531,9 @@ def test_a_model_made_for_other_data_or_another_family_is_refused(repo, capsys):
 
 
 def test_missing_prepared_data(repo, capsys):
+    (repo / f"data/prepared/{EXP}/series.npy").unlink()  # it named x_val.npy, a classifier's
+    assert main(["train", EXP]) == 3
+    assert f"data/prepared/{EXP}/series.npy: not found; run the prepare stage" in one_line(capsys)
     shutil.rmtree(repo / "data/prepared")
     assert main(["train", EXP]) == 3
     assert "meta.json: not found; run the prepare stage first" in one_line(capsys)
@@ -542,8 +545,9 @@ def test_missing_prepared_data(repo, capsys):
         (lambda m: m.pop("scaler"), "scaler: missing; a forecast model needs it"),
         (lambda m: m.update(target_index=[5]), "target_index: [5] beyond the 1 scaled features"),
         (lambda m: m.update(task="classification"), "labels: missing; a classification model"),
+        (lambda m: m.pop("features"), "features: 0 (and 0 future covariates) for inputs of 1"),
     ],
-    ids=["no-scaler", "target-index", "task"],
+    ids=["no-scaler", "target-index", "task", "no-features"],  # no-features: trained, exit 0
 )
 @pytest.mark.parametrize("stage", ["train", "export"])
 def test_a_meta_json_edited_out_of_shape_is_named(repo, capsys, edit, reason, stage):
@@ -829,6 +833,13 @@ def test_an_output_whose_folder_is_a_file_names_it(atomic, tmp_path):
         with atomic(tmp_path / "taken" / "out"):
             pass
     assert (tmp_path / "taken").read_text() == "a file"
+    with pytest.raises(SystemFault, match="/proc/out: cannot write there"):  # not a descriptor
+        with atomic("/proc/out"):
+            pass
+    (tmp_path / "other").mkdir() if atomic is atomic_file else (tmp_path / "other").touch()
+    with pytest.raises(SystemFault, match="other: cannot write there \\(a (file|folder) where "):
+        with atomic(tmp_path / "other"):  # the other kind is not replaced (it said Is a directory)
+            pass
 
 
 def test_a_stage_output_that_stdout_is_redirected_to_is_replaced_whole(tmp_path):

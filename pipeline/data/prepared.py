@@ -1,8 +1,8 @@
 """Reading prepare's output (numpy only): meta.json and each split as (inputs, targets).
 
-The storage layout follows from the files prepare wrote, not from the task name:
-`x_{split}`/`y_{split}` arrays, `frames_{split}` sequences split at the window, or `series` plus
-`windows_{split}` ranges of window offsets (forecast windows stay strided views until indexed).
+The storage layout follows from the task: a classifier's `x_{split}`/`y_{split}` arrays,
+`frames_{split}` sequences split at the window, or a forecaster's `series` plus `windows_{split}`
+ranges of window offsets (forecast windows stay strided views until indexed).
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ class Prepared:
 
     @property
     def layout(self) -> str:
-        """Which files prepare wrote: `arrays`, `frames` or `windows`."""
-        if (self.root / "series.npy").exists():
-            return "windows"
-        return "frames" if (self.root / "frames_train.npy").exists() else "arrays"
+        """Which files prepare wrote, by task: `arrays`, `frames` or `windows` (a forecaster's
+        missing series.npy was named as x_val.npy, a classifier's file)."""
+        return {"forecast": "windows", "frames": "frames"}.get(self.meta.task, "arrays")
 
     def npy(self, name: str, mmap: bool = False) -> np.ndarray:
         path = self.root / f"{name}.npy"

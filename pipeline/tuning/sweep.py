@@ -282,6 +282,10 @@ def tune(cfg: PipelineConfig, exp_name: str, resume: bool = False) -> Path:
     exp, t = cfg.experiment(exp_name), cfg.tune
     ensure_reachable()
     check_writable(tune_dir(exp_name))  # before the trials, not after
+    if tune_dir(exp_name).is_file():  # the temp beside it passed; the results failed at the end
+        raise SystemFault(
+            f"{tune_dir(exp_name)}: cannot write there (a file where its folder goes)"
+        )
     space = search_space(exp, t)
     check_values(cfg.model_dump(by_alias=True), exp_name, space, t.trial_epochs(exp.fit))
     ray_space = to_ray(space, t.search)

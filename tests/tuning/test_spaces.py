@@ -332,6 +332,15 @@ def test_a_sweep_whose_results_cannot_be_written_is_refused_before_it_starts(
     assert main(["tune", EXP]) == 8
     assert capsys.readouterr().err.strip().startswith(f"lstm-pipeline tune: error: tune/{EXP}")
     assert not Path(".ray_results").exists()  # no trial ran
+    Path("tune").unlink()
+    Path("tune").mkdir()
+    Path(f"tune/{EXP}").write_text("a file where the results' folder goes")  # every trial ran
+    assert main(["tune", EXP]) == 8
+    assert capsys.readouterr().err == (
+        f"lstm-pipeline tune: error: tune/{EXP}: cannot write there (a file where its folder "
+        "goes)\n"
+    )
+    assert not Path(".ray_results").exists()
 
 
 def test_a_damaged_saved_state_is_named_before_ray_starts(tune_workdir, params, capsys):
