@@ -333,23 +333,24 @@ def _gloo_cause(err: RuntimeError) -> str:
     return text.split(". ", 1)[0][:200]
 
 
-def _by_ctrl_c(err: BaseException | None) -> bool:
-    """Ctrl+C that a library turned into its own error: Lightning ends the fit with exit(1),
-    torch.onnx raises TorchExportError from it."""
+def _by_ctrl_c(err: BaseException | None, cause: type = KeyboardInterrupt) -> bool:
+    """Ctrl+C (or, with `cause`, SIGTERM's _Terminated) that a library turned into its own
+    error: Lightning ends the fit with exit(1), torch.onnx raises TorchExportError from it, a
+    C extension's import an ImportError."""
     while err is not None:
-        if isinstance(err, KeyboardInterrupt):
+        if isinstance(err, cause):
             return True
         err = err.__cause__ or err.__context__
     return False
 
 
-# train handles SIGTERM itself (a resume point), and tune while it sweeps (its state); these
-# (tune: before its sweep starts) ended with exit 143 (SIGHUP: 129) and no line. Raised here,
-# the temp files are removed and the earlier outputs kept.
+# train handles SIGTERM itself while it fits (a resume point), and tune while it sweeps (its
+# state); these (train, tune: before that) ended with exit 143 (SIGHUP: 129) and no line.
+# Raised here, the temp files are removed and the earlier outputs kept.
 KEPT = "its earlier outputs are kept"
 STOPPED_BY_SIGTERM = {"prepare": KEPT, "export": KEPT, "validate": KEPT, "predict": KEPT,
                       "release": "run it again (it aliases a version it registered)",
-                      "tune": "run it again"}  # fmt: skip
+                      "tune": "run it again", "train": "run it again"}  # fmt: skip
 
 
 class _Terminated(BaseException):
@@ -376,6 +377,15 @@ def _quiet_mlflow() -> None:
         os.environ.setdefault(var, value)
 
 
+def _terminated(command: str, err: BaseException) -> int:
+    while not isinstance(err, _Terminated):
+        err = err.__cause__ or err.__context__
+    signum = err.args[0]
+    print(f"lstm-pipeline {command}: stopped by {signal.Signals(signum).name}; "
+          f"{STOPPED_BY_SIGTERM[command]}", file=sys.stderr)  # fmt: skip
+    return 128 + signum
+
+
 def _interrupted(command: str) -> int:
     print(f"lstm-pipeline {command}: interrupted", file=sys.stderr)
     return 130
@@ -395,12 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         return _interrupted(args.command)
-    except _Terminated as stop:
-        signum = stop.args[0]
-        print(f"lstm-pipeline {args.command}: stopped by {signal.Signals(signum).name}; "
-              f"{STOPPED_BY_SIGTERM[args.command]}", file=sys.stderr)  # fmt: skip
-        return 128 + signum
-    except (Exception, SystemExit) as err:
+    except (Exception, SystemExit, _Terminated) as err:
+        if _by_ctrl_c(err, _Terminated):  # maybe inside a library's error (an ImportError)
+            return _terminated(args.command, err)
         if isinstance(err, SystemExit) and not _by_ctrl_c(err):
             raise
         if args.debug:  # the traceback, then the same line and exit code as without
@@ -433,8 +440,10 @@ def console() -> None:
         code = _interrupted(sys.argv[1])
     if code is None:
         code = main()
-    # the work is done: Ctrl+C now skips the rest (it printed a traceback from an exit handler)
-    signal.signal(signal.SIGINT, lambda *_: _exit_now(code))
+    # the work is done: Ctrl+C or SIGTERM now skips the rest (each printed a traceback from an
+    # exit handler, or from joining the threads)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: _exit_now(code))
     threading._shutdown()  # what the interpreter calls first; joining threads alone would hang
     atexit._run_exitfuncs()
     _exit_now(code)

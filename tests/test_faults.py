@@ -260,6 +260,20 @@ def test_an_export_or_validate_beside_another_of_the_experiment_is_refused(repo,
     assert tree_digest(repo) == before
 
 
+def test_a_training_that_ends_keeps_the_lock_another_export_holds(repo, capsys):
+    """A finished training deleted .resume/<exp>/ with the export.lock an export held: a
+    second export then ran beside it (both exit 0)."""
+    import fcntl
+
+    (repo / f".resume/{EXP}").mkdir(parents=True, exist_ok=True)
+    with open(repo / f".resume/{EXP}/export.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["train", EXP]) == 0
+        assert main(["export", EXP]) == 1
+    assert f"{EXP}: another export or validate of this experiment is running" in one_line(capsys)
+    assert [p.name for p in (repo / f".resume/{EXP}").iterdir()] == ["export.lock"]
+
+
 @pytest.mark.parametrize(
     "stage, sig",
     [("export", signal.SIGTERM), ("validate", signal.SIGTERM), ("export", signal.SIGHUP)],

@@ -190,15 +190,27 @@ def damaged(point: Path) -> str | None:
 
 
 def _key(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> str:
-    """What the fit depends on: a resume point of another config or data is never used."""
+    """What the fit depends on: a resume point of another config, data or code is never used
+    (one of other code resumed, and its model mixed both)."""
     trainer = cfg.trainer.model_dump(exclude={"progress_bar", "gates"})
     blob = {
         "experiment": cfg.experiment(exp_name).model_dump(by_alias=True),
         "seed": cfg.seed,
         "trainer": trainer,
         "data": data_sha256,
+        "code": _code_sha256(),
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@cache
+def _code_sha256() -> str:
+    """The pipeline package's sources (train's code deps in dvc.yaml are among them)."""
+    package = Path(__file__).parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 @cache  # one watcher per process, however many trainings (ensemble members) it runs
@@ -285,7 +297,12 @@ def resume_point(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> Iterat
                 yield folder
                 if terminate.received:  # after the fit's last check: not finished either
                     raise Interrupted(terminate.message)
-                shutil.rmtree(root)  # done: nothing of this training is left behind
+                # done: nothing of this training is left behind; other commands' locks stay
+                # (deleting .resume/<exp>/ let a second export start beside a running one)
+                shutil.rmtree(folder)
+                lock.unlink(missing_ok=True)
+                with suppress(OSError):
+                    root.rmdir()
         except SIGTERMException:
             raise Interrupted(terminate.message if _is_launcher() else "") from None
         except Exception:
