@@ -33,6 +33,8 @@ _SYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.E
 def system_fault(err: BaseException, path: str | Path | None = None) -> SystemFault | None:
     """A SystemFault naming the path for a disk/permission error, or None for other errors."""
     where = path or err.filename if isinstance(err, OSError) else path
+    if where:  # a file inside an output's temp folder: named where it goes, not the temp
+        where = re.sub(r"(^|/)\.([^/]+)\.\d+-[^/]+(?=/)", r"\1\2", str(where))
     if isinstance(err, OSError) and err.errno in _SYSTEM_ERRNOS:
         what = err.strerror
     # torch.save's: a short write ("file write failed", or its zip writer's "unexpected pos")

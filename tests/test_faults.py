@@ -937,3 +937,12 @@ def test_ctrl_c_after_the_work_is_done_exits_with_its_code_and_no_traceback(tmp_
     )
     proc = console_in(tmp_path, code)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_a_disk_fault_inside_an_output_folder_names_the_output_not_its_temp():
+    """`prlimit --fsize=500 lstm-pipeline prepare`: `data/prepared/.<exp>.693-l46n9pd8/meta.json:
+    File too large`."""
+    err = OSError(
+        errno.EFBIG, "File too large", "data/prepared/.lstm_airline.693-l46n9pd8/meta.json"
+    )
+    assert str(system_fault(err)) == "data/prepared/lstm_airline/meta.json: File too large"
