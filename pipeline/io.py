@@ -141,7 +141,11 @@ def _aside(path: Path, folder: bool) -> Path:
         fd, name = tempfile.mkstemp(**_temp_name(path))
         os.close(fd)
         aside = Path(name)
-    path.rename(aside)  # onto the empty placeholder
+    try:
+        path.rename(aside)  # onto the empty placeholder
+    except BaseException:  # an immutable `path`: the placeholder was left beside it
+        _remove(aside)
+        raise
     return aside
 
 

@@ -243,6 +243,8 @@ def test_a_validate_that_fails_leaves_every_earlier_output(repo, capsys, monkeyp
                 "step model of another model": "made for another model"}  # fmt: skip
     assert expected[fault] in one_line(capsys)
     assert tree_digest(repo) == before
+    # nor an empty placeholder that the held folder could not be moved onto
+    assert not [*(repo / f"models/{EXP}").glob(".int8.*"), *(repo / f"plots/{EXP}").glob(".*")]
 
 
 @pytest.mark.parametrize("stage", ["export", "validate"])
