@@ -333,15 +333,13 @@ def _gloo_cause(err: RuntimeError) -> str:
     return text.split(". ", 1)[0][:200]
 
 
-def _by_ctrl_c(err: BaseException | None, cause: type = KeyboardInterrupt) -> bool:
-    """Ctrl+C (or, with `cause`, SIGTERM's _Terminated) that a library turned into its own
-    error: Lightning ends the fit with exit(1), torch.onnx raises TorchExportError from it, a
-    C extension's import an ImportError."""
-    while err is not None:
-        if isinstance(err, cause):
-            return True
+def _cause(err: BaseException | None, kind: type) -> BaseException | None:
+    """The `kind` (Ctrl+C's KeyboardInterrupt, SIGTERM's _Terminated) that a library turned
+    into its own error, if any: Lightning ends the fit with exit(1), torch.onnx raises
+    TorchExportError from it, a C extension's import an ImportError."""
+    while err is not None and not isinstance(err, kind):
         err = err.__cause__ or err.__context__
-    return False
+    return err
 
 
 # train handles SIGTERM itself while it fits (a resume point), and tune while it sweeps (its
@@ -377,10 +375,8 @@ def _quiet_mlflow() -> None:
         os.environ.setdefault(var, value)
 
 
-def _terminated(command: str, err: BaseException) -> int:
-    while not isinstance(err, _Terminated):
-        err = err.__cause__ or err.__context__
-    signum = err.args[0]
+def _terminated(command: str, stop: _Terminated) -> int:
+    signum = stop.args[0]
     print(f"lstm-pipeline {command}: stopped by {signal.Signals(signum).name}; "
           f"{STOPPED_BY_SIGTERM[command]}", file=sys.stderr)  # fmt: skip
     return 128 + signum
@@ -406,13 +402,13 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         return _interrupted(args.command)
     except (Exception, SystemExit, _Terminated) as err:
-        if _by_ctrl_c(err, _Terminated):  # maybe inside a library's error (an ImportError)
-            return _terminated(args.command, err)
-        if isinstance(err, SystemExit) and not _by_ctrl_c(err):
+        if stop := _cause(err, _Terminated):  # maybe inside a library's error (ImportError)
+            return _terminated(args.command, stop)
+        if isinstance(err, SystemExit) and not _cause(err, KeyboardInterrupt):
             raise
         if args.debug:  # the traceback, then the same line and exit code as without
             traceback.print_exc()
-        if _by_ctrl_c(err):
+        if _cause(err, KeyboardInterrupt):
             return _interrupted(args.command)
         notes = getattr(err, "__notes__", [])  # what a stage adds: what to do next
         if not isinstance(err, PipelineError):
