@@ -20,6 +20,7 @@ from pipeline import warm
 from pipeline.config import PARAMS_FILE, compose, load_config, project_above
 from pipeline.errors import (
     ConfigError,
+    Interrupted,
     PipelineError,
     SystemFault,
     TrackingError,
@@ -356,8 +357,26 @@ class _Terminated(BaseException):
     on, exit 0)."""
 
 
+_unseen: int | None = None  # a signal raised in a handler that main did not catch
+
+
 def _stopped(signum: int, _) -> None:
+    global _unseen
+    _unseen = signum
     raise _Terminated(signum)
+
+
+def _swallowed(unraisable) -> None:
+    """sys.unraisablehook. Raised in a signal handler (ours; train's and tune's Interrupted)
+    that ran inside a weakref callback (importlib's module locks) or a __del__, the stop was
+    printed as 'Exception ignored' and the command went on, exit 0: the signal is sent again
+    to the main thread once that context has ended."""
+    global _unseen
+    stop = unraisable.exc_value
+    if not isinstance(stop, _Terminated | Interrupted):
+        return sys.__unraisablehook__(unraisable)
+    _unseen = stop.args[0] if isinstance(stop, _Terminated) else signal.SIGTERM
+    threading.Timer(0.05, signal.pthread_kill, (threading.main_thread().ident, _unseen)).start()
 
 
 def _no_passwords(text: str) -> str:
@@ -395,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in STOPPED_BY_SIGTERM and threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
             signal.signal(signum, _stopped)
+        sys.unraisablehook = _swallowed
     try:
         args.func(args)
     except KeyboardInterrupt:
@@ -418,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
             one_line = one_line.replace("\r", "\\r").replace("\n", "\\n")  # a name with a break
             print(f"lstm-pipeline {args.command}: error: {one_line}", file=sys.stderr)
         return err.exit_code
+    if _unseen:  # swallowed, and the work ended before it was sent again
+        return _terminated(args.command, _Terminated(_unseen))
     return 0
 
 

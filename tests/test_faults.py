@@ -294,6 +294,48 @@ def test_sigterm_during_export_or_validate_is_one_line_and_keeps_the_outputs(rep
     assert tree_digest(repo) == before
 
 
+SIGTERM_IN_A_WEAKREF_CALLBACK = """
+import argparse, os, signal, sys, time, weakref
+from pipeline import cli
+from pipeline.errors import Interrupted
+
+class Held: pass
+
+def interrupted(*_):
+    raise Interrupted("stopped by SIGTERM")
+
+def work(_):
+    if sys.argv[2] == "training's":
+        signal.signal(signal.SIGTERM, interrupted)
+    held = Held()
+    # the signal lands inside the callback, where an exception is only printed
+    ref = weakref.ref(held, lambda _: os.kill(os.getpid(), signal.SIGTERM))
+    del held
+    time.sleep(float(sys.argv[1]))  # the work that went on
+
+args = argparse.Namespace(command="predict", debug=False, func=work)
+cli.parser = lambda: argparse.Namespace(parse_args=lambda _: args)
+sys.exit(cli.main([]))
+"""
+
+
+@pytest.mark.parametrize(
+    "work_s, handler, said",
+    [(0.0, "ours", "stopped by SIGTERM; its earlier outputs are kept"),
+     (30.0, "ours", "stopped by SIGTERM; its earlier outputs are kept"),
+     (30.0, "training's", "error: stopped by SIGTERM")],
+)  # fmt: skip
+def test_sigterm_swallowed_inside_a_callback_still_stops_the_command(work_s, handler, said):
+    """Landing in importlib's module-lock callback, SIGTERM was printed as 'Exception ignored'
+    and the sweep ran on to exit 0 (CI of stop 68)."""
+    started = time.monotonic()
+    script = [sys.executable, "-c", SIGTERM_IN_A_WEAKREF_CALLBACK, str(work_s), handler]
+    proc = subprocess.run(script, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr == f"lstm-pipeline predict: {said}\n"
+    assert time.monotonic() - started < 20  # not after the work
+
+
 def test_a_store_whose_driver_is_missing_is_named_without_its_password(tmp_path):
     """It was exit 1, 'unexpected ModuleNotFoundError: No module named 'psycopg''."""
     (tmp_path / "in.csv").write_text("series_id,time,value\na,0,1.0\n")
