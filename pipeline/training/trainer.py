@@ -11,10 +11,22 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from pipeline.config import Experiment, PipelineConfig
 from pipeline.config.run import Fit, Trainer
 from pipeline.errors import ConfigError, TrainingError, first_line
+from pipeline.io import atomic_file
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning wrote a checkpoint in $TMPDIR, then moved it: where that is another file
+    system (a tmpfs /tmp), a copy, so a kill mid-copy left a truncated resume point (the fit
+    started over) or best.ckpt, and a full disk was named by the temp file's path."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        with atomic_file(path) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 class History(Callback):
@@ -139,7 +151,7 @@ def _trainer(t, exp, ckpt_dir, logger, callbacks, hooks, refit_epochs) -> pl.Tra
         accelerator=t.accelerator,
         devices=t.devices,
         strategy=hooks.strategy or t.strategy,
-        plugins=list(hooks.plugins) or None,
+        plugins=[AtomicCheckpointIO(), *hooks.plugins],
         precision=fit_precision(t, exp.fit),
         deterministic=t.deterministic,
         max_epochs=refit_epochs or min(exp.fit.max_epochs, t.max_epochs or exp.fit.max_epochs),

@@ -9,6 +9,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from tests.conftest import BIN, REPO, tracked_runs, write_params
 
@@ -308,6 +310,35 @@ def test_a_fit_stopped_right_after_its_best_epoch_resumes_to_the_same_model(
     assert done["stopped"] == done["clean"]
     said = capsys.readouterr().out
     assert ("damaged" in said and "starting over" in said) == (damage is not None), said
+
+
+def test_checkpoints_are_renamed_into_place_not_moved_from_tmpdir(
+    tmp_path, mlflow_template, monkeypatch
+):
+    """Lightning wrote each checkpoint in $TMPDIR, then moved it: where that is another file
+    system (a tmpfs /tmp), a copy, and a kill mid-copy left a truncated resume point (the fit
+    started over) or best.ckpt."""
+    from pipeline.cli import main
+    from pipeline.training.trainer import AtomicCheckpointIO
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(tmp_path / "no such folder"))
+        with pytest.raises(FileNotFoundError):
+            TorchCheckpointIO().save_checkpoint({"epoch": 1}, tmp_path / "lightning.ckpt")
+        AtomicCheckpointIO().save_checkpoint({"epoch": 1}, tmp_path / "ours.ckpt")
+    assert torch.load(tmp_path / "ours.ckpt") == {"epoch": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours.ckpt"]
+
+    def through_tmpdir(*_):
+        raise AssertionError("a checkpoint saved by Lightning's TorchCheckpointIO")
+
+    exp = "lstm_airline"
+    repo = setup_repo(tmp_path / "repo", exp, mlflow_template, max_epochs=2)
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo}/mlflow.db")
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", through_tmpdir)
+    stop_at_epoch_1(exp, monkeypatch)  # a resume point saved
+    assert main(["train", exp]) == 0
 
 
 def stop_at_epoch_1(exp: str, monkeypatch) -> None:
