@@ -307,8 +307,10 @@ def _as_pipeline_error(err: BaseException) -> PipelineError:
         return SystemFault(f"{err.filename}: {err.strerror}")
     mlflow = sys.modules.get("mlflow.exceptions")  # never imported for it: predict may lack it
     if mlflow and isinstance(err, mlflow.MlflowException):  # e.g. a workspace's credentials
-        from pipeline.tracking import redacted, tracking_uri
+        from pipeline.tracking import disk_fault, redacted, tracking_uri
 
+        if fault := disk_fault(err):  # under a SQLite store
+            return SystemFault(f"MLflow store {redacted(tracking_uri())}: {fault}")
         return TrackingError(f"MLflow at {redacted(tracking_uri())}: {first_line(err)[:300]}")
     if isinstance(err, RuntimeError) and any(b in str(err) for b in ("/gloo/", "NCCL")):
         rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -719,6 +720,36 @@ def test_disk_full_names_the_output_and_keeps_the_old_one(repo):
     assert "File too large" in last
     assert onnx.read_bytes() == before
     assert not list(onnx.parent.glob(".*")), "a temp file was left behind"
+
+
+@pytest.mark.parametrize(
+    "its_journal_too, said",
+    [(True, "MLflow store sqlite:///"),  # refused before the training: its check writes
+     (False, "the outputs are written, but MLflow at ")],
+)  # fmt: skip
+def test_a_store_whose_disk_fails_is_named_at_once(repo, its_journal_too, said):
+    """SQLite's 'disk I/O error' (a full disk: 'database or disk is full') under a run was
+    retried for 120 s as an outage, then exit 6, 'the server did not take its results'; in the
+    store's check before the training, exit 6."""
+    db = repo / "mlflow.db"
+    with closing(sqlite3.connect(db)) as store:  # free pages: the run starts, then fills them
+        store.execute("CREATE TABLE pool (x)")
+        store.execute("INSERT INTO pool VALUES (zeroblob(20000))")
+        store.commit()
+        store.execute("DROP TABLE pool")
+        store.commit()
+    limit = 100 if its_journal_too else db.stat().st_size + 100
+
+    def small_store():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([BIN / "lstm-pipeline", "train", EXP], capture_output=True, text=True,
+                          preexec_fn=small_store, timeout=100)  # fmt: skip
+    assert proc.returncode == 8, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"lstm-pipeline train: error: {said}"), last
+    assert "disk I/O error" in last, last
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

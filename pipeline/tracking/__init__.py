@@ -15,6 +15,8 @@ from pipeline.io import file_digest
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 GIT_TIMEOUT_S = 10.0  # a `git status` of a huge tree on a slow disk is not waited for longer
+# SQLite's words for ENOSPC, and for EFBIG (a file size limit) or EIO
+DISK_FAULTS = ("database or disk is full", "disk I/O error")
 
 
 def tracking_uri() -> str:
@@ -29,6 +31,12 @@ def absolute_tracking_uri() -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
     return uri
+
+
+def disk_fault(err: BaseException) -> str | None:
+    """What failed under a SQLite store, if its disk did: it may come after SQLAlchemy's
+    autoflush note, the error's first line."""
+    return next((fault for fault in DISK_FAULTS if fault in str(err)), None)
 
 
 def redacted(uri: str) -> str:
@@ -143,6 +151,8 @@ def _check_sqlite(uri: str, timeout: float, create: bool) -> None:
     except sqlite3.Error as err:
         if "readonly" in str(err):
             raise SystemFault(f"MLflow store {uri}: read-only ({err})") from None
+        if fault := disk_fault(err):
+            raise SystemFault(f"MLflow store {uri}: {fault}") from None
         if "unable to open" in str(err) and not _writable(path.parent):  # its journal goes there
             raise SystemFault(
                 f"MLflow store {uri}: its folder {path.parent} is read-only"

@@ -28,9 +28,16 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 from requests.exceptions import RequestException
 
-from pipeline.errors import TrackingError, first_line
+from pipeline.errors import SystemFault, TrackingError, first_line
 from pipeline.io import append_text, atomic_file
-from pipeline.tracking import experiment_id, one_bounded_try, redacted, tracking_uri
+from pipeline.tracking import (
+    DISK_FAULTS,
+    disk_fault,
+    experiment_id,
+    one_bounded_try,
+    redacted,
+    tracking_uri,
+)
 from pipeline.training.resume import saved_run_id
 
 RETRY_S = 30.0
@@ -167,7 +174,7 @@ class PatientMLFlowLogger(MLFlowLogger):
                 if sent_now and self.pending_file and self.kept:
                     self._rewrite(self.pending)  # the file must not hold what was sent
                 self.send_at = time.monotonic() + RETRY_S
-                reason = first_line(err)[:200]
+                reason = _reason(err)
                 if not self.down:
                     state = f"refuses run {self.run_id}" if refused(err) else "unreachable"
                     print(
@@ -204,9 +211,16 @@ class PatientMLFlowLogger(MLFlowLogger):
 
 def refused(err: BaseException) -> bool:
     """The server answered, and no: a 4xx (a deleted run, a param logged before with another
-    value), which waiting for does not change, unlike an outage, a timeout or a 5xx."""
+    value), which waiting for does not change, unlike an outage, a timeout or a 5xx; nor a
+    full or failing disk under a SQLite store (it was retried for DELIVER_S as an outage)."""
+    if disk_fault(err):
+        return True
     status = err.get_http_status_code() if isinstance(err, MlflowException) else 0
     return 400 <= status < 500 and status not in (408, 429)
+
+
+def _reason(err: BaseException) -> str:
+    return disk_fault(err) or first_line(err)[:200]
 
 
 def _stopped_by_scheduler() -> bool:
@@ -251,13 +265,16 @@ def deliver(logger: PatientMLFlowLogger, log_rest, folder: Path) -> None:
                 return
             refusal = next((lg.refusal for lg in (logger, *members) if lg.refusal), None)
         except (MlflowException, RequestException, OSError) as err:  # the server went away again
-            error, refusal = err, first_line(err)[:200] if refused(err) else None
+            error, refusal = err, _reason(err) if refused(err) else None
         if refusal:
             logger.finalize("success")  # saves what is kept
-            raise TrackingError(
+            disk = refusal in DISK_FAULTS
+            raise (SystemFault if disk else TrackingError)(
                 f"the outputs are written, but MLflow at {redacted(tracking_uri())} refuses run "
                 f"{logger.run_id}'s results ({refusal}); the metrics are kept in the resume "
-                "point: run the train stage again (a deleted run is then replaced by a new one)"
+                "point: "
+                + ("free space under the store, then " if disk else "")
+                + "run the train stage again (a deleted run is then replaced by a new one)"
             )
         if not warned:  # once, not a silent wait
             uri = redacted(tracking_uri())
