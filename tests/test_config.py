@@ -86,6 +86,8 @@ def _error(raw) -> str:
             "experiments.lstm_airline.data: Input tag 's3' found using 'source' does not match",
         ),
         (("trainer", "precision"), "fp8", "trainer.precision: Input should be '32-true'"),
+        (("trainer", "strategy"), "ddp_spawn", "trainer.strategy: ddp_spawn fits in child"),
+        (("trainer", "strategy"), "ddp_fork", "trainer.strategy: ddp_fork fits in child"),
         (
             ("experiments", "lstm_airline", "fit", "lr"),
             float("inf"),

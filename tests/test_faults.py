@@ -752,6 +752,20 @@ def test_a_store_whose_disk_fails_is_named_at_once(repo, its_journal_too, said):
     assert "disk I/O error" in last, last
 
 
+def test_test_metrics_that_overflow_fail_the_training_and_keep_the_model(repo, capsys):
+    """fit.lr 1e8 without clipping: val/loss stayed finite (2e16), test/mae was inf, and the
+    training ended exit 0 with that model.ckpt in place."""
+    raw = params(repo)
+    raw["experiments"][EXP]["fit"].update(lr=1e8, gradient_clip_val=0, max_epochs=10)
+    write_params(raw)
+    before = tree_digest(repo)
+    assert main(["train", EXP]) == 7
+    line = one_line(capsys)
+    assert "is inf for the kept epoch" in line and "training diverged; lower fit.lr" in line, line
+    outputs = {k: v for k, v in tree_digest(repo).items() if not k.startswith(".resume/")}
+    assert outputs == before
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_gpu_trainer_without_a_gpu_names_the_trainer_and_opens_no_run(repo, capsys):
     raw = params(repo)

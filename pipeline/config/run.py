@@ -82,6 +82,15 @@ class Trainer(Strict):
     # workers (RayDDPStrategy); RAY_ADDRESS picks the cluster, else a local Ray starts.
     ray_workers: PositiveInt | None = None
 
+    @field_validator("strategy")
+    @classmethod
+    def _ranks_launched_as_scripts(cls, strategy: str) -> str:
+        """ddp_spawn pickled the module (exit 1, `Can't pickle local object`); ddp_fork fit in
+        forks whose results the stage never saw (exit 1, `min() arg is an empty sequence`)."""
+        if any(kind in strategy for kind in ("spawn", "fork", "notebook")):
+            raise ValueError(f"{strategy} fits in child processes the stage cannot read; use ddp")
+        return strategy
+
 
 SAMPLERS = ("choice", "grid", "uniform", "loguniform", "randint")
 

@@ -16,6 +16,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from pipeline.config import Experiment, PipelineConfig
 from pipeline.data.prepared import Prepared
+from pipeline.errors import TrainingError
 from pipeline.paths import prepared_dir
 from pipeline.tracking import redacted, tracking_uri
 from pipeline.training.datamodule import PreparedDataModule
@@ -138,11 +139,22 @@ def fit_and_select(
         trainer, module, final = refit(cfg, exp, prepared, seed, refit_epochs, ckpt_dir, hooks)
     final = finished(trainer, module, final)
     tested = trainer.test(module, datamodule=data, ckpt_path=final, verbose=False)
+    check_finite(tested[0], best_epoch)
     score = float(best.best_model_score)
     return Fitted(
         final, rows, best_epoch, score, refit_epochs, tested[0], trainer.world_size,
         trainer.is_global_zero,
     )  # fmt: skip
+
+
+def check_finite(tested: dict[str, float], epoch: int) -> None:
+    """A loss that stayed finite while the test metrics overflowed (fit.lr 1e8 without clipping:
+    val/loss 2e16, test/mae inf) ended exit 0, its model.ckpt replaced."""
+    if bad := next((k for k, v in tested.items() if not math.isfinite(v)), None):
+        raise TrainingError(
+            f"{bad} is {tested[bad]} for the kept epoch {epoch}: training diverged; lower "
+            "fit.lr or set fit.gradient_clip_val"
+        )
 
 
 def mlflow_logger(
@@ -154,7 +166,7 @@ def mlflow_logger(
         experiment_name=cfg.tracking.experiment_name,
         tracking_uri=tracking_uri(),
         run_name=run_name,
-        tags=tags,
+        tags=dict(tags),  # Lightning adds mlflow.runName to it: each member warned it replaced it
         run_id=run_id,
         pending_dir=pending_dir,
     )
@@ -172,7 +184,8 @@ def continued_logger(cfg, run_name: str, tags: dict, ckpt_dir: Path, hooks) -> P
               f"{redacted(tracking_uri())}: the training goes on in a new run")  # fmt: skip
         run_id = None
     logger = mlflow_logger(cfg, run_name, tags, run_id, ckpt_dir)
-    save_run_id(ckpt_dir, logger.run_id)
+    if logger.run_id:  # None on a DDP rank but rank zero's, which logs nothing
+        save_run_id(ckpt_dir, logger.run_id)
     return logger
 
 

@@ -145,6 +145,56 @@ def test_a_stopped_or_lost_rank_ends_the_ddp_fit_with_one_line(workdir, params):
     ) and errors()[0].endswith("); run it again to resume from its last saved epoch")
 
 
+def test_what_every_rank_meets_is_said_once(workdir, params):
+    """A diverged loss (every rank stops together) was said by each rank, and Ctrl+C to the
+    group gave `interrupted` once per rank."""
+    raw = shrink(params, "ddp_sim", 27, "ddp")
+    raw["experiments"][EXP]["fit"].update(lr=1e30, gradient_clip_val=0)
+    write_params(raw, workdir / "ddp.yaml")
+    assert main(["prepare", EXP, "--params", "ddp.yaml"]) == 0
+    env = {**os.environ, "LSTM_PIPELINE_WARM": "0"}
+    train = [BIN / "lstm-pipeline", "train", EXP, "--params", "ddp.yaml"]
+    proc = subprocess.run(train, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 7, proc.stderr[-3000:]
+    said = [line for line in proc.stderr.splitlines() if line.startswith("lstm-pipeline")]
+    assert len(said) == 1 and "training diverged" in said[0], proc.stderr[-3000:]
+
+    raw["experiments"][EXP]["fit"].update(lr=0.001, max_epochs=1000)
+    write_params(raw, workdir / "ddp.yaml")
+    started = time.time()
+    proc = subprocess.Popen(train, env=env, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not any(p.stat().st_mtime > started for p in workdir.glob(".resume/*/*/resume.ckpt")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl+C
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    said = [line for line in err.splitlines() if line.startswith("lstm-pipeline")]
+    assert said == ["lstm-pipeline train: interrupted"], err[-3000:]
+
+
+def test_an_ensemble_trains_under_ddp(workdir, params):
+    """Rank 1 wrote the MLflow run id it does not have (None) into a member's resume point:
+    exit 1, `unexpected TypeError: data must be str, not NoneType`. Each member warned that
+    its run name replaced the experiment's (Lightning added it to the tags they share)."""
+    raw = shrink(params, "ddp_sim", 27, "ddp")
+    raw["experiments"][EXP]["fit"].update(ensemble=2, max_epochs=1)
+    write_params(raw, workdir / "ddp.yaml")
+    assert main(["prepare", EXP, "--params", "ddp.yaml"]) == 0
+    proc = subprocess.run(
+        [BIN / "lstm-pipeline", "train", EXP, "--params", "ddp.yaml"],
+        env={**os.environ, "LSTM_PIPELINE_WARM": "0"}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mlflow.runName" not in proc.stderr  # a warning per member that it was replaced
+    assert tracked_runs(workdir) == [
+        (EXP, "FINISHED"), (f"{EXP}/member0", "FINISHED"), (f"{EXP}/member1", "FINISHED")
+    ]  # fmt: skip
+
+
 OBSERVED_LAUNCHER = """
 import os, subprocess, sys, time
 from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
