@@ -29,6 +29,9 @@ VENV_OK = $(BIN)/python -c 'import sys, pip; sys.exit(sys.version_info < (3, 11)
 ifneq ($(shell $(VENV_OK) && echo ok),ok)
 $(shell rm -f $(STAMP))
 endif
+# checked before the venv: a Python 3.10 failed only after torch's 4.6 GB, at every rerun
+PY_OK = $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
+PY_SAYS = make: $(PYTHON) is not Python 3.11 or newer, which lstm-pipeline needs; run make PYTHON=python3.11
 # pip's own defaults wait up to ~6 x 15 s per step for an index that stalls
 PIP_NET ?= --retries 2 --timeout 30
 
@@ -38,7 +41,7 @@ PIP_NET ?= --retries 2 --timeout 30
 $(STAMP): pyproject.toml
 	@exec 9>"$(VENV).lock"; if command -v flock >/dev/null; then flock 9; fi; \
 	if [ -f $@ ] && [ $@ -nt pyproject.toml ]; then exit 0; fi; set -ex; \
-	$(VENV_OK) || $(PYTHON) -m venv --clear $(VENV); \
+	$(VENV_OK) || { $(PY_OK) || { echo "$(PY_SAYS)" >&2; exit 2; }; $(PYTHON) -m venv --clear $(VENV); }; \
 	$(BIN)/python -m pip install -q $(PIP_NET) --upgrade pip; \
 	$(BIN)/python -m pip install -q $(PIP_NET) $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION); \
 	echo "torch==$(TORCH_VERSION)" > $(VENV)/constraints.txt; \

@@ -27,7 +27,7 @@ from pipeline.errors import (
     TrainingError,
     first_line,
 )
-from pipeline.io import usable_cores
+from pipeline.io import atomic_file, not_utf8_line, usable_cores
 from pipeline.quiet import quiet
 
 # as the command was started: what `lstm-pipeline repro` gives its dvc and stages (main() sets
@@ -74,17 +74,18 @@ def _compose(args: argparse.Namespace) -> None:
     if args.check:
         if not params.exists():
             raise PipelineError(f"{args.params}: not found; `lstm-pipeline compose` writes it")
-        current = params.read_text()
+        try:
+            current = params.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(not_utf8_line(err, args.params)) from None
         if current != text:
             raise PipelineError(
                 f"{args.params} differs from the composition of {args.conf or 'conf/'} "
                 f"({_first_difference(current, text)}); `lstm-pipeline compose` rewrites it"
             )
         return
-    from pipeline.io import atomic_file
-
     with atomic_file(args.params) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")  # not the locale's (ISO-8859-1: exit 0)
 
 
 def _first_difference(current: str, composed: str) -> str:
@@ -394,7 +395,10 @@ def _quiet_mlflow() -> None:
     before a warm server's key is made too (console): a stage that `lstm-pipeline repro`
     started inherited them, one of a plain `dvc repro` did not, and each started a server."""
     quiet = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
-             "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # fmt: skip
+             "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+             # outside make too: onnxruntime's telemetry line where HOME is read-only, and
+             # GitPython's 16-line warning, three times, where git is not installed
+             "ORT_DISABLE_TELEMETRY": "1", "GIT_PYTHON_REFRESH": "quiet"}  # fmt: skip
     for var, value in quiet.items():
         os.environ.setdefault(var, value)
 

@@ -155,6 +155,7 @@ def ray_session(
         finally:
             ray_constants.NUM_REDIS_GET_RETRIES = attempts
     else:
+        check_worker_python()
         # A short path: Ray's Unix sockets live under it (about 107 characters at most).
         temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     stop = threading.Event()
@@ -171,6 +172,16 @@ def ray_session(
         ray.shutdown()
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def check_worker_python() -> None:
+    """A local Ray starts its workers with this Python by a shell command that splits its path
+    at a space (ray-project/ray#5288): every trial stayed PENDING, for ever."""
+    if " " in sys.executable:
+        raise ConfigError(
+            f"{sys.executable}: a local Ray cannot start workers from a Python whose path has a "
+            "space; move the clone (or its .venv) to a path without one"
+        )
 
 
 @contextmanager

@@ -240,7 +240,7 @@ def _promote(client, name: str, version: str, commit: str | None) -> None:
 def _write_card(card: str, path: Path | None) -> None:
     if path is not None:
         with atomic_file(path, stream=True) as tmp:
-            tmp.write_text(card)
+            tmp.write_text(card, encoding="utf-8")
 
 
 def _pipeline_file(path: Path) -> bool:

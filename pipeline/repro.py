@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +44,15 @@ class DvcFailed(PipelineError):
 def _dvc() -> str:
     beside = Path(sys.executable).parent / "dvc"  # the project's venv, whatever PATH says
     return str(beside) if beside.exists() else "dvc"
+
+
+def _in_git(root: Path) -> bool:
+    config = root / ".dvc/config"
+    if config.is_file() and re.search(
+        r"no_scm\s*=\s*true", config.read_text(errors="replace"), re.I
+    ):
+        return True
+    return any((folder / ".git").exists() for folder in (root, *root.parents))
 
 
 def _status(rc: int) -> str:
@@ -81,10 +91,19 @@ def repro(
     order; after a failure no further experiment starts. Output lines carry `[exp] `. The last
     dvc call covers the whole pipeline, or with `named` only these experiments' chains."""
     here = Path.cwd().resolve()
-    if not any((folder / ".dvc").is_dir() for folder in (here, *here.parents)):
+    root = next((folder for folder in (here, *here.parents) if (folder / ".dvc").is_dir()), None)
+    if root is None:
         raise ConfigError(f"{here}: not in a DVC repository (no .dvc/ here or above)")
     if not Path("dvc.yaml").is_file():
         raise ConfigError(f"{here / 'dvc.yaml'}: not found; run it in the project's folder")
+    if not _in_git(root):  # dvc: `[exp] ERROR: ... is not a git repository`, then exit 255
+        raise ConfigError(
+            f"{root}: not in a git repository, which dvc needs here: `git init` (or "
+            "`dvc config core.no_scm true`)"
+        )
+    # the stages run this install's lstm-pipeline, not another's first on PATH (or none)
+    env = dict(env or os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     targets = [f"validate@{exp}" for exp in experiments] if named else []
     if not force:
         experiments = _changed(experiments, env)

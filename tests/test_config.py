@@ -1,4 +1,7 @@
 import copy
+import os
+import shutil
+import subprocess
 
 import pytest
 import yaml
@@ -6,7 +9,7 @@ import yaml
 from pipeline.cli import main
 from pipeline.config import compose, parse_config
 from pipeline.errors import ConfigError
-from tests.conftest import REPO, write_params
+from tests.conftest import BIN, REPO, write_params
 
 
 def test_params_yaml_is_the_composition_of_conf():
@@ -482,6 +485,25 @@ def test_compose_check_detects_stale_params(workdir, capsys):
     assert f"(line 1: 'seed: 1', composed: {first!r})" in capsys.readouterr().err
     assert main(["compose"]) == 0
     assert main(["compose", "--check"]) == 0
+
+
+def test_params_yaml_is_utf_8_whatever_the_locale(workdir, capsys):
+    """Written in the locale's encoding (ISO-8859-1: exit 0, then every stage refused the
+    file; ASCII: a traceback); `--check` of a non-UTF-8 file: `unexpected UnicodeDecodeError`."""
+    shutil.copytree(REPO / "conf", workdir / "conf")
+    config = workdir / "conf/config.yaml"
+    config.write_text(config.read_text().replace("experiment_name: lstm-pipeline",
+                                                 "experiment_name: modèle"))  # fmt: skip
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    proc = subprocess.run([BIN / "lstm-pipeline", "compose"], cwd=workdir, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "experiment_name: modèle" in (workdir / "params.yaml").read_text(encoding="utf-8")
+    with open(workdir / "params.yaml", "ab") as params:
+        params.write(b"# caf\xe9\n")
+    last = len((workdir / "params.yaml").read_bytes().splitlines())
+    assert main(["compose", "--check"]) == 2
+    assert capsys.readouterr().err.endswith(f"params.yaml: line {last}: byte 0xe9 is not UTF-8\n")
 
 
 def test_model_task_pairs_come_from_the_model_class(params, monkeypatch):

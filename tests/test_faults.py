@@ -1035,3 +1035,17 @@ def test_a_disk_fault_inside_an_output_folder_names_the_output_not_its_temp():
         errno.EFBIG, "File too large", "data/prepared/.lstm_airline.693-l46n9pd8/meta.json"
     )
     assert str(system_fault(err)) == "data/prepared/lstm_airline/meta.json: File too large"
+
+
+def test_make_refuses_a_python_older_than_3_11_before_it_makes_the_venv(tmp_path):
+    """A Python 3.10 failed at pip's `requires a different Python`, after torch's 4.6 GB had
+    been installed; every rerun cleared the venv and did it again."""
+    old = tmp_path / "python3.10"
+    old.write_text("#!/bin/sh\nexit 1\n")  # its version check fails, as 3.10's does
+    old.chmod(0o755)
+    venv = tmp_path / "venv"
+    made = subprocess.run(["make", "-s", "install", f"PYTHON={old}", f"VENV={venv}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert made.returncode == 2, made.stderr
+    assert f"make: {old} is not Python 3.11 or newer, which lstm-pipeline needs" in made.stderr
+    assert not venv.exists()

@@ -2,6 +2,7 @@
 real pipeline on lanes: tests/e2e/test_dvc_repro.py)."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,3 +184,25 @@ def test_outside_a_dvc_repository_or_without_dvc_yaml_is_one_config_error(tmp_pa
     (tmp_path / ".dvc").mkdir()
     with pytest.raises(ConfigError, match="dvc.yaml: not found"):
         repro(["a"], jobs=1, force=True)
+
+
+def test_outside_a_git_repository_is_one_config_error_unless_dvc_is_told(dvc_repo):
+    """dvc said `[a] ERROR: ... is not a git repository` and the command `validate@a: dvc
+    repro failed (exit 255)`, though no stage had run."""
+    repo = dvc_repo("a")
+    shutil.rmtree(repo / ".git")
+    with pytest.raises(ConfigError, match=r"not in a git repository, which dvc needs here"):
+        repro(["a"], jobs=1, force=True)
+    subprocess.run([str(DVC), "config", "core.no_scm", "true"], cwd=repo, check=True)
+    repro(["a"], jobs=1, force=True)
+    assert (repo / "out/a.txt").exists()
+
+
+def test_the_stages_run_this_installs_command_whatever_path_says(dvc_repo, monkeypatch):
+    """With the venv off PATH (`.venv/bin/lstm-pipeline repro`), dvc found no `lstm-pipeline`
+    (exit 127, the stage's outputs deleted); with another install first, it ran that one."""
+    repo = dvc_repo("a")
+    (repo / "stage.sh").write_text("mkdir -p out; command -v lstm-pipeline > out/$1.txt\n")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    repro(["a"], jobs=1, force=True)
+    assert (repo / "out/a.txt").read_text().strip() == str(DVC.parent / "lstm-pipeline")

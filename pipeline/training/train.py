@@ -185,8 +185,8 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
     data_sha256 = prepared.meta.content_sha256
     check_accelerator(cfg.trainer, exp.fit)
     precision = fit_precision(cfg.trainer, exp.fit)
-    if exp.fit.precision == "auto":
-        print(f"fit.precision: auto -> {precision}")
+    if precision != (asked := exp.fit.precision or cfg.trainer.precision):
+        print(f"{'fit' if exp.fit.precision else 'trainer'}.precision: {asked} -> {precision}")
     tags = {
         **run_tags(exp_name, "train", data_sha256=data_sha256, precision=precision),
         **hooks.tags,

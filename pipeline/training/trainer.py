@@ -78,10 +78,15 @@ def bf16_native(accelerator: str) -> bool:
 
 
 def fit_precision(t: Trainer, fit: Fit) -> str:
-    """The fit's precision: fit.precision (auto: bf16-mixed where native), else the trainer's."""
+    """The fit's precision: fit.precision (auto: bf16-mixed where native), else the trainer's.
+    16-mixed off a GPU is bf16-mixed, as Lightning runs it (the run was tagged 16-mixed)."""
     if fit.precision == "auto":
         return "bf16-mixed" if bf16_native(t.accelerator) else "32-true"
-    return fit.precision or t.precision
+    precision = fit.precision or t.precision
+    gpu = t.accelerator == "gpu" or (
+        t.accelerator == "auto" and (torch.cuda.is_available() or torch.backends.mps.is_available())
+    )
+    return "bf16-mixed" if precision == "16-mixed" and not gpu else precision
 
 
 @dataclass(frozen=True)

@@ -105,5 +105,5 @@ def apply_best(
     overrides = [*extra_overrides, *best_overrides(exp_name, best)]
     text = _composed(exp_name, overrides, extra_overrides)
     with atomic_file(params) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return overrides

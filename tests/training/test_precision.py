@@ -25,6 +25,9 @@ def test_auto_falls_back_to_float32_where_bf16_would_be_emulated(monkeypatch):
     assert fit_precision(cpu, Fit(precision="32-true")) == "32-true"
     assert fit_precision(cpu, Fit()) == "32-true"  # none: the trainer's
     assert fit_precision(Trainer(precision="bf16-mixed"), Fit()) == "bf16-mixed"
+    # fp16 is for GPUs: Lightning ran 16-mixed as bf16-mixed on a CPU, and the run said 16-mixed
+    assert fit_precision(cpu, Fit(precision="16-mixed")) == "bf16-mixed"
+    assert fit_precision(Trainer(accelerator="gpu"), Fit(precision="16-mixed")) == "16-mixed"
 
 
 def test_an_auto_fit_says_what_it_chose_and_exports_float32_weights(workdir, params, capfd):
