@@ -1049,3 +1049,26 @@ def test_make_refuses_a_python_older_than_3_11_before_it_makes_the_venv(tmp_path
     assert made.returncode == 2, made.stderr
     assert f"make: {old} is not Python 3.11 or newer, which lstm-pipeline needs" in made.stderr
     assert not venv.exists()
+
+
+@pytest.mark.parametrize("fault", ["port in use", "address not this machine's"])
+def test_a_ddp_rendezvous_that_cannot_work_is_refused_before_the_fit(repo, capsys, monkeypatch,
+                                                                     fault):  # fmt: skip
+    """MASTER_PORT in use: exit 1 (`EADDRINUSE`), rank 1 left running, orphaned. MASTER_ADDR
+    not this machine's: both ranks retried for 30 minutes, SIGTERM or not."""
+    raw = params(repo)
+    raw["trainer"].update(devices=2, strategy="ddp")
+    write_params(raw)
+    before = run_count()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        if fault == "port in use":
+            monkeypatch.setenv("MASTER_PORT", str(taken.getsockname()[1]))
+            said = f"MASTER_PORT {taken.getsockname()[1]}: in use on 127.0.0.1; unset it"
+        else:
+            monkeypatch.setenv("MASTER_ADDR", "192.0.2.1")  # TEST-NET-1: nobody's
+            said = "MASTER_ADDR 192.0.2.1: not an address of this machine, where the DDP ranks"
+        assert main(["train", EXP]) == 2
+    assert said in one_line(capsys)
+    assert run_count() == before

@@ -36,7 +36,12 @@ from pipeline.training.fit import (
 )
 from pipeline.training.logger import deliver, failed_on_error
 from pipeline.training.resume import resume_point
-from pipeline.training.trainer import TrainHooks, check_accelerator, fit_precision
+from pipeline.training.trainer import (
+    TrainHooks,
+    check_accelerator,
+    check_rendezvous,
+    fit_precision,
+)
 
 
 def slim_checkpoint(srcs: list[Path], dst: Path) -> None:
@@ -184,6 +189,7 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
         torch.set_num_threads(cfg.trainer.threads)
     data_sha256 = prepared.meta.content_sha256
     check_accelerator(cfg.trainer, exp.fit)
+    check_rendezvous(cfg.trainer)
     precision = fit_precision(cfg.trainer, exp.fit)
     if precision != (asked := exp.fit.precision or cfg.trainer.precision):
         print(f"{'fit' if exp.fit.precision else 'trainer'}.precision: {asked} -> {precision}")

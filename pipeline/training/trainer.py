@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +143,32 @@ def trainer_error(t: Trainer, fit: Fit, why) -> ConfigError:
         f"trainer (accelerator: {t.accelerator}, devices: {t.devices}, strategy: {t.strategy}, "
         f"{'fit.' if fit.precision else ''}precision: {fit_precision(t, fit)}): {why}"
     )
+
+
+def check_rendezvous(t: Trainer) -> None:
+    """Where set, MASTER_ADDR and MASTER_PORT are where a DDP fit's ranks meet (on this one
+    machine). A port in use failed rank 0 (`EADDRINUSE`, exit 1) and left rank 1 waiting on it,
+    orphaned; an address not this machine's had both ranks retry for torch's 30 minutes, deaf
+    to SIGTERM."""
+    launched_rank = os.environ.get("LOCAL_RANK", "0") != "0"
+    if not (isinstance(t.devices, int) and t.devices > 1) or launched_rank:
+        return
+    addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), os.environ.get("MASTER_PORT", "0")
+    if not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"MASTER_PORT {port!r}: not a port number; unset it (one is picked)")
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((addr, int(port)))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"MASTER_PORT {port}: in use on {addr}; unset it (a free one is picked)"
+                ) from None
+            raise ConfigError(
+                f"MASTER_ADDR {addr}: not an address of this machine, where the DDP ranks of "
+                f"trainer.devices {t.devices} meet ({err.strerror or err}); unset it"
+            ) from None
 
 
 def check_accelerator(t: Trainer, fit: Fit) -> None:

@@ -159,7 +159,8 @@ def test_what_every_rank_meets_is_said_once(workdir, params):
     said = [line for line in proc.stderr.splitlines() if line.startswith("lstm-pipeline")]
     assert len(said) == 1 and "training diverged" in said[0], proc.stderr[-3000:]
 
-    raw["experiments"][EXP]["fit"].update(lr=0.001, max_epochs=1000)
+    # a fit that cannot end first: early stopping off (it ended within a second, exit 0)
+    raw["experiments"][EXP]["fit"].update(lr=0.001, max_epochs=100_000, patience=100_000)
     write_params(raw, workdir / "ddp.yaml")
     started = time.time()
     proc = subprocess.Popen(train, env=env, stderr=subprocess.PIPE, text=True,
