@@ -373,16 +373,19 @@ def _stopped(signum: int, _) -> None:
 
 
 def _swallowed(unraisable) -> None:
-    """sys.unraisablehook. Raised in a signal handler (ours; train's and tune's Interrupted)
-    that ran inside a weakref callback (importlib's module locks) or a __del__, the stop was
-    printed as 'Exception ignored' and the command went on, exit 0: the signal is sent again
-    to the main thread once that context has ended."""
+    """sys.unraisablehook. Raised in a signal handler (ours; train's and tune's Interrupted;
+    Python's KeyboardInterrupt) that ran inside a weakref callback (importlib's module locks) or
+    a __del__, the stop was printed as 'Exception ignored' and the command went on, exit 0: the
+    signal is sent again to the main thread once that context has ended."""
     global _unseen
     stop = unraisable.exc_value
-    if not isinstance(stop, _Terminated | Interrupted):
+    if isinstance(stop, KeyboardInterrupt):  # Ctrl+C, swallowed the same way
+        signum = signal.SIGINT
+    elif isinstance(stop, _Terminated | Interrupted):
+        signum = _unseen = stop.args[0] if isinstance(stop, _Terminated) else signal.SIGTERM
+    else:
         return sys.__unraisablehook__(unraisable)
-    _unseen = stop.args[0] if isinstance(stop, _Terminated) else signal.SIGTERM
-    threading.Timer(0.05, signal.pthread_kill, (threading.main_thread().ident, _unseen)).start()
+    threading.Timer(0.05, signal.pthread_kill, (threading.main_thread().ident, signum)).start()
 
 
 def _no_passwords(text: str) -> str:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -163,14 +164,22 @@ def test_what_every_rank_meets_is_said_once(workdir, params):
     raw["experiments"][EXP]["fit"].update(lr=0.001, max_epochs=100_000, patience=100_000)
     write_params(raw, workdir / "ddp.yaml")
     started = time.time()
-    proc = subprocess.Popen(train, env=env, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not any(p.stat().st_mtime > started for p in workdir.glob(".resume/*/*/resume.ckpt")):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl+C
-    _, err = proc.communicate(timeout=120)
+    proc = subprocess.Popen(
+        train, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # SIGINT as a terminal's Ctrl+C sends it: a test run started in the background (`&`)
+        # ignores it, and so did this fit (CI: trained on for ever)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.stat().st_mtime > started for p in workdir.glob(".resume/*/*/*.ckpt")):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl+C
+        _, err = proc.communicate(timeout=120)
+    finally:  # not a fit left training for ever beside the other tests
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err[-3000:]
     said = [line for line in err.splitlines() if line.startswith("lstm-pipeline")]
     assert said == ["lstm-pipeline train: interrupted"], err[-3000:]
