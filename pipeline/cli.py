@@ -26,6 +26,7 @@ from pipeline.errors import (
     TrackingError,
     TrainingError,
     first_line,
+    launched_rank,
 )
 from pipeline.io import atomic_file, not_utf8_line, usable_cores
 from pipeline.quiet import quiet
@@ -315,7 +316,7 @@ def _as_pipeline_error(err: BaseException) -> PipelineError:
             return SystemFault(f"MLflow store {redacted(tracking_uri())}: {fault}")
         return TrackingError(f"MLflow at {redacted(tracking_uri())}: {first_line(err)[:300]}")
     if isinstance(err, RuntimeError) and any(b in str(err) for b in ("/gloo/", "NCCL")):
-        if _launched_rank():
+        if launched_rank():
             return PipelineError("")
         rank = os.environ.get("RANK", "0")
         return PipelineError(
@@ -414,16 +415,9 @@ def _terminated(command: str, stop: _Terminated) -> int:
 
 
 def _interrupted(command: str) -> int:
-    if not _launched_rank():
+    if not launched_rank():
         print(f"lstm-pipeline {command}: interrupted", file=sys.stderr)
     return 130
-
-
-def _launched_rank() -> bool:
-    """A DDP rank Lightning started beside the user's process, which speaks for the training:
-    what every rank meets (a diverged loss, Ctrl+C) or what another rank's stop caused was said
-    once per rank, after the launcher's line."""
-    return os.environ.get("LOCAL_RANK", "0") != "0"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -453,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         notes = getattr(err, "__notes__", [])  # what a stage adds: what to do next
         if not isinstance(err, PipelineError):
             err = _as_pipeline_error(err)
-        if str(err) and not (_launched_rank() and isinstance(err, TrainingError)):
+        if str(err) and not (launched_rank() and isinstance(err, TrainingError)):
             one_line = _no_passwords("; ".join([str(err), *notes]))
             one_line = one_line.replace("\r", "\\r").replace("\n", "\\n")  # a name with a break
             print(f"lstm-pipeline {args.command}: error: {one_line}", file=sys.stderr)

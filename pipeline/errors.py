@@ -64,3 +64,9 @@ def end_now(command: str, err: PipelineError) -> NoReturn:
     finds the process cannot go on, where the CLI's own handler would never be reached."""
     print(f"lstm-pipeline {command}: error: {err}", file=sys.stderr, flush=True)
     os._exit(err.exit_code)
+
+
+def launched_rank() -> bool:
+    """A DDP rank Lightning started beside the user's process (the launcher), which holds the
+    training's lock and says, once, what stopped it."""
+    return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"

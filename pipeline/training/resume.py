@@ -28,7 +28,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from pipeline import warm
 from pipeline.config import PipelineConfig
-from pipeline.errors import Interrupted, PipelineError, end_now, first_line
+from pipeline.errors import Interrupted, PipelineError, end_now, first_line, launched_rank
 from pipeline.io import held_lock, system_fault
 from pipeline.paths import resume_dir
 
@@ -251,11 +251,6 @@ def _terminate_when_closed(pidfd: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _is_launcher() -> bool:
-    """The process the user started (not a DDP rank Lightning launched after it)."""
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
-
-
 class _Terminate:
     """SIGTERM: inside a Lightning fit (whose handler calls this one) the fit stops at its next
     check; anywhere else at once. Either way the resume point is kept."""
@@ -283,7 +278,7 @@ def resume_point(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> Iterat
     with _signals_to(terminate):
         stop_with_dvc()
         try:
-            if not _is_launcher():  # a DDP rank: the launcher holds the lock and owns the folder
+            if launched_rank():  # a DDP rank: the launcher holds the lock and owns the folder
                 yield folder
                 return
             lock = root / ".lock"
@@ -304,12 +299,12 @@ def resume_point(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> Iterat
                 with suppress(OSError):
                     root.rmdir()
         except SIGTERMException:
-            raise Interrupted(terminate.message if _is_launcher() else "") from None
+            raise Interrupted("" if launched_rank() else terminate.message) from None
         except Exception:
             if not terminate.received:
                 raise
             # a DDP rank that stopped first broke the collective this one was waiting in
-            raise Interrupted(terminate.message if _is_launcher() else "") from None
+            raise Interrupted("" if launched_rank() else terminate.message) from None
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from pipeline.config import Experiment, PipelineConfig
 from pipeline.config.run import Fit, Trainer
-from pipeline.errors import ConfigError, TrainingError, first_line
+from pipeline.errors import ConfigError, TrainingError, first_line, launched_rank
 from pipeline.io import atomic_file
 
 
@@ -150,8 +150,7 @@ def check_rendezvous(t: Trainer) -> None:
     machine). A port in use failed rank 0 (`EADDRINUSE`, exit 1) and left rank 1 waiting on it,
     orphaned; an address not this machine's had both ranks retry for torch's 30 minutes, deaf
     to SIGTERM."""
-    launched_rank = os.environ.get("LOCAL_RANK", "0") != "0"
-    if not (isinstance(t.devices, int) and t.devices > 1) or launched_rank:
+    if not (isinstance(t.devices, int) and t.devices > 1) or launched_rank():
         return
     addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), os.environ.get("MASTER_PORT", "0")
     if not port.isdigit() or int(port) > 65535:
