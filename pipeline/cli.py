@@ -381,7 +381,7 @@ def _swallowed(unraisable) -> None:
     global _unseen
     stop = unraisable.exc_value
     if isinstance(stop, KeyboardInterrupt):  # Ctrl+C, swallowed the same way
-        signum = signal.SIGINT
+        signum = _unseen = signal.SIGINT
     elif isinstance(stop, _Terminated | Interrupted):
         signum = _unseen = stop.args[0] if isinstance(stop, _Terminated) else signal.SIGTERM
     else:
@@ -452,7 +452,9 @@ def main(argv: list[str] | None = None) -> int:
             one_line = one_line.replace("\r", "\\r").replace("\n", "\\n")  # a name with a break
             print(f"lstm-pipeline {args.command}: error: {one_line}", file=sys.stderr)
         return err.exit_code
-    if _unseen:  # swallowed, and the work ended before it was sent again
+    if _unseen == signal.SIGINT:  # swallowed, and the work ended before it was sent again
+        return _interrupted(args.command)
+    if _unseen:
         return _terminated(args.command, _Terminated(_unseen))
     return 0
 

@@ -325,7 +325,8 @@ sys.exit(cli.main([]))
     [(0.0, "ours", "SIGTERM", "stopped by SIGTERM; its earlier outputs are kept"),
      (30.0, "ours", "SIGTERM", "stopped by SIGTERM; its earlier outputs are kept"),
      (30.0, "training's", "SIGTERM", "error: stopped by SIGTERM"),
-     (30.0, "Python's", "SIGINT", "interrupted")],
+     (30.0, "Python's", "SIGINT", "interrupted"),
+     (0.0, "Python's", "SIGINT", "interrupted")],
 )  # fmt: skip
 def test_a_signal_swallowed_inside_a_callback_still_stops_the_command(work_s, handler, sig,
                                                                       said):  # fmt: skip
