@@ -409,8 +409,9 @@ def _quiet_mlflow() -> None:
 
 def _terminated(command: str, stop: _Terminated) -> int:
     signum = stop.args[0]
-    print(f"lstm-pipeline {command}: stopped by {signal.Signals(signum).name}; "
-          f"{STOPPED_BY_SIGTERM[command]}", file=sys.stderr)  # fmt: skip
+    if not launched_rank():  # the launcher says it (or, if it cannot, its rank watcher)
+        print(f"lstm-pipeline {command}: stopped by {signal.Signals(signum).name}; "
+              f"{STOPPED_BY_SIGTERM[command]}", file=sys.stderr)  # fmt: skip
     return 128 + signum
 
 

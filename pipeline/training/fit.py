@@ -26,6 +26,7 @@ from pipeline.training.resume import (
     RESUME_FILE,
     ResumeState,
     damaged,
+    grace_before_killing_the_ranks,
     save_run_id,
     saved_run_id,
 )
@@ -125,6 +126,7 @@ def fit_and_select(
             rank_zero_only(print)(f"resuming from {point}")  # once, not per DDP rank
             resume_from = point
     trainer = build_trainer(cfg, exp, ckpt_dir, logger, callbacks, hooks)
+    grace_before_killing_the_ranks(trainer)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     rows = list(history.rows)  # test() restores the best checkpoint's (shorter) history
     best = trainer.checkpoint_callback

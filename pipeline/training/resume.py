@@ -28,7 +28,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from pipeline import warm
 from pipeline.config import PipelineConfig
-from pipeline.errors import Interrupted, PipelineError, end_now, first_line, launched_rank
+from pipeline.errors import CtrlC, Interrupted, PipelineError, end_now, first_line, launched_rank
 from pipeline.io import held_lock, system_fault
 from pipeline.paths import resume_dir
 
@@ -42,6 +42,9 @@ SAVE_EVERY_S = 30.0
 # exits 143 while the launcher is still stopping at the same batch, which then died with -9 and no
 # line instead of its own "stopped by SIGTERM".
 RANK_EXIT_GRACE_S = 30.0
+# Before the ranks have joined, the launcher waits in torch's rendezvous (deaf to SIGTERM, for
+# 30 minutes) for a rank that is gone: there is nothing to wait for but a launcher stopping itself.
+RANK_JOIN_GRACE_S = 5.0
 RUNS_END_WAIT_S = 30.0  # then for its MLflow run to be ended FAILED
 OBSERVER_LOGGER = "lightning_fabric.strategies.launchers.subprocess_script"
 
@@ -80,7 +83,6 @@ class ResumeState(Checkpoint):
     def on_train_start(self, trainer, _):
         if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _sigterm_without_collectives(trainer))
-            grace_before_killing_the_ranks(partial(_end_runs_failed, trainer.loggers))
         if not self.pending:
             return
         if self.pending["stopped"]:  # the restored epoch was the last one
@@ -140,17 +142,22 @@ def _sigterm_without_collectives(trainer):
     return handler
 
 
-def grace_before_killing_the_ranks(before_exit: Callable[[], None]) -> None:
-    """In the launcher, Lightning's observer of the ranks it started (a thread, found by its
-    name) waits RANK_EXIT_GRACE_S after a rank's non-zero exit before it kills every rank, calls
-    `before_exit` (ends the tracked runs) and ends the launcher with one line; the launcher
-    usually ends first, the thread with it. Its log line ("Forcefully terminating all other
-    processes") is silenced: most often nothing is killed now."""
+def grace_before_killing_the_ranks(trainer) -> None:
+    """Before a DDP fit starts its ranks: in the launcher, Lightning's observer of the ranks it
+    starts (a thread) waits RANK_EXIT_GRACE_S after a rank's non-zero exit before it kills every
+    rank, ends the tracked runs FAILED and ends the launcher with one line; the launcher usually
+    ends first, the thread with it. Its log line ("Forcefully terminating all other processes")
+    is silenced: most often nothing is killed now. (Set once the fit had started, a SIGTERM while
+    the ranks started still had the launcher SIGKILLed as it ended: exit -9, its run RUNNING.)"""
+    from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    if trainer.world_size < 2:
+        return
     logging.getLogger(OBSERVER_LOGGER).setLevel(logging.WARNING)
-    for thread in threading.enumerate():
-        if thread.name == "child-process-observer" and hasattr(thread, "_terminate_all"):
-            kill = partial(_kill_ranks_after_grace, thread._child_processes, before_exit)
-            thread._terminate_all = kill
+    before_exit = partial(_end_runs_failed, trainer.loggers)
+    _ChildProcessObserver._terminate_all = lambda observer: _kill_ranks_after_grace(
+        observer._child_processes, before_exit
+    )
 
 
 def _end_runs_failed(loggers: list) -> None:
@@ -161,7 +168,8 @@ def _end_runs_failed(loggers: list) -> None:
 
 
 def _kill_ranks_after_grace(ranks: list, before_exit: Callable[[], None]) -> None:
-    time.sleep(RANK_EXIT_GRACE_S)
+    joined = torch.distributed.is_initialized()
+    time.sleep(RANK_EXIT_GRACE_S if joined else RANK_JOIN_GRACE_S)
     codes = ", ".join(f"rank {i}: {p.returncode}" for i, p in enumerate(ranks, 1) if p.returncode)
     for rank in ranks:
         rank.kill()
@@ -169,13 +177,15 @@ def _kill_ranks_after_grace(ranks: list, before_exit: Callable[[], None]) -> Non
     ending = threading.Thread(target=before_exit, daemon=True)
     ending.start()
     ending.join(RUNS_END_WAIT_S)
-    end_now(
-        "train",
-        PipelineError(
-            f"DDP: a rank exited ({codes}) and rank 0 had not ended {RANK_EXIT_GRACE_S:.0f} s "
-            "later; every rank killed; run it again to resume from its last saved epoch"
-        ),
+    why = (
+        f"and rank 0 had not ended {RANK_EXIT_GRACE_S:.0f} s later; every rank killed; run it "
+        "again to resume from its last saved epoch"
+        if joined
+        else "before the ranks had joined; every rank killed; run it again"
     )
+    exits = frozenset(p.returncode for p in ranks if p.returncode)
+    said_as = {frozenset([143]): Interrupted, frozenset([130]): CtrlC}.get(exits, PipelineError)
+    end_now("train", said_as(f"DDP: a rank exited ({codes}) {why}"))
 
 
 def damaged(point: Path) -> str | None:
