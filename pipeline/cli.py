@@ -16,7 +16,7 @@ import traceback
 from importlib.metadata import version
 from pathlib import Path
 
-from pipeline import warm
+from pipeline import io, warm
 from pipeline.config import PARAMS_FILE, compose, load_config, project_above
 from pipeline.errors import (
     ConfigError,
@@ -409,9 +409,12 @@ def _quiet_mlflow() -> None:
 
 def _terminated(command: str, stop: _Terminated) -> int:
     signum = stop.args[0]
+    said = STOPPED_BY_SIGTERM[command]
+    if said == KEPT and io.outputs_replaced:  # stopped after its outputs were put in place
+        said = "its new outputs are in place; run it again to finish"
     if not launched_rank():  # the launcher says it (or, if it cannot, its rank watcher)
-        print(f"lstm-pipeline {command}: stopped by {signal.Signals(signum).name}; "
-              f"{STOPPED_BY_SIGTERM[command]}", file=sys.stderr)  # fmt: skip
+        print(f"lstm-pipeline {command}: stopped by {signal.Signals(signum).name}; {said}",
+              file=sys.stderr)  # fmt: skip
     return 128 + signum
 
 

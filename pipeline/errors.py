@@ -1,7 +1,11 @@
 """Errors a user can fix. The CLI prints their message alone and exits with the code."""
 
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 
@@ -70,3 +74,23 @@ def launched_rank() -> bool:
     """A DDP rank Lightning started beside the user's process (the launcher), which holds the
     training's lock and says, once, what stopped it."""
     return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
+
+
+@contextmanager
+def stops_held() -> Iterator[None]:
+    """SIGTERM, SIGHUP and Ctrl+C that arrive during the block are sent again once it has ended
+    (in the main thread, where signals are handled; an ignored one stays ignored)."""
+    held: list[int] = []
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        stops = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+        handlers = {s: h for s in stops if callable(h := signal.getsignal(s))}
+        for signum in handlers:
+            signal.signal(signum, lambda signum, _: held.append(signum))
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        if held:
+            signal.raise_signal(held[0])

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.errors import PipelineError, SystemFault
+from pipeline.errors import PipelineError, SystemFault, stops_held
 
 # mkstemp/mkdtemp create 0600/0700 whatever the umask; outputs get what open() would give them
 # (a team's shared storage needs group-readable models). Read once, at import (single-threaded).
@@ -230,6 +230,9 @@ def _special(path: Path) -> bool:
     return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
+outputs_replaced = False  # by Outputs, in this process: a stop after it keeps the new ones
+
+
 class Outputs(ExitStack):
     """A stage's several outputs, each written at a temp beside its place (`file(path)`,
     `folder(path)`: a context yielding the temp) and put in place together when the block ends
@@ -255,18 +258,23 @@ class Outputs(ExitStack):
             yield tmp
 
     def __exit__(self, *exc) -> bool:
-        try:
-            suppressed = super().__exit__(*exc)
-        except BaseException:
-            for path, aside in reversed(self._placed):
-                with suppress(OSError):
-                    _remove(_aside(path, path.is_dir() and not path.is_symlink()))
-                    if aside is not None:
-                        aside.rename(path)
-            raise
-        for _, aside in self._placed:
-            if aside is not None:
-                _remove(aside)
+        global outputs_replaced
+        # a stop while they are placed or the earlier ones deleted waits: it left the earlier
+        # ones beside the new ones, and the stage said "its earlier outputs are kept"
+        with stops_held():
+            try:
+                suppressed = super().__exit__(*exc)
+            except BaseException:
+                for path, aside in reversed(self._placed):
+                    with suppress(OSError):
+                        _remove(_aside(path, path.is_dir() and not path.is_symlink()))
+                        if aside is not None:
+                            aside.rename(path)
+                raise
+            for _, aside in self._placed:
+                if aside is not None:
+                    _remove(aside)
+            outputs_replaced = outputs_replaced or bool(self._placed)
         return suppressed
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from pipeline.config import Resources
-from pipeline.errors import ConfigError, SystemFault, end_now
+from pipeline.errors import ConfigError, SystemFault, end_now, stops_held
 
 CONNECT_TIMEOUT_S = 10
 # a gRPC server sends its SETTINGS frame as it accepts; a head node stalled by load may take seconds
@@ -140,7 +140,7 @@ def ray_session(
         attempts = ray_constants.NUM_REDIS_GET_RETRIES
         ray_constants.NUM_REDIS_GET_RETRIES = min(attempts, JOIN_ATTEMPTS)
         try:
-            with held_stderr(), _stops_held():
+            with held_stderr(), _ray_init_guarded():
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, ray.exceptions.AuthenticationError) as err:
             reason = refusal_reason(err)
@@ -186,41 +186,31 @@ def check_worker_python() -> None:
 
 
 @contextmanager
-def _stops_held() -> Iterator[None]:
+def _ray_init_guarded() -> Iterator[None]:
     """ray.init replaces the SIGTERM handler twice (`sys.exit(15)`, then one that kills its
     local servers and exits 1): a SIGTERM in its first seconds ended the command with exit 15,
     a segfault, Ray's stack dump, or exit 0. The command's own handlers stay (tune's and
-    train's: one line). A stop is held until ray.init has returned, then sent again: raised
-    inside the core worker's construction (at a Python callback) it left a half-made worker
-    to shut down, and the core worker's SIGTERM handler, put in front of ours, set a 3 s
-    alarm that aborted the process while ray.shutdown still ran (exit -6, nothing said)."""
+    train's: one line). A stop is held until ray.init has returned: raised inside the core
+    worker's construction (at a Python callback) it left a half-made worker to shut down, and
+    the core worker's SIGTERM handler, put in front of ours, set a 3 s alarm that aborted the
+    process while ray.shutdown still ran (exit -6, nothing said)."""
     import ray._private.utils as ray_utils
 
-    held: list[int] = []
-    stops = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        handlers = {s: h for s in stops if callable(h := signal.getsignal(s))}  # not SIG_IGN
-        for signum in handlers:
-            signal.signal(signum, lambda signum, _: held.append(signum))
     setter = ray_utils.set_sigterm_handler
     ray_utils.set_sigterm_handler = lambda handler: None
-    try:
-        yield
-    finally:
-        ray_utils.set_sigterm_handler = setter
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-        if held:
-            signal.alarm(0)
-            signal.raise_signal(held[0])
+    with stops_held():  # puts ours back in front of the core worker's
+        try:
+            yield
+        finally:
+            ray_utils.set_sigterm_handler = setter
+            signal.alarm(0)  # the core worker's, if a stop reached its handler first
 
 
 def _start_local(temp_dir: str) -> None:
     import ray
 
     try:
-        with held_stderr(), _stops_held():
+        with held_stderr(), _ray_init_guarded():
             ray.init(
                 address="local",
                 _node_ip_address=LOOPBACK,  # private: its servers listen on loopback only

@@ -163,12 +163,28 @@ def repro(
 
     # one per experiment at most: `--jobs 99999999999` made a thread each (1 GB in 15 s)
     lanes = [threading.Thread(target=lane, daemon=True) for _ in range(min(jobs, len(pending)))]
+
+    def last_pass(cmd: list[str]) -> None:
+        """The whole pipeline (or the named chains), a lane of its own that is stopped as the
+        others are: run after the handlers were put back, a SIGTERM ended repro with -15 and
+        no line, and left dvc running."""
+        with subprocess.Popen(cmd, env=env, start_new_session=True) as proc:
+            running.add(proc)
+        running.discard(proc)
+        rest.append(proc.returncode)
+
     previous = {s: signal.signal(s, terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
+    rest: list[int] = []
     try:
         for thread in lanes:
             thread.start()
         for thread in lanes:
             thread.join()
+        if not (reader_gone.is_set() or failures):
+            cmd = [_dvc(), "--wait-for-lock", "repro", *targets]
+            lanes.append(threading.Thread(target=last_pass, args=(cmd,), daemon=True))
+            lanes[-1].start()
+            lanes[-1].join()
     except KeyboardInterrupt:
         stop(signal.SIGINT)  # Ctrl+C: the lanes' sessions are not the terminal's
         raise
@@ -185,6 +201,5 @@ def repro(
         raise DvcFailed(
             f"{failed} (its lines above start with [exp])", 128 - code if code < 0 else code
         )
-    rest = subprocess.run([_dvc(), "--wait-for-lock", "repro", *targets], env=env)
-    if rest.returncode:
-        raise DvcFailed(f"dvc repro failed (exit {rest.returncode})", rest.returncode)
+    if code := rest[0]:
+        raise DvcFailed(f"dvc repro failed ({_status(code)})", 128 - code if code < 0 else code)

@@ -702,6 +702,46 @@ def test_the_temp_outputs_of_a_killed_writer_are_removed_by_the_next(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [stale[1].name, "out.csv"]
 
 
+SIGTERM_AS_EARLIER_OUTPUTS_GO = """
+import argparse, os, signal, sys
+from pathlib import Path
+from pipeline import cli, io
+
+removing = io._remove
+def remove(path):  # the stop lands as the earlier outputs are deleted
+    os.kill(os.getpid(), signal.SIGTERM)
+    removing(path)
+
+def work(_):
+    io._remove = remove
+    with io.Outputs() as place, place.file("report.json") as report:
+        with place.folder("plots") as plots:
+            (plots / "a.csv").write_text("new")
+        report.write_text("new")
+
+args = argparse.Namespace(command="validate", debug=False, func=work)
+cli.parser = lambda: argparse.Namespace(parse_args=lambda _: args)
+sys.exit(cli.main([]))
+"""
+
+
+def test_a_stop_while_earlier_outputs_are_deleted_leaves_the_new_ones_alone(tmp_path):
+    """It left the earlier ones beside the new ones (hidden) and said they were kept."""
+    (tmp_path / "report.json").write_text("old")
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "a.csv").write_text("old")
+    script = [sys.executable, "-c", SIGTERM_AS_EARLIER_OUTPUTS_GO]
+    done = subprocess.run(script, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 143, done.stderr
+    assert done.stderr == (
+        "lstm-pipeline validate: stopped by SIGTERM; its new outputs are in place; run it "
+        "again to finish\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plots", "report.json"]
+    assert (tmp_path / "report.json").read_text() == (tmp_path / "plots/a.csv").read_text()
+    assert (tmp_path / "report.json").read_text() == "new"
+
+
 def test_disk_full_names_the_output_and_keeps_the_old_one(repo):
     """RLIMIT_FSIZE makes writes fail as a full disk does (EFBIG instead of ENOSPC)."""
     onnx = repo / f"models/{EXP}/model.onnx"

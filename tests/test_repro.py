@@ -82,10 +82,20 @@ def test_a_failed_experiment_names_its_stage_and_no_further_one_starts(dvc_repo,
 def test_a_signal_ends_the_lanes_and_their_stages_at_once(dvc_repo, sig, code):
     """SIGTERM from a supervisor, SIGHUP from a closed terminal, SIGINT from Ctrl+C: the stages
     stop with repro (dvc passes no signal on: they wrote outputs after it had exited)."""
-    repo = dvc_repo("slow", "last")
+    _signal_once_stages_run(dvc_repo("slow", "last"), ["slow", "last"], 2, sig, code)
+
+
+def test_a_signal_in_the_last_pass_ends_it_too(dvc_repo):
+    """The whole pipeline's pass after the lanes (here it runs the one experiment not named)
+    ran with the handlers put back: a SIGTERM ended repro with -15 and no line, and left its
+    dvc and stage running."""
+    _signal_once_stages_run(dvc_repo("slow"), [], 1, signal.SIGTERM, 143)
+
+
+def _signal_once_stages_run(repo: Path, experiments: list, stages_n: int, sig, code) -> None:
     code_ = (
         "from pipeline.errors import PipelineError\nfrom pipeline.repro import repro\n"
-        "try: repro(['slow', 'last'], jobs=2, force=False)\n"
+        f"try: repro({experiments!r}, jobs=2, force=False)\n"
         "except PipelineError as err: raise SystemExit(err.exit_code)"  # as the CLI exits
     )
     proc = subprocess.Popen(
@@ -93,12 +103,12 @@ def test_a_signal_ends_the_lanes_and_their_stages_at_once(dvc_repo, sig, code):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline, stages = time.monotonic() + 60, []
-    while len(stages) < 2 and time.monotonic() < deadline:  # both lanes' stages started
+    while len(stages) < stages_n and time.monotonic() < deadline:  # the stages started
         time.sleep(0.2)
         tree = psutil.Process(proc.pid).children(recursive=True)
         stages = [p for p in tree if p.name() == "sleep"]
     try:
-        assert len(stages) == 2
+        assert len(stages) == stages_n
         proc.send_signal(sig)
         # not held until the stages' 60-s commands end (bounds with room for a loaded machine)
         assert proc.wait(timeout=30) == code

@@ -28,7 +28,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 from requests.exceptions import RequestException
 
-from pipeline.errors import SystemFault, TrackingError, first_line
+from pipeline.errors import Interrupted, SystemFault, TrackingError, first_line
 from pipeline.io import append_text, atomic_file
 from pipeline.tracking import (
     DISK_FAULTS,
@@ -170,6 +170,8 @@ class PatientMLFlowLogger(MLFlowLogger):
         while self.pending:
             try:
                 sent = self._send_first()
+            except Interrupted:  # SIGTERM while it sent: not the server's fault
+                raise
             except Exception as err:  # MlflowException, requests' ConnectionError, timeouts
                 if sent_now and self.pending_file and self.kept:
                     self._rewrite(self.pending)  # the file must not hold what was sent
@@ -204,6 +206,8 @@ class PatientMLFlowLogger(MLFlowLogger):
             try:
                 super().finalize(status)
                 return
+            except Interrupted:
+                raise
             except Exception:  # the run's status is set by a later, successful finalize
                 pass
         self._keep()

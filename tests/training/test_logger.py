@@ -1,8 +1,10 @@
 """The training logger sends metrics in batches, and keeps what it has not sent beside the resume
 point, so a training killed between two batches loses none of them."""
 
+import pytest
 from mlflow import MlflowClient
 
+from pipeline.errors import Interrupted
 from pipeline.training.logger import PENDING_FILE, PatientMLFlowLogger
 
 
@@ -82,3 +84,23 @@ def test_refused_params_keep_the_runs_values_and_a_deleted_run_is_refused_not_un
     with pytest.raises(TrackingError, match="refuses run .*'active' state.*run the train stage"):
         deliver(second, lambda: None, workdir)  # at once, not after DELIVER_S
     assert len((workdir / PENDING_FILE).read_text().splitlines()) == 1  # kept for the rerun
+
+
+def test_a_sigterm_while_metrics_are_sent_is_a_stop_not_an_outage(workdir, monkeypatch, capsys):
+    """train's SIGTERM handler raises Interrupted, an Exception: caught as the server's fault,
+    it printed `MLflow tracking server unreachable (...: stopped by SIGTERM; ...)` and the
+    delivery waited 5 s before it stopped."""
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    logger = PatientMLFlowLogger(experiment_name="e", tracking_uri=uri, pending_dir=workdir)
+    for epoch in range(3):
+        logger.log_metrics({"val/loss": 1.0, "epoch": epoch}, step=epoch)
+
+    def stopped_while_sending():
+        raise Interrupted("e: stopped by SIGTERM; run the train stage again to resume")
+
+    monkeypatch.setattr(logger, "_send_first", stopped_while_sending)
+    with pytest.raises(Interrupted):
+        logger.flush()
+    with pytest.raises(Interrupted):
+        logger.finalize("success")
+    assert not logger.down and capsys.readouterr().err == ""
