@@ -55,6 +55,11 @@ def _in_git(root: Path) -> bool:
     return any((folder / ".git").exists() for folder in (root, *root.parents))
 
 
+def _exit_code(rc: int) -> int:
+    """A dvc a signal ended (rc -9) as a shell says it: 137."""
+    return 128 - rc if rc < 0 else rc
+
+
 def _status(rc: int) -> str:
     """`exit 255`, or `killed by SIGKILL` (the OOM killer's, say) where a signal ended dvc."""
     return f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit {rc}"
@@ -197,9 +202,6 @@ def repro(
         failed = "; ".join(
             f"validate@{exp}: dvc repro failed ({_status(rc)})" for exp, rc in failures
         )
-        code = failures[0][1]
-        raise DvcFailed(
-            f"{failed} (its lines above start with [exp])", 128 - code if code < 0 else code
-        )
-    if code := rest[0]:
-        raise DvcFailed(f"dvc repro failed ({_status(code)})", 128 - code if code < 0 else code)
+        raise DvcFailed(f"{failed} (its lines above start with [exp])", _exit_code(failures[0][1]))
+    if rest[0]:
+        raise DvcFailed(f"dvc repro failed ({_status(rest[0])})", _exit_code(rest[0]))
