@@ -168,26 +168,20 @@ def repro(
 
     # one per experiment at most: `--jobs 99999999999` made a thread each (1 GB in 15 s)
     lanes = [threading.Thread(target=lane, daemon=True) for _ in range(min(jobs, len(pending)))]
-
-    def last_pass(cmd: list[str]) -> None:
-        """The whole pipeline (or the named chains), a lane of its own that is stopped as the
-        others are: run after the handlers were put back, a SIGTERM ended repro with -15 and
-        no line, and left dvc running."""
-        with subprocess.Popen(cmd, env=env, start_new_session=True) as proc:
-            running.add(proc)
-        running.discard(proc)
-        rest.append(proc.returncode)
-
     previous = {s: signal.signal(s, terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
-    rest: list[int] = []
     try:
         for thread in lanes:
             thread.start()
         for thread in lanes:
             thread.join()
         if not (reader_gone.is_set() or failures):
+            # the whole pipeline (or the named chains), waited for as a lane is and stopped with
+            # them (run after the handlers were put back, a SIGTERM ended repro with -15 and no
+            # line, and left dvc running)
             cmd = [_dvc(), "--wait-for-lock", "repro", *targets]
-            lanes.append(threading.Thread(target=last_pass, args=(cmd,), daemon=True))
+            last = subprocess.Popen(cmd, env=env, start_new_session=True)
+            running.add(last)
+            lanes.append(threading.Thread(target=last.wait, daemon=True))
             lanes[-1].start()
             lanes[-1].join()
     except KeyboardInterrupt:
@@ -203,5 +197,7 @@ def repro(
             f"validate@{exp}: dvc repro failed ({_status(rc)})" for exp, rc in failures
         )
         raise DvcFailed(f"{failed} (its lines above start with [exp])", _exit_code(failures[0][1]))
-    if rest[0]:
-        raise DvcFailed(f"dvc repro failed ({_status(rest[0])})", _exit_code(rest[0]))
+    if last.returncode:
+        raise DvcFailed(
+            f"dvc repro failed ({_status(last.returncode)})", _exit_code(last.returncode)
+        )

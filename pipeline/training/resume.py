@@ -183,8 +183,8 @@ def _kill_ranks_after_grace(ranks: list, before_exit: Callable[[], None]) -> Non
         if joined
         else "before the ranks had joined; every rank killed; run it again"
     )
-    exits = frozenset(p.returncode for p in ranks if p.returncode)
-    said_as = {frozenset([143]): Interrupted, frozenset([130]): CtrlC}.get(exits, PipelineError)
+    exits = {p.returncode for p in ranks if p.returncode}  # a stop's code is the launcher's too
+    said_as = next((e for e in (Interrupted, CtrlC) if exits == {e.exit_code}), PipelineError)
     end_now("train", said_as(f"DDP: a rank exited ({codes}) {why}"))
 
 
