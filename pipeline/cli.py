@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from pipeline.errors import (
     TrackingError,
     TrainingError,
     first_line,
+    handle,
     launched_rank,
 )
 from pipeline.io import atomic_file, not_utf8_line, usable_cores
@@ -354,6 +356,7 @@ def _cause(err: BaseException | None, kind: type) -> BaseException | None:
 # state); these (train, tune: before that) ended with exit 143 (SIGHUP: 129) and no line.
 # Raised here, the temp files are removed and the earlier outputs kept.
 KEPT = "its earlier outputs are kept"
+NOTHING_DONE = "nothing was done"  # a command stopped before main() ran it
 STOPPED_BY_SIGTERM = {"prepare": KEPT, "export": KEPT, "validate": KEPT, "predict": KEPT,
                       "release": "run it again (it aliases a version it registered)",
                       "tune": "run it again", "train": "run it again"}  # fmt: skip
@@ -409,7 +412,7 @@ def _quiet_mlflow() -> None:
 
 def _terminated(command: str, stop: _Terminated) -> int:
     signum = stop.args[0]
-    said = STOPPED_BY_SIGTERM[command]
+    said = STOPPED_BY_SIGTERM.get(command, NOTHING_DONE)
     if said == KEPT and io.outputs_replaced:  # stopped after its outputs were put in place
         said = "its new outputs are in place; run it again to finish"
     if not launched_rank():  # the launcher says it (or, if it cannot, its rank watcher)
@@ -430,8 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         quiet()
     if args.command in STOPPED_BY_SIGTERM and threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
-            signal.signal(signum, _stopped)
+        handle((signal.SIGTERM, signal.SIGHUP), _stopped)  # SIGHUP: its terminal closed
         sys.unraisablehook = _swallowed
     try:
         args.func(args)
@@ -463,25 +465,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def console() -> None:
+def console(held: Sequence[int] = ()) -> None:
     """The `lstm-pipeline` command: main() here or in a warm child (pipeline/warm.py), then an
-    exit that skips the interpreter's teardown.
+    exit that skips the interpreter's teardown. `held`: the signals sent while this module
+    imported (pipeline/__main__.py); they stop it now, as one sent while it waits for a starting
+    warm server does (that was exit -15 with no line).
     Freeing torch's, Lightning's and MLflow's modules one by one takes 1.5-2 s per process (a
     `dvc repro` starts 20), after every output is written and closed. What a normal exit does
     first still runs, in its order: threading's shutdown (it stops idle thread pools, e.g.
     MLflow's downloads, then joins the non-daemon threads), the exit handlers, flushing stdio."""
     _hold_closed_std_fds()
     _quiet_mlflow()
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    handle((signal.SIGINT,), signal.default_int_handler)
+    stops = handle((signal.SIGTERM, signal.SIGHUP), _stopped)
+    sys.unraisablehook = _swallowed
     try:
+        for signum in held[:1]:
+            signal.raise_signal(signum)
         code = warm.run()
-    except KeyboardInterrupt:  # while it waited for a starting server: the stage never ran
-        code = _interrupted(sys.argv[1])
+    except KeyboardInterrupt:  # before the stage ran
+        code = _interrupted(command)
+    except _Terminated as stop:
+        code = _terminated(command, stop)
     if code is None:
+        if command not in STOPPED_BY_SIGTERM:  # as before: main() installs none for it
+            for signum in stops:
+                signal.signal(signum, signal.SIG_DFL)
         code = main()
     # the work is done: Ctrl+C or SIGTERM now skips the rest (each printed a traceback from an
     # exit handler, or from joining the threads)
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, lambda *_: _exit_now(code))
+    handle((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), lambda *_: _exit_now(code))
     threading._shutdown()  # what the interpreter calls first; joining threads alone would hang
     atexit._run_exitfuncs()
     _exit_now(code)

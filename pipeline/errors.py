@@ -76,6 +76,17 @@ def launched_rank() -> bool:
     return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
 
 
+def handle(signums: tuple[int, ...], handler) -> dict[int, object]:
+    """`handler` for each of `signums` not ignored, and the handlers it replaced. An ignored one
+    is ignored on purpose and stays so: SIGHUP under `nohup`, SIGINT in a background job of a
+    shell without job control (a `nohup` training stopped when its terminal closed)."""
+    return {
+        signum: signal.signal(signum, handler)
+        for signum in signums
+        if signal.getsignal(signum) is not signal.SIG_IGN
+    }
+
+
 @contextmanager
 def stops_held() -> Iterator[None]:
     """SIGTERM, SIGHUP and Ctrl+C that arrive during the block are sent again once it has ended

@@ -22,7 +22,7 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-from pipeline.errors import ConfigError, Interrupted, PipelineError
+from pipeline.errors import ConfigError, Interrupted, PipelineError, handle
 
 STOP_S = 60  # how long a stopped lane's stage may take to stop (a training: a few seconds)
 
@@ -168,7 +168,7 @@ def repro(
 
     # one per experiment at most: `--jobs 99999999999` made a thread each (1 GB in 15 s)
     lanes = [threading.Thread(target=lane, daemon=True) for _ in range(min(jobs, len(pending)))]
-    previous = {s: signal.signal(s, terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous = handle((signal.SIGTERM, signal.SIGHUP), terminate)
     try:
         for thread in lanes:
             thread.start()

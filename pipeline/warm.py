@@ -280,7 +280,8 @@ def _run_in_child(conn: socket.socket) -> int | None:
     conn.settimeout(None)
     previous = {s: signal.getsignal(s) for s in (*SIGNALS, *JOB_CONTROL)}
     for s in SIGNALS:
-        signal.signal(s, lambda number, _: _forward(conn, number))
+        if previous[s] is not signal.SIG_IGN:  # nohup's SIGHUP: not passed on either
+            signal.signal(s, lambda number, _: _forward(conn, number))
     signal.signal(signal.SIGTSTP, lambda *_: _suspend(conn))
     signal.signal(signal.SIGCONT, lambda *_: _forward(conn, signal.SIGCONT))
     try:

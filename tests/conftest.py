@@ -136,6 +136,14 @@ def copy_repo(dst: Path) -> Path:
     return dst
 
 
+def as_in_a_terminal() -> None:
+    """A preexec_fn: Ctrl+C and a closing terminal's SIGHUP reach the command as in a terminal.
+    A test run in the background or under `nohup` passes them on ignored, and the command
+    keeps an ignored signal ignored (pipeline/errors.py, `handle`)."""
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def free_port() -> int:
     """A loopback port nothing listens on (for a server to take, or to find unreachable)."""
     with socket.socket() as s:

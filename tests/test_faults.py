@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -30,7 +31,14 @@ from pipeline.config import compose
 from pipeline.errors import ConfigError, SystemFault, TrackingError
 from pipeline.io import append_text, atomic_dir, atomic_file, system_fault
 from pipeline.tracking import ensure_reachable, training_run
-from tests.conftest import BIN, REPO, free_port, without_file_rights, write_params
+from tests.conftest import (
+    BIN,
+    REPO,
+    as_in_a_terminal,
+    free_port,
+    without_file_rights,
+    write_params,
+)
 
 EXP = "lstm_airline"
 
@@ -286,13 +294,82 @@ def test_sigterm_during_export_or_validate_is_one_line_and_keeps_the_outputs(rep
     before = tree_digest(repo)
     env = {**os.environ, "LSTM_PIPELINE_WARM": "0"}
     proc = subprocess.Popen([BIN / "lstm-pipeline", stage, EXP], cwd=repo, env=env,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_in_a_terminal)  # fmt: skip
     time.sleep(2.5)  # in its imports or its work: the handler is set before either
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, err
     assert err == f"lstm-pipeline {stage}: stopped by {sig.name}; its earlier outputs are kept\n"
     assert tree_digest(repo) == before
+
+
+def catches(pid: int, sig: signal.Signals) -> bool:
+    """Its handler for `sig` is set (/proc's SigCgt mask), by the command, not the forked test."""
+    if b"lstm-pipeline" not in Path(f"/proc/{pid}/cmdline").read_bytes():  # not exec'd yet
+        return False
+    caught = re.search(r"SigCgt:\s*(\w+)", Path(f"/proc/{pid}/status").read_text())[1]
+    return bool(int(caught, 16) >> (sig - 1) & 1)
+
+
+@pytest.mark.parametrize(
+    "sig, said",
+    [(signal.SIGTERM, "stopped by SIGTERM; its earlier outputs are kept"),
+     (signal.SIGINT, "interrupted")],
+)  # fmt: skip
+def test_a_signal_while_the_command_imports_its_modules_is_one_line(repo, sig, said):
+    """Sent once the entry's first line has run (pipeline/__main__.py), in the 0.1-0.2 s before
+    its modules are in: SIGTERM was exit -15 with no line, Ctrl+C a traceback."""
+    before = tree_digest(repo)
+    env = {**os.environ, "LSTM_PIPELINE_WARM": "0"}
+    for _ in range(5):  # until one lands before pydantic is in: a loaded machine polls late
+        proc = subprocess.Popen([BIN / "lstm-pipeline", "export", EXP], cwd=repo, env=env,
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=as_in_a_terminal)  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not catches(proc.pid, signal.SIGTERM):
+            assert time.monotonic() < deadline and proc.poll() is None, "never set its handler"
+            time.sleep(0.001)
+        importing = b"pydantic_core" not in Path(f"/proc/{proc.pid}/maps").read_bytes()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + sig, err
+        assert err == f"lstm-pipeline export: {said}\n"
+        if importing:
+            break
+    else:
+        pytest.fail("every signal came after the command's imports")
+    assert tree_digest(repo) == before
+
+
+def ignores(pid: int, sig: signal.Signals) -> bool:
+    ignored = re.search(r"SigIgn:\s*(\w+)", Path(f"/proc/{pid}/status").read_text())[1]
+    return bool(int(ignored, 16) >> (sig - 1) & 1)
+
+
+def test_a_signal_ignored_when_the_command_started_stays_ignored(repo):
+    """`nohup` (SIGHUP) or a background job of a shell without job control (SIGINT): the
+    command's handlers replaced the ignore, and a `nohup` training stopped (exit 129) when its
+    terminal closed."""
+
+    def as_nohup():
+        for sig in (signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+
+    env = {**os.environ, "LSTM_PIPELINE_WARM": "0"}
+    proc = subprocess.Popen([BIN / "lstm-pipeline", "export", EXP], cwd=repo, env=env,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_nohup)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while b"libtorch" not in Path(f"/proc/{proc.pid}/maps").read_bytes():  # at its work
+        assert time.monotonic() < deadline and proc.poll() is None, "never imported torch"
+        time.sleep(0.01)
+    assert catches(proc.pid, signal.SIGTERM)
+    assert ignores(proc.pid, signal.SIGHUP) and ignores(proc.pid, signal.SIGINT)
+    proc.send_signal(signal.SIGHUP)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "stopped" not in err and "interrupted" not in err
 
 
 SIGNAL_IN_A_WEAKREF_CALLBACK = """
@@ -334,8 +411,9 @@ def test_a_signal_swallowed_inside_a_callback_still_stops_the_command(work_s, ha
     and the sweep ran on to exit 0 (CI of stop 68); Ctrl+C the same way."""
     started = time.monotonic()
     script = [sys.executable, "-c", SIGNAL_IN_A_WEAKREF_CALLBACK, str(work_s), handler, sig]
-    ctrl_c = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731 (`&` ignores it)
-    proc = subprocess.run(script, capture_output=True, text=True, timeout=60, preexec_fn=ctrl_c)
+    proc = subprocess.run(
+        script, capture_output=True, text=True, timeout=60, preexec_fn=as_in_a_terminal
+    )
     assert proc.returncode == (130 if sig == "SIGINT" else 143), proc.stderr
     assert proc.stderr == f"lstm-pipeline predict: {said}\n"
     assert time.monotonic() - started < 20  # not after the work

@@ -16,6 +16,7 @@ import yaml
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.repro import repro
+from tests.conftest import as_in_a_terminal
 
 DVC = Path(sys.executable).parent / "dvc"
 
@@ -100,7 +101,7 @@ def _signal_once_stages_run(repo: Path, experiments: list, stages_n: int, sig, c
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code_], cwd=repo, env={**os.environ, "SLEEP": "60"},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=as_in_a_terminal,
     )  # fmt: skip
     deadline, stages = time.monotonic() + 60, []
     while len(stages) < stages_n and time.monotonic() < deadline:  # the stages started

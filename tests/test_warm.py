@@ -15,7 +15,14 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import BIN, REPO, stop_warm_servers, tracked_runs, write_params
+from tests.conftest import (
+    BIN,
+    REPO,
+    as_in_a_terminal,
+    stop_warm_servers,
+    tracked_runs,
+    write_params,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -244,7 +251,8 @@ def test_warm_starts_turned_off_start_no_server(root, off):
 
 def test_a_training_that_finds_a_server_starting_waits_and_runs_in_it(root):
     """Rather than import torch beside a server that is importing it: the first stage's server
-    is still starting when the next stage comes. Ctrl-C while waiting: one line, exit 130."""
+    is still starting when the next stage comes. Ctrl-C or SIGTERM while waiting: one line, exit
+    130 or 143 (SIGTERM was exit -15 with no line)."""
     folder = Path(tempfile.mkdtemp(prefix="lp-"))
     starting = {"XDG_RUNTIME_DIR": str(folder)}
     try:
@@ -255,18 +263,21 @@ def test_a_training_that_finds_a_server_starting_waits_and_runs_in_it(root):
             time.sleep(0.05)
         assert not list(folder.glob("*/*.sock"))  # not listening yet
         training = stage(root, "train", EXP, **starting)
-        stopped = subprocess.Popen(  # Ctrl-C's handler: a background job's children ignore SIGINT
+        stops = {signal.SIGINT: "interrupted", signal.SIGTERM: "stopped by SIGTERM; its earlier "
+                 "outputs are kept"}  # fmt: skip
+        stopped = {sig: subprocess.Popen(  # Ctrl-C's handler: a background job's ignore SIGINT
             [BIN / "lstm-pipeline", "validate", EXP], cwd=root, env=env(root, **starting),
             stderr=subprocess.PIPE, text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while Path(f"/proc/{stopped.pid}/wchan").read_text() != "hrtimer_nanosleep":
-            assert time.monotonic() < deadline, "never reached its wait"  # (its sleep)
-            time.sleep(0.05)
-        stopped.send_signal(signal.SIGINT)
-        assert stopped.communicate(timeout=60)[1] == "lstm-pipeline validate: interrupted\n"
-        assert stopped.returncode == 130
+            preexec_fn=as_in_a_terminal,
+        ) for sig in stops}  # fmt: skip
+        for sig, said in stops.items():
+            deadline = time.monotonic() + 60
+            while Path(f"/proc/{stopped[sig].pid}/wchan").read_text() != "hrtimer_nanosleep":
+                assert time.monotonic() < deadline, "never reached its wait"  # (its sleep)
+                time.sleep(0.05)
+            stopped[sig].send_signal(sig)
+            assert stopped[sig].communicate(timeout=60)[1] == f"lstm-pipeline validate: {said}\n"
+            assert stopped[sig].returncode == 128 + sig
         assert training.wait(300) == 0
         assert list(folder.glob("*/*.modules"))  # written by a warm child
     finally:

@@ -19,7 +19,7 @@ from pipeline.checkpoint import load_trained
 from pipeline.cli import main
 from pipeline.config import CONF_DIR
 from pipeline.data.prepared import Prepared
-from tests.conftest import BIN, tracked_runs, write_params
+from tests.conftest import BIN, as_in_a_terminal, tracked_runs, write_params
 
 pytestmark = pytest.mark.slow
 EXP = "lstm_italypowerdemand"
@@ -196,7 +196,7 @@ def test_what_every_rank_meets_is_said_once(workdir, params):
         train, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True,
         # SIGINT as a terminal's Ctrl+C sends it: a test run started in the background (`&`)
         # ignores it, and so did this fit (CI: trained on for ever)
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=as_in_a_terminal,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120

@@ -21,7 +21,7 @@ import yaml
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from tests.conftest import BIN, REPO, tracked_runs, write_params
+from tests.conftest import BIN, REPO, as_in_a_terminal, tracked_runs, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +60,7 @@ def train(root: Path, exp: str, stage: str = "train") -> subprocess.Popen:
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=as_in_a_terminal,
     )  # fmt: skip: SIGINT as a terminal's Ctrl+C sends it
 
 
