@@ -20,6 +20,7 @@ from pathlib import Path
 from pipeline import io, warm
 from pipeline.config import PARAMS_FILE, compose, load_config, project_above
 from pipeline.errors import (
+    STOPS,
     ConfigError,
     Interrupted,
     PipelineError,
@@ -289,6 +290,10 @@ EXTRA_OF = dict.fromkeys(
 ) | {"mlflow": "registry"}  # fmt: skip
 
 
+# torch's allocator; a shared library that cannot be mapped (ImportError: exit 1, "unexpected")
+OUT_OF_MEMORY = ("can't allocate memory", "failed to map segment from shared object")
+
+
 def _as_pipeline_error(err: BaseException) -> PipelineError:
     """One line for an error no stage turned into a PipelineError: a package the serving install
     lacks (exit 2); disk, permissions and memory name the path (exit 8); MLflow's own errors the
@@ -325,7 +330,7 @@ def _as_pipeline_error(err: BaseException) -> PipelineError:
             f"DDP rank {rank}: another rank of this training stopped ({_gloo_cause(err)}); "
             "run it again to resume from its last saved epoch"
         )
-    if isinstance(err, MemoryError) or "can't allocate memory" in str(err):
+    if isinstance(err, MemoryError) or any(s in str(err) for s in OUT_OF_MEMORY):
         return SystemFault(
             "out of memory; lower the model's size (model.hidden_size, model.num_layers) or "
             "fit.batch_size"
@@ -372,6 +377,8 @@ _unseen: int | None = None  # a signal raised in a handler that main did not cat
 
 def _stopped(signum: int, _) -> None:
     global _unseen
+    if signum == signal.SIGXCPU:  # sent again each second past the soft limit: once will do
+        signal.signal(signum, signal.SIG_IGN)
     _unseen = signum
     raise _Terminated(signum)
 
@@ -433,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         quiet()
     if args.command in STOPPED_BY_SIGTERM and threading.current_thread() is threading.main_thread():
-        handle((signal.SIGTERM, signal.SIGHUP), _stopped)  # SIGHUP: its terminal closed
+        handle(STOPS, _stopped)
         sys.unraisablehook = _swallowed
     try:
         args.func(args)
@@ -465,6 +472,43 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class _Stdout:
+    """sys.stdout that a gone reader (`train | head`) or a failing disk does not stop: the work
+    goes on, the rest of its output is discarded, and the command ends as SIGPIPE's tools do
+    (exit 141, no line) or with exit 8 naming stdout. Rich's progress bar turned the first into
+    a silent exit 1 that lost the finished fit; the second was exit 8 naming nothing."""
+
+    def __init__(self, stream):
+        self.stream, self.fault = stream, None
+
+    def write(self, text: str) -> int:
+        self._guarded(self.stream.write, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._guarded(self.stream.flush)
+
+    def _guarded(self, call, *args) -> None:
+        if self.fault is None:
+            try:
+                call(*args)
+            except OSError as err:
+                self.fault = err
+                os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # C's writes and the exit's flush
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+    def exit_code(self, command: str, code: int) -> int:
+        if self.fault is None or code:
+            return code
+        if isinstance(self.fault, BrokenPipeError):
+            return 141
+        print(f"lstm-pipeline {command}: error: stdout: {self.fault.strerror}; the work is done, "
+              "its output from then on was discarded", file=sys.stderr)  # fmt: skip
+        return SystemFault.exit_code
+
+
 def console(held: Sequence[int] = ()) -> None:
     """The `lstm-pipeline` command: main() here or in a warm child (pipeline/warm.py), then an
     exit that skips the interpreter's teardown. `held`: the signals sent while this module
@@ -477,8 +521,10 @@ def console(held: Sequence[int] = ()) -> None:
     _hold_closed_std_fds()
     _quiet_mlflow()
     command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if sys.stdout is not None:  # None: started with it closed, and print() skips it
+        sys.stdout = _Stdout(sys.stdout)
     handle((signal.SIGINT,), signal.default_int_handler)
-    stops = handle((signal.SIGTERM, signal.SIGHUP), _stopped)
+    stops = handle(STOPS, _stopped)
     sys.unraisablehook = _swallowed
     try:
         for signum in held[:1]:
@@ -493,9 +539,13 @@ def console(held: Sequence[int] = ()) -> None:
             for signum in stops:
                 signal.signal(signum, signal.SIG_DFL)
         code = main()
+    if isinstance(sys.stdout, _Stdout):
+        code = sys.stdout.exit_code(command, code)
     # the work is done: Ctrl+C or SIGTERM now skips the rest (each printed a traceback from an
     # exit handler, or from joining the threads)
-    handle((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), lambda *_: _exit_now(code))
+    handle((signal.SIGINT, *STOPS), lambda *_: _exit_now(code))
+    if "--debug" not in sys.argv:  # a library's exit handler that fails (torch's, out of
+        sys.unraisablehook = lambda _: None  # memory) printed its traceback after the line
     threading._shutdown()  # what the interpreter calls first; joining threads alone would hang
     atexit._run_exitfuncs()
     _exit_now(code)

@@ -76,6 +76,11 @@ def launched_rank() -> bool:
     return os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0"
 
 
+# What stops a command as SIGTERM does: SIGHUP, its terminal closed; SIGXCPU, a CPU-time limit
+# passed (`ulimit -t`, a batch system's), which ended it with no line
+STOPS = (signal.SIGTERM, signal.SIGHUP, signal.SIGXCPU)
+
+
 def handle(signums: tuple[int, ...], handler) -> dict[int, object]:
     """`handler` for each of `signums` not ignored, and the handlers it replaced. An ignored one
     is ignored on purpose and stays so: SIGHUP under `nohup`, SIGINT in a background job of a
@@ -94,7 +99,7 @@ def stops_held() -> Iterator[None]:
     held: list[int] = []
     handlers = {}
     if threading.current_thread() is threading.main_thread():
-        stops = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+        stops = (*STOPS, signal.SIGINT)
         handlers = {s: h for s in stops if callable(h := signal.getsignal(s))}
         for signum in handlers:
             signal.signal(signum, lambda signum, _: held.append(signum))

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import stat
 import tempfile
@@ -27,7 +28,8 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 # errno values a user fixes on the machine, not in the pipeline: no space, quota, too large,
 # permissions, read-only file system
-_SYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
+_SYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS,
+                  errno.EMFILE}  # fmt: skip
 
 
 def system_fault(err: BaseException, path: str | Path | None = None) -> SystemFault | None:
@@ -37,6 +39,9 @@ def system_fault(err: BaseException, path: str | Path | None = None) -> SystemFa
         where = re.sub(r"(^|/)\.([^/]+)\.\d+-[^/]+(?=/)", r"\1\2", str(where))
     if isinstance(err, OSError) and err.errno in _SYSTEM_ERRNOS:
         what = err.strerror
+        if err.errno == errno.EMFILE:  # it named whichever file came last (a font)
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            what += f" (at most {limit} at once, `ulimit -n`; raise it)"
     # torch.save's: a short write ("file write failed", or its zip writer's "unexpected pos")
     elif isinstance(err, RuntimeError) and any(
         s in str(err) for s in ("file write failed", "unexpected pos")

@@ -372,6 +372,61 @@ def test_a_signal_ignored_when_the_command_started_stays_ignored(repo):
     assert "stopped" not in err and "interrupted" not in err
 
 
+@pytest.mark.parametrize("stdout", ["a pipe with no reader", "/dev/full"])
+def test_a_stdout_that_cannot_be_written_does_not_stop_the_training(repo, stdout):
+    """`train | head`: Rich's progress bar ended the fit with a silent exit 1, its finished
+    model unsaved; `train > /dev/full`: the same fit lost, exit 8 naming nothing."""
+    raw = params(repo)
+    raw["trainer"]["progress_bar"] = True
+    write_params(raw, repo / "params.yaml")
+    ckpt = repo / "models" / EXP / "model.ckpt"
+    before = ckpt.stat().st_mtime_ns
+    cmd, env = [BIN / "lstm-pipeline", "train", EXP], {**os.environ, "LSTM_PIPELINE_WARM": "0"}
+    full = stdout == "/dev/full"
+    with open("/dev/full", "w") as sink:
+        proc = subprocess.Popen(cmd, cwd=repo, env=env, stderr=subprocess.PIPE, text=True,
+                                stdout=sink if full else subprocess.PIPE)  # fmt: skip
+    if proc.stdout:
+        proc.stdout.close()  # the reader gone before the first line
+    err = proc.communicate(timeout=300)[1]
+    assert "Traceback" not in err  # Lightning's own lines ("Seed set to 0") come before
+    if full:
+        assert proc.returncode == 8, err
+        assert err.endswith(
+            "\nlstm-pipeline train: error: stdout: No space left on device; the work is done, its "
+            "output from then on was discarded\n"
+        )
+    else:
+        assert proc.returncode == 141 and "lstm-pipeline" not in err  # as `cat` or `git log`
+    assert ckpt.stat().st_mtime_ns > before  # the fit's model saved
+
+
+@pytest.mark.parametrize(
+    "stage, cpu_s, code, said",
+    [("export", 2, 152, "lstm-pipeline export: stopped by SIGXCPU; its earlier outputs are kept"),
+     ("train", 12, 143, f"lstm-pipeline train: error: {EXP}: stopped by SIGTERM; run the train "
+                        "stage again to resume from ")],
+)  # fmt: skip
+def test_a_cpu_time_limit_stops_a_stage_as_sigterm_does(repo, stage, cpu_s, code, said):
+    """`ulimit -S -t` (a batch system's CPU-time limit) sends SIGXCPU: exit 152 with no line,
+    and a temp file beside model.onnx."""
+    raw = params(repo)
+    raw["experiments"][EXP]["fit"].update(max_epochs=100_000, patience=100_000)  # until stopped
+    write_params(raw, repo / "params.yaml")
+    before = tree_digest(repo)
+    proc = subprocess.run(
+        [BIN / "lstm-pipeline", stage, EXP], cwd=repo, capture_output=True, text=True,
+        env={**os.environ, "LSTM_PIPELINE_WARM": "0"}, timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, resource.RLIM_INFINITY)),
+    )  # fmt: skip
+    assert proc.returncode == code, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith(said) and "Traceback" not in proc.stderr
+    if stage == "export":
+        assert tree_digest(repo) == before
+    else:
+        assert list((repo / ".resume" / EXP).glob("*/**/resume.ckpt"))
+
+
 SIGNAL_IN_A_WEAKREF_CALLBACK = """
 import argparse, os, signal, sys, time, weakref
 from pipeline import cli
@@ -1119,6 +1174,27 @@ def console_in(folder: Path, setup: str) -> subprocess.CompletedProcess:
     )
 
 
+def test_too_many_open_files_names_the_limit():
+    """`ulimit -n 10`: `.../matplotlib/mpl-data/fonts/ttf/DejaVuSansDisplay.ttf: Too many open
+    files`, as if the font were at fault."""
+    err = OSError(errno.EMFILE, "Too many open files", "DejaVuSansDisplay.ttf")
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert str(system_fault(err)) == (
+        f"DejaVuSansDisplay.ttf: Too many open files (at most {limit} at once, `ulimit -n`; "
+        "raise it)"
+    )
+
+
+def test_a_library_that_cannot_be_mapped_for_memory_is_out_of_memory():
+    """`ulimit -v 1200000`: `unexpected ImportError: ...so: failed to map segment from shared
+    object`, exit 1."""
+    from pipeline.cli import _as_pipeline_error
+
+    err = ImportError("libonnxruntime.so: failed to map segment from shared object")
+    fault = _as_pipeline_error(err)
+    assert fault.exit_code == 8 and str(fault).startswith("out of memory; ")
+
+
 def test_the_command_skips_teardown_but_keeps_exit_code_handlers_and_threads(tmp_path):
     """`lstm-pipeline` (cli.console) exits without the interpreter's teardown; the exit code,
     the exit handlers, a non-daemon thread's work and buffered output survive, and an idle
@@ -1139,12 +1215,18 @@ def test_the_command_skips_teardown_but_keeps_exit_code_handlers_and_threads(tmp
     assert proc.stderr.startswith("lstm-pipeline prepare: error: ")
 
 
-def test_ctrl_c_after_the_work_is_done_exits_with_its_code_and_no_traceback(tmp_path):
-    """A Ctrl+C that lands in the exit handlers (torch's) printed a traceback after the work."""
+@pytest.mark.parametrize(
+    "handler",
+    ["os.kill(os.getpid(), signal.SIGINT); time.sleep(5)",  # Ctrl+C after the work
+     "raise MemoryError"],  # out of memory (`ulimit -v`), torch's failed too
+)  # fmt: skip
+def test_an_exit_handler_stopped_or_failing_adds_nothing_to_the_line(tmp_path, handler):
+    """Either printed a traceback after the command's one line (in torch's exit handler)."""
     code = (
         "import atexit, os, signal, sys, time\n"
         "from pipeline import cli\n"
-        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))\n"
+        f"def torchs():\n    {handler}\n"
+        "atexit.register(torchs)\n"
     )
     proc = console_in(tmp_path, code)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr

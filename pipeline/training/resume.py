@@ -28,7 +28,15 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from pipeline import warm
 from pipeline.config import PipelineConfig
-from pipeline.errors import CtrlC, Interrupted, PipelineError, end_now, first_line, launched_rank
+from pipeline.errors import (
+    CtrlC,
+    Interrupted,
+    PipelineError,
+    end_now,
+    first_line,
+    handle,
+    launched_rank,
+)
 from pipeline.io import held_lock, system_fault
 from pipeline.paths import resume_dir
 
@@ -317,14 +325,20 @@ def resume_point(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> Iterat
             raise Interrupted("" if launched_rank() else terminate.message) from None
 
 
+def _past_cpu_limit(*_) -> None:
+    """SIGXCPU: stopped as by SIGTERM, once (it comes again each second past the soft limit)."""
+    signal.signal(signal.SIGXCPU, signal.SIG_IGN)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 @contextmanager
 def _signals_to(terminate: _Terminate) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():  # signals are the main's
         yield
         return
-    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
-    signal.signal(signal.SIGTERM, terminate)
+    before = handle((signal.SIGUSR1,), lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    before |= handle((signal.SIGXCPU,), _past_cpu_limit)
+    before |= handle((signal.SIGTERM,), terminate)
     try:
         yield
     finally:
