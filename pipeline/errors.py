@@ -94,7 +94,7 @@ def handle(signums: tuple[int, ...], handler) -> dict[int, object]:
 
 @contextmanager
 def stops_held() -> Iterator[None]:
-    """SIGTERM, SIGHUP and Ctrl+C that arrive during the block are sent again once it has ended
+    """A stop (STOPS) or Ctrl+C that arrives during the block is sent again once it has ended
     (in the main thread, where signals are handled; an ignored one stays ignored)."""
     held: list[int] = []
     handlers = {}

@@ -27,7 +27,7 @@ from pipeline.errors import PipelineError, SystemFault, stops_held
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 # errno values a user fixes on the machine, not in the pipeline: no space, quota, too large,
-# permissions, read-only file system
+# permissions, read-only file system, too many open files
 _SYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS,
                   errno.EMFILE}  # fmt: skip
 
