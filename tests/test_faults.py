@@ -404,7 +404,7 @@ def test_a_stdout_that_cannot_be_written_does_not_stop_the_training(repo, stdout
 @pytest.mark.parametrize(
     "stage, cpu_s, code, said",
     [("export", 2, 152, "lstm-pipeline export: stopped by SIGXCPU; its earlier outputs are kept"),
-     ("train", 12, 143, f"lstm-pipeline train: error: {EXP}: stopped by SIGTERM; run the train "
+     ("train", 12, 143, f"lstm-pipeline train: error: {EXP}: stopped by SIGXCPU; run the train "
                         "stage again to resume from ")],
 )  # fmt: skip
 def test_a_cpu_time_limit_stops_a_stage_as_sigterm_does(repo, stage, cpu_s, code, said):

@@ -273,13 +273,30 @@ class _Terminate:
     """SIGTERM: inside a Lightning fit (whose handler calls this one) the fit stops at its next
     check; anywhere else at once. Either way the resume point is kept."""
 
-    def __init__(self, message: str):
-        self.message, self.received = message, False
+    def __init__(self, exp_name: str, folder: Path):
+        self.exp_name, self.folder, self.received, self.by = exp_name, folder, False, "SIGTERM"
+
+    @property
+    def message(self) -> str:
+        return (
+            f"{self.exp_name}: stopped by {self.by}; run the train stage again to resume from "
+            f"{self.folder}"
+        )
 
     def __call__(self, *_):
         self.received = True
         if signal.getsignal(signal.SIGTERM) is self:  # no Lightning handler in between
             raise Interrupted(self.message)
+
+    def passed_on(self, signum: int, _) -> None:
+        """SIGUSR1 (SLURM's before a preemption), SIGHUP (its terminal closed) and SIGXCPU (a
+        CPU-time limit passed) stop it as SIGTERM does, named (SIGHUP stopped the fit where it
+        was, without the resume point's path). SIGXCPU comes again each second past the soft
+        limit: once will do."""
+        if signum == signal.SIGXCPU:
+            signal.signal(signum, signal.SIG_IGN)
+        self.by = signal.Signals(signum).name
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @contextmanager
@@ -290,9 +307,7 @@ def resume_point(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> Iterat
     experiment (a second `dvc repro`) refuse to start."""
     root = resume_dir(exp_name)
     folder = root / _key(cfg, exp_name, data_sha256)
-    terminate = _Terminate(
-        f"{exp_name}: stopped by SIGTERM; run the train stage again to resume from {folder}"
-    )
+    terminate = _Terminate(exp_name, folder)
     with _signals_to(terminate):
         stop_with_dvc()
         try:
@@ -325,19 +340,12 @@ def resume_point(cfg: PipelineConfig, exp_name: str, data_sha256: str) -> Iterat
             raise Interrupted("" if launched_rank() else terminate.message) from None
 
 
-def _past_cpu_limit(*_) -> None:
-    """SIGXCPU: stopped as by SIGTERM, once (it comes again each second past the soft limit)."""
-    signal.signal(signal.SIGXCPU, signal.SIG_IGN)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
 @contextmanager
 def _signals_to(terminate: _Terminate) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():  # signals are the main's
         yield
         return
-    before = handle((signal.SIGUSR1,), lambda *_: os.kill(os.getpid(), signal.SIGTERM))
-    before |= handle((signal.SIGXCPU,), _past_cpu_limit)
+    before = handle((signal.SIGUSR1, signal.SIGHUP, signal.SIGXCPU), terminate.passed_on)
     before |= handle((signal.SIGTERM,), terminate)
     try:
         yield

@@ -168,6 +168,8 @@ def test_train_metrics_a_kill_cut_off_are_sent_by_the_resumed_fit(
     "sig, code, line",
     [
         (signal.SIGTERM, 143, "lstm-pipeline train: error: lstm_airline: stopped by SIGTERM; run"),
+        # its terminal closed: it was exit 129, `stopped by SIGHUP; run it again`, no resume path
+        (signal.SIGHUP, 143, "lstm-pipeline train: error: lstm_airline: stopped by SIGHUP; run"),
         (signal.SIGINT, 130, "lstm-pipeline train: interrupted"),  # Lightning's exit(1) inside
     ],
 )
