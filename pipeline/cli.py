@@ -29,6 +29,7 @@ from pipeline.errors import (
     TrainingError,
     first_line,
     handle,
+    ignore_repeats,
     launched_rank,
 )
 from pipeline.io import atomic_file, not_utf8_line, usable_cores
@@ -377,8 +378,7 @@ _unseen: int | None = None  # a signal raised in a handler that main did not cat
 
 def _stopped(signum: int, _) -> None:
     global _unseen
-    if signum == signal.SIGXCPU:  # sent again each second past the soft limit: once will do
-        signal.signal(signum, signal.SIG_IGN)
+    ignore_repeats(signum)
     _unseen = signum
     raise _Terminated(signum)
 
@@ -504,7 +504,8 @@ class _Stdout:
             return code
         if isinstance(self.fault, BrokenPipeError):
             return 141
-        print(f"lstm-pipeline {command}: error: stdout: {self.fault.strerror}; the work is done, "
+        why = self.fault.strerror or first_line(self.fault)
+        print(f"lstm-pipeline {command}: error: stdout: {why}; the work is done, "
               "its output from then on was discarded", file=sys.stderr)  # fmt: skip
         return SystemFault.exit_code
 

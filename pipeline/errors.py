@@ -81,6 +81,13 @@ def launched_rank() -> bool:
 STOPS = (signal.SIGTERM, signal.SIGHUP, signal.SIGXCPU)
 
 
+def ignore_repeats(signum: int) -> None:
+    """Ignore further `signum` from here on where it repeats: the kernel sends SIGXCPU again
+    each second past the soft limit, which raised again in the stop's own cleanup."""
+    if signum == signal.SIGXCPU:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def handle(signums: tuple[int, ...], handler) -> dict[int, object]:
     """`handler` for each of `signums` not ignored, and the handlers it replaced. An ignored one
     is ignored on purpose and stays so: SIGHUP under `nohup`, SIGINT in a background job of a

@@ -35,6 +35,7 @@ from pipeline.errors import (
     end_now,
     first_line,
     handle,
+    ignore_repeats,
     launched_rank,
 )
 from pipeline.io import held_lock, system_fault
@@ -291,10 +292,8 @@ class _Terminate:
     def passed_on(self, signum: int, _) -> None:
         """SIGUSR1 (SLURM's before a preemption), SIGHUP (its terminal closed) and SIGXCPU (a
         CPU-time limit passed) stop it as SIGTERM does, named (SIGHUP stopped the fit where it
-        was, without the resume point's path). SIGXCPU comes again each second past the soft
-        limit: once will do."""
-        if signum == signal.SIGXCPU:
-            signal.signal(signum, signal.SIG_IGN)
+        was, without the resume point's path)."""
+        ignore_repeats(signum)
         self.by = signal.Signals(signum).name
         os.kill(os.getpid(), signal.SIGTERM)
 
