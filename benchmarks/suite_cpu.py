@@ -41,7 +41,9 @@ def _record():
     t = os.times()
     try:  # never a new error in the process measured (a test limits its file sizes)
         with open(os.environ["SUITE_CPU_LOG"], "a") as f:
-            f.write(json.dumps({"argv": sys.argv[:2], "cpu": t.user + t.system}) + "\\n")
+            test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+            record = {"argv": sys.argv[:2], "cpu": t.user + t.system, "test": test}
+            f.write(json.dumps(record) + "\\n")
     except OSError:
         pass
 
@@ -116,6 +118,10 @@ def main() -> None:
         row = by_command[command(r["argv"])]
         row["processes"] += 1
         row["cpu_s"] += r["cpu"]
+    by_test = defaultdict(float)  # the CPU of the processes each test started
+    for r in records:
+        if r["test"]:
+            by_test[r["test"]] += r["cpu"]
     total = usage.ru_utime + usage.ru_stime
     recorded = sum(r["cpu"] for r in records)
     rows = sorted(by_command.items(), key=lambda kv: -kv[1]["cpu_s"])
@@ -134,6 +140,8 @@ def main() -> None:
         "unrecorded_cpu_s": round(total - recorded, 1),
         "by_command": [{"command": k, "processes": v["processes"], "cpu_s": round(v["cpu_s"], 1)}
                        for k, v in rows],
+        "tests_by_process_cpu_s": dict(sorted(
+            ((k, round(v, 1)) for k, v in by_test.items()), key=lambda kv: -kv[1])[:40]),
     }, indent=2))  # fmt: skip
     sys.exit(proc.returncode)
 
