@@ -314,6 +314,8 @@ def _as_pipeline_error(err: BaseException) -> PipelineError:
         )
     if fault := system_fault(err):
         return fault
+    if isinstance(err, FileNotFoundError) and (gone := _deleted_working_folder()):
+        return SystemFault(f"{gone}: the working folder was deleted; cd to one that exists")
     if isinstance(err, OSError) and err.filename:  # e.g. a file where a folder must be
         return SystemFault(f"{err.filename}: {err.strerror}")
     mlflow = sys.modules.get("mlflow.exceptions")  # never imported for it: predict may lack it
@@ -340,6 +342,20 @@ def _as_pipeline_error(err: BaseException) -> PipelineError:
     return PipelineError(
         f"unexpected {type(err).__name__}: {first} (rerun with --debug for the traceback)"
     )
+
+
+def _deleted_working_folder() -> str | None:
+    """The working folder, where it was removed under the command: relative paths, and the
+    config found from it (Path.cwd()), fail with a FileNotFoundError that names nothing."""
+    try:
+        os.getcwd()
+        return None
+    except FileNotFoundError:
+        with contextlib.suppress(
+            OSError
+        ):  # Linux names it; PWD may be a parent's, not this process's
+            return os.readlink("/proc/self/cwd").removesuffix(" (deleted)")
+        return "the working folder"
 
 
 def _gloo_cause(err: RuntimeError) -> str:

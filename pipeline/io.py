@@ -26,6 +26,7 @@ from pipeline.errors import PipelineError, SystemFault, stops_held
 # (a team's shared storage needs group-readable models). Read once, at import (single-threaded).
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+NAME_MAX = 255  # bytes in one file name: ext4, XFS, btrfs, tmpfs
 # errno values a user fixes on the machine, not in the pipeline: no space, quota, too large,
 # permissions, read-only file system, too many open files
 _SYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS,
@@ -57,14 +58,22 @@ def _temp_name(path: Path) -> dict:
     killed writer left (kill -9 gives it no chance to remove them) are removed first. No dot
     after the name's own: torch.save names the archive's folder after the stem, and a model's
     bytes must not depend on its temp name."""
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*-*"):
-        pid, _, _ = stale.name[len(path.name) + 2 :].partition("-")
+    name = _shortened(path.name, NAME_MAX - len(f"..{os.getpid()}-") - 8)  # mkstemp's 8
+    for stale in path.parent.glob(f".{glob.escape(name)}.*-*"):
+        pid, _, _ = stale.name[len(name) + 2 :].partition("-")
         if pid.isdigit() and not _alive(int(pid)):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
             else:
                 stale.unlink(missing_ok=True)
-    return {"prefix": f".{path.name}.{os.getpid()}-", "dir": path.parent}
+    return {"prefix": f".{name}.{os.getpid()}-", "dir": path.parent}
+
+
+def _shortened(name: str, limit: int) -> str:
+    """`name` cut to `limit` bytes: a temp beside a file of a 240-byte name (a legal one)
+    would pass the file system's 255."""
+    raw = os.fsencode(name)
+    return name if len(raw) <= limit else os.fsdecode(raw[:limit])
 
 
 def _alive(pid: int) -> bool:

@@ -135,6 +135,11 @@ def predict(model: str, input_path: str, output: str, id_column=None, time_colum
     """Predict every series (or frame sequence) of `input_path`; write `output` atomically.
     The id and time columns, where not given: the training table's (the model's metadata, from
     export), else series_id and time."""
+    for given, what in ((model, "the model"), (input_path, "the input"), (output, "-o")):
+        if not given:  # Path('') is the working folder: the line named another argument
+            raise DataError(f"{what}: an empty path; name a file")
+    if output.endswith("/"):  # Path() drops it: a folder's path wrote a file, or over one
+        raise DataError(f"{output}: a folder's path; -o takes the predictions' file path")
     path, output = Path(input_path), Path(output)
     kind = _kind(path)  # a folder: a Parquet data set
     if kind is None and input_path == "-":

@@ -1046,6 +1046,52 @@ def test_predict_output_that_is_a_folder(repo, capsys):
     assert "out: is a folder" in one_line(capsys)
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [  # Path() dropped the slash and wrote the file; Path('') is the working folder
+        (["in.csv", "-o", "out.csv/"],
+         "out.csv/: a folder's path; -o takes the predictions' file path"),
+        (["", "-o", "out.csv"], "the input: an empty path; name a file"),
+        (["in.csv", "-o", ""], "-o: an empty path; name a file"),
+    ],
+)  # fmt: skip
+def test_predict_paths_that_name_no_file_are_refused_by_name(repo, capsys, args, expected):
+    (repo / "in.csv").write_text("series_id,time,passengers\n")
+    (repo / "out.csv").write_text("kept\n")
+    assert main(["predict", f"models/{EXP}/model.onnx", *args]) == 3
+    assert one_line(capsys) == f"lstm-pipeline predict: error: {expected}"
+    assert (repo / "out.csv").read_text() == "kept\n"
+
+
+def test_a_deleted_working_folder_is_named(tmp_path, monkeypatch, capsys):
+    (tmp_path / "gone").mkdir()
+    monkeypatch.chdir(tmp_path / "gone")
+    (tmp_path / "gone").rmdir()
+    assert main(["prepare", EXP]) == 8
+    expected = f"{tmp_path}/gone: the working folder was deleted; cd to one that exists"
+    assert one_line(capsys) == f"lstm-pipeline prepare: error: {expected}"
+
+
+def test_an_output_of_a_long_legal_name_is_written(tmp_path):
+    names = ["p" * 236 + ".csv", "é" * 124 + ".csv"]  # 240 and 252 bytes: a temp beside
+    for name in names:  # one was `.<name>.<pid>-<random>`, 256 bytes and more
+        with atomic_file(tmp_path / name) as tmp:
+            tmp.write_text("a\n")
+        assert (tmp_path / name).read_text() == "a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+
+
+def test_a_store_path_too_long_for_sqlite_is_named(repo, capsys, monkeypatch):
+    deep = repo / "/".join(["d" * 50] * 10)  # SQLite said "unable to open database file"
+    deep.mkdir(parents=True)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{deep}/mlflow.db")
+    assert main(["train", EXP]) == 6
+    assert "SQLite opens 504 at most; set MLFLOW_TRACKING_URI to a store in a shorter folder" in (
+        one_line(capsys)
+    )
+    assert not (deep / "mlflow.db").exists()
+
+
 # --- any other error ----------------------------------------------------------------------------
 
 

@@ -130,6 +130,9 @@ def _check_folder_store(uri: str) -> None:
         )
 
 
+SQLITE_PATH_MAX = 504  # bytes: its unix files' 512, less the "-journal" it adds
+
+
 def _check_sqlite(uri: str, timeout: float, create: bool) -> None:
     """A store that another process holds locked, or a file that is not a database, is refused
     before training rather than failing it at its first logged metric."""
@@ -138,6 +141,14 @@ def _check_sqlite(uri: str, timeout: float, create: bool) -> None:
     path = Path(uri.removeprefix("sqlite:///"))
     if not path.exists() and not create:
         raise TrackingError(f"MLflow store {redacted(uri)}: no such store ({path} does not exist)")
+    opened = path if path.exists() else _new_store(path)  # created there, then linked
+    size = len(os.fsencode(opened.absolute()))
+    if size > SQLITE_PATH_MAX:  # sqlite3 said only "unable to open database file"
+        temp = "" if opened is path else " (with the temp name it is created under)"
+        raise TrackingError(
+            f"MLflow store {redacted(uri)}: its path{temp} has {size} bytes, SQLite opens "
+            f"{SQLITE_PATH_MAX} at most; set MLFLOW_TRACKING_URI to a store in a shorter folder"
+        )
     if not path.exists():
         _create_sqlite(uri, path)
         return
@@ -168,13 +179,17 @@ def _writable(folder: Path) -> bool:
     return True
 
 
+def _new_store(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.new")
+
+
 def _create_sqlite(uri: str, path: Path) -> None:
     """Create and migrate a new store beside `path`, then link it into place unless another
     process got there first: two processes migrating the same new file both fail in alembic
     ("expected to match one row"), as two trainings started at once on a fresh clone would."""
     from mlflow import MlflowClient
 
-    new = path.with_name(f".{path.name}.{os.getpid()}.new")
+    new = _new_store(path)
     try:  # a folder it cannot write: one line now, not MLflow's 10 retries (105 s) and exit 6
         new.parent.mkdir(parents=True, exist_ok=True)
         new.touch()
