@@ -96,12 +96,32 @@ def named_faults(path: Path, placing: bool = False) -> Iterator[None]:
     except (OSError, RuntimeError) as err:
         fault = system_fault(err, path)
         if fault is None and placing and isinstance(err, OSError):
-            fault = SystemFault(f"{path}: cannot write there ({err.strerror}: {err.filename})")
+            link = next((p for p in path.parents if p.is_symlink() and not p.exists()), None)
+            why = _to_nothing(link) if link else f"{err.strerror}: {err.filename}"
+            fault = SystemFault(f"{path}: cannot write there ({why})")
         if fault is None and isinstance(err, OSError) and err.errno == errno.EBADF:
             fault = SystemFault(f"{path}: names a descriptor that is not open for writing")
         if fault is None:
             raise
         raise fault from err
+
+
+def _to_nothing(link: Path) -> str:
+    return f"{link} links to {os.readlink(link)}, which does not exist"
+
+
+def check_folders(path: Path) -> None:
+    """Fail now, naming it, where a folder `path` needs is a link to nothing (a disk not
+    mounted) or a file; nothing is made."""
+    for folder in path.parents:
+        if folder.is_dir():
+            return
+        if folder.is_symlink() and not folder.exists():
+            raise SystemFault(f"{path}: cannot write there ({_to_nothing(folder)})")
+        if os.path.lexists(folder):
+            raise SystemFault(
+                f"{path}: cannot write there (a file where its folder goes: {folder})"
+            )
 
 
 @contextmanager
@@ -144,6 +164,8 @@ def _same_kind(new: Path, path: Path) -> None:
     """An output is not put in place of the other kind (a file where its folder goes)."""
     if os.path.lexists(path) and (path.is_dir() and not path.is_symlink()) != new.is_dir():
         kind = "a file where its folder goes" if new.is_dir() else "a folder where its file goes"
+        if path.is_symlink():  # the folder is replaced, not written through: link one above it
+            kind = "a symlink where its folder goes; link the folder above it instead"
         raise OSError(errno.EEXIST, kind, str(path))
 
 

@@ -36,6 +36,7 @@ from tests.conftest import (
     REPO,
     as_in_a_terminal,
     free_port,
+    tracked_runs,
     without_file_rights,
     write_params,
 )
@@ -1061,6 +1062,29 @@ def test_predict_paths_that_name_no_file_are_refused_by_name(repo, capsys, args,
     assert main(["predict", f"models/{EXP}/model.onnx", *args]) == 3
     assert one_line(capsys) == f"lstm-pipeline predict: error: {expected}"
     assert (repo / "out.csv").read_text() == "kept\n"
+
+
+def test_outputs_under_a_dangling_symlink_are_refused_before_the_fit(repo, capsys):
+    shutil.rmtree(repo / "models")
+    (repo / "models").symlink_to(repo / "gone")  # e.g. to a disk not mounted
+    runs = tracked_runs(repo)
+    assert main(["train", EXP]) == 8
+    assert one_line(capsys) == (
+        f"lstm-pipeline train: error: models/{EXP}/model.ckpt: cannot write there "
+        f"(models links to {repo}/gone, which does not exist)"
+    )
+    assert tracked_runs(repo) == runs  # no run: it said so after the whole fit (`File exists`)
+
+
+def test_a_symlinked_output_folder_is_named_as_one(repo, capsys):
+    prepared = repo / "data/prepared" / EXP
+    prepared.rename(repo / "elsewhere")
+    prepared.symlink_to(repo / "elsewhere")
+    assert main(["prepare", EXP]) == 8
+    assert one_line(capsys).endswith(  # it said "a file where its folder goes"
+        f"a symlink where its folder goes; link the folder above it instead: data/prepared/{EXP})"
+    )
+    assert prepared.is_symlink()
 
 
 def test_a_deleted_working_folder_is_named(tmp_path, monkeypatch, capsys):

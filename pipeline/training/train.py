@@ -21,7 +21,7 @@ from pipeline.checkpoint import PREFIX
 from pipeline.config import PipelineConfig
 from pipeline.data.prepared import Prepared
 from pipeline.errors import ConfigError
-from pipeline.io import Outputs, dumps_json, file_digest
+from pipeline.io import Outputs, check_folders, dumps_json, file_digest
 from pipeline.meta import SPREAD_LIMIT
 from pipeline.paths import metrics_file, model_dir, plots_dir, prepared_dir
 from pipeline.tracking import ensure_reachable, run_tags
@@ -200,6 +200,8 @@ def train(cfg: PipelineConfig, exp_name: str, hooks: TrainHooks | None = None) -
     if hooks.ckpt_dir:  # a Tune trial or Ray Train worker: the caller keeps the checkpoints
         folder = nullcontext(hooks.ckpt_dir)
     else:  # the train stage: resumable after a kill, SIGTERM or SIGUSR1
+        for output in (model_dir(exp_name) / "model.ckpt", metrics_file(exp_name, "train")):
+            check_folders(output)  # e.g. a link to a disk not mounted: before the fit, not after
         folder, hooks = resume_point(cfg, exp_name, data_sha256), replace(hooks, resumable=True)
     with folder as ckpt_dir:
         logger = continued_logger(cfg, hooks.run_name or exp_name, tags, Path(ckpt_dir), hooks)
