@@ -351,9 +351,8 @@ def _deleted_working_folder() -> str | None:
         os.getcwd()
         return None
     except FileNotFoundError:
-        with contextlib.suppress(
-            OSError
-        ):  # Linux names it; PWD may be a parent's, not this process's
+        # Linux names it (PWD may be a parent's, not this process's)
+        with contextlib.suppress(OSError):
             return os.readlink("/proc/self/cwd").removesuffix(" (deleted)")
         return "the working folder"
 
