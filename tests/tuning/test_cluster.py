@@ -350,7 +350,8 @@ def test_a_head_node_lost_mid_sweep_ends_it_with_one_line(cluster_nodes, tune_wo
     module: it takes the module's cluster down."""
     address, procs = cluster_nodes
     tune_keys = {"num_samples": 8, "max_epochs": 400, "scheduler": "fifo"}  # outlive the wait
-    write_params(sweep_params(params, address=address, **tune_keys))
+    params["experiments"][EXP]["fit"]["patience"] = 400  # no early stop: a trial ended by
+    write_params(sweep_params(params, address=address, **tune_keys))  # itself was not KILLED
     command = [sys.executable, "-m", "pipeline"]
     jobs = [subprocess.Popen([*command, "tune", EXP], stderr=subprocess.PIPE, text=True)]
     try:
